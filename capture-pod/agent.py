@@ -1,0 +1,398 @@
+#!/usr/bin/env python3
+"""tracer's capture agent: sniff a few interfaces of one node, each with a kernel BPF filter.
+
+Runs with nothing but the standard library and libpcap (the one scapy needs for its filters), as
+`python3 agent.py --run-id ID --capture IFACE=BPF [--capture ...]`, in a node's network namespace
+(the lab) or in a hostNetwork capture pod (Kubernetes, copied as /agent.py). libpcap compiles the
+filters through ctypes, as scapy's compile_filter does, without scapy's ~0.15 s of imports on the
+way to "ready"; scapy is only the fallback that knows more places to find libpcap.
+
+Protocol over stdin/stdout (stdout carries JSON lines, some followed by raw bytes):
+
+  -> {"event": "ready", "run_id": ID, "interfaces": [...], "pid": PID}
+         once every socket is open, bound, and has its filter attached
+  <- "stop\\n" on stdin, or EOF of stdin, or SIGTERM/SIGINT, or --max-seconds: stop
+  -> {"event": "pcap", "interface": IFACE, "packets": K, "bytes": N, "dropped": D}  + N bytes of pcap
+         one per interface, after draining (nanosecond pcap, the interface's own link type)
+  -> {"event": "done", "run_id": ID}   then exit 0
+  -> {"event": "error", "message": ..., "hint": ...}   then exit 1
+  with --stream, after ready, also each frame as it is captured:
+  -> {"event": "frame", "interface": IFACE, "time": T, "time_ns": NS, "linktype": L, "bytes": N}  + N bytes
+
+Why raw AF_PACKET sockets and not scapy's sniffers: the socket is created with protocol 0 (it
+receives nothing), the filter is attached, and only then is it bound to the interface: no
+unfiltered packet ever enters its queue, and "ready" means exactly that. recvmsg() gives the
+kernel's nanosecond timestamp (SO_TIMESTAMPNS), so hops microseconds apart on one node keep
+their order. One poll() loop serves all sockets, stdin and signals: no threads, no races.
+
+Draining: packet sockets queue each frame at once (no ring blocks as in libpcap without
+immediate mode), so on stop the agent reads every socket until it has been empty for --linger
+seconds (what is still in flight on the node arrives meanwhile), then writes the pcaps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import json
+import os
+import select
+import signal
+import socket
+import struct
+import sys
+import time
+
+ETH_P_ALL = 0x0003
+SOL_PACKET = 263
+PACKET_STATISTICS = 6
+SO_ATTACH_FILTER = 26
+SO_TIMESTAMPNS = 35  # SCM_TIMESTAMPNS as well
+SO_RCVBUFFORCE = 33
+RCVBUF = 8 << 20  # room for bursts while the loop is busy elsewhere
+FRAME_BUFFER = 256 * 1024  # GRO can hand over one frame of up to 64 KiB (more with BIG TCP)
+DRAIN_MAX_SECONDS = 3.0
+_TIMESPEC = struct.Struct("@qq")
+_STATS = struct.Struct("@II")
+_PCAP_HEADER = struct.Struct("=IHHiIII")
+_PCAP_RECORD = struct.Struct("=IIII")
+PCAP_NANO_MAGIC = 0xA1B23C4D
+
+
+class AgentError(Exception):
+    def __init__(self, message: str, hint: str = ""):
+        super().__init__(message)
+        self.message, self.hint = message, hint
+
+
+class Capture:
+    """One interface: a filtered packet socket and the frames it has captured."""
+
+    def __init__(self, interface: str, bpf: str):
+        self.interface, self.bpf = interface, bpf
+        self.frames: list[tuple[int, int, bytes, int]] = []  # (sec, nsec, data, wire length)
+        self.bytes = 0
+        self.dropped = 0
+        self.linktype = _linktype(interface)
+        self.sock = _open_socket(interface, bpf, self.linktype)
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def read_available(self, buf: bytearray, view: memoryview, on_frame=None) -> int:
+        """Read every frame queued now (non-blocking); return how many."""
+        n = 0
+        while True:
+            try:
+                size, anc, flags, _ = self.sock.recvmsg_into([view], socket.CMSG_SPACE(_TIMESPEC.size))
+            except (BlockingIOError, InterruptedError):
+                return n
+            sec = nsec = None
+            for level, kind, data in anc:
+                if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(data) >= _TIMESPEC.size:
+                    sec, nsec = _TIMESPEC.unpack_from(data)
+            if sec is None:
+                ns = time.time_ns()
+                sec, nsec = divmod(ns, 1_000_000_000)
+            data = bytes(view[:size])
+            wirelen = size if not flags & socket.MSG_TRUNC else max(size, len(buf))
+            self.frames.append((sec, nsec, data, wirelen))
+            self.bytes += size
+            n += 1
+            if on_frame is not None:
+                on_frame(self, sec, nsec, data)
+
+    def read_stats(self) -> None:
+        """Frames the kernel dropped because the socket's queue was full (since the last read)."""
+        try:
+            self.dropped += _STATS.unpack(self.sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, _STATS.size))[1]
+        except OSError:
+            pass
+
+    def pcap(self) -> bytes:
+        """A nanosecond pcap (magic 0xa1b23c4d, as scapy's RawPcapWriter(nano=True) writes it)."""
+        out = [_PCAP_HEADER.pack(PCAP_NANO_MAGIC, 2, 4, 0, 0, FRAME_BUFFER, self.linktype)]
+        for sec, nsec, data, wirelen in self.frames:
+            out.append(_PCAP_RECORD.pack(sec, nsec, len(data), wirelen))
+            out.append(data)
+        return b"".join(out)
+
+
+# ARPHRD_* (include/uapi/linux/if_arp.h) -> pcap link type. Devices without a link-layer header
+# (IP-in-IP, SIT, GRE, tun, WireGuard) hand packet sockets bare IP packets: LINKTYPE_RAW.
+LINKTYPE_ETHERNET, LINKTYPE_RAW = 1, 101
+ARPHRD_LINKTYPES = {1: LINKTYPE_ETHERNET, 772: LINKTYPE_ETHERNET, 768: LINKTYPE_RAW, 769: LINKTYPE_RAW,
+                    776: LINKTYPE_RAW, 778: LINKTYPE_RAW, 823: LINKTYPE_RAW, 0xFFFE: LINKTYPE_RAW}
+
+
+def _linktype(interface: str) -> int:
+    """The pcap link type of an interface, from its ARPHRD type in sysfs."""
+    try:
+        with open(f"/sys/class/net/{interface}/type") as f:
+            arphrd = int(f.read())
+    except FileNotFoundError:
+        raise AgentError(f"no interface {interface!r} in this network namespace",
+                         hint="the way changed since discovery, or the agent runs in the wrong namespace") from None
+    except (OSError, ValueError):
+        return LINKTYPE_ETHERNET
+    return ARPHRD_LINKTYPES.get(arphrd, LINKTYPE_ETHERNET)
+
+
+def _libpcap():
+    """libpcap through ctypes: compiling a filter needs it, not scapy's 0.15 s of imports."""
+    import ctypes
+    import ctypes.util
+
+    names = ["libpcap.so.1", "libpcap.so.0.8", "libpcap.so", ctypes.util.find_library("pcap")]
+    for name in filter(None, names):
+        try:
+            lib = ctypes.CDLL(name)
+        except OSError:
+            continue
+        lib.pcap_open_dead.restype = ctypes.c_void_p
+        lib.pcap_open_dead.argtypes = [ctypes.c_int, ctypes.c_int]
+        lib.pcap_compile.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int, ctypes.c_uint32]
+        lib.pcap_geterr.restype = ctypes.c_char_p
+        lib.pcap_geterr.argtypes = [ctypes.c_void_p]
+        lib.pcap_close.argtypes = [ctypes.c_void_p]
+        lib.pcap_freecode.argtypes = [ctypes.c_void_p]
+        return lib
+    return None
+
+
+def compile_bpf(expr: str, linktype: int) -> bytes:
+    """The classic BPF program for `expr` as the kernel's struct sock_fprog wants it."""
+    import ctypes
+
+    class BpfProgram(ctypes.Structure):
+        _fields_ = [("bf_len", ctypes.c_uint), ("bf_insns", ctypes.c_void_p)]
+
+    lib = _libpcap()
+    if lib is None:  # scapy knows more places to look for libpcap
+        from scapy.arch.common import compile_filter, free_filter
+        from scapy.error import Scapy_Exception
+
+        try:
+            prog = compile_filter(expr, linktype=linktype)
+        except (Scapy_Exception, ImportError, OSError) as e:
+            raise AgentError(f"cannot compile the BPF filter {expr!r}: {e}",
+                             hint="the agent needs libpcap (libpcap0.8 / libpcap) to compile filters") from None
+        insns = ctypes.string_at(prog.bf_insns, prog.bf_len * 8)
+        free_filter(prog)
+        return insns
+    handle = lib.pcap_open_dead(linktype, FRAME_BUFFER)
+    prog = BpfProgram()
+    try:
+        if lib.pcap_compile(handle, ctypes.byref(prog), expr.encode(), 1, 0xFFFFFFFF) != 0:
+            raise AgentError(f"cannot compile the BPF filter {expr!r}: {lib.pcap_geterr(handle).decode(errors='replace')}",
+                             hint="check the filter's syntax (man pcap-filter)")
+        return ctypes.string_at(prog.bf_insns, prog.bf_len * 8)
+    finally:
+        if prog.bf_insns:
+            lib.pcap_freecode(ctypes.byref(prog))
+        lib.pcap_close(handle)
+
+
+def _attach(sock: socket.socket, insns: bytes) -> None:
+    import ctypes
+
+    class SockFprog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+    buf = ctypes.create_string_buffer(insns, len(insns))
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, bytes(SockFprog(len(insns) // 8, ctypes.addressof(buf))))
+
+
+def _open_socket(interface: str, bpf: str, linktype: int) -> socket.socket:
+    insns = compile_bpf(bpf, linktype)
+    try:
+        sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)  # protocol 0: receives nothing yet
+    except PermissionError:
+        raise AgentError("no permission to open a packet socket", hint="the agent needs root or CAP_NET_RAW") from None
+    try:
+        _attach(sock, insns)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RCVBUF)
+        except OSError:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        try:
+            sock.bind((interface, ETH_P_ALL))  # from here on, filtered frames are queued
+        except OSError as e:
+            if e.errno == errno.ENODEV:
+                raise AgentError(f"no interface {interface!r} in this network namespace",
+                                 hint="the way changed since discovery, or the agent runs in the wrong namespace") from None
+            raise
+        sock.setblocking(False)
+        return sock
+    except BaseException:
+        sock.close()
+        raise
+
+
+class Output:
+    """stdout as the protocol's byte stream; a vanished reader makes every write a no-op."""
+
+    def __init__(self, stream):
+        self.stream = stream
+        self.broken = False
+
+    def event(self, event: str, payload: bytes | None = None, **fields) -> None:
+        if self.broken:
+            return
+        head = dict(event=event, **fields)
+        if payload is not None:
+            head["bytes"] = len(payload)
+        try:
+            self.stream.write(json.dumps(head).encode() + b"\n")
+            if payload:
+                self.stream.write(payload)
+            self.stream.flush()
+        except (BrokenPipeError, ValueError, OSError):
+            self.broken = True
+
+
+class Agent:
+    def __init__(self, args: argparse.Namespace, out: Output):
+        self.args, self.out = args, out
+        self.captures: list[Capture] = []
+        self.stop_reason: str | None = None
+        self._stdin_buf = b""
+        self._buf = bytearray(FRAME_BUFFER)
+        self._view = memoryview(self._buf)
+
+    def open(self) -> None:
+        for spec in self.args.capture:
+            iface, sep, bpf = spec.partition("=")
+            if not sep or not iface:
+                raise AgentError(f"bad --capture {spec!r}", hint="use --capture IFACE=BPF")
+            self.captures.append(Capture(iface, bpf))
+
+    def watch_signals(self) -> None:
+        """SIGTERM/SIGINT stop the agent (drain, then the pcaps): they wake the poll loop."""
+        self._wake_r, wake_w = os.pipe()
+        os.set_blocking(wake_w, False)
+        signal.set_wakeup_fd(wake_w)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
+        # A launcher may have left them blocked (the mask survives exec): take them from here on.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
+
+    def run(self) -> None:
+        wake_r = self._wake_r
+        on_frame = self._stream_frame if self.args.stream else None
+        by_fd = {c.fileno(): c for c in self.captures}
+        poller = select.poll()
+        for fd in by_fd:
+            poller.register(fd, select.POLLIN)
+        poller.register(0, select.POLLIN | select.POLLHUP)
+        poller.register(wake_r, select.POLLIN)
+        self.out.event("ready", run_id=self.args.run_id, interfaces=[c.interface for c in self.captures],
+                       pid=os.getpid())
+        deadline = time.monotonic() + self.args.max_seconds
+        while self.stop_reason is None:
+            timeout = deadline - time.monotonic()
+            if timeout <= 0:
+                self.stop_reason = "max-seconds"
+                break
+            for fd, mask in poller.poll(timeout * 1000):
+                if fd in by_fd:
+                    by_fd[fd].read_available(self._buf, self._view, on_frame)
+                elif fd == 0:
+                    self._read_stdin(poller)
+                elif fd == wake_r:
+                    os.read(wake_r, 512)
+        self._drain(poller, by_fd, on_frame)
+
+    def _on_signal(self, signum, frame) -> None:
+        self.stop_reason = signal.Signals(signum).name
+
+    def _read_stdin(self, poller) -> None:
+        data = os.read(0, 4096)
+        if not data:
+            poller.unregister(0)
+            self.stop_reason = "eof"
+            return
+        self._stdin_buf += data
+        while b"\n" in self._stdin_buf:
+            line, self._stdin_buf = self._stdin_buf.split(b"\n", 1)
+            if line.strip() == b"stop":
+                self.stop_reason = "stop"
+
+    def _drain(self, poller, by_fd, on_frame) -> None:
+        """Read until every socket has been empty for --linger seconds (bounded)."""
+        for fd in list(by_fd):
+            by_fd[fd].read_available(self._buf, self._view, on_frame)
+        end = time.monotonic() + DRAIN_MAX_SECONDS
+        quiet_since = time.monotonic()
+        drain = select.poll()
+        for fd in by_fd:
+            drain.register(fd, select.POLLIN)
+        while True:
+            now = time.monotonic()
+            left = min(quiet_since + self.args.linger, end) - now
+            if left <= 0:
+                break
+            events = drain.poll(left * 1000)
+            if any(by_fd[fd].read_available(self._buf, self._view, on_frame) for fd, _ in events):
+                quiet_since = time.monotonic()
+
+    def _stream_frame(self, capture: Capture, sec: int, nsec: int, data: bytes) -> None:
+        self.out.event("frame", data, interface=capture.interface, time=sec + nsec / 1e9,
+                       time_ns=sec * 1_000_000_000 + nsec, linktype=capture.linktype)
+
+    def finish(self) -> None:
+        # The sockets stay open until the pcaps are out: closing a packet socket waits for an
+        # RCU grace period (~15 ms each), which nobody needs to wait for.
+        for c in self.captures:
+            c.read_stats()
+        for c in self.captures:
+            self.out.event("pcap", c.pcap(), interface=c.interface, packets=len(c.frames), dropped=c.dropped,
+                           linktype=c.linktype)
+        self.out.event("done", run_id=self.args.run_id, reason=self.stop_reason)
+
+    def close(self) -> None:
+        for c in self.captures:
+            if c.sock.fileno() != -1:
+                c.sock.close()
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="agent.py", description="tracer's capture agent (see the module docstring)")
+    p.add_argument("--run-id", required=True, help="names this run in every event (and in the process table)")
+    p.add_argument("--capture", action="append", default=[], metavar="IFACE=BPF", required=True,
+                   help="an interface and its kernel BPF filter; repeatable")
+    p.add_argument("--max-seconds", type=float, default=300.0, help="stop by itself after this long")
+    p.add_argument("--linger", type=float, default=0.05, metavar="SECONDS",
+                   help="on stop, keep reading until the sockets were quiet this long")
+    p.add_argument("--stream", action="store_true", help="also send each frame as it is captured")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    out = Output(sys.stdout.buffer)
+    agent = Agent(args, out)
+    try:
+        agent.watch_signals()
+        agent.open()
+        agent.run()
+        agent.finish()
+    except AgentError as e:
+        out.event("error", message=e.message, hint=e.hint, run_id=args.run_id)
+        return 1
+    except OSError as e:
+        out.event("error", message=f"capture failed: {e}", hint="", run_id=args.run_id)
+        return 1
+    finally:
+        agent.close()
+    return 0
+
+
+if __name__ == "__main__":
+    code = main()
+    try:
+        sys.stdout.flush()
+    except OSError:
+        pass
+    os._exit(code)  # everything is written and closed: skip the interpreter's teardown

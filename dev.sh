@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# tracer's one entry point for a fresh machine: installs what tracer needs, then runs it.
+#
+#   ./dev.sh demo    the main job on the local lab: lab up, path, follow curl -> httpbin, lab down
+#   ./dev.sh test    the whole test suite (needs root: the tests build network namespaces)
+#
+# Installs the Debian packages it lacks (tcpdump, tshark, iproute2, curl, iptables, iperf3)
+# and a virtualenv in .venv with tracer and its Python dependencies. Run as root.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+APT_PACKAGES=(tcpdump tshark wireshark-common iproute2 curl iptables iperf3 procps util-linux)
+
+install_system() {
+    local missing=()
+    for pkg in "${APT_PACKAGES[@]}"; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+    done
+    if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
+        missing+=(python3-venv)
+    fi
+    if ((${#missing[@]})); then
+        echo ">> apt-get install ${missing[*]}" >&2
+        export DEBIAN_FRONTEND=noninteractive
+        echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections 2>/dev/null || true
+        apt-get update -qq
+        apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    fi
+}
+
+install_python() {
+    if ! python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+        echo "tracer needs Python >= 3.11 (python3 is $(python3 --version))" >&2
+        exit 1
+    fi
+    [ -x .venv/bin/python ] || python3 -m venv .venv
+    echo ">> pip install -e .[test] into .venv" >&2
+    .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test]"
+}
+
+if [ "$(id -u)" != 0 ]; then
+    echo "run as root (sudo ./dev.sh $*): tracer's lab and tests build network namespaces" >&2
+    exit 1
+fi
+
+case "${1:-}" in
+    demo)
+        install_system
+        install_python
+        export PATH="$PWD/.venv/bin:$PATH"
+        tracer lab down >/dev/null 2>&1 || true
+        trap 'tracer lab down' EXIT
+        tracer lab up
+        tracer path curl httpbin
+        tracer follow curl httpbin
+        ;;
+    test)
+        shift
+        install_system
+        install_python
+        exec .venv/bin/python -m pytest -q "$@"
+        ;;
+    *)
+        sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//' >&2
+        exit 2
+        ;;
+esac

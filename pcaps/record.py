@@ -1,0 +1,146 @@
+"""Record the sample captures in pcaps/ from tracer's own lab (run as root).
+
+    .venv/bin/python pcaps/record.py [SCENARIO...]
+
+For each scenario: bring up a lab with its own prefix, apply the scenario's iptables rules,
+start `tcpdump -U -w` on the six points of `tracer path curl httpbin` plus both pods' eth0,
+wait until each tcpdump listens, run curl once, let the tail of the exchange arrive, stop
+every tcpdump with SIGINT (by PID) and tear the lab down. Writes
+`pcaps/<scenario>/<node or pod>/<interface>.pcap`, `path.json` and `scenario.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tracer.discover import discover
+from tracer.lab import Lab, StateStore, down, exercise, up
+
+HERE = Path(__file__).resolve().parent
+CLUSTER_IP = "10.152.183.50"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Scenario:
+    name: str
+    description: str
+    url: str
+    max_time: float = 5.0
+    setup: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    """(pod or node, argv) run before capturing, e.g. iptables rules."""
+
+
+SCENARIOS = (
+    Scenario(
+        name="http-get",
+        description="curl -> httpbin GET /get across the VXLAN tunnel, answered with HTTP 200.",
+        url="http://172.18.104.14:80/get",
+    ),
+    Scenario(
+        name="vxlan-drop",
+        description=(
+            "worker2 drops incoming VXLAN (iptables INPUT udp dport 4789 DROP): the SYN and its "
+            "retransmissions reach worker2/eth1 and no point after it; curl gives up after 2 s."
+        ),
+        url="http://172.18.104.14:80/get",
+        max_time=2.0,
+        setup=(("worker2", ("iptables", "-A", "INPUT", "-p", "udp", "--dport", "4789", "-j", "DROP")),),
+    ),
+    Scenario(
+        name="clusterip-dnat",
+        description=(
+            f"curl -> ClusterIP {CLUSTER_IP}:80, DNAT-ed by a kube-proxy-like rule on worker1 to "
+            "172.18.104.14:80 between points 1 and 2 (destination IP and checksums change there)."
+        ),
+        url=f"http://{CLUSTER_IP}:80/get",
+        setup=(
+            ("worker1", ("iptables", "-t", "nat", "-N", "KUBE-SERVICES")),
+            ("worker1", ("iptables", "-t", "nat", "-A", "PREROUTING", "-j", "KUBE-SERVICES")),
+            ("worker1", ("iptables", "-t", "nat", "-A", "KUBE-SERVICES", "-d", f"{CLUSTER_IP}/32", "-p", "tcp",
+                         "--dport", "80", "-m", "comment", "--comment", "default/httpbin:http cluster IP",
+                         "-j", "DNAT", "--to-destination", "172.18.104.14:80")),
+        ),
+    ),
+)
+
+
+def record(scenario: Scenario, out_root: Path) -> dict:
+    store = StateStore(prefix=f"trrec{os.getpid()}-", directory=Path(tempfile.mkdtemp(prefix="tracer-record-")))
+    out = out_root / scenario.name
+    shutil.rmtree(out, ignore_errors=True)
+    lab = up(exercise(), store=store)
+    try:
+        for target, argv in scenario.setup:
+            res = lab.exec(target, argv)
+            if res.returncode != 0:
+                raise SystemExit(f"{target}: {' '.join(argv)} failed: {res.stderr.decode()}")
+        way = discover(lab.backend(), "curl", "httpbin")
+        points = [(p.node, p.interface) for p in way.points] + [("curl", "eth0"), ("httpbin", "eth0")]
+        captures = [_start_tcpdump(lab, where, dev, out / where / f"{dev}.pcap") for where, dev in points]
+        curl_argv = ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", str(scenario.max_time), scenario.url]
+        res = lab.exec("curl", curl_argv, timeout=scenario.max_time + 5)
+        time.sleep(0.3)  # the last ACK/FIN of the exchange, then stop
+        stats = {f"{where}/{dev}": _stop_tcpdump(proc) for (where, dev), proc in zip(points, captures)}
+        (out / "path.json").write_text(json.dumps(way.to_dict(), indent=2) + "\n")
+        meta = {
+            "scenario": scenario.name,
+            "description": scenario.description,
+            "setup": [{"in": t, "argv": list(a)} for t, a in scenario.setup],
+            "request": {"in": "curl", "argv": curl_argv, "exit_code": res.returncode,
+                        "http_code": res.stdout.decode().strip()},
+            "captures": stats,
+        }
+        (out / "scenario.json").write_text(json.dumps(meta, indent=2) + "\n")
+        return meta
+    finally:
+        down(store)
+        shutil.rmtree(store.directory, ignore_errors=True)
+
+
+def _start_tcpdump(lab: Lab, where: str, dev: str, path: Path) -> subprocess.Popen:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Immediate mode: libpcap hands over each packet at once instead of holding a ring block
+    # for up to 1 s (stopping then would lose it); -U: write it out at once; -Z root: keep
+    # the right to write here.
+    proc = lab.popen(where, ["tcpdump", "--immediate-mode", "-U", "-n", "-Z", "root", "-s", "0", "-i", dev, "-w", str(path)],
+                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 5
+    seen = b""
+    while b"listening on" not in seen:
+        if time.monotonic() > deadline or proc.poll() is not None:
+            proc.kill()
+            raise SystemExit(f"tcpdump on {where}/{dev} did not start: {seen.decode(errors='replace')}")
+        if select.select([proc.stderr], [], [], 0.1)[0]:
+            seen += os.read(proc.stderr.fileno(), 4096)
+    return proc
+
+
+def _stop_tcpdump(proc: subprocess.Popen) -> str:
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=5)
+    return next((l for l in err.decode().splitlines() if "captured" in l), "").strip()
+
+
+def main(argv: list[str]) -> None:
+    if os.geteuid() != 0:
+        raise SystemExit("record.py needs root (network namespaces, tcpdump)")
+    wanted = argv or [s.name for s in SCENARIOS]
+    for scenario in (s for s in SCENARIOS if s.name in wanted):
+        meta = record(scenario, HERE)
+        print(f"{scenario.name}: curl exit {meta['request']['exit_code']}, HTTP {meta['request']['http_code'] or '-'}")
+        for point, stat in meta["captures"].items():
+            print(f"  {point:28} {stat}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

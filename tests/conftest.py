@@ -1,0 +1,90 @@
+"""Shared fixtures: real labs in network namespaces, isolated per test session, always torn down.
+
+Every lab of this session has a namespace prefix `trt<random>-` and keeps its state in a
+temporary directory, so parallel runs never collide and nothing else on the machine is touched.
+`pytest_sessionfinish` sweeps whatever a crashed test left (only this session's prefix).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tracer.lab import Lab, StateStore, down, exercise, up
+from tracer.lab import netns
+from tracer.lab.state import stop_process
+
+SESSION_PREFIX = f"trt{secrets.token_hex(3)}-"
+SESSION_STATE_DIR = Path(tempfile.mkdtemp(prefix="tracer-test-state-"))
+
+
+def make_store(name: str) -> StateStore:
+    """A store (prefix + state dir) of its own for one lab of this session."""
+    return StateStore(prefix=f"{SESSION_PREFIX}{name}-", directory=SESSION_STATE_DIR)
+
+
+def store_env(store: StateStore) -> dict[str, str]:
+    return {**os.environ, "TRACER_LAB_PREFIX": store.prefix, "TRACER_STATE_DIR": str(store.directory)}
+
+
+def run_tracer(*args: str, store: StateStore, check: bool = False) -> subprocess.CompletedProcess[str]:
+    """Run the real CLI in a new process, pointed at `store`'s lab."""
+    proc = subprocess.run([sys.executable, "-m", "tracer", *args], capture_output=True, text=True,
+                          env=store_env(store), timeout=120)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"tracer {' '.join(args)} -> {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def ip_json(ns: str, *args: str) -> list[dict]:
+    """`ip -j ARGS` inside a namespace, parsed."""
+    out = subprocess.run(["ip", "-n", ns, "-j", *args], capture_output=True, text=True, check=True).stdout
+    return json.loads(out or "[]")
+
+
+def ns_run(ns: str, *argv: str) -> str:
+    return subprocess.run(["ip", "netns", "exec", ns, *argv], capture_output=True, text=True, check=True).stdout
+
+
+def leftovers(store: StateStore) -> list[str]:
+    return netns.with_prefix(store.prefix)
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[Lab]:
+    """The exercise's two-node lab, one per test module, removed even when a test fails."""
+    store = make_store("m" + secrets.token_hex(2))
+    built = up(exercise(), store=store)
+    try:
+        yield built
+    finally:
+        down(store)
+
+
+@pytest.fixture
+def store() -> Iterator[StateStore]:
+    """A fresh, unused store for a test that drives up/down itself; swept afterwards."""
+    s = make_store("t" + secrets.token_hex(2))
+    yield s
+    down(s)
+    netns.delete(leftovers(s))
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    # Safety sweep: processes and namespaces this session's labs recorded, then any namespace
+    # with the session prefix (a lab that crashed before writing its journal).
+    for path in SESSION_STATE_DIR.glob("*lab.json"):
+        state = StateStore(prefix=path.name.removesuffix("lab.json"), directory=SESSION_STATE_DIR).load()
+        for proc in state.processes if state else ():
+            stop_process(proc)
+    netns.delete(netns.with_prefix(SESSION_PREFIX))
+    shutil.rmtree(SESSION_STATE_DIR, ignore_errors=True)

@@ -1,0 +1,201 @@
+"""`tracer analyze` on the lab's sample captures, checked against the lab's real state in path.json.
+
+Every expectation is derived from path.json (the MACs, IPs, VNI and port the lab's namespaces
+really had when the packets were captured), never from tracer's own output.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from factories import SAMPLES, analyze_json, path_doc
+
+TTLS = [64, 64, 63, 63, 63, 63, 62, 62]
+SERVICE = "10.152.183.50"
+
+
+def request_way(doc: dict) -> list[str]:
+    """curl/eth0, the six points of path.json, httpbin/eth0."""
+    return [f"{doc['src']['name']}/eth0"] + [p["id"] for p in doc["points"]] + [f"{doc['dst']['name']}/eth0"]
+
+
+# The way is symmetric: each direction leaves a pod, is routed into the tunnel, encapsulated,
+# crosses the underlay, decapsulated and routed into the other pod.
+WAY_CHANGES = [set(), set(), {"mac", "ttl"}, {"encap"}, set(), {"decap"}, {"mac", "ttl"}, set()]
+
+
+def with_ttls_and_changes(hops: list[dict]) -> list[dict]:
+    for h, ttl, ch in zip(hops, TTLS, WAY_CHANGES, strict=True):
+        h["ttl"], h["changes"] = ttl, ch
+    return hops
+
+
+def expected_request_hops(doc: dict) -> list[dict]:
+    """Per point of the request's way: inner MACs, outer MACs (or None), direction, TTL, changes."""
+    src, dst, tun = doc["src"], doc["dst"], doc["tunnel"]
+    hops = [{"eth": (src["mac"], src["gateway_mac"]), "outer": None, "direction": "out"}]
+    for p in doc["points"]:
+        if p["role"] == "underlay":
+            hops.append({"eth": (tun["src_mac"], tun["dst_mac"]), "outer": (p["eth_src"], p["eth_dst"])})
+        else:
+            hops.append({"eth": (p["eth_src"], p["eth_dst"]), "outer": None})
+        hops[-1]["direction"] = {"ingress": "in", "egress": "out"}[p["direction"]]
+    hops.append({"eth": (dst["host_veth_mac"], dst["mac"]), "outer": None, "direction": "in"})
+    return with_ttls_and_changes(hops)
+
+
+def expected_response_hops(doc: dict) -> list[dict]:
+    """The mirror way: the same points backwards, every MAC pair swapped, in/out swapped."""
+    hops = []
+    for h in reversed(expected_request_hops(doc)):
+        hops.append({"eth": h["eth"][::-1], "outer": h["outer"] and h["outer"][::-1],
+                     "direction": {"in": "out", "out": "in"}[h["direction"]]})
+    return with_ttls_and_changes(hops)
+
+
+def assert_hops(packet: dict, way: list[str], expected: list[dict], doc: dict, *, forward: bool, nat_changes=None):
+    tun = doc["tunnel"]
+    assert [h["point"] for h in packet["hops"]] == way, packet["summary"]
+    assert packet["missing"] == [] and packet["last_seen"] == way[-1]
+    assert [h["ttl"] for h in packet["hops"]] == TTLS
+    for i, (hop, exp) in enumerate(zip(packet["hops"], expected, strict=True)):
+        where = f"{packet['summary']} hop {i + 1} {hop['point']}"
+        assert (hop["eth_src"], hop["eth_dst"]) == exp["eth"], where
+        assert hop["direction"] == exp["direction"], where
+        assert set(hop["changes"]) == exp["changes"] | (nat_changes or {}).get(i, set()), where
+        if exp["outer"] is None:
+            assert hop["encap"] is None, where
+            continue
+        e = hop["encap"]
+        nodes = (tun["src_node_ip"], tun["dst_node_ip"]) if forward else (tun["dst_node_ip"], tun["src_node_ip"])
+        assert e["type"] == "vxlan" and e["vni"] == doc["vni"] == 4096, where
+        assert e["udp_dport"] == doc["udp_port"] == 4789, where
+        assert 32768 <= e["udp_sport"] <= 60999, where  # Linux hashes the flow into its ephemeral range
+        assert (e["outer_ip_src"], e["outer_ip_dst"]) == nodes, where
+        assert (e["outer_eth_src"], e["outer_eth_dst"]) == exp["outer"], where
+        assert e["bytes_added"] == 50, where
+
+
+@pytest.fixture
+def http_get(capsys):
+    return analyze_json(capsys, str(SAMPLES / "http-get")), path_doc("http-get")
+
+
+def test_http_get_every_packet_follows_the_lab_state(http_get):
+    d, doc = http_get
+    way = request_way(doc)
+    [flow] = d["flows"]
+    assert flow["client"].startswith(doc["src"]["ip"] + ":")
+    assert flow["server"] == f"{doc['dst']['ip']}:80"
+    assert flow["protocol"] == "tcp" and flow["nat"] is None and flow["http"] is True
+    packets = flow["packets"]
+    assert len(packets) == 12
+    assert [p["tcp_flags"] for p in packets[:3]] == ["S", "SA", "A"]
+    for p in packets:
+        if p["direction"] == "request":
+            assert_hops(p, way, expected_request_hops(doc), doc, forward=True)
+            assert {(h["ip_src"], h["ip_dst"]) for h in p["hops"]} == {(doc["src"]["ip"], doc["dst"]["ip"])}
+        else:
+            assert_hops(p, way[::-1], expected_response_hops(doc), doc, forward=False)
+            assert {(h["ip_src"], h["ip_dst"]) for h in p["hops"]} == {(doc["dst"]["ip"], doc["src"]["ip"])}
+    # curl sends 7 of them (SYN, ACK, GET, 2 ACKs, FIN, last ACK), httpbin 5 (see tshark -r curl/eth0.pcap)
+    assert sum(p["direction"] == "request" for p in packets) == 7
+    assert any(p["payload_bytes"] > 0 and p["tcp_flags"] == "PA" for p in packets)
+
+
+def test_http_get_points_and_roles(http_get):
+    d, doc = http_get
+    assert [p["id"] for p in d["points"]] == request_way(doc)
+    roles = {p["id"]: p["role"] for p in d["points"]}
+    for p in doc["points"]:
+        assert roles[p["id"]] == p["role"]
+    for pid, role in roles.items():
+        iface = pid.split("/")[1]
+        if iface.startswith("cali") or iface == "eth0":
+            assert role == "pod-veth", pid
+        elif iface == "vxlan.calico":
+            assert role == "tunnel", pid
+        else:
+            assert (iface, role) == ("eth1", "underlay")
+    assert all(p["packets"] == 12 and p["undecoded"] == 0 for p in d["points"])
+
+
+def test_json_contract_keys(http_get):
+    d, _ = http_get
+    assert d["schema"] == "tracer.trace/v1"
+    assert {"schema", "points", "clock_offsets", "flows"} <= d.keys()
+    assert isinstance(d["clock_offsets"], dict)
+    for p in d["points"]:
+        assert {"id", "node", "interface", "role", "packets"} <= p.keys()
+        assert p["id"] == f"{p['node']}/{p['interface']}"
+    for f in d["flows"]:
+        assert {"client", "server", "protocol", "nat", "packets"} <= f.keys()
+        for pk in f["packets"]:
+            assert {"direction", "tcp_flags", "ip_id", "payload_bytes", "hops", "last_seen", "missing"} <= pk.keys()
+            for h in pk["hops"]:
+                assert {"point", "time", "eth_src", "eth_dst", "ip_src", "ip_dst", "ttl", "encap"} <= h.keys()
+                assert isinstance(h["time"], float) and h["time"] > 1e9
+
+
+def test_vxlan_drop_stops_after_worker2_nic(capsys):
+    doc = path_doc("vxlan-drop")
+    d = analyze_json(capsys, str(SAMPLES / "vxlan-drop"))
+    way = request_way(doc)
+    [flow] = d["flows"]
+    packets = flow["packets"]
+    assert len(packets) == 2  # the SYN and its retransmission; nothing came back
+    for p in packets:
+        assert p["direction"] == "request" and p["tcp_flags"] == "S"
+        assert [h["point"] for h in p["hops"]] == way[:5]
+        assert [h["ttl"] for h in p["hops"]] == TTLS[:5]
+        assert p["last_seen"] == "worker2/eth1"
+        assert p["missing"] == way[5:]
+        assert "worker2/vxlan.calico" in p["missing"] and doc["dst"]["host_veth"] in p["missing"][1]
+        for hop, exp in zip(p["hops"], expected_request_hops(doc)):
+            assert (hop["eth_src"], hop["eth_dst"]) == exp["eth"]
+    assert {p["id"]: p["packets"] for p in d["points"]}["worker2/vxlan.calico"] == 0
+
+
+def test_clusterip_dnat(capsys):
+    doc = path_doc("clusterip-dnat")
+    d = analyze_json(capsys, str(SAMPLES / "clusterip-dnat"))
+    [flow] = d["flows"]
+    assert flow["nat"]["kind"] == "dnat"
+    assert flow["nat"]["original"] == f"{SERVICE}:80"
+    assert flow["nat"]["translated"] == f"{doc['dst']['ip']}:80"
+    way = request_way(doc)
+    after_cali = way[2]  # the first hop after worker1's cali: kube-proxy's PREROUTING DNAT
+    assert flow["nat"]["point"] == after_cali == "worker1/vxlan.calico"
+    for p in flow["packets"]:
+        if p["direction"] == "request":
+            # the same hops as pod to pod, plus the DNAT at hop 3
+            assert_hops(p, way, expected_request_hops(doc), doc, forward=True, nat_changes={2: {"dnat"}})
+            assert [h["ip_dst"] for h in p["hops"]] == [SERVICE] * 2 + [doc["dst"]["ip"]] * 6
+            assert {h["ip_src"] for h in p["hops"]} == {doc["src"]["ip"]}
+        else:
+            # the reverse: conntrack puts the service address back as the source at worker1's cali
+            assert_hops(p, way[::-1], expected_response_hops(doc), doc, forward=False, nat_changes={6: {"snat"}})
+            assert [h["ip_src"] for h in p["hops"]] == [doc["dst"]["ip"]] * 6 + [SERVICE] * 2
+            assert {h["ip_dst"] for h in p["hops"]} == {doc["src"]["ip"]}
+
+
+@pytest.mark.parametrize("scenario,reached,stopped", [
+    ("http-get", 12, {}),
+    ("vxlan-drop", 0, {"worker2/eth1": 2}),
+    ("clusterip-dnat", 12, {}),
+])
+def test_summary_json(capsys, scenario, reached, stopped):
+    d = analyze_json(capsys, str(SAMPLES / scenario), "--summary")
+    assert d["schema"] == "tracer.trace/v1"
+    assert all("packets" not in f for f in d["flows"])
+    assert d["summary"]["reached_end"] == reached
+    assert d["flows"][0]["summary"]["stopped"] == stopped
+    segs = {(s["src"], s["dst"]): s for s in d["summary"]["segments"]}
+    way = request_way(path_doc(scenario))
+    if scenario == "vxlan-drop":
+        assert segs[("worker2/eth1", "worker2/vxlan.calico")]["lost"] == 2
+        assert all(s["lost"] == 0 for k, s in segs.items() if k[0] != "worker2/eth1")
+    else:
+        for a, b in zip(way, way[1:]):
+            assert segs[(a, b)]["packets"] == 7 and segs[(a, b)]["lost"] == 0
+            assert segs[(b, a)]["packets"] == 5 and segs[(b, a)]["lost"] == 0

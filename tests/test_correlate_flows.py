@@ -1,0 +1,90 @@
+"""Flows: who is the client, which packets are requests, and how the same packet is matched
+across points when only some of its headers change (table-driven, on built packets)."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from factories import (
+    CURL, CURL_MAC, HTTPBIN, HTTPBIN_MAC, NIC1_MAC, NIC2_MAC, NODE1, NODE2, PUBLIC, VXLAN1_MAC, VXLAN2_MAC,
+    analyze_json, eth, ipv4, pcap_bytes, tcp, udp, vxlan,
+)
+
+CALI = "ee:ee:ee:ee:ee:ee"
+
+
+def icmp_echo(kind: int, ident: int, seq: int) -> bytes:
+    return struct.pack("!BBHHH", kind, 0, 0, ident, seq) + b"ping" * 8
+
+
+def write_points(tmp_path, points: dict[str, list[bytes]], t0: float = 1700000000.0) -> str:
+    """<tmp>/<node>/<interface>.pcap for each point; frame i at t0 + i ms (+ 10 µs per point)."""
+    for k, (pid, frames) in enumerate(points.items()):
+        node, iface = pid.split("/")
+        (tmp_path / node).mkdir(exist_ok=True)
+        times = [t0 + i / 1000 + k * 1e-5 for i in range(len(frames))]
+        (tmp_path / node / f"{iface}.pcap").write_bytes(pcap_bytes(frames, times=times))
+    return str(tmp_path)
+
+
+def ping_exchange(ttl_drop: int = 0) -> list[bytes]:
+    frames = []
+    for seq in (1, 2, 3):
+        frames.append(eth(CURL_MAC, CALI, 0x0800, ipv4(CURL, HTTPBIN, 1, icmp_echo(8, 77, seq), ip_id=100 + seq)))
+        frames.append(eth(CALI, CURL_MAC, 0x0800, ipv4(HTTPBIN, CURL, 1, icmp_echo(0, 77, seq), ip_id=200 + seq,
+                                                          ttl=62)))
+    return frames
+
+
+def test_icmp_echo_client_is_the_echo_request_sender(tmp_path, capsys):
+    """No ports, no SYN: the pinging side is the client and its echo requests are the requests."""
+    d = analyze_json(capsys, write_points(tmp_path, {"curl/eth0": ping_exchange()}), "--all-flows")
+    [flow] = d["flows"]
+    assert flow["protocol"] == "icmp"
+    assert (flow["client"], flow["server"]) == (CURL, HTTPBIN)
+    for p in flow["packets"]:
+        want = "request" if "echo request" in p["summary"] else "response"
+        assert p["direction"] == want, p["summary"]
+
+
+def test_icmp_in_vxlan_public_capture_client(capsys):
+    """zeek's VXLAN capture: 10.0.0.1 pings 10.0.0.2 (tshark: 'Echo (ping) request 10.0.0.1 -> 10.0.0.2')."""
+    d = analyze_json(capsys, str(PUBLIC / "zeek-vxlan4789-arp-icmp.pcap"), "--all-flows")
+    [flow] = d["flows"]
+    assert flow["client"] == "10.0.0.1"
+    assert {p["direction"] for p in flow["packets"] if "echo request" in p["summary"]} == {"request"}
+
+
+@pytest.mark.parametrize("client_port,server_port", [(45688, 80), (53000, 53), (80, 45688)])
+def test_tcp_client_is_the_syn_sender_whatever_the_ports(tmp_path, capsys, client_port, server_port):
+    syn = eth(CURL_MAC, CALI, 0x0800, ipv4(CURL, HTTPBIN, 6, tcp(client_port, server_port, seq=1, flags=0x02), ip_id=1))
+    synack = eth(CALI, CURL_MAC, 0x0800, ipv4(HTTPBIN, CURL, 6, tcp(server_port, client_port, seq=9, ack=2, flags=0x12),
+                                               ip_id=0, ttl=62))
+    d = analyze_json(capsys, write_points(tmp_path, {"curl/eth0": [syn, synack]}), "--all-flows")
+    [flow] = d["flows"]
+    assert (flow["client"], flow["server"]) == (f"{CURL}:{client_port}", f"{HTTPBIN}:{server_port}")
+    assert [p["direction"] for p in flow["packets"]] == ["request", "response"]
+
+
+def test_same_packet_matched_across_encapsulation_with_ip_id_zero(tmp_path, capsys):
+    """Two different packets with IP ID 0 (Linux on DF SYN-ACKs) are not merged: TCP seq/ack tell them apart,
+    while each one's pod, tunnel and underlay sightings are one packet."""
+    def at_points(seq: int):
+        inner = ipv4(HTTPBIN, CURL, 6, tcp(80, 45688, seq=seq, ack=5, flags=0x12), ip_id=0, ttl=64)
+        routed = ipv4(HTTPBIN, CURL, 6, tcp(80, 45688, seq=seq, ack=5, flags=0x12), ip_id=0, ttl=63)
+        return (eth(HTTPBIN_MAC, CALI, 0x0800, inner),
+                eth(VXLAN2_MAC, VXLAN1_MAC, 0x0800, routed),
+                eth(NIC2_MAC, NIC1_MAC, 0x0800, ipv4(NODE2, NODE1, 17, udp(40001, 4789, vxlan(
+                    4096, eth(VXLAN2_MAC, VXLAN1_MAC, 0x0800, routed))), ip_id=7 + seq)))
+    a, b = at_points(1000), at_points(5000)
+    path = write_points(tmp_path, {"worker2/cali4a3c027cd7f": [a[0], b[0]], "worker2/vxlan.calico": [a[1], b[1]],
+                                   "worker2/eth1": [a[2], b[2]]})
+    d = analyze_json(capsys, path, "--all-flows")
+    [flow] = d["flows"]
+    assert len(flow["packets"]) == 2
+    for p in flow["packets"]:
+        assert [h["point"] for h in p["hops"]] == ["worker2/cali4a3c027cd7f", "worker2/vxlan.calico", "worker2/eth1"]
+        assert [h["ttl"] for h in p["hops"]] == [64, 63, 63]
+        assert [h["changes"] for h in p["hops"]][1:] == [["ttl", "mac"], ["encap"]]

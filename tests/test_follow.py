@@ -1,0 +1,301 @@
+"""`tracer follow` on the real lab: every hop captured by the agents, nothing left behind.
+
+Each test drives the real CLI in a subprocess against this module's lab (tests/conftest.py),
+and checks what it reports against the kernel's own state (ip -j link in the namespaces).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import ip_json, run_tracer, store_env
+from tracer.lab import netns
+
+pytestmark = [pytest.mark.root, pytest.mark.slow]
+
+
+def mac(ns: str, dev: str) -> str:
+    return ip_json(ns, "link", "show", "dev", dev)[0]["address"]
+
+
+def follow_json(lab, *args: str) -> dict:
+    proc = run_tracer("follow", "curl", "httpbin", "-o", "json", *args, store=lab.store, check=True)
+    return json.loads(proc.stdout)
+
+
+def packet(flow: dict, flags: str) -> dict:
+    return next(p for p in flow["packets"] if p["tcp_flags"] == flags)
+
+
+def hop_view(doc: dict) -> list[list[tuple]]:
+    """What must not differ between follow and analyze: per packet, per hop."""
+    return [[(h["point"], h["eth_src"], h["eth_dst"], h["ttl"], json.dumps(h["encap"], sort_keys=True), h["changes"])
+             for h in p["hops"]] for f in doc["flows"] for p in f["packets"]]
+
+
+@pytest.fixture(scope="module")
+def real(lab):
+    """The lab's points and MACs as the kernel reports them."""
+    curl, httpbin = lab.pod("curl"), lab.pod("httpbin")
+    w1, w2 = lab.node("worker1"), lab.node("worker2")
+    return {
+        "way": [f"worker1/{curl.host_veth}", "worker1/vxlan.calico", "worker1/eth1",
+                "worker2/eth1", "worker2/vxlan.calico", f"worker2/{httpbin.host_veth}"],
+        "curl": mac(curl.netns, "eth0"), "httpbin": mac(httpbin.netns, "eth0"),
+        "cali1": mac(w1.netns, curl.host_veth), "cali2": mac(w2.netns, httpbin.host_veth),
+        "vx1": mac(w1.netns, "vxlan.calico"), "vx2": mac(w2.netns, "vxlan.calico"),
+        "eth1": mac(w1.netns, "eth1"), "eth2": mac(w2.netns, "eth1"),
+    }
+
+
+def test_syn_and_synack_pass_all_six_points_with_the_real_macs_ttls_and_vxlan(lab, real):
+    doc = follow_json(lab)
+    assert doc["follow"]["curl"][0]["status"] == 200
+    assert doc["follow"]["backend"] == "lab"
+    flow = doc["flows"][0]
+    r = real
+    expected = {
+        "S": (r["way"], [(r["curl"], r["cali1"]), (r["vx1"], r["vx2"]), None, None, (r["vx1"], r["vx2"]),
+                         (r["cali2"], r["httpbin"])], (r["eth1"], r["eth2"])),
+        "SA": (r["way"][::-1], [(r["httpbin"], r["cali2"]), (r["vx2"], r["vx1"]), None, None, (r["vx2"], r["vx1"]),
+                                (r["cali1"], r["curl"])], (r["eth2"], r["eth1"])),
+    }
+    for flags, (way, macs, outer) in expected.items():
+        hops = packet(flow, flags)["hops"]
+        assert [h["point"] for h in hops] == way, flags
+        assert [h["ttl"] for h in hops] == [64, 63, 63, 63, 63, 62], flags
+        for h, m in zip(hops, macs):
+            if m is None:  # underlay: the outer Ethernet header carries the NICs' MACs
+                e = h["encap"]
+                assert (e["type"], e["vni"], e["udp_dport"]) == ("vxlan", 4096, 4789), flags
+                assert (e["outer_eth_src"], e["outer_eth_dst"]) == outer, flags
+            else:
+                assert (h["eth_src"], h["eth_dst"]) == m, (flags, h["point"])
+                assert h["encap"] is None
+    assert [c["packets"] > 0 and c["dropped"] == 0 for c in doc["follow"]["captures"]] == [True] * 6
+
+
+def test_save_then_analyze_shows_the_same_hops(lab, tmp_path):
+    saved = tmp_path / "run"
+    doc = follow_json(lab, "--save", str(saved))
+    files = sorted(str(p.relative_to(saved)) for p in saved.rglob("*") if p.is_file())
+    assert "path.json" in files and len([f for f in files if f.endswith(".pcap")]) == 6
+    again = json.loads(run_tracer("analyze", str(saved), "-o", "json", store=lab.store, check=True).stdout)
+    assert hop_view(again) == hop_view(doc)
+    text = run_tracer("analyze", str(saved), store=lab.store, check=True).stdout
+    assert "(curl)" in text and "(httpbin)" in text
+
+
+def test_text_view_names_the_pods_and_gives_the_curl_result_and_a_summary(lab):
+    out = run_tracer("follow", "curl", "httpbin", store=lab.store, check=True).stdout
+    assert "request 1: HTTP 200 in" in out
+    assert "(curl)" in out and "(httpbin)" in out
+    summary = next(line for line in out.splitlines() if line.startswith("summary:"))
+    assert "6 hops" in summary and "MAC rewrite" in summary and "VNI 4096" in summary and "4789" in summary
+
+
+def test_count_gives_one_flow_per_request(lab):
+    doc = follow_json(lab, "--count", "3")
+    assert [c["status"] for c in doc["follow"]["curl"]] == [200, 200, 200]
+    assert len(doc["flows"]) == 3
+    assert all(not p["missing"] for f in doc["flows"] for p in f["packets"])
+
+
+def test_a_refused_port_is_still_traced(lab):
+    doc = follow_json(lab, "--port", "81", "--timeout", "3")
+    c = doc["follow"]["curl"][0]
+    assert c["status"] is None and c["exit_code"] == 7
+    flags = [p["tcp_flags"] for p in doc["flows"][0]["packets"]]
+    assert "S" in flags and any("R" in f for f in flags)
+
+
+@pytest.mark.parametrize("args, code, words", [
+    (("follow", "curl", "nosuchpod"), 4, "no pod 'nosuchpod'"),
+    (("follow", "curl", "curl"), 2, "same pod"),
+    (("follow", "curl", "httpbin", "--save", "/"), 2, "not empty"),
+])
+def test_clear_errors(lab, args, code, words):
+    proc = run_tracer(*args, store=lab.store)
+    assert proc.returncode == code, proc.stderr
+    assert words in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_source_without_curl_is_a_clear_error_and_leaves_nothing(lab, tmp_path):
+    # The lab's pods share the host's files: a PATH with iproute2 and cat, but no curl, is a pod
+    # image without curl as far as `tracer follow` can tell.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("ip", "cat", "bridge"):
+        (bin_dir / tool).symlink_to(subprocess.check_output(["which", tool], text=True).strip())
+    env = {**store_env(lab.store), "PATH": str(bin_dir), "TMPDIR": str(tmp_path)}
+    proc = subprocess.run([sys.executable, "-m", "tracer", "follow", "curl", "httpbin"], capture_output=True,
+                          text=True, env=env, timeout=60)
+    assert proc.returncode == 4, proc.stderr
+    assert "pod curl has no curl" in proc.stderr and "hint:" in proc.stderr
+    assert not list(tmp_path.glob("tracer-follow-*"))
+
+
+# --- Ctrl-C at every phase ------------------------------------------------------------------------
+
+def cmdline(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return []
+
+
+def children(pid: int) -> list[int]:
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                ppid = int(Path(d, "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            if ppid == pid:
+                out.append(int(d.name))
+    return out
+
+
+def agents_of(tracer_pid: int) -> list[int]:
+    return [p for p in children(tracer_pid) if any(a.endswith("agent.py") for a in cmdline(p))]
+
+
+def processes_with(word: str) -> list[int]:
+    me = os.getpid()
+    return [int(d.name) for d in Path("/proc").iterdir()
+            if d.name.isdigit() and int(d.name) != me and word in cmdline(int(d.name))]
+
+
+def wait_for(what, timeout: float = 10.0, step: float = 0.002):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = what()
+        if value:
+            return value
+        time.sleep(step)
+    raise AssertionError("timed out")
+
+
+@pytest.mark.parametrize("phase", ["agents starting", "request in flight", "collecting"])
+def test_ctrl_c_at_any_phase_leaves_no_agent_and_the_lab_intact(lab, tmp_path, phase):
+    env = {**store_env(lab.store), "TMPDIR": str(tmp_path)}
+    proc = subprocess.Popen([sys.executable, "-m", "tracer", "follow", "curl", "httpbin", "--path", "/delay/2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        agents = wait_for(lambda: agents_of(proc.pid))
+        run_id = cmdline(agents[0])[cmdline(agents[0]).index("--run-id") + 1]
+        if phase == "request in flight":
+            wait_for(lambda: any("curl" in cmdline(c) for c in children(proc.pid)))
+            time.sleep(0.2)
+        elif phase == "collecting":
+            wait_for(lambda: any("curl" in cmdline(c) for c in children(proc.pid)))
+            wait_for(lambda: not any("curl" in cmdline(c) for c in children(proc.pid)), step=0.0005)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    if phase == "collecting" and proc.returncode == 0:
+        pytest.skip("the run finished before the signal came")  # collecting takes ~0.1 s
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1] == "tracer: interrupted"
+    assert processes_with(run_id) == [] and all(not Path(f"/proc/{a}").exists() for a in agents)
+    assert not list(tmp_path.glob("tracer-follow-*"))
+    assert sorted(netns.with_prefix(lab.store.prefix)) == sorted(lab.state.namespaces)
+    assert follow_json(lab)["follow"]["curl"][0]["status"] == 200
+
+
+def test_sigterm_ends_the_run_like_ctrl_c(lab):
+    proc = subprocess.Popen([sys.executable, "-m", "tracer", "follow", "curl", "httpbin", "--path", "/delay/2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=store_env(lab.store))
+    agents = wait_for(lambda: agents_of(proc.pid))
+    wait_for(lambda: any("curl" in cmdline(c) for c in children(proc.pid)))
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=15)
+    assert proc.returncode == 130, err
+    assert all(not Path(f"/proc/{a}").exists() for a in agents)
+
+
+# --- under load -----------------------------------------------------------------------------------
+
+def test_every_packet_of_the_flow_is_captured_at_every_point_under_load(lab, capsys):
+    curl, httpbin = lab.pod("curl"), lab.pod("httpbin")
+    server = subprocess.Popen(lab.argv("httpbin", ["iperf3", "-s", "-1", "-p", "5201"]),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    client = None
+    try:
+        time.sleep(0.3)
+        # TCP at full speed through the same veths, VXLAN devices and NICs, for the whole follow.
+        client = subprocess.Popen(lab.argv("curl", ["iperf3", "-c", httpbin.ip, "-p", "5201", "-t", "8", "-P", "2"]),
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(1.0)
+        doc = follow_json(lab, "--count", "5")
+        assert client.poll() is None, "the load ended before the follow did"
+    finally:
+        for p in (client, server):
+            if p is not None and p.poll() is None:
+                p.terminate()
+                p.wait(5)
+    iperf_out = client.communicate()[0] if client else ""
+    points = 6
+    # The five requests of this run are its HTTP flows. Once, in a fresh-clone run of the whole
+    # suite, a sixth flow of 2 packets (each at 3 of 6 points) came along: another connection
+    # between the same pods, most likely left over from an earlier test of this module (origin
+    # not pinned down). It is reported, not counted: the claim is about the traced flow.
+    traced = [f for f in doc["flows"] if f["http"]]
+    packets = [p for f in traced for p in f["packets"]]
+    expected = len(packets) * points
+    captured = sum(len(p["hops"]) for p in packets)
+    with capsys.disabled():
+        load = next((l for l in iperf_out.splitlines() if "SUM" in l and "sender" in l), "?").split()
+        print(f"\n  under load ({' '.join(load[5:7]) if len(load) > 6 else 'iperf3'}): "
+              f"captured {captured}/{expected} sightings of {len(packets)} packets in {len(traced)} flows"
+              f" ({len(doc['flows']) - len(traced)} other flows on port 80)")
+    assert [c["status"] for c in doc["follow"]["curl"]] == [200] * 5
+    assert len(traced) == 5
+    assert all(len(f["packets"]) >= 10 for f in traced)  # handshake, request, response, teardown
+    assert captured == expected
+    assert all(c["dropped"] == 0 for c in doc["follow"]["captures"])
+
+
+# --- live -----------------------------------------------------------------------------------------
+
+def test_watch_lights_up_every_point_for_every_packet_with_the_marks(lab):
+    env = {**store_env(lab.store), "COLUMNS": "160"}
+    proc = subprocess.run([sys.executable, "-m", "tracer", "watch", "curl", "httpbin", "--iterations", "2"],
+                          capture_output=True, text=True, env=env, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "request 2: HTTP 200" in out
+    rows = [line for line in out.splitlines() if line.startswith(("→ ", "← "))]
+    syn = next(r for r in rows if r.startswith("→ SYN "))
+    synack = next(r for r in rows if r.startswith("← SYN-ACK"))
+    # request: seen, routed (MAC, TTL 63), encapsulated (VNI 4096), across, decapsulated, routed (TTL 62)
+    assert [c.strip() for c in syn.split("│")[1:]] == ["● 64", "M 63", "⊕4096 63", "● 63", "⊖ 63", "M 62"]
+    assert [c.strip() for c in synack.split("│")[1:]] == ["M 62", "⊖ 63", "● 63", "⊕4096 63", "M 63", "● 64"]
+    assert all("·" not in r for r in rows)
+
+
+def test_follow_live_is_watch_and_ctrl_c_ends_it_cleanly(lab):
+    proc = subprocess.Popen([sys.executable, "-m", "tracer", "follow", "curl", "httpbin", "--live"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=store_env(lab.store))
+    try:
+        agents = wait_for(lambda: agents_of(proc.pid))
+        time.sleep(1.5)  # a request or two, live
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert "HTTP 200" in out and "⊕4096" in out
+    assert all(not Path(f"/proc/{a}").exists() for a in agents)

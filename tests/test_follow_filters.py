@@ -1,0 +1,65 @@
+"""The kernel filters `tracer follow` gives its agents, checked by libpcap on the sample captures."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from tracer.follow.run import capture_plan, flow_filter, underlay_filter
+
+SAMPLES = Path(__file__).resolve().parents[1] / "pcaps" / "http-get"
+CURL, HTTPBIN = "172.18.166.139", "172.18.104.14"
+
+
+def way(src=CURL, dst=HTTPBIN):
+    """Just what the filters read of a discovered Way."""
+    pod = lambda ip: SimpleNamespace(pod=SimpleNamespace(ip=ip))  # noqa: E731
+    point = lambda node, iface, role: SimpleNamespace(node=node, interface=iface, role=role)  # noqa: E731
+    return SimpleNamespace(
+        src=pod(src), dst=pod(dst),
+        tunnel=SimpleNamespace(udp_port=4789, src_node_ip="192.168.56.11", dst_node_ip="192.168.56.12"),
+        points=(point("worker1", "cali35e3a5cb80b", "pod-veth"), point("worker1", "vxlan.calico", "tunnel"),
+                point("worker1", "eth1", "underlay"), point("worker2", "eth1", "underlay"),
+                point("worker2", "vxlan.calico", "tunnel"), point("worker2", "cali4a3c027cd7f", "pod-veth")),
+    )
+
+
+def matches(pcap: Path, bpf: str) -> int:
+    out = subprocess.run(["tcpdump", "-n", "-r", str(pcap), bpf], capture_output=True, text=True, check=True)
+    return sum(1 for line in out.stdout.splitlines() if line[:1].isdigit())  # inner headers get a line too
+
+
+def agent():
+    spec = importlib.util.spec_from_file_location("agent", Path(__file__).resolve().parents[1] / "capture-pod" / "agent.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_the_plan_is_each_node_s_points_in_the_order_of_the_way():
+    plan = capture_plan(way(), 80)
+    assert {n: [c.interface for c in cs] for n, cs in plan.items()} == {
+        "worker1": ["cali35e3a5cb80b", "vxlan.calico", "eth1"], "worker2": ["eth1", "vxlan.calico", "cali4a3c027cd7f"]}
+    assert plan["worker1"][2].bpf == underlay_filter(way(), 80)
+    assert plan["worker1"][0].bpf == flow_filter(CURL, HTTPBIN, 80)
+
+
+@pytest.mark.parametrize("point", ["worker1/eth1", "worker2/eth1"])
+def test_the_underlay_filter_keeps_exactly_the_flow_inside_the_vxlan(point):
+    pcap = SAMPLES / f"{point}.pcap"
+    assert matches(pcap, underlay_filter(way(), 80)) == matches(pcap, "udp port 4789") == 12
+    assert matches(pcap, underlay_filter(way(), 8080)) == 0  # another port of the same pods
+    assert matches(pcap, underlay_filter(way(CURL, "172.18.104.15"), 80)) == 0  # another pod
+
+
+def test_the_agent_compiles_both_filters_with_libpcap():
+    a = agent()
+    for bpf in (underlay_filter(way(), 80), flow_filter(CURL, HTTPBIN, 80)):
+        prog = a.compile_bpf(bpf, a.LINKTYPE_ETHERNET)
+        assert len(prog) % 8 == 0 and len(prog) > 8
+    with pytest.raises(a.AgentError, match="cannot compile"):
+        a.compile_bpf("udp[", a.LINKTYPE_ETHERNET)

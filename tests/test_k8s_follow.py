@@ -1,0 +1,163 @@
+"""`tracer follow --kubeconfig`: the real CLI through the Kubernetes code path, capture pods included.
+
+Against the stand-in API server over the lab (tests/kmock_exec.py), `tracer follow` must show
+the same hops as on the lab itself, and Ctrl-C at any phase must leave no capture pod and no
+agent process. With $KUBECONFIG set, the `cluster` tests run the same against a real cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import run_tracer, store_env
+from kmock_exec import CAPTURE_NAMESPACE, StandIn
+from tracer.lab import Lab
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def standin(lab: Lab) -> Iterator[StandIn]:
+    with StandIn(lab) as s:
+        yield s
+
+
+def tracer_k8s(*args: str, kubeconfig: str, **kwargs: Any) -> subprocess.Popen:
+    """The real CLI in a new process, pointed at a cluster only (no lab in its environment)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRACER_")}
+    return subprocess.Popen([sys.executable, "-m", "tracer", *args, "--kubeconfig", kubeconfig], cwd=REPO,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def hops(doc: dict) -> list[tuple]:
+    """Per packet up to the first FIN (who closes first varies from run to run): its flags and,
+    per hop, point, MACs, TTL and the tunnel (not the UDP source port: a hash of the flow)."""
+    out = []
+    for p in (p for f in doc["flows"] for p in f["packets"]):
+        if "F" in p["tcp_flags"]:
+            break
+        out.append((p["tcp_flags"], [(h["point"], h["eth_src"], h["eth_dst"], h["ttl"],
+                                      (h["encap"] or {}).get("vni"), (h["encap"] or {}).get("outer_eth_src"))
+                                     for h in p["hops"]]))
+    return out
+
+
+@pytest.mark.root
+@pytest.mark.slow
+def test_follow_through_kubernetes_shows_the_lab_hops(lab: Lab, standin: StandIn) -> None:
+    proc = tracer_k8s("follow", "curl", "httpbin", "-o", "json", kubeconfig=str(standin.kubeconfig))
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    k8s = json.loads(out)
+    on_lab = json.loads(run_tracer("follow", "curl", "httpbin", "-o", "json", store=lab.store, check=True).stdout)
+    assert k8s["follow"]["backend"] == "kubernetes" and on_lab["follow"]["backend"] == "lab"
+    assert k8s["follow"]["curl"][0]["status"] == 200
+    assert [c["point"] for c in k8s["follow"]["captures"]] == [c["point"] for c in on_lab["follow"]["captures"]]
+    assert hops(k8s) == hops(on_lab)
+    assert [flags for flags, _ in hops(k8s)][:3] == ["S", "SA", "A"]
+    assert all(len(points) == 6 for _, points in hops(k8s))  # every packet passed all six points
+    # the agents ran in this run's capture pods, which are gone again
+    snap = standin.snapshot()
+    agents = [(ns, pod) for ns, pod, argv in snap["exec"] if argv[:2] == ("python3", "/agent.py")]
+    assert {ns for ns, _ in agents} == {CAPTURE_NAMESPACE} and len({pod for _, pod in agents}) == 2
+    assert standin.pods(CAPTURE_NAMESPACE) == []
+
+
+def _agent_started(snap: dict) -> bool:
+    return any(argv[:2] == ("python3", "/agent.py") for _, _, argv in snap["exec"])
+
+
+def _request_in_flight(snap: dict) -> bool:
+    return any(argv[:1] == ("curl",) for _, _, argv in snap["exec"])
+
+
+def _collecting(snap: dict) -> bool:
+    return any(argv[:2] == ("python3", "/agent.py") and b"stop" in data for argv, data in snap["stdin"])
+
+
+@pytest.mark.root
+@pytest.mark.slow
+@pytest.mark.parametrize("phase,reached", [
+    ("agents starting", _agent_started),
+    ("request in flight", _request_in_flight),
+    ("collecting", _collecting),
+])
+def test_ctrl_c_at_each_phase_leaves_no_capture_pod_or_agent(standin: StandIn, phase: str,
+                                                            reached: Callable[[dict], bool]) -> None:
+    start = standin.snapshot()
+    before = {k: len(v) for k, v in start.items()}  # only what this run does counts
+    proc = tracer_k8s("follow", "curl", "httpbin", "--path", "/delay/2", "--timeout", "20",
+                      kubeconfig=str(standin.kubeconfig))
+    try:
+        deadline = time.monotonic() + 30
+        while not reached({k: v[before[k]:] for k, v in standin.snapshot().items()}):
+            assert proc.poll() is None, f"ended before {phase}: {proc.communicate()}"
+            assert time.monotonic() < deadline, f"never reached {phase}"
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, (phase, err)
+    assert "interrupted" in err and "Traceback" not in err
+    assert standin.pods(CAPTURE_NAMESPACE) == [], phase
+    # What ran in the capture pods (agents, ip, cat) is gone with them; the curl in the app pod
+    # is not tracer's to kill (its --max-time ends it), as with kubectl exec.
+    spawned = standin.snapshot()["spawned"][before["spawned"]:]
+    in_capture_pods = [(pid, argv) for pid, ns, _, argv in spawned if ns == CAPTURE_NAMESPACE]
+    assert in_capture_pods and not [(pid, argv) for pid, argv in in_capture_pods if _alive(pid)], phase
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+# -- a real cluster ---------------------------------------------------------------------------------
+
+needs_cluster = pytest.mark.skipif(not os.environ.get("KUBECONFIG"), reason="no real cluster: $KUBECONFIG is not set")
+
+
+@pytest.mark.cluster
+@needs_cluster
+def test_discover_on_a_real_cluster() -> None:
+    """`discover` through the backend on the exercise's pods (manifests/exercise/pods.yaml applied)."""
+    from tracer.discover import discover
+    from tracer.follow.k8s_backend import make_backend
+
+    backend = make_backend(capture_image=os.environ.get("TRACER_CAPTURE_IMAGE"))
+    try:
+        way = discover(backend, "curl", "httpbin")
+        assert way.points[0].role == "pod-veth" and way.points[-1].role == "pod-veth"
+        if not way.same_node:
+            assert [p.role for p in way.points[1:-1]] == ["tunnel", "underlay", "underlay", "tunnel"]
+    finally:
+        backend.close()
+
+
+@pytest.mark.cluster
+@needs_cluster
+def test_follow_on_a_real_cluster() -> None:
+    args = ["follow", "curl", "httpbin", "-o", "json"]
+    if os.environ.get("TRACER_CAPTURE_IMAGE"):
+        args += ["--capture-image", os.environ["TRACER_CAPTURE_IMAGE"]]
+    proc = tracer_k8s(*args, kubeconfig=os.environ["KUBECONFIG"])
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    doc = json.loads(out)
+    assert doc["follow"]["backend"] == "kubernetes" and doc["follow"]["curl"][0]["status"] == 200
+    syn = next(p for f in doc["flows"] for p in f["packets"] if p["tcp_flags"] == "S")
+    assert [h["point"] for h in syn["hops"]][0] == doc["follow"]["captures"][0]["point"]

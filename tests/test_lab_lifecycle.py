@@ -1,0 +1,124 @@
+"""`tracer lab up/down/status`: clear messages, no tracebacks, nothing left behind."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import leftovers, run_tracer, store_env
+from tracer.errors import LabError, NotFoundError
+from tracer.lab import Lab, StateStore, calico_vxlan, exercise, netns, up
+from tracer.lab.state import process_start_time
+
+pytestmark = pytest.mark.root
+
+
+def root_links() -> list[str]:
+    return sorted(l["ifname"] for l in json.loads(subprocess.run(
+        ["ip", "-j", "link"], capture_output=True, text=True, check=True).stdout))
+
+
+def test_up_status_down_from_new_processes(store: StateStore) -> None:
+    before = root_links()
+    up_proc = run_tracer("lab", "up", store=store)
+    assert up_proc.returncode == 0, up_proc.stderr
+    assert root_links() == before  # nothing in the root namespace
+    assert sorted(leftovers(store)) == sorted(store.prefix + n for n in ("underlay", "worker1", "worker2", "curl", "httpbin"))
+
+    status = json.loads(run_tracer("lab", "status", "--output", "json", store=store, check=True).stdout)
+    assert status["up"] is True and status["complete"] is True
+    assert [(n["name"], n["underlay_ip"], n["tunnel_mac"]) for n in status["nodes"]] == [
+        ("worker1", "192.168.56.11", "66:ca:11:c0:00:01"), ("worker2", "192.168.56.12", "66:ca:11:c0:00:02")]
+    pods = {p["name"]: p for p in status["pods"]}
+    assert (pods["curl"]["ip"], pods["curl"]["host_veth"], pods["curl"]["host_veth_mac"]) == (
+        "172.18.166.139", "cali35e3a5cb80b", "ee:ee:ee:ee:ee:ee")  # the seed's own cali name
+    assert pods["httpbin"]["ip"] == "172.18.104.14"
+    pid = pods["httpbin"]["pid"]
+    assert process_start_time(pid) is not None
+    assert "cali35e3a5cb80b" in run_tracer("lab", "status", store=store, check=True).stdout
+
+    again = run_tracer("lab", "up", store=store)
+    assert again.returncode == 6
+    assert "a lab is already up" in again.stderr and "tracer lab down" in again.stderr
+    assert "Traceback" not in again.stderr
+
+    assert run_tracer("lab", "down", store=store, check=True).stdout.startswith("lab down")
+    assert leftovers(store) == []
+    assert process_start_time(pid) is None
+    assert not store.path.exists()
+    assert root_links() == before
+
+    twice = run_tracer("lab", "down", store=store)
+    assert twice.returncode == 0 and "no lab is up" in twice.stdout
+    status = json.loads(run_tracer("lab", "status", "-o", "json", store=store, check=True).stdout)
+    assert status["up"] is False
+    assert "no lab is up" in run_tracer("lab", "status", store=store, check=True).stdout
+
+
+def test_failed_up_tears_down_what_it_built(store: StateStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Fail late: namespaces, links and httpbin exist by the time the pods are configured.
+    monkeypatch.setattr(calico_vxlan, "_pod_config", lambda pod: ["route add 10.0.0.0/8 via 203.0.113.1"])
+    with pytest.raises(LabError, match="failed"):
+        up(exercise(), store=store)
+    assert leftovers(store) == []
+    assert not store.path.exists()
+
+
+def test_foreign_namespace_is_left_alone(store: StateStore) -> None:
+    foreign = store.prefix + "worker2"
+    netns.add([foreign])
+    try:
+        proc = run_tracer("lab", "up", store=store)
+        assert proc.returncode == 6
+        assert f"{foreign} exists" in proc.stderr and "Traceback" not in proc.stderr
+        assert leftovers(store) == [foreign]
+    finally:
+        netns.delete([foreign])
+
+
+def test_without_root_says_so(store: StateStore) -> None:
+    proc = subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-m", "tracer", "lab", "up"],
+        capture_output=True, text=True, env=store_env(store), timeout=60,
+    )
+    assert proc.returncode == 5, proc.stderr
+    assert "run as root (sudo)" in proc.stderr and "Traceback" not in proc.stderr
+    assert leftovers(store) == []
+
+
+def test_more_nodes(store: StateStore) -> None:
+    assert run_tracer("lab", "up", "--nodes", "3", store=store).returncode == 0
+    status = json.loads(run_tracer("lab", "status", "-o", "json", store=store, check=True).stdout)
+    assert [n["name"] for n in status["nodes"]] == ["worker1", "worker2", "worker3"]
+    pod3 = next(p for p in status["pods"] if p["name"] == "pod3")
+    assert (pod3["node"], pod3["ip"]) == ("worker3", "172.18.3.10")
+    curl = run_tracer("lab", "exec", "curl", "--", "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}",
+                      "http://172.18.3.10/status/200", store=store)
+    assert curl.stdout == "200"
+    path = json.loads(run_tracer("path", "curl", "pod3", "-o", "json", store=store, check=True).stdout)
+    assert [p["id"] for p in path["points"]][1:5] == [
+        "worker1/vxlan.calico", "worker1/eth1", "worker3/eth1", "worker3/vxlan.calico"]
+    assert run_tracer("lab", "down", store=store).returncode == 0
+    assert leftovers(store) == []
+
+
+def test_bad_node_count_is_a_usage_error(store: StateStore) -> None:
+    proc = run_tracer("lab", "up", "--nodes", "1", store=store)
+    assert proc.returncode == 2 and "--nodes" in proc.stderr
+    assert leftovers(store) == []
+
+
+def test_api_loads_the_running_lab_from_state(lab, store: StateStore) -> None:
+    again = Lab.load(lab.store)
+    assert again.pod("httpbin").ip == "172.18.104.14"
+    assert again.node("worker2").netns == lab.store.prefix + "worker2"
+    res = again.exec("worker1", ["ip", "route", "get", "172.18.104.14"])
+    assert res.returncode == 0 and b"dev vxlan.calico" in res.stdout
+    with pytest.raises(NotFoundError) as none:
+        Lab.load(store)
+    assert none.value.hint == "run: tracer lab up"
+    with pytest.raises(NotFoundError, match="no pod 'nginx'"):
+        again.pod("nginx")

@@ -1,0 +1,88 @@
+"""Golden tests of the terminal views: render into a 100-column colourless Console and compare
+with the text files in tests/golden/. After an intended change of a view, regenerate them with
+
+    TRACER_UPDATE_GOLDEN=1 .venv/bin/pytest tests/test_render_golden.py
+
+and review the diff of tests/golden/ like code.
+"""
+
+from __future__ import annotations
+
+import os
+from io import StringIO
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from factories import SAMPLES
+from tracer import render
+from tracer.analysis import AnalyzeRequest, correlate, select_flows
+from tracer.commands.analyze import _read_path_file
+
+GOLDEN = Path(__file__).parent / "golden"
+UPDATE = os.environ.get("TRACER_UPDATE_GOLDEN") == "1"
+
+
+def view(scenario: str, kind: str) -> str:
+    """What `tracer analyze pcaps/<scenario> [--summary]` shows, at 100 columns without colour."""
+    way, names = _read_path_file(str(SAMPLES / scenario / "path.json"))
+    # paths relative to the repository, so the text does not depend on where it is checked out
+    req = AnalyzeRequest(paths=(os.path.relpath(SAMPLES / scenario),), way=way, names=names,
+                         summary=kind == "summary")
+    trace, _ = correlate(req)
+    shown = select_flows(trace, (), False)
+    out = StringIO()
+    console = Console(file=out, width=100, color_system=None, highlight=False, soft_wrap=False)
+    if kind == "summary":
+        render.render_summary(trace, console, shown)
+    else:
+        render.render_hops(trace, console, shown, names)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("scenario,kind", [
+    ("http-get", "hops"),
+    ("http-get", "summary"),
+    ("vxlan-drop", "hops"),
+    ("vxlan-drop", "summary"),
+    ("clusterip-dnat", "hops"),
+])
+def test_view_matches_golden(scenario, kind, monkeypatch):
+    monkeypatch.chdir(SAMPLES.parent)
+    text = view(scenario, kind)
+    golden = GOLDEN / f"{scenario}.{kind}.txt"
+    if UPDATE:
+        golden.parent.mkdir(exist_ok=True)
+        golden.write_text(text, encoding="utf-8")
+    assert golden.exists(), f"no {golden.name}: run with TRACER_UPDATE_GOLDEN=1 to write it"
+    assert text == golden.read_text(encoding="utf-8")
+
+
+def test_golden_files_hold_the_lab_facts():
+    """The goldens themselves were reviewed: they show the facts of the way, not just any text."""
+    hops = (GOLDEN / "http-get.hops.txt").read_text(encoding="utf-8")
+    for fact in ("curl/eth0", "worker1/cali35e3a5cb80b", "worker2/eth1", "httpbin/eth0", "66:ca:11:c0:00:01",
+                 "VXLAN encapsulated VNI 4096", "+50 bytes", "(curl)", "(httpbin)"):
+        assert fact in hops, fact
+    assert "not seen here" in (GOLDEN / "vxlan-drop.hops.txt").read_text(encoding="utf-8")
+    assert "DNAT (kube-proxy): destination 10.152.183.50:80 -> 172.18.104.14:80" in (GOLDEN / "clusterip-dnat.hops.txt").read_text(encoding="utf-8")
+    assert all(len(line) <= 100 for g in GOLDEN.glob("*.txt") for line in g.read_text(encoding="utf-8").splitlines())
+
+
+@pytest.mark.parametrize("scenario", ["http-get", "vxlan-drop", "clusterip-dnat"])
+def test_hop_view_fits_100_columns(scenario, monkeypatch):
+    """A hop fits 100 columns: if the table were too wide, rich would squeeze it (the '#' column
+    vanishes, so the notes refer to hop numbers no longer shown; 'out' becomes 'o…')."""
+    monkeypatch.chdir(SAMPLES.parent)
+    text = view(scenario, "hops")
+    assert "…" not in text
+    # hop rows (not the footer's point table, whose rows have "│"): they start with the hop number
+    rows = [line for line in text.splitlines() if "/eth1 " in line and "│" not in line and "not seen" not in line]
+    assert rows and all(line.split()[0].isdigit() for line in rows), rows[:2]
+    assert all(line.split()[2] in ("in", "out") for line in rows), rows[:2]
+
+
+def test_untrusted_names_are_escaped():
+    """Control characters in names (a pod named by someone else) never reach the terminal raw."""
+    assert render.safe("evil\x1b[2Jpod\n") == "evil\\x1b[2Jpod\\x0a"

@@ -1,0 +1,122 @@
+"""The analysis use case shared by `tracer analyze` and `tracer follow`: captures in, views out."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import TextIO
+
+from rich.console import Console
+
+from tracer.correlate import CaptureInput, Correlator, Options, inputs_from_paths
+from tracer.decode import VXLAN_PORTS
+from tracer.jsonout import dumps
+from tracer.model import Flow, Trace
+from tracer.trace import build_trace
+
+AUTO_SUMMARY_PACKETS = 400  # more packets than this in the shown flows: the summary view
+
+
+@dataclass(frozen=True, kw_only=True)
+class AnalyzeRequest:
+    paths: tuple[str, ...] = ()
+    points: tuple[str, ...] = ()
+    inputs: tuple[CaptureInput, ...] = ()
+    """Already resolved inputs (follow passes these); added to those from paths and points."""
+    vxlan_ports: tuple[int, ...] = ()
+    flows: tuple[str, ...] = ()
+    all_flows: bool = False
+    summary: bool = False
+    output: str = "text"
+    pcapng: str | None = None
+    way: tuple[str, ...] = ()
+    names: dict[str, str] | None = None
+    """IP -> pod name, shown next to addresses."""
+    window: float = 10.0
+
+
+def correlate(req: AnalyzeRequest) -> tuple[Trace, Correlator]:
+    inputs = list(req.inputs) + inputs_from_paths(req.paths, req.points)
+    opts = Options(vxlan_ports=VXLAN_PORTS | frozenset(req.vxlan_ports), window=req.window,
+                   keep_packets=not req.summary, way_hint=req.way, pods=frozenset((req.names or {}).values()))
+    c = Correlator(inputs, opts).run()
+    return build_trace(c), c
+
+
+def select_flows(trace: Trace, specs: tuple[str, ...], all_flows: bool) -> list[Flow]:
+    """--flow specs if given; else the HTTP flows; else every flow."""
+    flows = list(trace.flows)
+    if specs:
+        return [f for i, f in enumerate(flows, 1) if any(_matches(f, i, s) for s in specs)]
+    if all_flows:
+        return flows
+    http = [f for f in flows if f.http]
+    return http or flows
+
+
+def _matches(f: Flow, index: int, spec: str) -> bool:
+    spec = spec.strip()
+    if spec.isdigit() and int(spec) == index and len(spec) < 4:
+        return True
+    addrs = [f.client, f.server] + ([f.nat.original, f.nat.translated] if f.nat else [])
+    for a in addrs:
+        ip, _, port = a.rpartition(":") if a.count(":") == 1 else (a, "", "")
+        if spec in (a, ip, port):
+            return True
+    return spec == f.protocol
+
+
+def run_analysis(req: AnalyzeRequest, out: TextIO = sys.stdout, extra_json: dict | None = None,
+                 header=None) -> Trace:
+    trace, c = correlate(req)
+    shown = select_flows(trace, req.flows, req.all_flows)
+    if req.pcapng:
+        write_pcapng(c, trace, req.pcapng)
+    if req.output == "json":
+        if req.flows:
+            trace = _with_flows(trace, shown)
+        out.write(dumps(trace, summary=req.summary, extra=extra_json) + "\n")
+        return trace
+    console = Console(file=out, highlight=False, soft_wrap=False, width=_width(out))
+    if header is not None:
+        console.print(header)
+    from tracer import render
+    n = sum(len(f.packets) for f in shown)
+    if req.summary or n > AUTO_SUMMARY_PACKETS:
+        if not req.summary:
+            console.print(f"{n} packets in the selected flows: showing the summary (--flow N for one flow's hops)",
+                          style="dim")
+        render.render_summary(trace, console, shown)
+    else:
+        render.render_hops(trace, console, shown, req.names or {})
+    return trace
+
+
+def _with_flows(trace: Trace, flows: list[Flow]) -> Trace:
+    from dataclasses import replace
+    return replace(trace, flows=tuple(flows))
+
+
+def _width(out: TextIO) -> int | None:
+    return None if getattr(out, "isatty", lambda: False)() else 200
+
+
+def write_pcapng(c: Correlator, trace: Trace, path: str) -> None:
+    """Every sighting of every kept packet, commented `flow F packet P hop H/N ...`."""
+    from tracer.pcapng_out import PcapngWriter
+    from tracer.trace import describe
+    w = PcapngWriter(path)
+    for fi, f in enumerate(c.flows(), 1):  # numbered as in trace.flows
+        for pi, seq in enumerate(f.records, 1):
+            first = seq[0].frame
+            what = describe(first)
+            for hi, s in enumerate(seq, 1):
+                fr = s.frame
+                note = ""
+                if fr.tunnels:
+                    t = fr.tunnels[-1]
+                    note = f" encapsulated {t.type.upper()}" + (f" VNI {t.vni}" if t.vni is not None else "")
+                point = c.points[s.point].id
+                w.add(point, fr.linktype, s.time, fr.data, fr.orig_len,
+                      f"flow {fi} packet {pi} hop {hi}/{len(seq)} {what}{note}", s.direction)
+    w.close()

@@ -1,0 +1,81 @@
+"""`tracer analyze`: the hop-by-hop view from saved captures."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import click
+
+from tracer.analysis import AnalyzeRequest, run_analysis
+from tracer.errors import UsageError
+
+
+@click.command("analyze")
+@click.argument("paths", nargs=-1, type=click.Path())
+@click.option("--point", "points", multiple=True, metavar="NAME=FILE",
+              help="Read FILE as capture point NAME (node/interface); overrides names from paths.")
+@click.option("--vxlan-port", "vxlan_ports", multiple=True, type=click.IntRange(1, 65535), metavar="PORT",
+              help="Also decode UDP PORT as VXLAN (4789 and 8472 always are).")
+@click.option("--flow", "flows", multiple=True, metavar="SPEC",
+              help="Show only flows matching SPEC: an IP, IP:PORT, a port or a flow number. Repeatable.")
+@click.option("--all-flows", is_flag=True, help="Show every flow, not only the HTTP ones.")
+@click.option("--summary", is_flag=True, help="Flows, packets per point, loss and latency per segment, no hops.")
+@click.option("--output", "-o", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="json: the tracer.trace/v1 document on stdout.")
+@click.option("--pcapng", "pcapng", type=click.Path(dir_okay=False, writable=True), metavar="FILE",
+              help="Write one merged pcapng, an interface per point, each frame commented with its hop.")
+@click.option("--path-file", type=click.Path(exists=True, dir_okay=False), metavar="FILE",
+              help="The expected way (tracer path --output json); found as path.json in a directory by itself.")
+@click.option("--window", type=click.FloatRange(0.01), default=10.0, show_default=True, metavar="SECONDS",
+              help="How long a packet waits for its sightings at other points; raise it if node clocks differ more.")
+def command(paths, points, vxlan_ports, flows, all_flows, summary, output, pcapng, path_file, window):
+    """Follow each packet across saved captures, offline.
+
+    PATHS are capture files (pcap or pcapng, also from tcpdump -i any) or directories laid out
+    as <node>/<interface>.pcap, as `tracer follow --save` writes them. A file's point is named
+    after its directory and its name (worker1/eth1.pcap is point worker1/eth1); a pcapng
+    interface named node/interface is that point.
+
+    \b
+    Examples:
+      tracer analyze pcaps/http-get
+      tracer analyze worker1/eth1.pcap worker2/eth1.pcap --all-flows
+      tracer analyze capture-dir --summary --output json
+      tracer analyze capture-dir --pcapng merged.pcapng && wireshark merged.pcapng
+    """
+    if not paths and not points:
+        raise UsageError("no captures given", "pass capture files or a directory, e.g.: tracer analyze pcaps/http-get")
+    if path_file is None:
+        for p in paths:
+            if os.path.isdir(p) and os.path.isfile(os.path.join(p, "path.json")):
+                path_file = os.path.join(p, "path.json")
+                break
+    way, names = _read_path_file(path_file) if path_file else ((), {})
+    req = AnalyzeRequest(paths=tuple(paths), points=tuple(points), vxlan_ports=tuple(vxlan_ports), flows=tuple(flows),
+                         all_flows=all_flows, summary=summary, output=output, pcapng=pcapng, way=way, names=names,
+                         window=window)
+    run_analysis(req, sys.stdout)
+
+
+def _read_path_file(path: str) -> tuple[tuple[str, ...], dict[str, str]]:
+    """The request's way and the pods' names from a `tracer path --output json` document."""
+    try:
+        with open(path) as f:
+            doc = json.load(f)
+        way = tuple(p["id"] for p in doc.get("points", []))
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UsageError(f"{path}: not a tracer path document ({e})", "write it with: tracer path SRC DST --output json") from None
+    names = {}
+    for side in ("src", "dst"):
+        d = doc.get(side) or {}
+        if isinstance(d, dict) and d.get("ip") and d.get("name"):
+            names[str(d["ip"])] = str(d["name"])
+    # The pods' own eth0, where captured, are the two ends of the way.
+    src, dst = (doc.get(side) or {} for side in ("src", "dst"))
+    if isinstance(src, dict) and src.get("name"):
+        way = (f"{src['name']}/eth0",) + way
+    if isinstance(dst, dict) and dst.get("name"):
+        way = way + (f"{dst['name']}/eth0",)
+    return way, names

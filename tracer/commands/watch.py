@@ -1,0 +1,36 @@
+"""`tracer watch SRC DST`: `tracer follow SRC DST --live` under a name made for a classroom."""
+
+from __future__ import annotations
+
+import secrets
+
+import click
+
+from tracer.commands.follow import backend_options, make_backend
+
+
+@click.command()
+@click.argument("src")
+@click.argument("dst")
+@click.option("--port", type=click.IntRange(1, 65535), default=80, show_default=True, help="DST's TCP port.")
+@click.option("--path", "url_path", default="/get", show_default=True, help="The URL path curl asks for.")
+@click.option("--timeout", type=click.FloatRange(0.1), default=10.0, show_default=True, metavar="SECONDS",
+              help="How long the agents may take to get ready.")
+@backend_options
+@click.option("--iterations", hidden=True, type=click.IntRange(1), help="Stop after N requests (tests).")
+def command(src, dst, port, url_path, timeout, backend, kubeconfig, context, namespace, capture_image,
+            capture_namespace, iterations):
+    """Send a request from SRC to DST every second and light up each packet at each hop, live.
+
+    Encapsulation (⊕), decapsulation (⊖), MAC rewrites and TTLs are marked where they happen.
+    Ctrl-C stops it; nothing it started is left behind.
+    """
+    from tracer.follow.live import watch
+    from tracer.follow.run import FollowRequest, sigterm_interrupts
+
+    run_id = secrets.token_hex(4)
+    req = FollowRequest(src=src, dst=dst, port=port, path=url_path if url_path.startswith("/") else "/" + url_path,
+                        timeout=timeout, run_id=run_id)
+    with sigterm_interrupts():
+        fb = make_backend(backend, kubeconfig, context, namespace, capture_image, capture_namespace, run_id)
+        watch(fb, req, iterations=iterations)

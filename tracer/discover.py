@@ -1,0 +1,448 @@
+"""Discover the expected way of a request between two pods from the live state.
+
+The seed exercise's steps 3.1-3.4 done automatically (pod route and ARP table, veth peer
+ifindex -> host interface, proxy_arp) and the step 4 it leaves empty (the node's route to
+the destination, the VXLAN device, its neighbour and FDB entry, the underlay NIC on both
+nodes). Nothing here knows about the lab: it reads state through a `Backend`, so the
+Kubernetes backend plugs in the same way.
+
+Pod side commands are busybox-safe (`cat` of /sys and /proc, `ip route get` only if present);
+node side commands use `ip -j`, `bridge -j` and `cat /proc/sys/...`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import socket
+import struct
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from functools import cached_property
+from typing import Any, Protocol
+
+from tracer.errors import ClusterError
+
+SCHEMA = "tracer.path/v1"
+ROLES = ("pod-veth", "tunnel", "underlay", "bridge")
+
+
+@dataclass(frozen=True, kw_only=True)
+class PodRef:
+    """A pod as the rest of tracer sees it, whatever backend found it."""
+
+    name: str
+    namespace: str
+    node: str
+    """Name of the node the pod runs on."""
+    ip: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExecResult:
+    """Outcome of one command run in a pod or on a node."""
+
+    returncode: int
+    stdout: bytes
+    stderr: bytes
+
+
+class Backend(Protocol):
+    """What discovery needs from a cluster: find pods, run commands in pods and on nodes."""
+
+    def pod(self, name: str) -> PodRef: ...
+
+    def exec_pod(self, pod: PodRef, argv: Sequence[str]) -> ExecResult: ...
+
+    def exec_node(self, node: str, argv: Sequence[str]) -> ExecResult: ...
+
+
+@dataclass(frozen=True, kw_only=True)
+class WayPoint:
+    """One capture point on the way: an interface on a node that the request passes."""
+
+    node: str
+    interface: str
+    role: str
+    """One of ROLES: pod-veth (host end of a pod's veth), tunnel, underlay, bridge."""
+    mac: str
+    """The interface's own MAC."""
+    ifindex: int
+    direction: str
+    """`ingress` (the packet enters the node here) or `egress` (it leaves the node here)."""
+    eth_src: str
+    """Expected Ethernet source of the request here (the outer header on the underlay)."""
+    eth_dst: str
+    """Expected Ethernet destination of the request here."""
+    explanation: str
+    """One sentence in the exercise's terms."""
+
+    @property
+    def id(self) -> str:
+        return f"{self.node}/{self.interface}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class PodEnd:
+    """What discovery read about one pod and the host end of its veth."""
+
+    pod: PodRef
+    mac: str
+    """MAC of the pod's eth0."""
+    mtu: int
+    iflink: int
+    """eth0@ifN: ifindex of the veth's other end, in the node's namespace."""
+    route: str
+    """The pod's route to the other pod, as `ip route get` says it."""
+    gateway: str | None
+    gateway_mac: str | None
+    """MAC the pod's ARP table holds for its gateway (None while not resolved)."""
+    host_veth: str
+    host_veth_mac: str
+    host_veth_ifindex: int
+    proxy_arp: int | None
+    proxy_delay: int | None
+    node_route: str
+    """The node's route to this pod: `<pod ip> dev <host veth> scope link`."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Tunnel:
+    """The VXLAN hop between the two nodes."""
+
+    device: str
+    vni: int
+    udp_port: int
+    mtu: int
+    src_mac: str
+    """MAC of the source node's tunnel device."""
+    dst_mac: str
+    """MAC of the destination node's tunnel device (the permanent neighbour entry)."""
+    dst_tunnel_ip: str
+    src_node_ip: str
+    dst_node_ip: str
+    """Where the FDB entry sends the encapsulated frame."""
+    route: str
+    """The source node's route to the destination pod's block."""
+    underlay_src: str
+    underlay_src_mac: str
+    underlay_dst: str
+    underlay_dst_mac: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Way:
+    """The expected way of a request from `src` to `dst`: capture points in order."""
+
+    src: PodEnd
+    dst: PodEnd
+    tunnel: Tunnel | None
+    """None when both pods run on the same node."""
+    points: tuple[WayPoint, ...]
+    warnings: tuple[str, ...] = ()
+    """Things in the state that break or bend the expected way (e.g. proxy_arp off)."""
+
+    @property
+    def same_node(self) -> bool:
+        return self.tunnel is None
+
+    @property
+    def src_node_ip(self) -> str | None:
+        return self.tunnel.src_node_ip if self.tunnel else None
+
+    @property
+    def dst_node_ip(self) -> str | None:
+        return self.tunnel.dst_node_ip if self.tunnel else None
+
+    @property
+    def vni(self) -> int | None:
+        return self.tunnel.vni if self.tunnel else None
+
+    @property
+    def udp_port(self) -> int | None:
+        return self.tunnel.udp_port if self.tunnel else None
+
+    def to_dict(self) -> dict[str, Any]:
+        def end(e: PodEnd) -> dict[str, Any]:
+            d = asdict(e)
+            return {**d.pop("pod"), **d}
+
+        return {
+            "schema": SCHEMA,
+            "src": end(self.src),
+            "dst": end(self.dst),
+            "same_node": self.same_node,
+            "src_node_ip": self.src_node_ip,
+            "dst_node_ip": self.dst_node_ip,
+            "vni": self.vni,
+            "udp_port": self.udp_port,
+            "tunnel": asdict(self.tunnel) if self.tunnel else None,
+            "points": [{"id": p.id, **asdict(p)} for p in self.points],
+            "warnings": list(self.warnings),
+        }
+
+
+def discover(backend: Backend, src: str, dst: str) -> Way:
+    """Read the live state of both pods and nodes and return the request's expected way."""
+    src_pod, dst_pod = backend.pod(src), backend.pod(dst)
+    src_node = _Node(backend, src_pod.node)
+    dst_node = src_node if dst_pod.node == src_pod.node else _Node(backend, dst_pod.node)
+    src_end = _pod_end(backend, src_pod, src_node, toward=dst_pod.ip)
+    dst_end = _pod_end(backend, dst_pod, dst_node, toward=src_pod.ip)
+    warnings = [*_end_warnings(src_end, src_node), *_end_warnings(dst_end, dst_node)]
+
+    first = _veth_point(src_end, src_node, "ingress")
+    last = _veth_point(dst_end, dst_node, "egress")
+    if dst_pod.node == src_pod.node:
+        return Way(src=src_end, dst=dst_end, tunnel=None, points=(first, last), warnings=tuple(warnings))
+    tunnel = _tunnel(src_node, dst_node, dst_pod)
+    return Way(
+        src=src_end, dst=dst_end, tunnel=tunnel,
+        points=(first, *_tunnel_points(tunnel, src_node, dst_node, src_end, dst_end), last),
+        warnings=tuple(warnings),
+    )
+
+
+class _Node:
+    """Lazy, cached views of one node's state (`ip -j`, `bridge -j`, /proc/sys)."""
+
+    def __init__(self, backend: Backend, name: str):
+        self.backend = backend
+        self.name = name
+
+    def run(self, argv: Sequence[str]) -> str:
+        res = self.backend.exec_node(self.name, argv)
+        if res.returncode != 0:
+            raise ClusterError(
+                f"`{' '.join(argv)}` on node {self.name} failed: {res.stderr.decode(errors='replace').strip()}",
+                hint="the node's side needs iproute2 (ip, bridge)",
+            )
+        return res.stdout.decode()
+
+    def json(self, argv: Sequence[str]) -> list[dict[str, Any]]:
+        return json.loads(self.run(argv) or "[]")
+
+    @cached_property
+    def links(self) -> list[dict[str, Any]]:
+        return self.json(["ip", "-j", "-d", "addr", "show"])
+
+    @cached_property
+    def routes(self) -> list[dict[str, Any]]:
+        return self.json(["ip", "-j", "route", "show"])
+
+    def link(self, *, ifindex: int | None = None, name: str | None = None) -> dict[str, Any]:
+        for link in self.links:
+            if link["ifindex"] == ifindex or link["ifname"] == name:
+                return link
+        raise ClusterError(f"node {self.name} has no interface {name or f'with ifindex {ifindex}'}")
+
+    def link_with_address(self, ip: str) -> dict[str, Any] | None:
+        return next((l for l in self.links if any(a.get("local") == ip for a in l.get("addr_info", []))), None)
+
+    def route_get(self, ip: str) -> dict[str, Any]:
+        return self.json(["ip", "-j", "route", "get", ip])[0]
+
+    def route_for(self, ip: str) -> str:
+        """The routing table entry the node uses for `ip`, as `ip route` prints it."""
+        addr = ipaddress.ip_address(ip)
+        best, best_len = None, -1
+        for r in self.routes:
+            net = ipaddress.ip_network("0.0.0.0/0" if r["dst"] == "default" else r["dst"], strict=False)
+            if addr in net and net.prefixlen > best_len:
+                best, best_len = r, net.prefixlen
+        return _route_text(best) if best else "none"
+
+    def sysctl(self, path: str) -> int | None:
+        res = self.backend.exec_node(self.name, ["cat", f"/proc/sys/{path}"])
+        return int(res.stdout) if res.returncode == 0 and res.stdout.strip() else None
+
+    def neighbour(self, dev: str, ip: str) -> str | None:
+        for n in self.json(["ip", "-j", "neigh", "show", "dev", dev]):
+            if n.get("dst") == ip:
+                return n.get("lladdr")
+        return None
+
+    def fdb_dst(self, dev: str, mac: str) -> str | None:
+        for entry in self.json(["bridge", "-j", "fdb", "show", "dev", dev]):
+            if entry.get("mac") == mac and entry.get("dst"):
+                return entry["dst"]
+        return None
+
+
+def _route_text(route: dict[str, Any]) -> str:
+    parts = [route["dst"]]
+    if "gateway" in route:
+        parts += ["via", route["gateway"]]
+    parts += ["dev", route["dev"]]
+    if route.get("scope") not in (None, "global", "universe"):
+        parts += ["scope", route["scope"]]
+    parts += route.get("flags", [])
+    return " ".join(parts)
+
+
+def _pod_end(backend: Backend, pod: PodRef, node: _Node, *, toward: str) -> PodEnd:
+    files = ["/sys/class/net/eth0/iflink", "/sys/class/net/eth0/address", "/sys/class/net/eth0/mtu",
+             "/proc/net/route", "/proc/net/arp"]
+    res = backend.exec_pod(pod, ["cat", *files])
+    lines = res.stdout.decode(errors="replace").splitlines()
+    if res.returncode != 0 or len(lines) < 3:
+        raise ClusterError(
+            f"cannot read eth0 of pod {pod.name}: {res.stderr.decode(errors='replace').strip()}",
+            hint="the pod needs `cat` and an eth0",
+        )
+    iflink, mac, mtu = int(lines[0]), lines[1].strip(), int(lines[2])
+    arp_at = next((i for i, l in enumerate(lines) if l.startswith("IP address")), len(lines))
+    gateway, dev = _proc_route_lookup(lines[3:arp_at], toward)
+    arp = _proc_arp(lines[arp_at + 1:])
+    route = _pod_route_get(backend, pod, toward) or (
+        f"{toward} via {gateway} dev {dev} src {pod.ip}" if gateway else f"{toward} dev {dev} src {pod.ip}"
+    )
+    veth = node.link(ifindex=iflink)
+    name = veth["ifname"]
+    return PodEnd(
+        pod=pod, mac=mac, mtu=mtu, iflink=iflink, route=route, gateway=gateway,
+        gateway_mac=arp.get(gateway) if gateway else None,
+        host_veth=name, host_veth_mac=veth["address"], host_veth_ifindex=veth["ifindex"],
+        proxy_arp=node.sysctl(f"net/ipv4/conf/{name}/proxy_arp"),
+        proxy_delay=node.sysctl(f"net/ipv4/neigh/{name}/proxy_delay"),
+        node_route=node.route_for(pod.ip),
+    )
+
+
+def _pod_route_get(backend: Backend, pod: PodRef, ip: str) -> str | None:
+    """`ip route get` as the exercise's step 3.1 runs it, when the pod has `ip`."""
+    res = backend.exec_pod(pod, ["ip", "route", "get", ip])
+    if res.returncode != 0:
+        return None
+    lines = res.stdout.decode(errors="replace").splitlines()
+    words = lines[0].split() if lines else []
+    if "uid" in words:  # "... src 172.18.166.139 uid 0": the uid says nothing about the way
+        del words[words.index("uid"):words.index("uid") + 2]
+    return " ".join(words) or None
+
+
+def _hex_ip(h: str) -> str:
+    return socket.inet_ntoa(struct.pack("<I", int(h, 16)))
+
+
+def _proc_route_lookup(lines: Sequence[str], ip: str) -> tuple[str | None, str]:
+    """Longest-prefix match in /proc/net/route: (gateway or None when on-link, device)."""
+    addr = int(ipaddress.IPv4Address(ip))
+    best: tuple[int, str | None, str] | None = None
+    for line in lines[1:]:
+        f = line.split()
+        if len(f) < 8:
+            continue
+        dst, gw, mask = (int(ipaddress.IPv4Address(_hex_ip(x))) for x in (f[1], f[2], f[7]))
+        if addr & mask == dst and (best is None or mask > best[0]):
+            best = (mask, _hex_ip(f[2]) if gw else None, f[0])
+    if best is None:
+        raise ClusterError(f"the pod has no route to {ip}")
+    return best[1], best[2]
+
+
+def _proc_arp(lines: Sequence[str]) -> dict[str, str]:
+    """IP -> MAC of the complete entries in /proc/net/arp."""
+    out = {}
+    for line in lines:
+        f = line.split()
+        if len(f) >= 4 and int(f[2], 16) & 0x2:  # ATF_COM: resolved
+            out[f[0]] = f[3]
+    return out
+
+
+def _end_warnings(end: PodEnd, node: _Node) -> list[str]:
+    w = []
+    where = f"{node.name}/{end.host_veth}"
+    if end.proxy_arp != 1:
+        w.append(f"proxy_arp is {end.proxy_arp} on {where}: nobody answers ARP for {end.gateway}")
+    if end.gateway_mac and end.gateway_mac != end.host_veth_mac:
+        w.append(f"pod {end.pod.name} holds {end.gateway_mac} for {end.gateway}, not {where}'s MAC {end.host_veth_mac}")
+    if not any(r["dst"] == "default" for r in node.routes):
+        w.append(f"node {node.name} has no default route: proxy-ARP will not answer for {end.gateway}")
+    if f"dev {end.host_veth}" not in end.node_route:
+        w.append(f"node {node.name} routes {end.pod.ip} as `{end.node_route}`, not via {end.host_veth}")
+    return w
+
+
+def _veth_point(end: PodEnd, node: _Node, direction: str) -> WayPoint:
+    pod, veth = end.pod, end.host_veth
+    if direction == "ingress":
+        explanation = (
+            f"{pod.name} routes via {end.gateway} dev eth0 (3.1); proxy-ARP on {veth}, the peer of "
+            f"eth0@if{end.iflink} (3.2), answered with {end.host_veth_mac} (3.3/3.4), so the frame "
+            f"enters {node.name} here, as the pod sent it."
+        )
+        eth = (end.mac, end.host_veth_mac)
+    else:
+        explanation = (
+            f"{node.name} routes `{end.node_route}` and hands the packet, TTL-1 and with a new "
+            f"Ethernet header from {end.host_veth_mac} to eth0's {end.mac}, into pod {pod.name}."
+        )
+        eth = (end.host_veth_mac, end.mac)
+    return _point(node, node.link(ifindex=end.host_veth_ifindex), "pod-veth", direction, eth, explanation)
+
+
+def _tunnel(src: _Node, dst: _Node, dst_pod: PodRef) -> Tunnel:
+    hop = src.route_get(dst_pod.ip)
+    dev = src.link(name=hop["dev"])
+    kind = dev.get("linkinfo", {}).get("info_kind")
+    if kind != "vxlan":
+        raise ClusterError(
+            f"node {src.name} sends {dst_pod.ip} out of {hop['dev']} ({kind or 'no tunnel'})",
+            hint="tracer knows the Calico VXLAN way so far (vxlan.calico)",
+        )
+    info = dev["linkinfo"]["info_data"]
+    gateway = hop.get("gateway")
+    if gateway is None:
+        raise ClusterError(f"node {src.name} has no next hop for {dst_pod.ip} on {hop['dev']}")
+    dst_mac = src.neighbour(hop["dev"], gateway)
+    if dst_mac is None:
+        raise ClusterError(f"node {src.name} has no neighbour entry for {gateway} on {hop['dev']}",
+                           hint="Calico programs it statically; is calico-node running on both nodes?")
+    dst_node_ip = src.fdb_dst(hop["dev"], dst_mac)
+    if dst_node_ip is None:
+        raise ClusterError(f"node {src.name} has no FDB entry for {dst_mac} on {hop['dev']}")
+    under_src = src.link(name=src.route_get(dst_node_ip)["dev"])
+    under_dst = dst.link_with_address(dst_node_ip)
+    if under_dst is None:
+        raise ClusterError(f"the FDB entry on {src.name} sends to {dst_node_ip}, but node {dst.name} has no such address")
+    return Tunnel(
+        device=hop["dev"], vni=info["id"], udp_port=info.get("port", 4789), mtu=dev["mtu"],
+        src_mac=dev["address"], dst_mac=dst_mac, dst_tunnel_ip=gateway,
+        src_node_ip=info.get("local", ""), dst_node_ip=dst_node_ip, route=src.route_for(dst_pod.ip),
+        underlay_src=under_src["ifname"], underlay_src_mac=under_src["address"],
+        underlay_dst=under_dst["ifname"], underlay_dst_mac=under_dst["address"],
+    )
+
+
+def _tunnel_points(t: Tunnel, src: _Node, dst: _Node, src_end: PodEnd, dst_end: PodEnd) -> list[WayPoint]:
+    dst_dev = next((l for l in dst.links if l["address"] == t.dst_mac), None)
+    if dst_dev is None:
+        raise ClusterError(f"node {dst.name} has no tunnel device with MAC {t.dst_mac}",
+                           hint=f"the neighbour entry on {src.name} is stale")
+    outer = (t.underlay_src_mac, t.underlay_dst_mac)
+    inner = (t.src_mac, t.dst_mac)
+    encap = f"VXLAN VNI {t.vni}, UDP to {t.udp_port}, outer {t.src_node_ip} -> {t.dst_node_ip}"
+    return [
+        _point(src, src.link(name=t.device), "tunnel", "egress", inner,
+               f"{src.name} routes `{t.route}`: TTL-1, and the Ethernet header becomes "
+               f"{t.src_mac} -> {t.dst_mac} ({dst.name}'s {t.device}, a permanent neighbour entry)."),
+        _point(src, src.link(name=t.underlay_src), "underlay", "egress", outer,
+               f"The FDB entry for {t.dst_mac} says dst {t.dst_node_ip}: {t.device} wraps the frame "
+               f"({encap}, +50 bytes) and it leaves {src.name} on the underlay NIC."),
+        _point(dst, dst.link(name=t.underlay_dst), "underlay", "ingress", outer,
+               f"Step 4: the same encapsulated packet ({encap}) arrives on {dst.name}'s underlay NIC."),
+        _point(dst, dst_dev, "tunnel", "ingress", inner,
+               f"UDP port {t.udp_port} belongs to {dst_dev['ifname']}: the kernel strips the outer "
+               f"headers and the inner frame, unchanged since {src.name}'s {t.device}, appears here."),
+    ]
+
+
+def _point(node: _Node, link: dict[str, Any], role: str, direction: str, eth: tuple[str, str],
+           explanation: str) -> WayPoint:
+    """A capture point on `link` (an `ip -j link` entry) of `node`."""
+    return WayPoint(
+        node=node.name, interface=link["ifname"], role=role, mac=link["address"], ifindex=link["ifindex"],
+        direction=direction, eth_src=eth[0], eth_dst=eth[1], explanation=explanation,
+    )

@@ -1,0 +1,70 @@
+"""The `tracer.trace/v1` JSON contract. Fields may be added; none is renamed or removed."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+from tracer.model import SCHEMA, Encapsulation, Flow, Hop, Nat, PacketTrace, Trace
+
+
+def _encap(e: Encapsulation | None) -> dict | None:
+    return None if e is None else dataclasses.asdict(e)
+
+
+def _hop(h: Hop) -> dict:
+    return {
+        "point": h.point, "time": h.time, "offset": h.offset, "direction": h.direction,
+        "eth_src": h.eth_src, "eth_dst": h.eth_dst, "ip_src": h.ip_src, "ip_dst": h.ip_dst,
+        "sport": h.sport, "dport": h.dport, "ttl": h.ttl, "encap": _encap(h.encap),
+        "changes": list(h.changes), "why": h.why,
+    }
+
+
+def _packet(p: PacketTrace) -> dict:
+    return {
+        "direction": p.direction, "tcp_flags": p.tcp_flags, "ip_id": p.ip_id, "payload_bytes": p.payload_bytes,
+        "summary": p.summary, "hops": [_hop(h) for h in p.hops], "last_seen": p.last_seen, "missing": list(p.missing),
+    }
+
+
+def _nat(n: Nat | None) -> dict | None:
+    return None if n is None else {"original": n.original, "translated": n.translated, "kind": n.kind, "point": n.point}
+
+
+def _flow(f: Flow, summary: bool) -> dict:
+    d = {"client": f.client, "server": f.server, "protocol": f.protocol, "nat": _nat(f.nat), "http": f.http}
+    if not summary:
+        d["packets"] = [_packet(p) for p in f.packets]
+    if f.summary is not None:
+        s = f.summary
+        d["summary"] = {"packets": s.packets, "reached_end": s.reached_end, "per_point": s.per_point,
+                        "way": {k: list(v) for k, v in s.way.items()}, "stopped": s.stopped}
+    return d
+
+
+def trace_to_dict(t: Trace, *, summary: bool = False, extra: dict | None = None) -> dict:
+    d = {
+        "schema": SCHEMA,
+        "points": [{"id": p.id, "node": p.node, "interface": p.interface, "role": p.role, "packets": p.packets,
+                    "undecoded": p.undecoded, "files": list(p.files)} for p in t.points],
+        "clock_offsets": t.clock_offsets,
+        "reference_node": t.reference_node,
+        "flows": [_flow(f, summary) for f in t.flows],
+        "warnings": list(t.warnings),
+    }
+    if summary:
+        d["summary"] = {
+            "flows": len(t.flows),
+            "frames": t.total_packets,
+            "packets": t.matched_packets,
+            "reached_end": sum(f.summary.reached_end for f in t.flows if f.summary),
+            "segments": [dataclasses.asdict(s) for s in t.segments],
+        }
+    if extra:
+        d.update(extra)
+    return d
+
+
+def dumps(t: Trace, *, summary: bool = False, extra: dict | None = None) -> str:
+    return json.dumps(trace_to_dict(t, summary=summary, extra=extra), indent=2)

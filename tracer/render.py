@@ -1,0 +1,164 @@
+"""Rich terminal views of a Trace. Pure: they read only the model, never files or the kernel."""
+
+from __future__ import annotations
+
+import re
+
+from rich import box
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from tracer.model import Flow, Hop, PacketTrace, Trace
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+CHANGE_STYLE = "bold yellow"
+ENCAP_STYLE = "bold magenta"
+
+
+def safe(s: object) -> str:
+    """Untrusted text (names, payload bytes) with control characters made visible."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(s))
+
+
+def _ms(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if abs(seconds) < 1e-3:
+        return f"{seconds * 1e6:.0f}µs"
+    if abs(seconds) < 1:
+        return f"{seconds * 1e3:.2f}ms"
+    return f"{seconds:.3f}s"
+
+
+def _label(addr: str, names: dict[str, str]) -> str:
+    ip = addr.rsplit(":", 1)[0] if addr.count(":") == 1 else addr
+    name = names.get(ip)
+    return f"{addr} ({name})" if name else addr
+
+
+def _encap_text(h: Hop) -> Text:
+    if h.encap is None:
+        return Text("-", style="dim")
+    e = h.encap
+    vni = f" {e.vni}" if e.vni is not None else ""
+    port = f":{e.udp_dport} " if e.udp_dport is not None else ""
+    return Text(f"{e.type.upper()}{vni}\n{port}+{e.bytes_added}B",
+                style=ENCAP_STYLE if "encap" in h.changes else "")
+
+
+def packet_table(p: PacketTrace, index: int, names: dict[str, str]) -> Table:
+    """One row per hop: addresses stacked (L2 over L3) so that a hop fits a projector's width;
+    what changed is highlighted in the row and said in a numbered note under the table."""
+    arrow = "→" if p.direction == "request" else "←"
+    title = Text(f"{arrow} packet {index}: ", style="bold")
+    title.append(safe(p.summary))
+    seen = len(p.hops)
+    total = seen + len(p.missing)
+    title.append(f"  ({seen}/{total} points)", style="green" if not p.missing else "red")
+    t = Table(title=title, title_justify="left", show_edge=False, pad_edge=False, expand=False,
+              caption_justify="left", box=box.SIMPLE_HEAD)
+    for col, kw in (("#", {"justify": "right"}), ("point", {}), ("dir", {}), ("+time", {"justify": "right"}),
+                    ("TTL", {"justify": "right"}), ("L2 src → dst\nL3 src → dst", {}), ("encap", {})):
+        t.add_column(col, no_wrap=True, **kw)
+    notes = Text()
+    for i, h in enumerate(p.hops, 1):
+        ch = set(h.changes)
+        addr = Text(f"{h.eth_src or '-'} → {h.eth_dst or '-'}", style=CHANGE_STYLE if "mac" in ch else "")
+        addr.append("\n")
+        addr.append(f"{h.ip_src} → {h.ip_dst}", style=CHANGE_STYLE if ch & {"dnat", "snat"} else "")
+        ttl = Text(str(h.ttl), style=CHANGE_STYLE if "ttl" in ch else "")
+        t.add_row(str(i), safe(h.point), h.direction, _ms(h.offset), ttl, addr, _encap_text(h))
+        notes.append(f"{i:>2} ", style="dim")
+        notes.append(safe(h.why) + "\n", style=ENCAP_STYLE if ch & {"encap", "decap"} else ("yellow" if ch else "dim"))
+    for m in p.missing:
+        t.add_row("✗", Text(safe(m), style="red"), "", "", "", Text("not seen here", style="red"), "")
+    if p.missing:
+        notes.append(f" ✗ stopped after {safe(p.last_seen)}: not seen at {', '.join(safe(m) for m in p.missing)}\n",
+                     style="red")
+    notes.rstrip()
+    t.caption = notes
+    return t
+
+
+def flow_header(f: Flow, index: int, names: dict[str, str]) -> Text:
+    t = Text(f"Flow {index}: ", style="bold cyan")
+    t.append(f"{f.protocol.upper()} {safe(_label(f.client, names))} -> {safe(_label(f.server, names))}")
+    if f.nat:
+        t.append(f"   {f.nat.kind.upper()} {f.nat.original} -> {f.nat.translated} at {safe(f.nat.point)}", style=CHANGE_STYLE)
+    if f.summary:
+        t.append(f"   {f.summary.packets} packets", style="dim")
+    return t
+
+
+def summary_line(f: Flow) -> Text:
+    """MAC rewrites, encapsulation (VNI, port, +bytes), hops: the request's way in one line."""
+    req = next((p for p in f.packets if p.direction == "request" and not p.missing), None) or (f.packets[0] if f.packets else None)
+    if req is None:
+        return Text("")
+    macs = sum(1 for h in req.hops if "mac" in h.changes)
+    enc = next((h.encap for h in req.hops if h.encap is not None), None)
+    parts = [f"{len(req.hops)} hops", f"{macs} MAC rewrite{'s' if macs != 1 else ''}"]
+    ttls = [h.ttl for h in req.hops]
+    if ttls:
+        parts.append(f"TTL {ttls[0]} -> {ttls[-1]}")
+    if enc:
+        parts.append(f"{enc.type.upper()} VNI {enc.vni} on UDP {enc.udp_dport}, +{enc.bytes_added} bytes" if enc.udp_dport
+                     else f"{enc.type.upper()} +{enc.bytes_added} bytes")
+    lost = sum(1 for p in f.packets if p.missing)
+    if lost:
+        parts.append(f"{lost} packet{'s' if lost != 1 else ''} stopped on the way")
+    return Text("summary: " + ", ".join(parts), style="bold")
+
+
+def render_hops(trace: Trace, console: Console, flows: list[Flow], names: dict[str, str] | None = None) -> None:
+    names = names or {}
+    if not flows:
+        console.print("No IP flows found in these captures.", style="yellow")
+    for fi, f in enumerate(flows, 1):
+        console.print(flow_header(f, fi, names))
+        for pi, p in enumerate(f.packets, 1):
+            console.print(packet_table(p, pi, names))
+            console.print()
+        console.print(summary_line(f))
+        console.print()
+    render_footer(trace, console)
+
+
+def render_footer(trace: Trace, console: Console) -> None:
+    pts = Table(title="capture points", title_justify="left", show_edge=False, pad_edge=False)
+    for col in ("point", "role", "frames", "undecoded"):
+        pts.add_column(col)
+    for p in trace.points:
+        pts.add_row(safe(p.id), p.role, str(p.packets), str(p.undecoded) if p.undecoded else "")
+    console.print(pts)
+    if trace.clock_offsets:
+        offs = ", ".join(f"{safe(n)} {(o if abs(o) >= 5e-7 else 0.0):+.6f}s" for n, o in trace.clock_offsets.items())
+        console.print(f"clock offsets against {safe(trace.reference_node)} (estimated from the traffic): {offs}")
+    for w in trace.warnings:
+        console.print(Text(f"warning: {safe(w)}", style="yellow"))
+
+
+def render_summary(trace: Trace, console: Console, flows: list[Flow]) -> None:
+    console.print(Text(f"{trace.total_packets} frames at {len(trace.points)} points, {trace.matched_packets} distinct "
+                       f"packets in {len(trace.flows)} flow{'s' if len(trace.flows) != 1 else ''}", style="bold"))
+    ft = Table(title="flows", title_justify="left", show_edge=False, pad_edge=False)
+    for col in ("#", "proto", "client", "server", "NAT", "packets", "reached end", "stopped at"):
+        ft.add_column(col)
+    for i, f in enumerate(flows[:50], 1):
+        s = f.summary
+        stopped = ", ".join(f"{safe(p)}: {n}" for p, n in (s.stopped.items() if s else []))
+        ft.add_row(str(i), f.protocol, safe(f.client), safe(f.server),
+                   f"{f.nat.kind} {f.nat.original}" if f.nat else "", str(s.packets if s else 0),
+                   str(s.reached_end if s else 0), Text(stopped, style="red") if stopped else "")
+    console.print(ft)
+    if len(flows) > 50:
+        console.print(f"... and {len(flows) - 50} more flows (--output json lists all)", style="dim")
+    st = Table(title="segments (consecutive points of the ways)", title_justify="left", show_edge=False, pad_edge=False)
+    for col in ("from", "to", "packets", "lost", "latency median", "p99"):
+        st.add_column(col)
+    for s in trace.segments:
+        st.add_row(safe(s.src), safe(s.dst), str(s.packets), Text(str(s.lost), style="red" if s.lost else ""),
+                   _ms(s.latency_median), _ms(s.latency_p99))
+    console.print(st)
+    render_footer(trace, console)

@@ -1,0 +1,366 @@
+"""From the correlator's state to the model: ways, hops and what changed at each, NAT, summaries."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Sequence
+
+from tracer.correlate import HTTP_STARTS, CaptureInput, Correlator, Options, Sighting, _Flow
+from tracer.decode import PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, fmt_ip, fmt_mac, tcp_flags_str
+from tracer.model import (
+    CapturePoint, Encapsulation, Flow, FlowSummary, Hop, Nat, PacketTrace, SegmentStats, Trace,
+)
+from tracer.roles import INGRESS_RANK
+
+PROTO_NAMES = {PROTO_TCP: "tcp", PROTO_UDP: "udp", PROTO_ICMP: "icmp", PROTO_ICMPV6: "icmpv6", 47: "gre", 4: "ipip"}
+FLAG_WORDS = {"S": "SYN", "SA": "SYN-ACK", "A": "ACK", "PA": "PSH-ACK", "FA": "FIN-ACK", "R": "RST", "RA": "RST-ACK",
+              "FPA": "FIN-PSH-ACK"}
+TUNNEL_NAMES = {"vxlan": "VXLAN", "geneve": "Geneve", "ipip": "IP-in-IP", "gre": "GRE", "erspan": "ERSPAN"}
+
+
+def analyze(inputs: Iterable[CaptureInput], options: Options | None = None) -> Trace:
+    """Read, correlate and describe a set of captures."""
+    return build_trace(Correlator(inputs, options).run())
+
+
+def endpoint(ep: tuple) -> str:
+    ip, port = ep
+    s = fmt_ip(ip) or "?"
+    if port is None:
+        return s
+    return f"[{s}]:{port}" if ":" in s else f"{s}:{port}"
+
+
+def build_trace(c: Correlator) -> Trace:
+    pts = c.points
+    flows_out = []
+    all_ways: list[tuple[str, ...]] = []
+    seg_totals: dict[tuple[int, int], list[int]] = {}
+    flows = c.flows()
+    for f in flows:
+        client = _client(f)
+        senders = list(f.masks)
+        ways = _ways(c, f, client)
+        for w in ways.values():
+            all_ways.append(tuple(pts[i].id for i in w))
+        server = _server(f, client)
+        nat = _nat(c, f, client)
+        packets = ()
+        if c.opts.keep_packets:
+            packets = tuple(_packet(c, rec, client, ways) for rec in f.records)
+        per_point: Counter = Counter()
+        stopped: Counter = Counter()
+        reached = 0
+        for sender in senders:
+            direction = "request" if sender == client else "response"
+            way = ways.get(direction, [])
+            for mask, n in f.masks[sender].items():
+                for i in range(len(pts)):
+                    if mask >> i & 1:
+                        per_point[pts[i].id] += n
+                if way:
+                    seen = [p for p in way if mask >> p & 1]
+                    if mask >> way[-1] & 1:
+                        reached += n
+                    elif seen:
+                        stopped[pts[seen[-1]].id] += n
+                for a, b in zip(way, way[1:]):
+                    if mask >> a & 1:
+                        tot = seg_totals.setdefault((a, b), [0, 0])
+                        tot[0] += n
+                        if not mask >> b & 1:
+                            tot[1] += n
+        summary = FlowSummary(
+            packets=f.packets, reached_end=reached, per_point=dict(per_point),
+            way={d: tuple(pts[i].id for i in w) for d, w in ways.items()}, stopped=dict(stopped),
+        )
+        flows_out.append(Flow(client=endpoint(client), server=server, protocol=PROTO_NAMES.get(f.proto, str(f.proto)),
+                              nat=nat, packets=packets, summary=summary, http=f.http))
+    order = _point_order(c, all_ways)
+    points = tuple(
+        CapturePoint(id=pts[i].id, node=pts[i].node, interface=pts[i].interface, role=pts[i].role,
+                     packets=pts[i].frames, undecoded=pts[i].undecoded, files=tuple(pts[i].files))
+        for i in order
+    )
+    segments = []
+    for (a, b), (n, lost) in seg_totals.items():
+        res = c.segments.get((a, b))
+        shift = c.offsets.get(pts[a].node, 0.0) - c.offsets.get(pts[b].node, 0.0)
+        segments.append(SegmentStats(
+            src=pts[a].id, dst=pts[b].id, packets=n, lost=lost,
+            latency_median=res.percentile(0.5, shift) if res else None,
+            latency_p99=res.percentile(0.99, shift) if res else None))
+    rank = {i: k for k, i in enumerate(order)}
+    segments.sort(key=lambda s: (rank[c.point_index[s.src]], rank[c.point_index[s.dst]]))
+    ref = min(c.offsets, key=c._node_rank) if c.offsets else (pts[order[0]].node if order else None)
+    return Trace(
+        points=points,
+        clock_offsets={n: round(o, 6) for n, o in sorted(c.offsets.items(), key=lambda kv: c._node_rank(kv[0])) if n != ref},
+        flows=tuple(flows_out), reference_node=ref, segments=tuple(segments), warnings=tuple(c.warnings),
+        total_packets=c.total_frames, matched_packets=c.distinct,
+    )
+
+
+# ---- flows ----
+
+def _client(f: _Flow) -> tuple:
+    if f.syn_sender is not None:
+        return f.syn_sender
+    senders = list(f.endpoints_seen)
+    if len(senders) >= 2:
+        # The server is the endpoint with the lower (well-known) port.
+        a, b = senders[0], senders[1]
+        pa, pb = a[1] or 0, b[1] or 0
+        return a if pa >= pb else b  # a tie (ICMP, equal ports): the first sender
+    return f.first_sender
+
+
+def _server(f: _Flow, client: tuple) -> str:
+    for kind, before, after, _p in f.nat:
+        if kind == "dnat" and before[0] != client[0]:
+            return endpoint(after)
+    for proto, a, b in f.cks:
+        if a == client:
+            return endpoint(b)
+        if b == client:
+            return endpoint(a)
+    proto, a, b = next(iter(f.cks))
+    return endpoint(b)
+
+
+def _nat(c: Correlator, f: _Flow, client: tuple) -> Nat | None:
+    # The request's own translation: DNAT of its destination, or SNAT of its (the client's) source.
+    for kind, before, after, p in f.nat:
+        if kind == "dnat" and before != client:
+            return Nat(original=endpoint(before), translated=endpoint(after), kind="dnat", point=c.points[p].id)
+    for kind, before, after, p in f.nat:
+        if kind == "snat" and before == client:
+            return Nat(original=endpoint(before), translated=endpoint(after), kind="snat", point=c.points[p].id)
+    return None
+
+
+def _ways(c: Correlator, f: _Flow, client: tuple) -> dict[str, list[int]]:
+    """The ordered points of each direction: from the data, mirrored, completed by the path hint and roles."""
+    by_dir: dict[str, tuple[Counter, Counter]] = {}
+    for sender, masks in f.masks.items():
+        d = "request" if sender == client else "response"
+        pairs, m = by_dir.setdefault(d, (Counter(), Counter()))
+        pairs.update(f.pairs.get(sender, {}))
+        m.update(masks)
+    ways = {d: _topo(pairs, masks) for d, (pairs, masks) in by_dir.items()}
+    req, resp = ways.get("request"), ways.get("response")
+    if req is not None and resp is not None:
+        ways["request"] = _merge(req, list(reversed(resp)))
+        ways["response"] = _merge(resp, list(reversed(req)))
+    hint = [c.point_index[p] for p in c.opts.way_hint if p in c.point_index]
+    if hint and "request" in ways:
+        if set(ways["request"]) & set(hint):
+            ways["request"] = _merge(ways["request"], hint)
+            if "response" in ways:
+                ways["response"] = _merge(ways["response"], list(reversed(hint)))
+    elif "request" in ways:
+        ways["request"] = _extend_by_role(c, ways["request"], f)
+    return ways
+
+
+def _topo(pairs: Counter, masks: Counter) -> list[int]:
+    nodes = set()
+    for m in masks:
+        i = 0
+        while m:
+            if m & 1:
+                nodes.add(i)
+            m >>= 1
+            i += 1
+    # keep the majority direction of every pair of points
+    edges: dict[int, set[int]] = {n: set() for n in nodes}
+    indeg = Counter({n: 0 for n in nodes})
+    for (a, b), n in pairs.items():
+        if a == b or n < pairs.get((b, a), 0) or (n == pairs.get((b, a), 0) and a > b):
+            continue
+        if b not in edges[a]:
+            edges[a].add(b)
+            indeg[b] += 1
+    out = []
+    ready = sorted(n for n in nodes if indeg[n] == 0)
+    while ready:
+        n = ready.pop(0)
+        out.append(n)
+        for m in sorted(edges[n]):
+            indeg[m] -= 1
+            if indeg[m] == 0:
+                ready.append(m)
+        ready.sort()
+    out.extend(sorted(n for n in nodes if n not in out))  # cycles: keep the rest in index order
+    return out
+
+
+def _merge(base: list[int], other: Sequence[int]) -> list[int]:
+    """Insert the points of `other` missing from `base`, each after its predecessor in `other`."""
+    out = list(base)
+    for k, p in enumerate(other):
+        if p in out:
+            continue
+        pos = 0
+        for q in reversed(other[:k]):
+            if q in out:
+                pos = out.index(q) + 1
+                break
+        out.insert(pos, p)
+    return out
+
+
+def _extend_by_role(c: Correlator, way: list[int], f: _Flow) -> list[int]:
+    """Points of the last node the flow reached that it never reached there but lie further in:
+    (underlay -> tunnel -> bridge -> pod veth). A dropped VXLAN packet shows as lost after the NIC."""
+    if not way:
+        return way
+    pts = c.points
+    last = pts[way[-1]]
+    server_ips = {ck[1][0] for ck in f.cks} | {ck[2][0] for ck in f.cks}
+    rank = INGRESS_RANK.get(last.role, 4)
+    extra = []
+    for i, p in enumerate(pts):
+        if i in way or p.node != last.node:
+            continue
+        r = INGRESS_RANK.get(p.role, 4)
+        if r <= rank or r == 4:
+            continue
+        if p.role == "pod-veth" and p.ips and not (p.ips & server_ips):
+            continue  # another pod's veth
+        extra.append((r, i))
+    return way + [i for _, i in sorted(extra)]
+
+
+def _point_order(c: Correlator, ways: list[tuple[str, ...]]) -> list[int]:
+    """Points in the order of the busiest request way, then the rest by name."""
+    order: list[int] = []
+    if ways:
+        best = max(ways, key=len)
+        order = [c.point_index[p] for p in best]
+    for i in sorted(range(len(c.points)), key=lambda i: c.points[i].id):
+        if i not in order:
+            order.append(i)
+    return order
+
+
+# ---- packets and hops ----
+
+def _packet(c: Correlator, seq: list[Sighting], client: tuple, ways: dict[str, list[int]]) -> PacketTrace:
+    first = seq[0].frame
+    direction = "request" if (first.ip_src, first.sport) == client else "response"
+    hops = _hops(c, seq, direction)
+    way = ways.get(direction, [])
+    seen = {s.point for s in seq}
+    start = way.index(seq[0].point) if seq[0].point in way else 0
+    missing = tuple(c.points[p].id for p in way[start:] if p not in seen)
+    flags = tcp_flags_str(first.tcp_flags) if first.proto == PROTO_TCP else None
+    return PacketTrace(direction=direction, tcp_flags=flags, ip_id=first.ip_id or 0,
+                       payload_bytes=first.payload_len or 0, hops=hops, last_seen=c.points[seq[-1].point].id,
+                       missing=missing, summary=describe(first))
+
+
+def describe(fr) -> str:
+    """`SYN 10.1.38.203:56312 -> 10.1.201.77:80`, `GET /get`, `ICMP echo 7`: one packet in words."""
+    src, dst = endpoint((fr.ip_src, fr.sport)), endpoint((fr.ip_dst, fr.dport))
+    if fr.proto == PROTO_TCP:
+        flags = tcp_flags_str(fr.tcp_flags)
+        text = f"{FLAG_WORDS.get(flags, flags)} {src} -> {dst}"
+        if fr.payload_len:
+            line = fr.data[fr.payload_offset:fr.payload_offset + 64].split(b"\r\n", 1)[0] if fr.payload_offset >= 0 else b""
+            if line.startswith(HTTP_STARTS):
+                text += " " + line.decode("ascii", "replace")
+            else:
+                text += f" {fr.payload_len} bytes"
+        return text
+    if fr.proto in (PROTO_ICMP, PROTO_ICMPV6):
+        kind = {0: "echo reply", 8: "echo request", 128: "echo request", 129: "echo reply"}.get(fr.icmp_type, f"type {fr.icmp_type}")
+        seq = f" seq {fr.icmp_seq}" if fr.icmp_seq is not None else ""
+        return f"ICMP {kind}{seq} {src} -> {dst}"
+    name = PROTO_NAMES.get(fr.proto, f"proto {fr.proto}").upper()
+    return f"{name} {src} -> {dst} {fr.payload_len or 0} bytes"
+
+
+def _encap(fr) -> Encapsulation | None:
+    if not fr.tunnels:
+        return None
+    t = fr.tunnels[-1]  # the tunnel right around the inner packet
+    return Encapsulation(type=t.type, vni=t.vni, outer_eth_src=fmt_mac(t.outer_eth_src),
+                         outer_eth_dst=fmt_mac(t.outer_eth_dst), outer_ip_src=fmt_ip(t.outer_ip_src),
+                         outer_ip_dst=fmt_ip(t.outer_ip_dst), udp_sport=t.udp_sport, udp_dport=t.udp_dport,
+                         bytes_added=sum(x.bytes_added for x in fr.tunnels), outer_ttl=t.outer_ttl)
+
+
+def _hops(c: Correlator, seq: list[Sighting], direction: str) -> tuple[Hop, ...]:
+    pts = c.points
+    t0 = None
+    hops: list[Hop] = []
+    prev = None
+    prev_point = None
+    for s in seq:
+        fr = s.frame
+        p = pts[s.point]
+        corrected = s.time - c.offsets.get(p.node, 0.0)
+        if t0 is None:
+            t0 = corrected
+        enc = _encap(fr)
+        changes, why = _changes(prev, prev_point, fr, p, enc, direction)
+        hops.append(Hop(point=p.id, time=s.time, offset=round(corrected - t0, 9), direction=s.direction,
+                        eth_src=fmt_mac(fr.eth_src), eth_dst=fmt_mac(fr.eth_dst), ip_src=fmt_ip(fr.ip_src),
+                        ip_dst=fmt_ip(fr.ip_dst), sport=fr.sport, dport=fr.dport, ttl=fr.ttl, encap=enc,
+                        changes=tuple(changes), why=why))
+        prev, prev_point = fr, p
+    return tuple(hops)
+
+
+def _changes(prev, prev_point, fr, point, enc: Encapsulation | None, direction: str) -> tuple[list[str], str]:
+    if prev is None:
+        if point.role == "pod-veth":
+            return [], "as the pod sent it"
+        return [], "first seen here"
+    changes: list[str] = []
+    words: list[str] = []
+    if (prev.ip_dst, prev.dport) != (fr.ip_dst, fr.dport):
+        changes.append("dnat")
+        what = f"destination {endpoint((prev.ip_dst, prev.dport))} -> {endpoint((fr.ip_dst, fr.dport))}"
+        words.append(f"DNAT (kube-proxy): {what}" if direction == "request" else f"NAT: {what}")
+    if (prev.ip_src, prev.sport) != (fr.ip_src, fr.sport):
+        changes.append("snat")
+        what = f"source {endpoint((prev.ip_src, prev.sport))} -> {endpoint((fr.ip_src, fr.sport))}"
+        words.append(f"SNAT: {what}" if direction == "request" else f"conntrack restores the service address: {what}")
+    routed = prev.ttl is not None and fr.ttl is not None and fr.ttl < prev.ttl
+    mac = (prev.eth_src, prev.eth_dst) != (fr.eth_src, fr.eth_dst) and fr.eth_src is not None and prev.eth_src is not None
+    if routed:
+        changes.append("ttl")
+    if mac:
+        changes.append("mac")
+    if routed or mac:
+        parts = []
+        if mac:
+            parts.append("MACs rewritten")
+        if routed:
+            parts.append(f"TTL {prev.ttl} -> {fr.ttl}")
+        who = f"{point.node} routed it" if routed else f"{point.node} rewrote the frame"
+        words.append(f"{who}: " + ", ".join(parts))
+    if fr.tunnels and not prev.tunnels:
+        changes.append("encap")
+        t = fr.tunnels[-1]
+        name = TUNNEL_NAMES.get(t.type, t.type)
+        vni = f" VNI {t.vni}" if t.vni is not None else ""
+        port = f", UDP {t.udp_sport} -> {t.udp_dport}" if t.udp_dport is not None else ""
+        words.append(f"{name} encapsulated{vni}{port}, outer {fmt_ip(t.outer_ip_src)} -> {fmt_ip(t.outer_ip_dst)}, "
+                     f"+{enc.bytes_added} bytes")
+    elif prev.tunnels and not fr.tunnels:
+        changes.append("decap")
+        t = prev.tunnels[-1]
+        words.append(f"{TUNNEL_NAMES.get(t.type, t.type)} decapsulated on {point.node} ({point.interface})")
+    elif fr.tunnels and prev.tunnels and prev_point.node != point.node:
+        words.append(f"crossed the underlay from {prev_point.node} to {point.node}")
+    if not words:
+        if prev_point.node != point.node and prev_point.role == point.role == "pod-veth":
+            words.append(f"crossed the veth pair from {prev_point.node} to {point.node} unchanged")
+        elif prev_point.node != point.node:
+            words.append(f"reached {point.node} unchanged")
+        else:
+            words.append("unchanged")
+    return changes, "; ".join(words)
