@@ -80,6 +80,11 @@ def run_analysis(req: AnalyzeRequest, out: TextIO = sys.stdout, extra_json: dict
     console = Console(file=out, highlight=False, soft_wrap=False, width=_width(out))
     if header is not None:
         console.print(header)
+    if req.flows and len(shown) < len(trace.flows):
+        hidden = [f for f in trace.flows if f not in shown]
+        n = sum(f.summary.packets if f.summary else len(f.packets) for f in hidden)
+        console.print(f"{len(hidden)} other flow{'s' if len(hidden) != 1 else ''} ({n} packets) in the captures"
+                      " not shown (--all-flows)", style="dim")
     from tracer import render
     n = sum(len(f.packets) for f in shown)
     if req.summary or n > AUTO_SUMMARY_PACKETS:

@@ -68,13 +68,15 @@ def _lab_up() -> bool:
               help="json: the tracer.trace/v1 document with a `follow` key (curl results, captures).")
 @click.option("--pcapng", type=click.Path(dir_okay=False, writable=True), metavar="FILE",
               help="Write one merged pcapng, an interface per point, each frame commented with its hop.")
+@click.option("--all-flows", is_flag=True,
+              help="Show every flow the captures hold, not only the connections this run's curl made.")
 @click.option("--live", is_flag=True, help="Send a request every second and light up each hop live (= tracer watch).")
 @click.option("--timeout", type=click.FloatRange(0.1), default=10.0, show_default=True, metavar="SECONDS",
               help="How long each step may take: agents getting ready, each request, collecting.")
 @backend_options
 @click.option("--timings-file", hidden=True, type=click.Path(dir_okay=False), help="Write the phases' durations (bench).")
 @click.option("--iterations", hidden=True, type=click.IntRange(1), help="--live: stop after N requests (tests).")
-def command(src, dst, port, url_path, count, save, output, pcapng, live, timeout, backend, kubeconfig, context,
+def command(src, dst, port, url_path, count, save, output, pcapng, all_flows, live, timeout, backend, kubeconfig, context,
             namespace, capture_image, capture_namespace, timings_file, iterations):
     """Capture on every hop of the way while SRC's curl asks DST, then show the packets hop by hop.
 
@@ -95,7 +97,7 @@ def command(src, dst, port, url_path, count, save, output, pcapng, live, timeout
         url_path = "/" + url_path
     run_id = secrets.token_hex(4)
     req = FollowRequest(src=src, dst=dst, port=port, path=url_path, count=count, timeout=timeout, save=save,
-                        output=output, pcapng=pcapng, run_id=run_id)
+                        output=output, pcapng=pcapng, all_flows=all_flows, run_id=run_id)
     with sigterm_interrupts():
         fb = make_backend(backend, kubeconfig, context, namespace, capture_image, capture_namespace, run_id)
         if live:

@@ -53,6 +53,8 @@ class FollowRequest:
     """Keep the captures and path.json here (the layout `tracer analyze DIR` reads)."""
     output: str = "text"
     pcapng: str | None = None
+    all_flows: bool = False
+    """Show every flow of the captures, not only the connections this run's curl made."""
     max_seconds: float = 300.0
     """The agents stop by themselves after this long, whatever happens to tracer."""
     run_id: str | None = None
@@ -69,6 +71,9 @@ class CurlResult:
     """curl's time_total in seconds."""
     exit_code: int
     error: str | None = None
+    local_port: int | None = None
+    """The source port curl's connection used: its flow is `<src ip>:<local_port>`. None when
+    curl got no connection."""
 
 
 @dataclass(kw_only=True)
@@ -226,7 +231,7 @@ class CaptureSession:
 # --- the request -------------------------------------------------------------------------------
 
 def curl_argv(url: str, max_time: float) -> list[str]:
-    return ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code} %{time_total}", "--max-time", f"{max_time:g}", url]
+    return ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code} %{time_total} %{local_port}", "--max-time", f"{max_time:g}", url]
 
 
 def fire(backend: FollowBackend, way: Way, url: str, max_time: float) -> CurlResult:
@@ -240,11 +245,12 @@ def fire(backend: FollowBackend, way: Way, url: str, max_time: float) -> CurlRes
     words = res.stdout.decode(errors="replace").split()
     status = int(words[0]) if words and words[0].isdigit() and words[0] != "000" else None
     took = float(words[1]) if len(words) > 1 and _is_float(words[1]) else None
+    port = int(words[2]) if len(words) > 2 and words[2].isdigit() and words[2] != "0" else None
     error = None
     if res.returncode != 0:
         error = CURL_ERRORS.get(res.returncode) or (res.stderr.decode(errors="replace").strip()[-200:]
                                                      or f"curl exited with {res.returncode}")
-    return CurlResult(status=status, time=took, exit_code=res.returncode, error=error)
+    return CurlResult(status=status, time=took, exit_code=res.returncode, error=error, local_port=port)
 
 
 def _no_curl(res: ExecResult) -> bool:
@@ -329,7 +335,8 @@ def run(backend: FollowBackend, req: FollowRequest, *, out: TextIO, progress: Pr
             way = result.way
             names = {way.src.pod.ip: way.src.pod.name, way.dst.pod.ip: way.dst.pod.name}
             areq = AnalyzeRequest(paths=(str(directory),), way=tuple(p.id for p in way.points), names=names,
-                                  output=req.output, pcapng=req.pcapng)
+                                  output=req.output, pcapng=req.pcapng,
+                                  flows=() if req.all_flows else own_flows(result), all_flows=req.all_flows)
             progress(None)
             run_analysis(areq, out, extra_json={"follow": follow_json(result, req)}, header=header(result, req))
     finally:
@@ -340,6 +347,20 @@ def run(backend: FollowBackend, req: FollowRequest, *, out: TextIO, progress: Pr
     if timings_file:
         Path(timings_file).write_text(json.dumps(asdict(result.timings)) + "\n")
     return result
+
+
+def own_flows(r: FollowResult) -> tuple[str, ...]:
+    """The run's own connections, as `--flow` specs (`<src ip>:<curl's local port>`).
+
+    The captures can hold other connections between the two pods too (a late packet of one that
+    ended just before, another client in the same pod); the view and the JSON show the ones this
+    run fired. When a curl got no connection (refused, timed out) its packets have no known port:
+    then nothing is singled out and the selection is `analyze`'s default.
+    """
+    ports = [c.local_port for c in r.curls]
+    if not ports or None in ports:
+        return ()
+    return tuple(f"{r.way.src.pod.ip}:{p}" for p in ports)
 
 
 # --- what is shown next to the analysis ----------------------------------------------------------
