@@ -15,20 +15,25 @@ that the correlator estimates from packets whose order TTL does tell.
 
 from __future__ import annotations
 
-import heapq
+import math
 import os
 import random
+from bisect import bisect_right
 from collections import Counter, deque
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from operator import itemgetter
 
-from tracer.decode import PROTO_TCP, PROTO_UDP, VXLAN_PORTS, Frame, decode
+from tracer.decode import PROTO_TCP, VXLAN_PORTS, Frame, decode
+from tracer.digest import (
+    CALICO_MAC, FRAME, HEAD, NTUN, PROTO, TTL, PointStats, from_frame, identity, pcap_sightings, split_ends,
+)
 from tracer.errors import CaptureFileError
-from tracer.pcapio import open_capture
+from tracer.pcapio import LINKTYPE_ETHERNET, open_capture
 from tracer.roles import INGRESS_RANK, infer_role, role_from_name
 
-CALICO_MAC = b"\xee" * 6
+__all__ = ["CALICO_MAC", "HTTP_STARTS", "CaptureInput", "Correlator", "Options", "Sighting", "identity",
+           "inputs_from_paths"]
 HTTP_STARTS = (b"GET ", b"POST ", b"PUT ", b"HEAD ", b"DELETE ", b"PATCH ", b"OPTIONS ", b"HTTP/1.", b"CONNECT ")
 EGRESS_RANK = {"pod-veth": 0, "bridge": 1, "tunnel": 2, "underlay": 3, "unknown": 4}
 RESERVOIR = 4096
@@ -56,19 +61,31 @@ class Options:
     """Point ids of the request way in order (from a saved path.json), if known."""
     pods: frozenset[str] = frozenset()
     """Names of pods whose own interfaces were captured as points `<pod>/<interface>`."""
+    fast: bool = True
+    """Summary mode: read pcap files of Ethernet frames with tracer.digest's fast path."""
 
 
 class _Point:
-    __slots__ = ("id", "node", "interface", "frames", "undecoded", "encapsulated", "calico_mac", "files",
-                 "ips", "role")
+    __slots__ = ("id", "node", "interface", "stats", "files", "role")
 
     def __init__(self, pid: str, node: str, interface: str):
         self.id, self.node, self.interface = pid, node, interface
-        self.frames = self.undecoded = self.encapsulated = 0
-        self.calico_mac = False
+        self.stats = PointStats()
         self.files: list[str] = []
-        self.ips: set[bytes] = set()  # inner IPs seen (to tell whose pod veth this is)
         self.role = role_from_name(interface) or "unknown"  # refined from traffic at the end
+
+    @property
+    def frames(self) -> int:
+        return self.stats.frames
+
+    @property
+    def undecoded(self) -> int:
+        return self.stats.undecoded
+
+    @property
+    def ips(self) -> set[bytes]:
+        """Inner IPs seen (to tell whose pod veth this is)."""
+        return self.stats.ips
 
 
 class Sighting:
@@ -83,11 +100,36 @@ class Sighting:
         self.direction = direction
 
 
+class _Shape:
+    """How one packet went: the order of its sightings and what follows from it.
+
+    Packets of the same kind (same points, TTLs and tunnels, seen in the same order) share one
+    shape, computed once: that is most of what makes the correlator fast.
+    """
+
+    __slots__ = ("perm", "dirs", "steps", "mask", "segs", "tally")
+
+    def __init__(self, perm: tuple[int, ...], dirs: tuple[str, ...], steps: list[tuple], obs: list[tuple]):
+        self.perm = perm
+        """Indices into the sightings (in arrival order), in the order of the way."""
+        self.dirs = dirs
+        self.steps = steps
+        """(node, next node, indices of node's sightings, indices of next node's): clock samples."""
+        mask = 0
+        for o in obs:
+            mask |= 1 << o[1]
+        self.mask = mask
+        self.segs = [((obs[i][1], obs[j][1]), i, j) for i, j in zip(perm, perm[1:])]
+        """((point, next point), index, next index) for each step of the way."""
+        self.tally = (mask, tuple(seg for seg, _, _ in self.segs))
+        """What the flow counts of it: the points it passed and the steps between them."""
+
+
 class _Flow:
     """Per-flow state. In summary mode it holds counters only."""
 
     __slots__ = ("cks", "proto", "syn_sender", "first_sender", "packets", "http", "records", "masks", "pairs",
-                 "endpoints_seen", "nat")
+                 "endpoints_seen", "nat", "tallies", "first_time")
 
     def __init__(self, proto: int):
         self.cks: set = set()
@@ -96,64 +138,89 @@ class _Flow:
         self.first_sender = None
         self.packets = 0
         self.http = False
-        self.records: list[list[Sighting]] = []
+        self.records: list = []
         self.masks: dict[tuple, Counter] = {}   # sender endpoint -> Counter(bitmask of points)
         self.pairs: dict[tuple, Counter] = {}   # sender endpoint -> Counter((point a, point b)) consecutive
+        self.tallies: dict[tuple, dict] = {}  # sender endpoint -> {_Shape.tally: packets}; -> masks, pairs
         self.endpoints_seen: Counter = Counter()
         # (kind, (ip, port) before, (ip, port) after, point index where first seen translated)
         self.nat: list[tuple] = []
+        self.first_time = float("inf")
+        """Capture time of its earliest packet (orders flows that tie on packets)."""
 
     def absorb(self, other: _Flow) -> None:
+        self.first_time = min(self.first_time, other.first_time)
         self.cks |= other.cks
         self.syn_sender = self.syn_sender or other.syn_sender
         self.first_sender = self.first_sender or other.first_sender
         self.packets += other.packets
         self.http |= other.http
         self.records.extend(other.records)
+        for sender, tallies in other.tallies.items():
+            mine = self.tallies.setdefault(sender, {})
+            for k, n in tallies.items():
+                mine[k] = mine.get(k, 0) + n
         for src, dst in ((other.masks, self.masks), (other.pairs, self.pairs)):
             for k, c in src.items():
                 dst.setdefault(k, Counter()).update(c)
         self.endpoints_seen.update(other.endpoints_seen)
         self.nat.extend(n for n in other.nat if n not in self.nat)
 
+    def count_tallies(self) -> None:
+        """Turn the shape tallies into masks and pairs (once, after the last packet)."""
+        for sender, tallies in self.tallies.items():
+            masks = self.masks.setdefault(sender, Counter())
+            pairs = self.pairs.setdefault(sender, Counter())
+            for (mask, segs), n in tallies.items():
+                masks[mask] += n
+                for seg in segs:
+                    pairs[seg] += n
+        self.tallies = {}
+
 
 class _Reservoir:
-    """A bounded uniform sample: percentiles without memory growing with packet count."""
+    """A bounded uniform sample: percentiles without memory growing with packet count.
 
-    __slots__ = ("n", "items", "rng")
+    Li's Algorithm L: once the sample is full, the number of values to skip before the next one
+    that goes in is drawn directly, so most values cost a counter increment (`n >= next` says
+    when `take` is due; the caller inlines that test).
+    """
+
+    __slots__ = ("n", "items", "rng", "next", "w")
 
     def __init__(self, rng: random.Random):
         self.n = 0
         self.items: list[float] = []
         self.rng = rng
+        self.next = 0
+        self.w = 1.0
 
     def add(self, x: float) -> None:
         self.n += 1
+        if self.n >= self.next:
+            self.take(x)
+
+    def take(self, x: float) -> None:
+        if len(self.items) < RESERVOIR - 1:
+            self.items.append(x)
+            return
+        rnd = self.rng.random
         if len(self.items) < RESERVOIR:
             self.items.append(x)
+            if len(self.items) < RESERVOIR:
+                return
+            self.w = math.exp(math.log(1.0 - rnd()) / RESERVOIR)
         else:
-            j = int(self.rng.random() * self.n)
-            if j < RESERVOIR:
-                self.items[j] = x
+            self.items[int(rnd() * RESERVOIR)] = x
+            self.w *= math.exp(math.log(1.0 - rnd()) / RESERVOIR)
+        w = min(self.w, 1.0 - 1e-12)
+        self.next = self.n + int(math.log(1.0 - rnd()) / math.log(1.0 - w)) + 1
 
     def percentile(self, q: float, shift: float = 0.0) -> float | None:
         if not self.items:
             return None
         s = sorted(self.items)
         return s[min(len(s) - 1, int(q * len(s)))] + shift
-
-
-def identity(fr: Frame):
-    """What stays the same for one packet at every point of its way (inner packet only)."""
-    p = fr.proto
-    if fr.fragment:
-        return (p, fr.ip_id, -1, fr.payload_len, fr.ip_len)
-    if p == PROTO_TCP:
-        return (fr.ip_id, fr.tcp_seq, fr.tcp_ack, fr.tcp_flags, fr.payload_len)
-    if p == PROTO_UDP:
-        off = fr.payload_offset
-        return (p, fr.ip_id, fr.payload_len, fr.data[off:off + 24] if off >= 0 else b"")
-    return (p, fr.ip_id, fr.ip_len, fr.icmp_type, fr.icmp_code, fr.icmp_id, fr.icmp_seq)
 
 
 class Correlator:
@@ -173,6 +240,8 @@ class Correlator:
         self.rng = random.Random(4096)
         self.total_frames = 0
         self.distinct = 0
+        self._shapes: dict[tuple, _Shape | None] = {}
+        self._ends: dict[tuple[int, bytes], tuple] = {}
 
     # ---- reading ----
 
@@ -187,11 +256,29 @@ class Correlator:
             self.points[idx].files.append(path)
         return idx
 
-    def _read(self, inp: CaptureInput) -> Iterator[tuple[float, int, Frame]]:
+    def _open(self, inp: CaptureInput) -> Iterator[list[tuple]]:
+        """Open one input (refusing what is not a capture) and return its batches of sightings."""
         cap, records = open_capture(inp.path)
+        if not self.opts.keep_packets and self.opts.fast and cap.format == "pcap":
+            with open(inp.path, "rb") as f:
+                hdr = f.read(24)
+            if len(hdr) == 24 and int.from_bytes(hdr[20:24], "little" if cap.byte_order == "<" else "big") \
+                    & 0x03FFFFFF == LINKTYPE_ETHERNET:
+                records.close()
+                return self._read_fast(inp)
+        return self._read(inp, cap, records)
+
+    def _read_fast(self, inp: CaptureInput) -> Iterator[list[tuple]]:
+        pidx = self._point(inp.node, inp.interface, inp.path)
+        yield from pcap_sightings(inp.path, pidx, self.points[pidx].stats, self.opts.vxlan_ports,
+                                  lambda w: self.warnings.append(f"{inp.path}: {w}"))
+
+    def _read(self, inp: CaptureInput, cap, records) -> Iterator[list[tuple]]:
         vxlan_ports = self.opts.vxlan_ports
+        keep = self.opts.keep_packets
         by_iface: list[int] = []
         multi = None
+        batch: list[tuple] = []
         try:
             for rec in records:
                 i = rec.interface
@@ -211,7 +298,15 @@ class Correlator:
                         else:
                             by_iface.append(self._point(inp.node, inp.interface, inp.path))
                 fr = decode(cap.interfaces[i].linktype, rec.data, rec.orig_len, vxlan_ports)
-                yield rec.time, by_iface[i], fr
+                pidx = by_iface[i]
+                e = self.points[pidx].stats.add_frame(fr)
+                if e is not None:
+                    batch.append(from_frame(rec.time, pidx, fr, e, keep))
+                    if len(batch) >= 1024:
+                        yield batch
+                        batch = []
+            if batch:
+                yield batch
         finally:
             for w in cap.warnings:
                 self.warnings.append(f"{inp.path}: {w}")
@@ -228,151 +323,220 @@ class Correlator:
 
     def run(self) -> Correlator:
         # Open every file first, so that a bad one is refused before any work is done.
-        streams = []
-        for inp in self.inputs:
-            gen = self._read(inp)
-            try:
-                first = next(gen)
-            except StopIteration:
-                continue
-            streams.append(_prepend(first, gen))
-        merged = heapq.merge(*streams, key=itemgetter(0))
+        streams = [self._open(inp) for inp in self.inputs]
         pending: dict = {}
         queue: deque = deque()
         window = self.opts.window
         points = self.points
         finalize = self._finalize
-        total = 0
-        for ts, pidx, fr in merged:
-            total += 1
-            pt = points[pidx]
-            pt.frames += 1
-            if fr.tunnels:
-                pt.encapsulated += 1
-            if fr.eth_src == CALICO_MAC or fr.eth_dst == CALICO_MAC:
-                pt.calico_mac = True
-            if fr.undecoded is not None and fr.arp is None:
-                pt.undecoded += 1
-            if fr.ip_src is None or fr.proto is None:
-                continue
-            if len(pt.ips) < 64:
-                pt.ips.add(fr.ip_src)
-                pt.ips.add(fr.ip_dst)
-            limit = ts - window
-            while queue and queue[0][0] < limit:
-                rec = queue.popleft()
-                if rec[2] is None:
-                    continue  # finalized early
-                lst = pending[rec[3]]
-                if len(lst) == 1:
-                    del pending[rec[3]]
-                else:
-                    lst.remove(rec)
-                finalize(rec[2])
-            key = identity(fr)
-            bit = 1 << pidx
-            lst = pending.get(key)
-            if lst is None:
-                rec = [ts, bit, [(pidx, ts, fr)], key]
-                pending[key] = [rec]
-                queue.append(rec)
-                continue
-            for rec in lst:
-                if not rec[1] & bit:
-                    rec[1] |= bit
-                    rec[2].append((pidx, ts, fr))
-                    if rec[1] == (1 << len(points)) - 1:
-                        # Seen at every point there is: nothing more can come, finalize now (keeps memory low).
+        inf = float("inf")
+        evict_at = inf
+        for batch in _merge(streams):
+            for o in batch:
+                ts = o[0]
+                if ts > evict_at:
+                    limit = ts - window
+                    while queue and queue[0][0] < limit:
+                        rec = queue.popleft()
+                        if rec[2] is None:
+                            continue  # finalized early
+                        lst = pending[rec[3]]
                         if len(lst) == 1:
-                            del pending[key]
+                            del pending[rec[3]]
                         else:
                             lst.remove(rec)
                         finalize(rec[2])
-                        rec[2] = None
-                    break
-            else:
-                rec = [ts, bit, [(pidx, ts, fr)], key]
-                lst.append(rec)
-                queue.append(rec)
+                    evict_at = queue[0][0] + window if queue else inf
+                key = o[2]
+                bit = 1 << o[1]
+                lst = pending.get(key)
+                if lst is None:
+                    rec = [ts, bit, [o], key]
+                    pending[key] = [rec]
+                    queue.append(rec)
+                    if evict_at == inf:
+                        evict_at = ts + window
+                    continue
+                for rec in lst:
+                    if not rec[1] & bit:
+                        rec[1] |= bit
+                        rec[2].append(o)
+                        if rec[1] == (1 << len(points)) - 1:
+                            # Seen at every point there is: nothing more can come, finalize now (keeps memory low).
+                            if len(lst) == 1:
+                                del pending[key]
+                            else:
+                                lst.remove(rec)
+                            finalize(rec[2])
+                            rec[2] = None
+                        break
+                else:
+                    rec = [ts, bit, [o], key]
+                    lst.append(rec)
+                    queue.append(rec)
         while queue:
             obs = queue.popleft()[2]
             if obs is not None:
                 finalize(obs)
-        self.total_frames = total
+        self.total_frames = sum(p.stats.frames for p in self.points)
         for pt in self.points:
+            st = pt.stats
             pt.role = "pod-veth" if pt.node in self.opts.pods else infer_role(
-                pt.interface, encapsulated=pt.encapsulated, frames=pt.frames, calico_mac_seen=pt.calico_mac)
+                pt.interface, encapsulated=st.encapsulated, frames=st.frames, calico_mac_seen=st.calico_mac)
         self._solve_offsets()
-        if self.opts.keep_packets:
-            # Put every kept packet in order once more, now with the final clock offsets.
-            for flow in self.flows():
-                flow.records = [self.order([(s.point, s.time, s.frame) for s in r])[0] for r in flow.records]
+        for flow in self.flows():
+            flow.count_tallies()
+            if self.opts.keep_packets:
+                # Put every kept packet in order once more, now with the final clock offsets.
+                flow.records = [self._sightings(obs) for obs in flow.records]
         return self
 
     # ---- per packet ----
 
-    def order(self, obs: list[tuple[int, float, Frame]]) -> tuple[list[Sighting], list[tuple[str, str, float]]]:
-        """Put one packet's sightings in the order of its way; return also the strict node steps."""
+    def order(self, obs: list[tuple]) -> tuple[tuple[int, ...], tuple[str, ...], list[tuple], bool]:
+        """Put one packet's sightings in the order of its way.
+
+        Returns the indices of `obs` in that order, the direction at each (in/out/?), the node
+        steps (node, next node, indices at node, indices at next node) whose time differences
+        sample the clock offsets, and whether the order follows from TTLs and roles alone (the
+        same for every packet of this shape) rather than from timestamps across nodes.
+        """
         points = self.points
-        groups: dict[str, list] = {}
-        for o in obs:
-            groups.setdefault(points[o[0]].node, []).append(o)
+        groups: dict[str, list[int]] = {}
+        for i, o in enumerate(obs):
+            groups.setdefault(points[o[1]].node, []).append(i)
         keyed = []
         for node, g in groups.items():
-            ttls = [o[2].ttl for o in g]
+            ttls = [obs[i][TTL] for i in g]
             hi, lo = max(ttls), min(ttls)
-            keyed.append(((-hi, -lo), min(o[1] for o in g) - self.offsets.get(node, 0.0), node, g, hi, lo))
+            keyed.append(((-hi, -lo), min(obs[i][0] for i in g) - self.offsets.get(node, 0.0), node, g, hi, lo))
         keyed.sort(key=lambda k: (k[0], k[1]))
-        out: list[Sighting] = []
+        by_ttl = len({k[0] for k in keyed}) == len(keyed)
+        perm: list[int] = []
+        dirs: list[str] = []
         steps = []
         last = len(keyed) - 1
         for gi, (ttlkey, _t, node, g, hi, lo) in enumerate(keyed):
             routed = hi != lo
             leaving = gi == 0 and last > 0
 
-            def rank(o, hi=hi, routed=routed, leaving=leaving):
-                role = points[o[0]].role
-                ingress = (o[2].ttl == hi) if routed else not leaving
+            def rank(i, hi=hi, routed=routed, leaving=leaving):
+                o = obs[i]
+                role = points[o[1]].role
+                ingress = (o[TTL] == hi) if routed else not leaving
                 if ingress:
-                    return (-o[2].ttl, o[1], INGRESS_RANK.get(role, 4), len(o[2].tunnels) and -1)
-                return (-o[2].ttl, o[1], EGRESS_RANK.get(role, 4), len(o[2].tunnels))
+                    return (-o[TTL], o[0], INGRESS_RANK.get(role, 4), o[NTUN] and -1)
+                return (-o[TTL], o[0], EGRESS_RANK.get(role, 4), o[NTUN])
 
             g.sort(key=rank)
-            for o in g:
+            for i in g:
                 if routed:
-                    d = "in" if o[2].ttl == hi else "out"
+                    d = "in" if obs[i][TTL] == hi else "out"
                 elif gi == 0 and last > 0:
                     d = "out"
                 elif gi == last and last > 0:
                     d = "in"
                 else:
                     d = "?"
-                out.append(Sighting(o[0], o[1], o[2], d))
+                perm.append(i)
+                dirs.append(d)
             if gi < last and ttlkey != keyed[gi + 1][0]:
-                nxt = keyed[gi + 1]
-                steps.append((node, nxt[2], min(o[1] for o in nxt[3]) - max(o[1] for o in g)))
-        return out, steps
+                steps.append((node, keyed[gi + 1][2], tuple(g), tuple(keyed[gi + 1][3])))
+        return tuple(perm), tuple(dirs), steps, by_ttl
 
-    def _finalize(self, obs: list[tuple[int, float, Frame]]) -> None:
-        self.distinct += 1
-        if len(obs) > 1:
-            seq, steps = self.order(obs)
-            for a, b, d in steps:
-                k = (a, b)
-                cur = self.offset_samples.get(k)
-                if cur is None or d < cur:
-                    self.offset_samples[k] = d
-                    self._solve_offsets()
+    def _sightings(self, obs: list[tuple]) -> list[Sighting]:
+        perm, dirs, _, _ = self.order(obs)
+        if len(obs) == 1:
+            dirs = ("?",)
+        return [Sighting(obs[i][1], obs[i][0], obs[i][FRAME], d) for i, d in zip(perm, dirs)]
+
+    def _shape(self, obs: list[tuple]) -> _Shape:
+        """The packet's shape: cached by what decides it (points, TTLs, tunnels in arrival order)."""
+        if len(obs) == 1:
+            sig: tuple = (obs[0][1],)
         else:
-            o = obs[0]
-            seq = [Sighting(o[0], o[1], o[2])]
-        first = seq[0].frame
-        proto = first.proto
-        sender = (first.ip_src, first.sport)
+            sig = tuple([(o[1], o[TTL], o[NTUN], o[0]) for o in obs])
+            t = [x[3] for x in sig]
+            # Two sightings at the same instant: the order falls to the roles, not to arrival.
+            sig = tuple([x[:3] for x in sig]) if len(set(t)) == len(t) else sig
+        shape = self._shapes.get(sig)
+        if shape is not None:
+            return shape
+        if len(obs) == 1:
+            shape = _Shape((0,), ("?",), [], obs)
+        else:
+            perm, dirs, steps, by_ttl = self.order(obs)
+            shape = _Shape(perm, dirs, steps, obs)
+            if not by_ttl or len(sig[0]) == 4:
+                return shape  # depends on timestamps: not shared
+        self._shapes[sig] = shape
+        return shape
+
+    def _finalize(self, obs: list[tuple]) -> None:
+        self.distinct += 1
+        shape = self._shape(obs)
+        for a, b, ia, ib in shape.steps:
+            d = min([obs[i][0] for i in ib]) - max([obs[i][0] for i in ia])
+            k = (a, b)
+            cur = self.offset_samples.get(k)
+            if cur is None or d < cur:
+                self.offset_samples[k] = d
+                self._solve_offsets()
+        first = obs[shape.perm[0]]
+        proto = first[PROTO]
+        e = first[5]
+        info = self._ends.get((proto, e))
+        if info is None:
+            src, dst = split_ends(e)
+            info = self._ends[(proto, e)] = ((proto, src, dst) if src <= dst else (proto, dst, src), src)
+        ck, sender = info
+        single = True
+        for o in obs:
+            if o[5] != e:
+                single = False
+                break
+        if single:
+            flow = self.flows_by_ck.get(ck)
+            if flow is None:
+                flow = self.flows_by_ck[ck] = _Flow(proto)
+                flow.cks.add(ck)
+        else:
+            flow = self._flow_of(proto, obs)
+        flow.packets += 1
+        if first[0] < flow.first_time:
+            flow.first_time = first[0]
+        flow.endpoints_seen[sender] += 1
+        if flow.first_sender is None:
+            flow.first_sender = sender
+        flags = first[7]
+        if proto == PROTO_TCP and flags is not None and flags & 0x12 == 0x02:
+            flow.syn_sender = sender
+        if not flow.http and first[HEAD] and first[HEAD].startswith(HTTP_STARTS):
+            flow.http = True
+        if not single and len(flow.nat) < 8:
+            self._note_nat(flow, [obs[i] for i in shape.perm])
+        if self.opts.keep_packets:
+            flow.records.append(obs)
+        tallies = flow.tallies.get(sender)
+        if tallies is None:
+            tallies = flow.tallies[sender] = {}
+        tally = shape.tally
+        tallies[tally] = tallies.get(tally, 0) + 1
+        segments = self.segments
+        for seg, i, j in shape.segs:
+            res = segments.get(seg)
+            if res is None:
+                res = segments[seg] = _Reservoir(self.rng)
+                self.seg_raw[seg] = (self.points[seg[0]].node, self.points[seg[1]].node)
+            res.n += 1
+            if res.n >= res.next:
+                res.take(obs[j][0] - obs[i][0])
+
+    def _flow_of(self, proto: int, obs: list[tuple]) -> _Flow:
+        """The flow of a packet whose addresses or ports change on the way (NAT): one flow for all."""
         cks = set()
-        for s in seq:
-            f = s.frame
-            a, b = (f.ip_src, f.sport), (f.ip_dst, f.dport)
+        for o in obs:
+            a, b = split_ends(o[5])
             cks.add((proto, a, b) if a <= b else (proto, b, a))
         flow = None
         for ck in cks:
@@ -393,45 +557,19 @@ class Correlator:
             if ck not in flow.cks:
                 flow.cks.add(ck)
                 self.flows_by_ck[ck] = flow
-        flow.packets += 1
-        flow.endpoints_seen[sender] += 1
-        if flow.first_sender is None:
-            flow.first_sender = sender
-        if proto == PROTO_TCP and first.tcp_flags is not None and first.tcp_flags & 0x12 == 0x02:
-            flow.syn_sender = sender
-        if not flow.http and first.payload_len and first.payload_offset >= 0:
-            if first.data[first.payload_offset:first.payload_offset + 8].startswith(HTTP_STARTS):
-                flow.http = True
-        if len(cks) > 1 and len(flow.nat) < 8:
-            self._note_nat(flow, seq)
-        if self.opts.keep_packets:
-            flow.records.append(seq)
-        mask = 0
-        for s in seq:
-            mask |= 1 << s.point
-        flow.masks.setdefault(sender, Counter())[mask] += 1
-        pairs = flow.pairs.setdefault(sender, Counter())
-        for x, y in zip(seq, seq[1:]):
-            seg = (x.point, y.point)
-            pairs[seg] += 1
-            res = self.segments.get(seg)
-            if res is None:
-                res = self.segments[seg] = _Reservoir(self.rng)
-                self.seg_raw[seg] = (self.points[x.point].node, self.points[y.point].node)
-            res.add(y.time - x.time)
+        return flow
 
     @staticmethod
-    def _note_nat(flow: _Flow, seq: list[Sighting]) -> None:
-        prev = seq[0].frame
-        for s in seq[1:]:
-            f = s.frame
-            for kind, before, after in (("dnat", (prev.ip_dst, prev.dport), (f.ip_dst, f.dport)),
-                                        ("snat", (prev.ip_src, prev.sport), (f.ip_src, f.sport))):
+    def _note_nat(flow: _Flow, seq: list[tuple]) -> None:
+        prev = split_ends(seq[0][5])
+        for o in seq[1:]:
+            cur = split_ends(o[5])
+            for kind, before, after in (("dnat", prev[1], cur[1]), ("snat", prev[0], cur[0])):
                 if before != after:
-                    entry = (kind, before, after, s.point)
+                    entry = (kind, before, after, o[1])
                     if not any(n[:3] == entry[:3] for n in flow.nat):
                         flow.nat.append(entry)
-            prev = f
+            prev = cur
 
     # ---- clocks ----
 
@@ -465,19 +603,50 @@ class Correlator:
         return (0, len(self.points), node)
 
     def flows(self) -> list[_Flow]:
-        """Each flow once, in the order every view shows them: HTTP first, then by packets."""
+        """Each flow once, in the order every view shows them: HTTP first, then by packets, then by time."""
         seen, out = set(), []
         for f in self.flows_by_ck.values():
             if id(f) not in seen:
                 seen.add(id(f))
                 out.append(f)
-        out.sort(key=lambda f: (not f.http, -f.packets))
+        out.sort(key=lambda f: (not f.http, -f.packets, f.first_time))
         return out
 
 
-def _prepend(first, rest):
-    yield first
-    yield from rest
+def _merge(streams: list[Iterator[list[tuple]]]) -> Iterator[list[tuple]]:
+    """Batches of sightings from every stream, merged by time (each stream is in time order).
+
+    Each round takes, from every stream, what is not later than the earliest of the streams'
+    latest times at hand, and sorts that (a merge of sorted runs, which sorting does fast).
+    """
+    heads: list[list] = []  # [batch, position, stream]
+    for s in streams:
+        for b in s:
+            if b:
+                heads.append([b, 0, s])
+                break
+    key = itemgetter(0)
+    while heads:
+        horizon = min(h[0][-1][0] for h in heads)
+        out: list[tuple] = []
+        for h in heads:
+            b, pos = h[0], h[1]
+            # (the stream whose batch ends at the horizon gives all of it: progress even if a file is out of order)
+            end = len(b) if b[-1][0] == horizon else bisect_right(b, horizon, lo=pos, key=key)
+            if end > pos:
+                out.extend(b[pos:end] if pos or end < len(b) else b)
+                h[1] = end
+        if len(heads) > 1:
+            out.sort(key=key)
+        yield out
+        for h in heads:
+            if h[1] >= len(h[0]):
+                h[0] = None
+                for b in h[2]:
+                    if b:
+                        h[0], h[1] = b, 0
+                        break
+        heads = [h for h in heads if h[0] is not None]
 
 
 def inputs_from_paths(paths: Iterable[str], points: Iterable[str] = ()) -> list[CaptureInput]:

@@ -81,6 +81,8 @@ class CaptureFile:
     warnings: list[str] = field(default_factory=list)
     comments: list[str] = field(default_factory=list)
     """Section and packet comments (packet comments only if `keep_comments`)."""
+    byte_order: str = "<"
+    """pcap: the byte order of the headers ("<" little, ">" big endian)."""
 
 
 def open_capture(path: str | os.PathLike) -> tuple[CaptureFile, Iterator[Record]]:
@@ -110,7 +112,7 @@ def open_capture(path: str | os.PathLike) -> tuple[CaptureFile, Iterator[Record]
     for endian in "<>":
         magic = struct.unpack_from(endian + "I", head)[0]
         if magic in (PCAP_MAGIC_US, PCAP_MAGIC_NS):
-            cap = CaptureFile(path=path, format="pcap")
+            cap = CaptureFile(path=path, format="pcap", byte_order=endian)
             return cap, _pcap_records(f, head, endian, magic == PCAP_MAGIC_NS, cap)
     f.close()
     raise CaptureFileError(

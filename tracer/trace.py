@@ -37,10 +37,11 @@ def build_trace(c: Correlator) -> Trace:
     all_ways: list[tuple[str, ...]] = []
     seg_totals: dict[tuple[int, int], list[int]] = {}
     flows = c.flows()
+    ways_cache: dict = {}
     for f in flows:
         client = _client(f)
         senders = list(f.masks)
-        ways = _ways(c, f, client)
+        ways = _ways(c, f, client, ways_cache)
         for w in ways.values():
             all_ways.append(tuple(pts[i].id for i in w))
         server = _server(f, client)
@@ -139,15 +140,24 @@ def _nat(c: Correlator, f: _Flow, client: tuple) -> Nat | None:
     return None
 
 
-def _ways(c: Correlator, f: _Flow, client: tuple) -> dict[str, list[int]]:
-    """The ordered points of each direction: from the data, mirrored, completed by the path hint and roles."""
+def _ways(c: Correlator, f: _Flow, client: tuple, cache: dict | None = None) -> dict[str, list[int]]:
+    """The ordered points of each direction: from the data, mirrored, completed by the path hint and roles.
+
+    What decides them (the points each direction passed, the majority order of each pair of
+    points, the server's addresses) is the same for most flows of a capture: `cache` keeps the
+    answer per such key.
+    """
     by_dir: dict[str, tuple[Counter, Counter]] = {}
     for sender, masks in f.masks.items():
         d = "request" if sender == client else "response"
         pairs, m = by_dir.setdefault(d, (Counter(), Counter()))
         pairs.update(f.pairs.get(sender, {}))
         m.update(masks)
-    ways = {d: _topo(pairs, masks) for d, (pairs, masks) in by_dir.items()}
+    shape = tuple(sorted((d, frozenset(masks), _kept_edges(pairs)) for d, (pairs, masks) in by_dir.items()))
+    key = (shape, frozenset(ck[1][0] for ck in f.cks) | frozenset(ck[2][0] for ck in f.cks))
+    if cache is not None and key in cache:
+        return {d: list(w) for d, w in cache[key].items()}
+    ways = {d: _topo(edges, masks) for d, masks, edges in shape}
     req, resp = ways.get("request"), ways.get("response")
     if req is not None and resp is not None:
         ways["request"] = _merge(req, list(reversed(resp)))
@@ -160,10 +170,18 @@ def _ways(c: Correlator, f: _Flow, client: tuple) -> dict[str, list[int]]:
                 ways["response"] = _merge(ways["response"], list(reversed(hint)))
     elif "request" in ways:
         ways["request"] = _extend_by_role(c, ways["request"], f)
+    if cache is not None:
+        cache[key] = {d: tuple(w) for d, w in ways.items()}
     return ways
 
 
-def _topo(pairs: Counter, masks: Counter) -> list[int]:
+def _kept_edges(pairs: Counter) -> frozenset[tuple[int, int]]:
+    """The majority direction of every pair of points (a tie: from the lower index)."""
+    return frozenset((a, b) for (a, b), n in pairs.items()
+                     if a != b and not (n < pairs.get((b, a), 0) or (n == pairs.get((b, a), 0) and a > b)))
+
+
+def _topo(kept: frozenset[tuple[int, int]], masks: Iterable[int]) -> list[int]:
     nodes = set()
     for m in masks:
         i = 0
@@ -172,12 +190,9 @@ def _topo(pairs: Counter, masks: Counter) -> list[int]:
                 nodes.add(i)
             m >>= 1
             i += 1
-    # keep the majority direction of every pair of points
     edges: dict[int, set[int]] = {n: set() for n in nodes}
     indeg = Counter({n: 0 for n in nodes})
-    for (a, b), n in pairs.items():
-        if a == b or n < pairs.get((b, a), 0) or (n == pairs.get((b, a), 0) and a > b):
-            continue
+    for a, b in kept:
         if b not in edges[a]:
             edges[a].add(b)
             indeg[b] += 1

@@ -1,0 +1,114 @@
+"""The summary fast path (tracer.digest.pcap_sightings) sees exactly what the full decoder sees.
+
+`tracer analyze --summary` reads classic pcap files of Ethernet frames without building a Frame
+per packet. Everything it finds must be what the general path (decode() per frame) finds: frame
+by frame on real captures and on mutated frames, and as the whole summary document.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from factories import CURL_MAC, PUBLIC, SAMPLES, eth, inner_syn, ipv4, pcap_bytes, tcp, udp, vxlan, vxlan_syn_frame
+from tracer.correlate import Correlator, Options, inputs_from_paths
+from tracer.decode import VXLAN_PORTS, decode
+from tracer.digest import PointStats, from_frame, pcap_header, pcap_sightings
+from tracer.jsonout import dumps
+from tracer.pcapio import LINKTYPE_ETHERNET, open_capture
+from tracer.trace import build_trace
+
+ETHERNET_PCAPS = sorted(
+    p for p in list(SAMPLES.rglob("*.pcap")) + list(PUBLIC.glob("*.pcap"))
+    if (h := pcap_header(p.read_bytes()[:24])) is not None and h[2] == LINKTYPE_ETHERNET
+)
+
+
+def fast(path: Path) -> tuple[list[tuple], PointStats, list[str]]:
+    stats, warnings = PointStats(), []
+    out = [o for batch in pcap_sightings(str(path), 0, stats, VXLAN_PORTS, warnings.append) for o in batch]
+    return out, stats, warnings
+
+
+def general(path: Path) -> tuple[list[tuple], PointStats, list[str]]:
+    cap, records = open_capture(path)
+    stats, out = PointStats(), []
+    for r in records:
+        fr = decode(cap.interfaces[r.interface].linktype, r.data, r.orig_len)
+        e = stats.add_frame(fr)
+        if e is not None:
+            out.append(from_frame(r.time, 0, fr, e, False))
+    return out, stats, cap.warnings
+
+
+def same(path: Path) -> None:
+    (a, sa, wa), (b, sb, wb) = fast(path), general(path)
+    assert a == b
+    assert wa == wb
+    for attr in PointStats.__slots__:
+        assert getattr(sa, attr) == getattr(sb, attr), attr
+
+
+def test_there_are_files_with_both_shapes_to_compare():
+    names = {p.name for p in ETHERNET_PCAPS}
+    assert "eth1.pcap" in names and "skydive-vxlan-snaplen256.pcap" in names and len(ETHERNET_PCAPS) >= 20
+
+
+@pytest.mark.parametrize("path", ETHERNET_PCAPS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_every_frame_of_a_real_capture_gives_the_same_sighting(path):
+    same(path)
+
+
+def summary(paths: list[str], fast_path: bool) -> dict:
+    c = Correlator(inputs_from_paths(paths), Options(keep_packets=False, fast=fast_path)).run()
+    return json.loads(dumps(build_trace(c), summary=True))
+
+
+@pytest.mark.parametrize("scenario", ["http-get", "vxlan-drop", "clusterip-dnat"])
+def test_the_summary_is_the_same_either_way(scenario):
+    assert summary([str(SAMPLES / scenario)], True) == summary([str(SAMPLES / scenario)], False)
+
+
+def test_the_summary_of_the_public_captures_is_the_same_either_way():
+    paths = [str(p) for p in sorted(PUBLIC.glob("*.pcap*"))]
+    assert summary(paths, True) == summary(paths, False)
+
+
+# --- mutated frames: every check of the fast path against the decoder --------------------------
+
+SEEDS = [vxlan_syn_frame(), eth(CURL_MAC, "ee:ee:ee:ee:ee:ee", 0x0800, inner_syn(ttl=64)),
+         eth("02:00:00:00:00:01", "02:00:00:00:00:02", 0x0800,
+             ipv4("10.0.0.1", "10.0.0.2", 6, tcp(40000, 80, flags=0x18, payload=b"GET / HTTP/1.1\r\n\r\n"))),
+         eth("02:00:00:00:00:01", "02:00:00:00:00:02", 0x0800,
+             ipv4("192.168.1.1", "192.168.1.2", 17, udp(40000, 4789, vxlan(4096, eth(
+                 "02:00:00:00:00:03", "02:00:00:00:00:04", 0x0800,
+                 ipv4("10.0.0.1", "10.0.0.2", 17, udp(5353, 53, b"\x12\x34" + b"\0" * 30)))))))]
+# Byte positions where the fast path decides: ethertypes, IHL, lengths, fragment bits, protocols,
+# ports, VXLAN flags, TCP data offset, in the outer and the inner frame.
+HOT = sorted({12, 13, 14, 16, 17, 20, 21, 23, 34, 35, 36, 37, 38, 39, 42, 62, 63, 64, 66, 67, 70, 71, 73, 96, 46})
+MUTATE = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@MUTATE
+@given(seed=st.sampled_from(range(len(SEEDS))),
+       edits=st.lists(st.tuples(st.sampled_from(HOT) | st.integers(0, 140), st.integers(0, 255)), max_size=4),
+       cut=st.integers(0, 160))
+def test_mutated_frames_give_the_same_sighting_either_way(seed, edits, cut):
+    data = bytearray(SEEDS[seed])
+    for pos, value in edits:
+        if pos < len(data):
+            data[pos] = value
+    frames = [bytes(data), bytes(data[:cut])]
+    fd, name = tempfile.mkstemp(suffix=".pcap")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(pcap_bytes(frames))
+        same(Path(name))
+    finally:
+        os.unlink(name)

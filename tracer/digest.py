@@ -1,0 +1,222 @@
+"""Sightings: what the correlator keeps of one frame, and the fast way to get them from pcap bytes.
+
+A sighting is a plain tuple (one per frame, so no object, no attribute lookups):
+
+    (time, point, identity, ttl, tunnels, ends, proto, tcp_flags, head, frame)
+
+`identity` is `correlate.identity` of the innermost packet, `ttl` its TTL, `tunnels` how many
+encapsulations were peeled, `ends` its addresses and ports as bytes (source IP, destination IP,
+then source and destination port when the protocol has ports), `head` the first 8 bytes of its
+payload (to spot HTTP), `frame` the decoded Frame when the caller keeps packets, else None.
+
+`from_frame` makes one from a decoded Frame. `pcap_sightings` makes them straight from the bytes
+of a classic pcap file of Ethernet frames for the shapes a Kubernetes capture is made of
+(Ethernet / IPv4 / TCP or UDP, and the same inside VXLAN) without building a Frame, and hands
+every other frame to the full decoder: both give equal sightings for the same bytes
+(tests/test_digest.py). This is what makes `tracer analyze --summary` fast.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Iterator
+
+from tracer.decode import GENEVE_PORT, PROTO_TCP, PROTO_UDP, Frame, decode
+from tracer.pcapio import LINKTYPE_ETHERNET, MAX_RECORD
+
+T, P, KEY, TTL, NTUN, ENDS, PROTO, FLAGS, HEAD, FRAME = range(10)
+CALICO_MAC = b"\xee" * 6
+CHUNK = 1 << 20
+MAX_IPS = 64
+
+_ports = struct.Struct("!HH").pack
+# The two shapes nearly every frame of a Kubernetes capture has, each read with one unpack:
+# Ethernet / IPv4 (no options) / TCP: ethertype; version+IHL, length, id, fragment, TTL, protocol; TCP ports,
+# seq, ack, data offset, flags.
+_ETH_IP_TCP = struct.Struct("!12xH" "BxHHHBB10x" "HHIIBB")
+# Ethernet / IPv4 / UDP / VXLAN / Ethernet / IPv4 / TCP: the outer ethertype, IPv4 fields and UDP ports and
+# length, the VXLAN flags, then the inner frame's fields as above.
+_VXLAN_TCP = struct.Struct("!12xH" "BxHHHBB10x" "HHH2x" "B7x" "12xH" "BxHHHBB10x" "HHIIBB")
+
+
+def identity(fr: Frame):
+    """What stays the same for one packet at every point of its way (inner packet only)."""
+    p = fr.proto
+    if fr.fragment:
+        return (p, fr.ip_id, -1, fr.payload_len, fr.ip_len)
+    if p == PROTO_TCP:
+        return (fr.ip_id, fr.tcp_seq, fr.tcp_ack, fr.tcp_flags, fr.payload_len)
+    if p == PROTO_UDP:
+        off = fr.payload_offset
+        return (p, fr.ip_id, fr.payload_len, fr.data[off:off + 24] if off >= 0 else b"")
+    return (p, fr.ip_id, fr.ip_len, fr.icmp_type, fr.icmp_code, fr.icmp_id, fr.icmp_seq)
+
+
+def ends_of(fr: Frame) -> bytes:
+    e = fr.ip_src + fr.ip_dst
+    return e + _ports(fr.sport, fr.dport) if fr.sport is not None and fr.dport is not None else e
+
+
+def from_frame(ts: float, point: int, fr: Frame, ends: bytes, keep: bool) -> tuple:
+    """The sighting of a decoded IP frame (PointStats.add_frame gives its ends)."""
+    po = fr.payload_offset
+    head = fr.data[po:po + 8] if fr.payload_len and po >= 0 else b""
+    return (ts, point, identity(fr), fr.ttl, len(fr.tunnels), ends, fr.proto, fr.tcp_flags, head,
+            fr if keep else None)
+
+
+def split_ends(e: bytes) -> tuple[tuple, tuple]:
+    """`ends` back to ((source ip, port), (destination ip, port)); port None without ports."""
+    n = len(e)
+    if n in (12, 36):
+        h = (n - 4) // 2
+        sp, dp = struct.unpack_from("!HH", e, 2 * h)
+        return (e[:h], sp), (e[h:2 * h], dp)
+    h = n // 2
+    return (e[:h], None), (e[h:], None)
+
+
+class PointStats:
+    """What a point's frames tell about it, gathered while reading (see correlate._Point).
+
+    The inner IPs (the first 64) and whether Calico's MAC ee:ee:ee:ee:ee:ee shows up are looked
+    at on the first frame of each address/port pair at the point (and on every non-IP frame):
+    what they tell does not change from one packet of a flow to the next.
+    """
+
+    __slots__ = ("frames", "undecoded", "encapsulated", "calico_mac", "ips", "ends")
+
+    def __init__(self):
+        self.frames = self.undecoded = self.encapsulated = 0
+        self.calico_mac = False
+        self.ips: set[bytes] = set()
+        self.ends: set[bytes] = set()
+
+    def add_frame(self, fr: Frame) -> bytes | None:
+        """Count a decoded frame; its `ends` if it is an IP packet the correlator follows, else None."""
+        self.frames += 1
+        if fr.tunnels:
+            self.encapsulated += 1
+        if fr.undecoded is not None and fr.arp is None:
+            self.undecoded += 1
+        if fr.ip_src is None or fr.proto is None:
+            if not self.calico_mac and (fr.eth_src == CALICO_MAC or fr.eth_dst == CALICO_MAC):
+                self.calico_mac = True
+            return None
+        e = ends_of(fr)
+        if e not in self.ends:
+            self.ends.add(e)
+            if len(self.ips) < MAX_IPS:
+                self.ips.add(fr.ip_src)
+                self.ips.add(fr.ip_dst)
+            if not self.calico_mac and (fr.eth_src == CALICO_MAC or fr.eth_dst == CALICO_MAC):
+                self.calico_mac = True
+        return e
+
+
+def pcap_header(head: bytes) -> tuple[str, float, int] | None:
+    """(byte order, timestamp units per second, link type) of a classic pcap file header."""
+    if len(head) < 24:
+        return None
+    for endian in "<>":
+        magic = struct.unpack_from(endian + "I", head)[0]
+        if magic in (0xA1B2C3D4, 0xA1B23C4D):
+            network = struct.unpack_from(endian + "I", head, 20)[0] & 0x03FFFFFF
+            return endian, 1e9 if magic == 0xA1B23C4D else 1e6, network
+    return None
+
+
+def pcap_sightings(path: str, point: int, stats: PointStats, vxlan_ports: frozenset[int],
+                   warn: Callable[[str], None]) -> Iterator[list[tuple]]:
+    """Batches of sightings (one per MiB read), in file order, of a classic pcap file of Ethernet frames.
+
+    The caller has opened the file with pcapio.open_capture (which refuses what is not a
+    capture); reading problems become warnings worded as pcapio words them.
+    """
+    with open(path, "rb") as f:
+        hdr = pcap_header(f.read(24))
+        assert hdr is not None and hdr[2] == LINKTYPE_ETHERNET
+        endian, div, _ = hdr
+        unpack_rec = struct.Struct(endian + "IIII").unpack_from
+        eth_ip_tcp, vxlan_tcp = _ETH_IP_TCP.unpack_from, _VXLAN_TCP.unpack_from
+        vx = vxlan_ports
+        rest = b""
+        count = 0
+        frames = encap = 0
+        seen = stats.ends
+        try:
+            while True:
+                chunk = f.read(CHUNK)
+                if not chunk:
+                    if len(rest) >= 16:
+                        incl = unpack_rec(rest, 0)[2]
+                        warn(f"file cut short in packet {count + 1} ({len(rest) - 16} of {incl} bytes)")
+                    elif rest:
+                        warn(f"file cut short in a record header after {count} packets")
+                    return
+                buf = rest + chunk if rest else chunk
+                n = len(buf)
+                pos = 0
+                batch: list[tuple] = []
+                append = batch.append
+                while pos + 16 <= n:
+                    sec, frac, incl, orig = unpack_rec(buf, pos)
+                    if incl > MAX_RECORD:
+                        warn(f"corrupt record after {count} packets (length {incl}); stopped reading there")
+                        if batch:
+                            yield batch
+                        return
+                    d = pos + 16
+                    end = d + incl
+                    if end > n:
+                        break
+                    pos = end
+                    count += 1
+                    ts = sec + frac / div
+                    proto = buf[d + 23] if incl >= 48 else 0
+                    if proto == 6:
+                        (et, vihl, total, ipid, frag, ttl, proto, sport, dport, seq, ack, doff,
+                         flags) = eth_ip_tcp(buf, d)
+                        ntun = 0
+                        eth = d
+                    elif proto == 17 and incl >= 98:
+                        (et, vihl, _total, _ipid, frag, _ttl, _p, usport, udport, _ulen, vxflags, iet, ivihl, total,
+                         ipid, ifrag, ttl, proto, sport, dport, seq, ack, doff, flags) = vxlan_tcp(buf, d)
+                        if not ((udport in vx or (usport in vx and udport != GENEVE_PORT)) and vxflags & 0x08
+                                and iet == 0x0800 and ivihl == 0x45 and not ifrag & 0x3FFF):
+                            et = 0
+                        ntun = 1
+                        eth = d + 50
+                    else:
+                        et = 0
+                    if et == 0x0800 and vihl == 0x45 and proto == 6 and total and not frag & 0x3FFF:
+                        ip = eth + 14
+                        po = ip + 20 + (doff >> 4) * 4
+                        if po <= end:
+                            plen = total - (po - ip)
+                            if plen < 0:
+                                plen = 0
+                            e = buf[ip + 12:ip + 24]
+                            if e not in seen:
+                                seen.add(e)
+                                if len(stats.ips) < MAX_IPS:
+                                    stats.ips.add(e[:4])
+                                    stats.ips.add(e[4:8])
+                                if not stats.calico_mac and CALICO_MAC in (buf[eth:eth + 6], buf[eth + 6:eth + 12]):
+                                    stats.calico_mac = True
+                            frames += 1
+                            encap += ntun
+                            append((ts, point, (ipid, seq, ack, flags, plen), ttl, ntun, e, 6, flags,
+                                    (buf[po:po + 8] if po + 8 <= end else buf[po:end]) if plen else b"", None))
+                            continue
+                    # Anything else: the full decoder.
+                    fr = decode(LINKTYPE_ETHERNET, buf[d:end], orig, vx)
+                    e = stats.add_frame(fr)
+                    if e is not None:
+                        append(from_frame(ts, point, fr, e, False))
+                rest = buf[pos:]
+                if batch:
+                    yield batch
+        finally:
+            stats.frames += frames
+            stats.encapsulated += encap
