@@ -27,7 +27,14 @@ their order. One poll() loop serves all sockets, stdin and signals: no threads, 
 
 Draining: packet sockets queue each frame at once (no ring blocks as in libpcap without
 immediate mode), so on stop the agent reads every socket until it has been empty for --linger
-seconds (what is still in flight on the node arrives meanwhile), then writes the pcaps.
+seconds (what is still in flight on the node arrives meanwhile), then writes the pcaps; or
+sooner, when every TCP connection each socket has seen has ended there (FIN acknowledged both
+ways, or RST: the exchange's last packet is in), unless --no-early-stop.
+
+Standby: `agent.py [--run-id ID] --argv-from-stdin` starts, imports and loads libpcap, then
+reads its real arguments as one JSON list on a line of stdin (EOF instead: exit 0 at once) and
+goes on as if started with them; the command line only names the run in the process table. A
+launcher can so start it while it still works out what to capture.
 """
 
 from __future__ import annotations
@@ -75,6 +82,7 @@ class Capture:
         self.dropped = 0
         self.linktype = _linktype(interface)
         self.sock = _open_socket(interface, bpf, self.linktype)
+        self.connections = Connections()
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -98,6 +106,7 @@ class Capture:
             wirelen = size if not flags & socket.MSG_TRUNC else max(size, len(buf))
             self.frames.append((sec, nsec, data, wirelen))
             self.bytes += size
+            self.connections.see(self.linktype, data)
             n += 1
             if on_frame is not None:
                 on_frame(self, sec, nsec, data)
@@ -116,6 +125,107 @@ class Capture:
             out.append(_PCAP_RECORD.pack(sec, nsec, len(data), wirelen))
             out.append(data)
         return b"".join(out)
+
+
+# --- knowing when the exchange is over -------------------------------------------------------------
+#
+# On stop, a capture may end before --linger has passed once every TCP connection it has seen is
+# closed there: a FIN from each side acknowledged by the other, or a RST. After that last ACK no
+# packet of these connections is due, so waiting for quiet would only add --linger to every run.
+# Anything else (no TCP seen, a connection still open, a frame this cannot parse) keeps the
+# quiet rule. Parsed: Ethernet (802.1Q), raw IP, IPv4/IPv6, and TCP inside VXLAN or IP-in-IP.
+
+TCP_FIN, TCP_SYN, TCP_RST, TCP_ACK = 0x01, 0x02, 0x04, 0x10
+_U16 = struct.Struct("!H")
+_TCP = struct.Struct("!HHIIBB")
+
+
+def tcp_segment(linktype: int, data: bytes):
+    """(src, dst, sport, dport, flags, seq, ack, payload length) of the innermost TCP, or None."""
+    off, ethertype = 0, None
+    if linktype == LINKTYPE_ETHERNET:
+        off, ethertype = 14, None
+    for _ in range(4):  # at most this many layers (Ethernet, VLAN, IP, UDP/VXLAN, Ethernet, IP, ...)
+        if ethertype is None and linktype == LINKTYPE_ETHERNET:
+            if len(data) < off:
+                return None
+            ethertype = _U16.unpack_from(data, off - 2)[0]
+            while ethertype in (0x8100, 0x88A8) and len(data) >= off + 4:
+                ethertype = _U16.unpack_from(data, off + 2)[0]
+                off += 4
+        elif ethertype is None:  # raw IP: the version nibble says which
+            ethertype = 0x0800 if len(data) > off and data[off] >> 4 == 4 else 0x86DD
+        if ethertype == 0x0800:
+            if len(data) < off + 20:
+                return None
+            ihl = (data[off] & 0x0F) * 4
+            total = _U16.unpack_from(data, off + 2)[0]
+            proto, src, dst = data[off + 9], data[off + 12:off + 16], data[off + 16:off + 20]
+            l4, l4_end = off + ihl, off + total
+        elif ethertype == 0x86DD:
+            if len(data) < off + 40:
+                return None
+            proto, src, dst = data[off + 6], data[off + 8:off + 24], data[off + 24:off + 40]
+            l4, l4_end = off + 40, off + 40 + _U16.unpack_from(data, off + 4)[0]
+        else:
+            return None
+        if proto == 6:
+            if len(data) < l4 + 14:
+                return None
+            sport, dport, seq, ack, doff, flags = _TCP.unpack_from(data, l4)
+            return src, dst, sport, dport, flags, seq, ack, max(l4_end - l4 - (doff >> 4) * 4, 0)
+        if proto == 17 and len(data) >= l4 + 16 and data[l4 + 8] & 0x08:  # VXLAN: flags with the I bit
+            off, ethertype, linktype = l4 + 8 + 8 + 14, None, LINKTYPE_ETHERNET
+        elif proto == 4:  # IP-in-IP
+            off, ethertype = l4, 0x0800
+        else:
+            return None
+    return None
+
+
+class Connections:
+    """The TCP connections one capture has seen, and whether each has ended there."""
+
+    def __init__(self):
+        self.open: dict[tuple, dict] = {}
+        self.closed: set[tuple] = set()
+        self.unknown = 0
+        """Frames that were not TCP this parser knows: their end cannot be told."""
+
+    def see(self, linktype: int, data: bytes) -> None:
+        try:
+            seg = tcp_segment(linktype, data)
+        except (struct.error, IndexError):
+            seg = None
+        if seg is None:
+            self.unknown += 1
+            return
+        src, dst, sport, dport, flags, seq, ack, length = seg
+        a, b = (src, sport), (dst, dport)
+        key = (a, b) if a <= b else (b, a)
+        if key in self.closed:
+            if flags & TCP_SYN and not flags & TCP_ACK:  # the 4-tuple reused: a new connection
+                self.closed.discard(key)
+            else:
+                return
+        conn = self.open.setdefault(key, {})
+        if flags & TCP_RST:
+            del self.open[key]
+            self.closed.add(key)
+            return
+        if flags & TCP_FIN:  # the sequence number right after this side's FIN
+            conn[("fin", a)] = (seq + length + (1 if flags & TCP_SYN else 0) + 1) & 0xFFFFFFFF
+        if flags & TCP_ACK:
+            fin = conn.get(("fin", b))
+            if fin is not None and (ack - fin) & 0xFFFFFFFF < 0x80000000:
+                conn[("acked", b)] = True
+        if conn.get(("acked", a)) and conn.get(("acked", b)):
+            del self.open[key]
+            self.closed.add(key)
+
+    def all_ended(self) -> bool:
+        """Some TCP connection was seen, every one has ended, and nothing else was captured."""
+        return bool(self.closed) and not self.open and not self.unknown
 
 
 # ARPHRD_* (include/uapi/linux/if_arp.h) -> pcap link type. Devices without a link-layer header
@@ -138,13 +248,26 @@ def _linktype(interface: str) -> int:
     return ARPHRD_LINKTYPES.get(arphrd, LINKTYPE_ETHERNET)
 
 
-def _libpcap():
-    """libpcap through ctypes: compiling a filter needs it, not scapy's 0.15 s of imports."""
-    import ctypes
-    import ctypes.util
+_LIBPCAP: list = []  # [lib or None] once looked up
 
-    names = ["libpcap.so.1", "libpcap.so.0.8", "libpcap.so", ctypes.util.find_library("pcap")]
-    for name in filter(None, names):
+
+def _libpcap():
+    """libpcap through ctypes: compiling a filter needs it, not scapy's 0.15 s of imports.
+
+    The usual sonames first: ctypes.util.find_library runs `ldconfig -p` (a process, ~10 ms),
+    only worth it when they all fail. Looked up once per process, whatever the captures."""
+    if _LIBPCAP:
+        return _LIBPCAP[0]
+    import ctypes
+
+    def candidates():
+        yield from ("libpcap.so.1", "libpcap.so.0.8", "libpcap.so")
+        import ctypes.util
+
+        yield ctypes.util.find_library("pcap")
+
+    lib = None
+    for name in filter(None, candidates()):
         try:
             lib = ctypes.CDLL(name)
         except OSError:
@@ -156,8 +279,9 @@ def _libpcap():
         lib.pcap_geterr.argtypes = [ctypes.c_void_p]
         lib.pcap_close.argtypes = [ctypes.c_void_p]
         lib.pcap_freecode.argtypes = [ctypes.c_void_p]
-        return lib
-    return None
+        break
+    _LIBPCAP.append(lib)
+    return lib
 
 
 def compile_bpf(expr: str, linktype: int) -> bytes:
@@ -169,6 +293,10 @@ def compile_bpf(expr: str, linktype: int) -> bytes:
 
     lib = _libpcap()
     if lib is None:  # scapy knows more places to look for libpcap
+        if sys.flags.no_site:  # started with -S (fast start): scapy lives in site-packages
+            import site
+
+            site.main()
         from scapy.arch.common import compile_filter, free_filter
         from scapy.error import Scapy_Exception
 
@@ -289,6 +417,7 @@ class Agent:
         poller.register(wake_r, select.POLLIN)
         self.out.event("ready", run_id=self.args.run_id, interfaces=[c.interface for c in self.captures],
                        pid=os.getpid())
+        self._stdin_lines()  # what came with the arguments (standby)
         deadline = time.monotonic() + self.args.max_seconds
         while self.stop_reason is None:
             timeout = deadline - time.monotonic()
@@ -314,13 +443,17 @@ class Agent:
             self.stop_reason = "eof"
             return
         self._stdin_buf += data
+        self._stdin_lines()
+
+    def _stdin_lines(self) -> None:
         while b"\n" in self._stdin_buf:
             line, self._stdin_buf = self._stdin_buf.split(b"\n", 1)
             if line.strip() == b"stop":
                 self.stop_reason = "stop"
 
     def _drain(self, poller, by_fd, on_frame) -> None:
-        """Read until every socket has been empty for --linger seconds (bounded)."""
+        """Read until every socket has been empty for --linger seconds (bounded), or until every
+        TCP connection captured has ended at every point (its last packet is in)."""
         for fd in list(by_fd):
             by_fd[fd].read_available(self._buf, self._view, on_frame)
         end = time.monotonic() + DRAIN_MAX_SECONDS
@@ -328,7 +461,7 @@ class Agent:
         drain = select.poll()
         for fd in by_fd:
             drain.register(fd, select.POLLIN)
-        while True:
+        while not self._exchange_over():
             now = time.monotonic()
             left = min(quiet_since + self.args.linger, end) - now
             if left <= 0:
@@ -336,6 +469,10 @@ class Agent:
             events = drain.poll(left * 1000)
             if any(by_fd[fd].read_available(self._buf, self._view, on_frame) for fd, _ in events):
                 quiet_since = time.monotonic()
+
+    def _exchange_over(self) -> bool:
+        """Every capture has seen each of its TCP connections end (see Connections)."""
+        return self.args.early_stop and all(c.connections.all_ended() for c in self.captures)
 
     def _stream_frame(self, capture: Capture, sec: int, nsec: int, data: bytes) -> None:
         self.out.event("frame", data, interface=capture.interface, time=sec + nsec / 1e9,
@@ -359,6 +496,9 @@ class Agent:
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="agent.py", description="tracer's capture agent (see the module docstring)")
+    p.add_argument("--argv-from-stdin", action="store_true",
+                   help="standby: read the real arguments as a JSON list from a line of stdin (the others "
+                        "on the command line then only name the run)")
     p.add_argument("--run-id", required=True, help="names this run in every event (and in the process table)")
     p.add_argument("--capture", action="append", default=[], metavar="IFACE=BPF", required=True,
                    help="an interface and its kernel BPF filter; repeatable")
@@ -366,13 +506,43 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--linger", type=float, default=0.05, metavar="SECONDS",
                    help="on stop, keep reading until the sockets were quiet this long")
     p.add_argument("--stream", action="store_true", help="also send each frame as it is captured")
+    p.add_argument("--no-early-stop", dest="early_stop", action="store_false",
+                   help="on stop, always wait for --linger of quiet, even when every TCP connection "
+                        "captured has already ended (FIN acknowledged both ways, or RST)")
     return p.parse_args(argv)
 
 
+def argv_from_stdin() -> tuple[list[str] | None, bytes]:
+    """Standby: the arguments as a JSON list on one line of stdin (None at EOF), and what
+    followed that line (the protocol's own stdin, e.g. an early "stop")."""
+    # A launcher may have left them blocked (the mask survives exec): until the agent takes
+    # them over, they end it as they end any process.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
+    _libpcap()  # the slow part of getting ready, done while the launcher is still busy
+    data = b""
+    while b"\n" not in data:
+        chunk = os.read(0, 4096)
+        if not chunk:
+            return None, b""
+        data += chunk
+    line, rest = data.split(b"\n", 1)
+    argv = json.loads(line)
+    if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
+        raise SystemExit("agent.py --argv-from-stdin: expected a JSON list of strings")
+    return argv, rest
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    stdin_rest = b""
+    if "--argv-from-stdin" in argv:  # the rest of the command line only names the run (ps)
+        argv, stdin_rest = argv_from_stdin()
+        if argv is None:
+            return 0
+    args = parse_args(argv)
     out = Output(sys.stdout.buffer)
     agent = Agent(args, out)
+    agent._stdin_buf = stdin_rest
     try:
         agent.watch_signals()
         agent.open()

@@ -143,3 +143,91 @@ def test_agent_runs_with_python3_and_the_standard_library_plus_scapy_only(tmp_pa
                             if line.startswith(("import ", "from "))}
     out = subprocess.run([os.environ.get("PYTHON", "python3"), agent, "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "--capture" in out.stdout
+
+
+# --- standby and the end of the exchange ---------------------------------------------------------
+
+def one_http_request(lab) -> None:
+    res = lab.exec("curl", ["curl", "-s", "-o", "/dev/null", "--max-time", "5", f"http://{lab.pod('httpbin').ip}/get"])
+    assert res.returncode == 0, res.stderr
+
+
+def test_pod_starts_a_standby_agent_on_its_node_named_by_the_run_and_start_agent_uses_it(lab):
+    b = LabFollowBackend(lab, run_id="t-standby")
+    try:
+        b.pod("curl")
+        b.pod("curl")  # one per node
+        assert len(b.channels) == 1
+        standby = b.channels[0]
+        deadline = time.monotonic() + 5  # `ip netns exec` execs the agent: until then ps shows ip
+        while cmdline_of(standby.pid)[-3:] != ["--run-id", "t-standby", "--argv-from-stdin"]:
+            assert time.monotonic() < deadline, cmdline_of(standby.pid)
+            time.sleep(0.005)
+        veth = lab.pod("curl").host_veth
+        agent = AgentClient(b.start_agent("worker1", agent_argv("t-standby", [CaptureSpec(interface=veth, bpf="udp port 9")])),
+                            "worker1")
+        assert agent.channel is standby and len(b.channels) == 1
+        assert agent.wait_ready(10) == [veth] and agent.pid == standby.pid
+        datagrams(lab, 2)
+        assert agent.stop_and_collect(10)[veth].packets == 2
+    finally:
+        b.close()
+    assert all(c.exit_status() == 0 for c in b.channels)
+
+
+def test_a_standby_agent_nobody_needs_exits_at_the_eof(lab):
+    b = LabFollowBackend(lab, run_id="t-unused")
+    b.pod("httpbin")
+    t = time.monotonic()
+    b.close()
+    assert b.channels[0].exit_status() == 0 and time.monotonic() - t < 1.0
+
+
+def cmdline_of(pid: int) -> list[str]:
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        return f.read().decode().split("\0")[:-1]
+
+
+@pytest.mark.parametrize("early", [True, False])
+def test_stop_ends_as_soon_as_every_connection_has_closed_at_every_point(lab, backend, early):
+    # A long --linger shows which rule ended the drain: the closed connections, or the quiet.
+    veth = lab.pod("curl").host_veth
+    captures = {veth: "tcp port 80", "eth1": "udp port 4789 and udp[39]=6 and (udp[50:2]=80 or udp[52:2]=80)"}
+    specs = [CaptureSpec(interface=i, bpf=f) for i, f in captures.items()]
+    argv = agent_argv("t-early", specs) + ["--linger", "1.5"] + ([] if early else ["--no-early-stop"])
+    agent = AgentClient(backend.start_agent("worker1", argv), "worker1")
+    agent.wait_ready(10)
+    one_http_request(lab)
+    time.sleep(0.1)  # the FIN/ACK tail is in by now: only the drain's own rule is timed
+    t = time.monotonic()
+    caps = agent.stop_and_collect(10)
+    took = time.monotonic() - t
+    assert caps[veth].packets == caps["eth1"].packets >= 8  # handshake, request, response, both FINs
+    assert (took < 0.5) if early else (took >= 1.5)
+
+
+def test_without_tcp_the_drain_waits_for_quiet(lab, backend):
+    veth = lab.pod("curl").host_veth
+    argv = agent_argv("t-udp", [CaptureSpec(interface=veth, bpf="udp port 9")]) + ["--linger", "0.5"]
+    agent = AgentClient(backend.start_agent("worker1", argv), "worker1")
+    agent.wait_ready(10)
+    datagrams(lab, 2)
+    t = time.monotonic()
+    assert agent.stop_and_collect(10)[veth].packets == 2
+    assert time.monotonic() - t >= 0.5
+
+
+def test_tcp_segment_finds_the_tcp_inside_vxlan():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("agent_under_test", os.path.join(
+        os.path.dirname(__file__), "..", "capture-pod", "agent.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    from factories import vxlan_syn_frame
+
+    seg = mod.tcp_segment(mod.LINKTYPE_ETHERNET, vxlan_syn_frame())
+    assert seg is not None and seg[4] & mod.TCP_SYN
+    conns = mod.Connections()
+    conns.see(mod.LINKTYPE_ETHERNET, vxlan_syn_frame())
+    assert not conns.all_ended()
