@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import os
-import secrets
 import sys
 
 import click
@@ -41,7 +40,7 @@ def make_backend(backend, kubeconfig, context, namespace, capture_image, capture
         from tracer.lab import Lab, require_root
 
         require_root("follow")
-        return LabFollowBackend(Lab.load())
+        return LabFollowBackend(Lab.load(), run_id=run_id)
     try:
         from tracer.follow.k8s_backend import make_backend as make_k8s
     except ImportError:
@@ -95,7 +94,7 @@ def command(src, dst, port, url_path, count, save, output, pcapng, all_flows, li
 
     if not url_path.startswith("/"):
         url_path = "/" + url_path
-    run_id = secrets.token_hex(4)
+    run_id = os.urandom(4).hex()
     req = FollowRequest(src=src, dst=dst, port=port, path=url_path, count=count, timeout=timeout, save=save,
                         output=output, pcapng=pcapng, all_flows=all_flows, run_id=run_id)
     with sigterm_interrupts():

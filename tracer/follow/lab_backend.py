@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import select
 import signal
@@ -80,19 +81,34 @@ class LabAgentChannel:
 
 
 class LabFollowBackend:
-    """The lab as a `FollowBackend`."""
+    """The lab as a `FollowBackend`.
+
+    As the Kubernetes backend asks for a node's capture pod as soon as `pod()` finds a pod on it,
+    `pod()` here starts the node's agent in standby (`agent.py --argv-from-stdin`): its Python
+    starts and imports while discovery still runs, and `start_agent` then only hands it its
+    arguments. `python=None` is this interpreter with -S: the agent needs no site-packages.
+    """
 
     name = "lab"
 
-    def __init__(self, lab: Lab, *, python: str = sys.executable, agent: Path = AGENT):
+    def __init__(self, lab: Lab, *, python: str | None = None, agent: Path = AGENT, standby: bool = True,
+                 run_id: str | None = None):
         self.lab = lab
+        self.run_id = run_id
+        """Names the standby agents in the process table, as --run-id names started ones."""
         self._discovery = lab.backend()
-        self._python = python
+        self._python = [sys.executable, "-S"] if python is None else [python]
         self._agent = agent
+        self._standby_on = standby
+        self._standby: dict[str, LabAgentChannel] = {}
         self.channels: list[LabAgentChannel] = []
 
     def pod(self, name: str) -> PodRef:
-        return self._discovery.pod(name)
+        ref = self._discovery.pod(name)
+        if self._standby_on and ref.node not in self._standby:
+            label = ["--run-id", self.run_id] if self.run_id else []
+            self._standby[ref.node] = self._spawn(ref.node, [*label, "--argv-from-stdin"])
+        return ref
 
     def exec_pod(self, pod: PodRef, argv: Sequence[str]) -> ExecResult:
         # No timeout of our own: what runs here (curl --max-time) bounds itself, and Ctrl-C
@@ -103,7 +119,17 @@ class LabFollowBackend:
         return self._discovery.exec_node(node, argv)
 
     def start_agent(self, node: str, argv: Sequence[str]) -> LabAgentChannel:
-        argv = [self._python, str(self._agent), *argv]
+        channel = self._standby.pop(node, None)
+        if channel is None:
+            return self._spawn(node, argv)
+        try:
+            channel.write(json.dumps(list(argv)).encode() + b"\n")
+        except (OSError, ValueError):
+            pass  # it has died: waiting for "ready" tells why, from its stderr
+        return channel
+
+    def _spawn(self, node: str, argv: Sequence[str]) -> LabAgentChannel:
+        argv = [*self._python, str(self._agent), *argv]
         stderr = tempfile.TemporaryFile(prefix="tracer-agent-")
         # Signals wait until the process is recorded, so close() always knows every agent; the
         # agent has its own session, so a terminal's Ctrl-C reaches tracer, which stops it.
@@ -118,7 +144,9 @@ class LabFollowBackend:
         return channel
 
     def close(self) -> None:
-        """End every agent this backend started (EOF, SIGTERM, SIGKILL by PID) and wait for it."""
+        """End every agent this backend started (EOF, SIGTERM, SIGKILL by PID) and wait for it;
+        agents still in standby exit at the EOF."""
+        self._standby.clear()
         for channel in self.channels:  # all at once: they stop in parallel
             channel.hang_up()
         for channel in self.channels:
