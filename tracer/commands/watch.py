@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import secrets
+import os
 
 import click
 
@@ -28,7 +28,7 @@ def command(src, dst, port, url_path, timeout, backend, kubeconfig, context, nam
     from tracer.follow.live import watch
     from tracer.follow.run import FollowRequest, sigterm_interrupts
 
-    run_id = secrets.token_hex(4)
+    run_id = os.urandom(4).hex()
     req = FollowRequest(src=src, dst=dst, port=port, path=url_path if url_path.startswith("/") else "/" + url_path,
                         timeout=timeout, run_id=run_id)
     with sigterm_interrupts():

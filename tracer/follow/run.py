@@ -15,7 +15,6 @@ import contextlib
 import ipaddress
 import json
 import os
-import secrets
 import shutil
 import signal
 import tempfile
@@ -186,7 +185,7 @@ class CaptureSession:
                  stream: bool = False, max_seconds: float = 300.0):
         self.backend = backend
         self.way = way
-        self.run_id = run_id or f"tracer-{secrets.token_hex(4)}"
+        self.run_id = run_id or f"tracer-{os.urandom(4).hex()}"
         self.plan = capture_plan(way, port)
         self.stream = stream
         self.max_seconds = max_seconds
