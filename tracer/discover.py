@@ -16,9 +16,9 @@ import ipaddress
 import json
 import socket
 import struct
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from functools import cached_property
 from typing import Any, Protocol
 
 from tracer.errors import ClusterError
@@ -183,12 +183,21 @@ class Way:
 
 
 def discover(backend: Backend, src: str, dst: str) -> Way:
-    """Read the live state of both pods and nodes and return the request's expected way."""
+    """Read the live state of both pods and nodes and return the request's expected way.
+
+    The reads are fetched ahead, those that do not depend on each other at once (each one is a
+    process on the lab, an exec round trip on Kubernetes), in two rounds: what the pods' names
+    tell, then the veths' sysctls and the route to the other node that the first round names.
+    The way is then built from those caches in order, as if read one by one: a read that failed
+    ahead is done again there, so errors come as they always did.
+    """
     src_pod, dst_pod = backend.pod(src), backend.pod(dst)
     src_node = _Node(backend, src_pod.node)
     dst_node = src_node if dst_pod.node == src_pod.node else _Node(backend, dst_pod.node)
-    src_end = _pod_end(backend, src_pod, src_node, toward=dst_pod.ip)
-    dst_end = _pod_end(backend, dst_pod, dst_node, toward=src_pod.ip)
+    src_reads, dst_reads = _PodReads(backend, src_pod, dst_pod.ip), _PodReads(backend, dst_pod, src_pod.ip)
+    _prefetch(src_reads, dst_reads, src_node, dst_node, dst_pod)
+    src_end = _pod_end(src_reads, src_node)
+    dst_end = _pod_end(dst_reads, dst_node)
     warnings = [*_end_warnings(src_end, src_node), *_end_warnings(dst_end, dst_node)]
 
     first = _veth_point(src_end, src_node, "ingress")
@@ -203,12 +212,60 @@ def discover(backend: Backend, src: str, dst: str) -> Way:
     )
 
 
+def _prefetch(src: _PodReads, dst: _PodReads, src_node: _Node, dst_node: _Node, dst_pod: PodRef) -> None:
+    """Fill the caches discovery reads from, in two rounds of reads at once (see `discover`)."""
+    same_node = src_node is dst_node
+    nodes = (src_node,) if same_node else (src_node, dst_node)
+    _at_once(
+        src.files, src.route, dst.files, dst.route,
+        *(lambda n=n: n.links for n in nodes), *(lambda n=n: n.routes for n in nodes),
+        *(() if same_node else (lambda: src_node.route_get(dst_pod.ip), lambda: src_node.neighbours,
+                                lambda: src_node.fdb)),
+    )
+    second = []
+    for reads, node in ((src, src_node), (dst, dst_node)):
+        try:
+            veth = node.link(ifindex=reads.parse()["iflink"])["ifname"]
+        except Exception:  # noqa: BLE001 - read again, and reported, in order
+            continue
+        second.append(lambda node=node, veth=veth: node.veth_sysctls(veth))
+    if not same_node:
+        second.append(lambda: _underlay_route(src_node, dst_pod))
+    _at_once(*second)
+
+
+def _at_once(*reads: Callable[[], object]) -> None:
+    """Run reads in threads and wait for all. A failure is left for the read in order to meet
+    again (nothing is cached for it)."""
+    def work(read: Callable[[], object]) -> None:
+        try:
+            read()
+        except Exception:  # noqa: BLE001, S110 - see above
+            pass
+
+    threads = [threading.Thread(target=work, args=(r,), daemon=True, name="tracer-discover") for r in reads[1:]]
+    for t in threads:
+        t.start()
+    if reads:
+        work(reads[0])
+    for t in threads:
+        t.join()
+
+
 class _Node:
     """Lazy, cached views of one node's state (`ip -j`, `bridge -j`, /proc/sys)."""
 
     def __init__(self, backend: Backend, name: str):
         self.backend = backend
         self.name = name
+        self._cache: dict[str, Any] = {}
+
+    def _once(self, key: str, read: Callable[[], Any]) -> Any:
+        """read() cached under key. (Not functools.cached_property: before Python 3.12 it holds
+        one lock for all instances, and the two nodes' reads must run at once.)"""
+        if key not in self._cache:
+            self._cache[key] = read()
+        return self._cache[key]
 
     def run(self, argv: Sequence[str]) -> str:
         res = self.backend.exec_node(self.name, argv)
@@ -222,13 +279,13 @@ class _Node:
     def json(self, argv: Sequence[str]) -> list[dict[str, Any]]:
         return json.loads(self.run(argv) or "[]")
 
-    @cached_property
+    @property
     def links(self) -> list[dict[str, Any]]:
-        return self.json(["ip", "-j", "-d", "addr", "show"])
+        return self._once("links", lambda: self.json(["ip", "-j", "-d", "addr", "show"]))
 
-    @cached_property
+    @property
     def routes(self) -> list[dict[str, Any]]:
-        return self.json(["ip", "-j", "route", "show"])
+        return self._once("routes", lambda: self.json(["ip", "-j", "route", "show"]))
 
     def link(self, *, ifindex: int | None = None, name: str | None = None) -> dict[str, Any]:
         for link in self.links:
@@ -239,8 +296,16 @@ class _Node:
     def link_with_address(self, ip: str) -> dict[str, Any] | None:
         return next((l for l in self.links if any(a.get("local") == ip for a in l.get("addr_info", []))), None)
 
+    @property
+    def neighbours(self) -> list[dict[str, Any]]:
+        return self._once("neighbours", lambda: self.json(["ip", "-j", "neigh", "show"]))
+
+    @property
+    def fdb(self) -> list[dict[str, Any]]:
+        return self._once("fdb", lambda: self.json(["bridge", "-j", "fdb", "show"]))
+
     def route_get(self, ip: str) -> dict[str, Any]:
-        return self.json(["ip", "-j", "route", "get", ip])[0]
+        return self._once(f"route get {ip}", lambda: self.json(["ip", "-j", "route", "get", ip])[0])
 
     def route_for(self, ip: str) -> str:
         """The routing table entry the node uses for `ip`, as `ip route` prints it."""
@@ -256,15 +321,28 @@ class _Node:
         res = self.backend.exec_node(self.name, ["cat", f"/proc/sys/{path}"])
         return int(res.stdout) if res.returncode == 0 and res.stdout.strip() else None
 
+    def veth_sysctls(self, veth: str) -> tuple[int | None, int | None]:
+        """proxy_arp and proxy_delay of a host veth, read with one `cat` (one by one if that fails)."""
+        paths = (f"net/ipv4/conf/{veth}/proxy_arp", f"net/ipv4/neigh/{veth}/proxy_delay")
+
+        def read() -> tuple[int | None, int | None]:
+            res = self.backend.exec_node(self.name, ["cat", *(f"/proc/sys/{p}" for p in paths)])
+            words = res.stdout.split()
+            if res.returncode == 0 and len(words) == 2 and all(w.isdigit() for w in words):
+                return int(words[0]), int(words[1])
+            return self.sysctl(paths[0]), self.sysctl(paths[1])
+
+        return self._once(f"sysctls {veth}", read)
+
     def neighbour(self, dev: str, ip: str) -> str | None:
-        for n in self.json(["ip", "-j", "neigh", "show", "dev", dev]):
-            if n.get("dst") == ip:
+        for n in self.neighbours:
+            if n.get("dev") == dev and n.get("dst") == ip:
                 return n.get("lladdr")
         return None
 
     def fdb_dst(self, dev: str, mac: str) -> str | None:
-        for entry in self.json(["bridge", "-j", "fdb", "show", "dev", dev]):
-            if entry.get("mac") == mac and entry.get("dst"):
+        for entry in self.fdb:
+            if entry.get("ifname", entry.get("dev")) == dev and entry.get("mac") == mac and entry.get("dst"):
                 return entry["dst"]
         return None
 
@@ -280,31 +358,57 @@ def _route_text(route: dict[str, Any]) -> str:
     return " ".join(parts)
 
 
-def _pod_end(backend: Backend, pod: PodRef, node: _Node, *, toward: str) -> PodEnd:
-    files = ["/sys/class/net/eth0/iflink", "/sys/class/net/eth0/address", "/sys/class/net/eth0/mtu",
-             "/proc/net/route", "/proc/net/arp"]
-    res = backend.exec_pod(pod, ["cat", *files])
-    lines = res.stdout.decode(errors="replace").splitlines()
-    if res.returncode != 0 or len(lines) < 3:
-        raise ClusterError(
-            f"cannot read eth0 of pod {pod.name}: {res.stderr.decode(errors='replace').strip()}",
-            hint="the pod needs `cat` and an eth0",
-        )
-    iflink, mac, mtu = int(lines[0]), lines[1].strip(), int(lines[2])
-    arp_at = next((i for i, l in enumerate(lines) if l.startswith("IP address")), len(lines))
-    gateway, dev = _proc_route_lookup(lines[3:arp_at], toward)
-    arp = _proc_arp(lines[arp_at + 1:])
-    route = _pod_route_get(backend, pod, toward) or (
+class _PodReads:
+    """What discovery reads inside one pod, each read once: eth0's sysfs files, routes and ARP
+    table (`cat`), and `ip route get` toward the other pod (when the pod has `ip`)."""
+
+    FILES = ("/sys/class/net/eth0/iflink", "/sys/class/net/eth0/address", "/sys/class/net/eth0/mtu",
+             "/proc/net/route", "/proc/net/arp")
+
+    def __init__(self, backend: Backend, pod: PodRef, toward: str):
+        self.backend, self.pod, self.toward = backend, pod, toward
+        self._cache: dict[str, Any] = {}
+
+    def files(self) -> ExecResult:
+        if "files" not in self._cache:
+            self._cache["files"] = self.backend.exec_pod(self.pod, ["cat", *self.FILES])
+        return self._cache["files"]
+
+    def route(self) -> str | None:
+        if "route" not in self._cache:
+            self._cache["route"] = _pod_route_get(self.backend, self.pod, self.toward)
+        return self._cache["route"]
+
+    def parse(self) -> dict[str, Any]:
+        """eth0's iflink, mac and mtu, the pod's gateway and device toward the other pod, its ARP table."""
+        res, pod = self.files(), self.pod
+        lines = res.stdout.decode(errors="replace").splitlines()
+        if res.returncode != 0 or len(lines) < 3:
+            raise ClusterError(
+                f"cannot read eth0 of pod {pod.name}: {res.stderr.decode(errors='replace').strip()}",
+                hint="the pod needs `cat` and an eth0",
+            )
+        arp_at = next((i for i, l in enumerate(lines) if l.startswith("IP address")), len(lines))
+        gateway, dev = _proc_route_lookup(lines[3:arp_at], self.toward)
+        return {"iflink": int(lines[0]), "mac": lines[1].strip(), "mtu": int(lines[2]), "gateway": gateway,
+                "dev": dev, "arp": _proc_arp(lines[arp_at + 1:])}
+
+
+def _pod_end(reads: _PodReads, node: _Node) -> PodEnd:
+    pod, toward = reads.pod, reads.toward
+    f = reads.parse()
+    gateway, dev = f["gateway"], f["dev"]
+    route = reads.route() or (
         f"{toward} via {gateway} dev {dev} src {pod.ip}" if gateway else f"{toward} dev {dev} src {pod.ip}"
     )
-    veth = node.link(ifindex=iflink)
+    veth = node.link(ifindex=f["iflink"])
     name = veth["ifname"]
+    proxy_arp, proxy_delay = node.veth_sysctls(name)
     return PodEnd(
-        pod=pod, mac=mac, mtu=mtu, iflink=iflink, route=route, gateway=gateway,
-        gateway_mac=arp.get(gateway) if gateway else None,
+        pod=pod, mac=f["mac"], mtu=f["mtu"], iflink=f["iflink"], route=route, gateway=gateway,
+        gateway_mac=f["arp"].get(gateway) if gateway else None,
         host_veth=name, host_veth_mac=veth["address"], host_veth_ifindex=veth["ifindex"],
-        proxy_arp=node.sysctl(f"net/ipv4/conf/{name}/proxy_arp"),
-        proxy_delay=node.sysctl(f"net/ipv4/neigh/{name}/proxy_delay"),
+        proxy_arp=proxy_arp, proxy_delay=proxy_delay,
         node_route=node.route_for(pod.ip),
     )
 
@@ -381,6 +485,17 @@ def _veth_point(end: PodEnd, node: _Node, direction: str) -> WayPoint:
         )
         eth = (end.host_veth_mac, end.mac)
     return _point(node, node.link(ifindex=end.host_veth_ifindex), "pod-veth", direction, eth, explanation)
+
+
+def _underlay_route(src: _Node, dst_pod: PodRef) -> None:
+    """Reads (into src's caches) the route to the node behind the tunnel toward dst_pod, when
+    the first round's tables name it; `_tunnel` checks everything and explains what is missing."""
+    hop = src.route_get(dst_pod.ip)
+    gateway = hop.get("gateway")
+    mac = src.neighbour(hop["dev"], gateway) if gateway else None
+    node_ip = src.fdb_dst(hop["dev"], mac) if mac else None
+    if node_ip:
+        src.route_get(node_ip)
 
 
 def _tunnel(src: _Node, dst: _Node, dst_pod: PodRef) -> Tunnel:
