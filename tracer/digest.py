@@ -92,6 +92,18 @@ class PointStats:
         self.ips: set[bytes] = set()
         self.ends: set[bytes] = set()
 
+    def merge(self, other: PointStats) -> None:
+        """Add another reader's counts of the same point."""
+        self.frames += other.frames
+        self.undecoded += other.undecoded
+        self.encapsulated += other.encapsulated
+        self.calico_mac = self.calico_mac or other.calico_mac
+        for ip in other.ips:
+            if len(self.ips) >= MAX_IPS:
+                break
+            self.ips.add(ip)
+        self.ends |= other.ends
+
     def add_frame(self, fr: Frame) -> bytes | None:
         """Count a decoded frame; its `ends` if it is an IP packet the correlator follows, else None."""
         self.frames += 1
@@ -126,12 +138,22 @@ def pcap_header(head: bytes) -> tuple[str, float, int] | None:
     return None
 
 
+def shard_of(fr: Frame, shards: int) -> int:
+    """Which of `shards` readers follows this packet: by its identity, so the same at every point."""
+    if shards == 1:
+        return 0
+    if fr.proto == PROTO_TCP and not fr.fragment and fr.tcp_seq is not None and fr.ip_src is not None:
+        return ((fr.tcp_seq ^ fr.tcp_ack) * 0x9E3779B1 >> 29) % shards
+    return 0
+
+
 def pcap_sightings(path: str, point: int, stats: PointStats, vxlan_ports: frozenset[int],
-                   warn: Callable[[str], None]) -> Iterator[list[tuple]]:
+                   warn: Callable[[str], None], shard: int = 0, shards: int = 1) -> Iterator[list[tuple]]:
     """Batches of sightings (one per MiB read), in file order, of a classic pcap file of Ethernet frames.
 
     The caller has opened the file with pcapio.open_capture (which refuses what is not a
-    capture); reading problems become warnings worded as pcapio words them.
+    capture); reading problems become warnings worded as pcapio words them. With `shards` > 1,
+    only the packets of `shard` (see shard_of) are counted and returned.
     """
     with open(path, "rb") as f:
         hdr = pcap_header(f.read(24))
@@ -193,6 +215,8 @@ def pcap_sightings(path: str, point: int, stats: PointStats, vxlan_ports: frozen
                         ip = eth + 14
                         po = ip + 20 + (doff >> 4) * 4
                         if po <= end:
+                            if shards != 1 and ((seq ^ ack) * 0x9E3779B1 >> 29) % shards != shard:
+                                continue  # another reader's packet
                             plen = total - (po - ip)
                             if plen < 0:
                                 plen = 0
@@ -211,6 +235,8 @@ def pcap_sightings(path: str, point: int, stats: PointStats, vxlan_ports: frozen
                             continue
                     # Anything else: the full decoder.
                     fr = decode(LINKTYPE_ETHERNET, buf[d:end], orig, vx)
+                    if shards != 1 and shard_of(fr, shards) != shard:
+                        continue
                     e = stats.add_frame(fr)
                     if e is not None:
                         append(from_frame(ts, point, fr, e, False))
