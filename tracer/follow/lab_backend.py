@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from tracer.discover import ExecResult, PodRef
+from tracer.errors import NotFoundError
 from tracer.lab import Lab
 
 AGENT = Path(__file__).resolve().parents[2] / "capture-pod" / "agent.py"
@@ -105,10 +106,22 @@ class LabFollowBackend:
 
     def pod(self, name: str) -> PodRef:
         ref = self._discovery.pod(name)
-        if self._standby_on and ref.node not in self._standby:
-            label = ["--run-id", self.run_id] if self.run_id else []
-            self._standby[ref.node] = self._spawn(ref.node, [*label, "--argv-from-stdin"])
+        self._stand_by(ref.node)
         return ref
+
+    def expect_pods(self, *names: str) -> None:
+        """The run is about these pods: start their nodes' agents now (a name the lab does not
+        know is left for pod() to report, in its turn)."""
+        for name in names:
+            try:
+                self._stand_by(self.lab.pod(name).node)
+            except NotFoundError:
+                continue
+
+    def _stand_by(self, node: str) -> None:
+        if self._standby_on and node not in self._standby:
+            label = ["--run-id", self.run_id] if self.run_id else []
+            self._standby[node] = self._spawn(node, [*label, "--argv-from-stdin"])
 
     def exec_pod(self, pod: PodRef, argv: Sequence[str]) -> ExecResult:
         # No timeout of our own: what runs here (curl --max-time) bounds itself, and Ctrl-C

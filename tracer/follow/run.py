@@ -16,7 +16,6 @@ import ipaddress
 import json
 import os
 import shutil
-import signal
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -28,6 +27,7 @@ from tracer.discover import ExecResult, Way, WayPoint, discover
 from tracer.errors import NotFoundError, UsageError
 from tracer.follow.agent_protocol import AgentClient, CaptureSpec, PointCapture, agent_argv
 from tracer.follow.backend import FollowBackend
+from tracer.follow.signals import sigterm_interrupts, uninterrupted  # noqa: F401 - used here and by callers
 
 Progress = Callable[[str | None], None]
 """Told what the run is doing; None when it is done (the view comes next)."""
@@ -149,32 +149,7 @@ def capture_plan(way: Way, port: int) -> dict[str, list[CaptureSpec]]:
     return plan
 
 
-# --- signals -----------------------------------------------------------------------------------
-
-def _raise_interrupt(signum, frame):
-    raise KeyboardInterrupt
-
-
-@contextlib.contextmanager
-def sigterm_interrupts() -> Iterator[None]:
-    """SIGTERM ends the run as Ctrl-C does: through every `finally`."""
-    old = signal.signal(signal.SIGTERM, _raise_interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
-
-
-@contextlib.contextmanager
-def uninterrupted() -> Iterator[None]:
-    """Cleanup must run to its end: a second Ctrl-C waits until it has."""
-    old = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-
+# --- signals: in tracer.follow.signals (light: the commands take them before importing this) ----
 
 # --- the session: agents on every node -----------------------------------------------------------
 
@@ -322,14 +297,15 @@ def check_save_dir(path: str | None) -> None:
 def run(backend: FollowBackend, req: FollowRequest, *, out: TextIO, progress: Progress = lambda _: None,
         timings_file: str | None = None) -> FollowResult:
     """The whole `tracer follow`: capture, then show it as `tracer analyze` would."""
-    from tracer.analysis import AnalyzeRequest, run_analysis
-
     check_save_dir(req.save)
+    _preload_view()
     tmp = None if req.save else tempfile.mkdtemp(prefix="tracer-follow-")
     directory = Path(req.save or tmp)
     try:
         result = capture(backend, req, directory, progress)
         with result.timings.phase("correlate"):
+            from tracer.analysis import AnalyzeRequest, run_analysis
+
             progress("correlating")
             way = result.way
             names = {way.src.pod.ip: way.src.pod.name, way.dst.pod.ip: way.dst.pod.name}
@@ -346,6 +322,22 @@ def run(backend: FollowBackend, req: FollowRequest, *, out: TextIO, progress: Pr
     if timings_file:
         Path(timings_file).write_text(json.dumps(asdict(result.timings)) + "\n")
     return result
+
+
+def _preload_view() -> None:
+    """Import what shows the captures (rich, the correlator: ~50 ms) in a thread, while the
+    run mostly waits for processes (discovery's commands, the agents, curl)."""
+    import importlib
+    import threading
+
+    def load() -> None:
+        for name in ("tracer.analysis", "tracer.render"):
+            try:
+                importlib.import_module(name)
+            except Exception:  # noqa: BLE001 - the real import, later, reports it
+                return
+
+    threading.Thread(target=load, name="tracer-preload", daemon=True).start()
 
 
 def own_flows(r: FollowResult) -> tuple[str, ...]:
