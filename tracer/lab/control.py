@@ -24,6 +24,8 @@ from tracer.lab.topology import CALI_MAC, CALICO_VXLAN, Names, Topology
 # CNI mode -> module with `build(topology, names)`. Flannel or IPIP would be one more line.
 BUILDERS = {CALICO_VXLAN: "tracer.lab.calico_vxlan"}
 HTTP_PORT = 80
+NETNS_AWARE = ("ip", "bridge")
+"""Tools that enter a named network namespace themselves (-n), without `ip netns exec`."""
 HTTPBIN_READY_TIMEOUT = 20.0
 
 Progress = Callable[[str], None]
@@ -184,7 +186,11 @@ class LabBackend:
         return self.lab.exec(pod.name, argv)
 
     def exec_node(self, node: str, argv: Sequence[str]) -> ExecResult:
-        return self.lab.exec(self.lab.node(node).name, argv)
+        lab_node = self.lab.node(node)
+        if argv and argv[0] in NETNS_AWARE:  # `ip -n NS ...`: the same, one process fewer
+            proc = subprocess.run([argv[0], "-n", lab_node.netns, *argv[1:]], capture_output=True, timeout=30)
+            return ExecResult(returncode=proc.returncode, stdout=proc.stdout, stderr=proc.stderr)
+        return self.lab.exec(lab_node.name, argv)
 
 
 def up(topology: Topology, *, store: StateStore | None = None, progress: Progress = lambda _: None) -> Lab:
