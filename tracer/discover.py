@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import socket
 import struct
 import threading
 from collections.abc import Callable, Sequence
@@ -426,7 +425,8 @@ def _pod_route_get(backend: Backend, pod: PodRef, ip: str) -> str | None:
 
 
 def _hex_ip(h: str) -> str:
-    return socket.inet_ntoa(struct.pack("<I", int(h, 16)))
+    """/proc/net/route's little-endian hex address as dotted quad."""
+    return str(ipaddress.IPv4Address(struct.pack("<I", int(h, 16))))
 
 
 def _proc_route_lookup(lines: Sequence[str], ip: str) -> tuple[str | None, str]:
