@@ -12,6 +12,7 @@ checks them by default).
 from __future__ import annotations
 
 import argparse
+import heapq
 import os
 import struct
 import sys
@@ -56,21 +57,29 @@ def main() -> None:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "wb") as f:
             f.write(struct.pack("<IHHiIII", 0xA1B23C4D, 2, 4, 0, 0, 262144, linktype))
-            for c in range(conns):
+            # Connections overlap in time: keep the frames of those still going in a heap and write
+            # each once no later connection can come before it, so that the file is in time order
+            # as tcpdump writes it.
+            pending: list = []
+            for c in range(conns + 1):
                 base = c / CONN_RATE
+                while pending and (c == conns or pending[0][0] < base + 1.8e9):  # (every frame is >= t0)
+                    t, _, d = heapq.heappop(pending)
+                    sec = int(t)
+                    f.write(struct.pack("<IIII", sec, int((t - sec) * 1e9), len(d), len(d)))
+                    f.write(d)
+                    total += 1
+                if c == conns:
+                    break
                 port = 1024 + c % 60000
                 shift = (c * 7919) & 0xFFFFFFFF
-                for ts, data, ipo, l4o, from_server in frames:
+                for k, (ts, data, ipo, l4o, from_server) in enumerate(frames):
                     d = bytearray(data)
                     struct.pack_into("!H", d, ipo + 4, (struct.unpack_from("!H", d, ipo + 4)[0] + c) & 0xFFFF)
                     struct.pack_into("!H", d, l4o + (2 if from_server else 0), port)
                     seq, ack = struct.unpack_from("!II", d, l4o + 4)
                     struct.pack_into("!II", d, l4o + 4, (seq + shift) & 0xFFFFFFFF, (ack + shift) & 0xFFFFFFFF if ack else 0)
-                    t = ts - t0 + 1.8e9 + base
-                    sec = int(t)
-                    f.write(struct.pack("<IIII", sec, int((t - sec) * 1e9), len(d), len(d)))
-                    f.write(d)
-                    total += 1
+                    heapq.heappush(pending, (ts - t0 + 1.8e9 + base, c * 1000 + k, bytes(d)))
     print(f"{total} frames, {conns} connections, {len(SIX)} points in {args.outdir}")
 
 

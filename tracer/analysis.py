@@ -34,7 +34,7 @@ class AnalyzeRequest:
     names: dict[str, str] | None = None
     """IP -> pod name, shown next to addresses."""
     window: float = 10.0
-    jobs: int = 0
+    jobs: int = 1
     """Summary mode: processes sharing the packets; 0 picks by CPUs and input size."""
 
 

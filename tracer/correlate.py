@@ -20,7 +20,7 @@ import math
 import os
 import random
 from bisect import bisect_right
-from collections import Counter, deque
+from collections import Counter, defaultdict, deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from operator import itemgetter
@@ -39,6 +39,7 @@ __all__ = ["CALICO_MAC", "HTTP_STARTS", "CaptureInput", "Correlator", "Options",
 HTTP_STARTS = (b"GET ", b"POST ", b"PUT ", b"HEAD ", b"DELETE ", b"PATCH ", b"OPTIONS ", b"HTTP/1.", b"CONNECT ")
 EGRESS_RANK = {"pod-veth": 0, "bridge": 1, "tunnel": 2, "underlay": 3, "unknown": 4}
 RESERVOIR = 4096
+FILL = RESERVOIR - 1  # below this a reservoir just appends
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -113,14 +114,16 @@ class _Shape:
     shape, computed once: that is most of what makes the correlator fast.
     """
 
-    __slots__ = ("perm", "dirs", "steps", "mask", "segs", "tally")
+    __slots__ = ("perm", "dirs", "steps", "mask", "segs", "tally", "res")
 
     def __init__(self, perm: tuple[int, ...], dirs: tuple[str, ...], steps: list[tuple], obs: list[tuple]):
         self.perm = perm
         """Indices into the sightings (in arrival order), in the order of the way."""
         self.dirs = dirs
-        self.steps = steps
-        """(node, next node, indices of node's sightings, indices of next node's): clock samples."""
+        self.steps = [((a, b), ia, ib, max(ia), min(ib)) for a, b, ia, ib in steps]
+        """((node, next node), indices of the node's sightings, of the next node's, the last of the first and
+        the first of the second (the ones to compare when sightings are in time order, see
+        Correlator._sorted)): clock samples."""
         mask = 0
         for o in obs:
             mask |= 1 << o[1]
@@ -129,13 +132,15 @@ class _Shape:
         """((point, next point), index, next index) for each step of the way."""
         self.tally = (mask, tuple(seg for seg, _, _ in self.segs))
         """What the flow counts of it: the points it passed and the steps between them."""
+        self.res: list[tuple] = []
+        """(latency reservoir, index, next index) per step of the way."""
 
 
 class _Flow:
     """Per-flow state. In summary mode it holds counters only."""
 
     __slots__ = ("cks", "proto", "syn_sender", "first_sender", "packets", "http", "records", "masks", "pairs",
-                 "endpoints_seen", "nat", "tallies", "first_time")
+                 "endpoints_seen", "nat", "tallies", "first_time", "counted")
 
     def __init__(self, proto: int):
         self.cks: set = set()
@@ -153,6 +158,8 @@ class _Flow:
         self.nat: list[tuple] = []
         self.first_time = float("inf")
         """Capture time of its earliest packet (orders flows that tie on packets)."""
+        self.counted = False
+        """count_tallies has run: masks and pairs hold the tallies (which stay, as the flow's shape)."""
 
     def absorb(self, other: _Flow) -> None:
         if other.first_time < self.first_time and other.first_sender is not None:
@@ -191,14 +198,17 @@ class _Flow:
 
     def count_tallies(self) -> None:
         """Turn the shape tallies into masks and pairs (once, after the last packet)."""
+        if self.counted:
+            return
         for sender, tallies in self.tallies.items():
             masks = self.masks.setdefault(sender, Counter())
             pairs = self.pairs.setdefault(sender, Counter())
+            self.endpoints_seen[sender] += sum(tallies.values())
             for (mask, segs), n in tallies.items():
                 masks[mask] += n
                 for seg in segs:
                     pairs[seg] += n
-        self.tallies = {}
+        self.counted = True
 
 
 class _Reservoir:
@@ -277,8 +287,11 @@ class Correlator:
         self.rng = random.Random(4096)
         self.total_frames = 0
         self.distinct = 0
-        self._shapes: dict[tuple, _Shape | None] = {}
-        self._ends: dict[tuple[int, bytes], tuple] = {}
+        self._shapes: dict[tuple, _Shape] = {}
+        self._ends: dict[bytes, tuple] = {}
+        self._keep = self.opts.keep_packets
+        self._sorted = True
+        """Every file so far in time order: sightings arrive in time order (shapes may be shared)."""
 
     # ---- reading ----
 
@@ -317,6 +330,7 @@ class Correlator:
         by_iface: list[int] = []
         multi = None
         batch: list[tuple] = []
+        last: dict[int, float] = defaultdict(float)
         try:
             for rec in records:
                 i = rec.interface
@@ -339,6 +353,9 @@ class Correlator:
                 if shards != 1 and shard_of(fr, shards) != shard:
                     continue
                 pidx = by_iface[i]
+                if rec.time < last[pidx]:
+                    self.points[pidx].stats.unsorted = True
+                last[pidx] = rec.time
                 e = self.points[pidx].stats.add_frame(fr)
                 if e is not None:
                     batch.append(from_frame(rec.time, pidx, fr, e, keep))
@@ -411,6 +428,8 @@ class Correlator:
         inf = float("inf")
         evict_at = inf
         for batch in _merge(streams):
+            if self._sorted and any(p.stats.unsorted for p in points):
+                self._sorted = False  # from now on no shortcut that relies on arrival order being time order
             for o in batch:
                 ts = o[0]
                 if ts > evict_at:
@@ -576,61 +595,75 @@ class Correlator:
         return [Sighting(obs[i][1], obs[i][0], obs[i][FRAME], d) for i, d in zip(perm, dirs)]
 
     def _shape(self, obs: list[tuple]) -> _Shape:
-        """The packet's shape: cached by what decides it (points, TTLs, tunnels in arrival order)."""
-        if len(obs) == 1:
+        """The packet's shape: cached by what decides it (points, TTLs, tunnels in arrival order).
+
+        Not cached when two sightings carry the same timestamp (the order then falls to the
+        points' roles, not to arrival), when only timestamps order its nodes, or once a file
+        was found out of time order (arrival order is then not time order).
+        """
+        n = len(obs)
+        if n == 1:
             sig: tuple = (obs[0][1],)
+        elif self._sorted:
+            sig = tuple([o[1] | o[3] << 16 | o[4] << 24 for o in obs])
+            if len({o[0] for o in obs}) != n:
+                sig = ()
         else:
-            sig = tuple([(o[1], o[TTL], o[NTUN], o[0]) for o in obs])
-            t = [x[3] for x in sig]
-            # Two sightings at the same instant: the order falls to the roles, not to arrival.
-            sig = tuple([x[:3] for x in sig]) if len(set(t)) == len(t) else sig
-        shape = self._shapes.get(sig)
+            sig = ()
+        shape = self._shapes.get(sig) if sig else None
         if shape is not None:
             return shape
-        if len(obs) == 1:
+        if n == 1:
             shape = _Shape((0,), ("?",), [], obs)
         else:
             perm, dirs, steps, by_ttl = self.order(obs)
             shape = _Shape(perm, dirs, steps, obs)
-            if not by_ttl or len(sig[0]) == 4:
-                return shape  # depends on timestamps: not shared
-        self._shapes[sig] = shape
+            if not by_ttl:
+                sig = ()
+        shape.res = [(self._reservoir(seg), i, j) for seg, i, j in shape.segs]
+        if sig:
+            self._shapes[sig] = shape
         return shape
+
+    def _reservoir(self, seg: tuple[int, int]) -> _Reservoir:
+        res = self.segments.get(seg)
+        if res is None:
+            res = self.segments[seg] = _Reservoir(self.rng)
+            self.seg_raw[seg] = (self.points[seg[0]].node, self.points[seg[1]].node)
+        return res
 
     def _finalize(self, obs: list[tuple]) -> None:
         self.distinct += 1
         shape = self._shape(obs)
-        for a, b, ia, ib in shape.steps:
-            d = min([obs[i][0] for i in ib]) - max([obs[i][0] for i in ia])
-            k = (a, b)
+        for k, ia, ib, a, b in shape.steps:
+            # sightings in time order: the node's last one and the next node's first
+            d = obs[b][0] - obs[a][0] if self._sorted else min([obs[i][0] for i in ib]) - max([obs[i][0] for i in ia])
             cur = self.offset_samples.get(k)
             if cur is None or d < cur:
                 self.offset_samples[k] = d
                 self._solve_offsets()
         first = obs[shape.perm[0]]
-        proto = first[PROTO]
         e = first[5]
-        info = self._ends.get((proto, e))
-        if info is None:
+        info = self._ends.get(e)
+        proto = first[PROTO]
+        if info is None or info[0][0] != proto:
             src, dst = split_ends(e)
-            info = self._ends[(proto, e)] = ((proto, src, dst) if src <= dst else (proto, dst, src), src)
+            info = self._ends[e] = ((proto, src, dst) if src <= dst else (proto, dst, src), src)
         ck, sender = info
-        single = True
         for o in obs:
             if o[5] != e:
-                single = False
+                flow = self._flow_of(proto, obs)
+                if len(flow.nat) < 8:
+                    self._note_nat(flow, [obs[i] for i in shape.perm])
                 break
-        if single:
+        else:
             flow = self.flows_by_ck.get(ck)
             if flow is None:
                 flow = self.flows_by_ck[ck] = _Flow(proto)
                 flow.cks.add(ck)
-        else:
-            flow = self._flow_of(proto, obs)
         flow.packets += 1
         if first[0] < flow.first_time:
             flow.first_time = first[0]
-        flow.endpoints_seen[sender] += 1
         if flow.first_sender is None:
             flow.first_sender = sender
         flags = first[7]
@@ -638,24 +671,21 @@ class Correlator:
             flow.syn_sender = sender
         if not flow.http and first[HEAD] and first[HEAD].startswith(HTTP_STARTS):
             flow.http = True
-        if not single and len(flow.nat) < 8:
-            self._note_nat(flow, [obs[i] for i in shape.perm])
-        if self.opts.keep_packets:
+        if self._keep:
             flow.records.append(obs)
         tallies = flow.tallies.get(sender)
         if tallies is None:
             tallies = flow.tallies[sender] = {}
         tally = shape.tally
         tallies[tally] = tallies.get(tally, 0) + 1
-        segments = self.segments
-        for seg, i, j in shape.segs:
-            res = segments.get(seg)
-            if res is None:
-                res = segments[seg] = _Reservoir(self.rng)
-                self.seg_raw[seg] = (self.points[seg[0]].node, self.points[seg[1]].node)
+        for res, i, j in shape.res:
             res.n += 1
             if res.n >= res.next:
-                res.take(obs[j][0] - obs[i][0])
+                items = res.items
+                if len(items) < FILL:
+                    items.append(obs[j][0] - obs[i][0])
+                else:
+                    res.take(obs[j][0] - obs[i][0])
 
     def _flow_of(self, proto: int, obs: list[tuple]) -> _Flow:
         """The flow of a packet whose addresses or ports change on the way (NAT): one flow for all."""

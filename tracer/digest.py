@@ -31,12 +31,13 @@ MAX_IPS = 64
 
 _ports = struct.Struct("!HH").pack
 # The two shapes nearly every frame of a Kubernetes capture has, each read with one unpack:
-# Ethernet / IPv4 (no options) / TCP: ethertype; version+IHL, length, id, fragment, TTL, protocol; TCP ports,
-# seq, ack, data offset, flags.
-_ETH_IP_TCP = struct.Struct("!12xH" "BxHHHBB10x" "HHIIBB")
-# Ethernet / IPv4 / UDP / VXLAN / Ethernet / IPv4 / TCP: the outer ethertype, IPv4 fields and UDP ports and
-# length, the VXLAN flags, then the inner frame's fields as above.
-_VXLAN_TCP = struct.Struct("!12xH" "BxHHHBB10x" "HHH2x" "B7x" "12xH" "BxHHHBB10x" "HHIIBB")
+# Ethernet / IPv4 (no options) / TCP: ethertype; version+IHL, length, id, fragment, TTL (the protocol byte
+# is checked before); TCP seq, ack, data offset, flags (the ports are read as bytes, with the addresses).
+_ETH_IP_TCP = struct.Struct("!12xH" "BxHHHB11x" "4xIIBB")
+# Ethernet / IPv4 / UDP / VXLAN / Ethernet / IPv4 / TCP: the outer ethertype, version+IHL, fragment, UDP
+# ports, the VXLAN flags; then the inner ethertype and the inner IPv4 and TCP fields as above, with the
+# inner protocol.
+_VXLAN_TCP = struct.Struct("!12xH" "Bx4xH12x" "HH4x" "B7x" "12xH" "BxHHHBB10x" "4xIIBB")
 
 
 def identity(fr: Frame):
@@ -84,11 +85,13 @@ class PointStats:
     what they tell does not change from one packet of a flow to the next.
     """
 
-    __slots__ = ("frames", "undecoded", "encapsulated", "calico_mac", "ips", "ends")
+    __slots__ = ("frames", "undecoded", "encapsulated", "calico_mac", "ips", "ends", "unsorted")
 
     def __init__(self):
         self.frames = self.undecoded = self.encapsulated = 0
         self.calico_mac = False
+        self.unsorted = False
+        """A frame came with an earlier timestamp than the one before it."""
         self.ips: set[bytes] = set()
         self.ends: set[bytes] = set()
 
@@ -98,6 +101,7 @@ class PointStats:
         self.undecoded += other.undecoded
         self.encapsulated += other.encapsulated
         self.calico_mac = self.calico_mac or other.calico_mac
+        self.unsorted = self.unsorted or other.unsorted
         for ip in other.ips:
             if len(self.ips) >= MAX_IPS:
                 break
@@ -166,6 +170,7 @@ def pcap_sightings(path: str, point: int, stats: PointStats, vxlan_ports: frozen
         count = 0
         frames = encap = 0
         seen = stats.ends
+        prev = 0.0
         try:
             while True:
                 chunk = f.read(CHUNK)
@@ -195,15 +200,17 @@ def pcap_sightings(path: str, point: int, stats: PointStats, vxlan_ports: frozen
                     pos = end
                     count += 1
                     ts = sec + frac / div
+                    if ts < prev:
+                        stats.unsorted = True
+                    prev = ts
                     proto = buf[d + 23] if incl >= 48 else 0
                     if proto == 6:
-                        (et, vihl, total, ipid, frag, ttl, proto, sport, dport, seq, ack, doff,
-                         flags) = eth_ip_tcp(buf, d)
+                        et, vihl, total, ipid, frag, ttl, seq, ack, doff, flags = eth_ip_tcp(buf, d)
                         ntun = 0
                         eth = d
                     elif proto == 17 and incl >= 98:
-                        (et, vihl, _total, _ipid, frag, _ttl, _p, usport, udport, _ulen, vxflags, iet, ivihl, total,
-                         ipid, ifrag, ttl, proto, sport, dport, seq, ack, doff, flags) = vxlan_tcp(buf, d)
+                        (et, vihl, frag, usport, udport, vxflags, iet, ivihl, total,
+                         ipid, ifrag, ttl, proto, seq, ack, doff, flags) = vxlan_tcp(buf, d)
                         if not ((udport in vx or (usport in vx and udport != GENEVE_PORT)) and vxflags & 0x08
                                 and iet == 0x0800 and ivihl == 0x45 and not ifrag & 0x3FFF):
                             et = 0

@@ -66,5 +66,18 @@ def trace_to_dict(t: Trace, *, summary: bool = False, extra: dict | None = None)
     return d
 
 
+COMPACT_FLOWS = 1000
+
+
 def dumps(t: Trace, *, summary: bool = False, extra: dict | None = None) -> str:
-    return json.dumps(trace_to_dict(t, summary=summary, extra=extra), indent=2)
+    """The document, indented; with more than COMPACT_FLOWS flows, each flow on a line of its own
+    (indenting tens of thousands of flows takes longer than finding them)."""
+    doc = trace_to_dict(t, summary=summary, extra=extra)
+    flows = doc.get("flows", [])
+    if len(flows) <= COMPACT_FLOWS:
+        return json.dumps(doc, indent=2)
+    head = {k: v for k, v in doc.items() if k != "flows"}
+    parts = [json.dumps(head, indent=2)[:-2], ',\n  "flows": [\n']
+    parts.append(",\n".join("    " + json.dumps(f, separators=(",", ":")) for f in flows))
+    parts.append("\n  ]\n}")
+    return "".join(parts)

@@ -147,6 +147,10 @@ def _ways(c: Correlator, f: _Flow, client: tuple, cache: dict | None = None) -> 
     points, the server's addresses) is the same for most flows of a capture: `cache` keeps the
     answer per such key.
     """
+    servers = frozenset(ck[1][0] for ck in f.cks) | frozenset(ck[2][0] for ck in f.cks)
+    quick = _quick_key(f, client)
+    if cache is not None and quick is not None and (quick, servers) in cache:
+        return {d: list(w) for d, w in cache[(quick, servers)].items()}
     by_dir: dict[str, tuple[Counter, Counter]] = {}
     for sender, masks in f.masks.items():
         d = "request" if sender == client else "response"
@@ -154,8 +158,10 @@ def _ways(c: Correlator, f: _Flow, client: tuple, cache: dict | None = None) -> 
         pairs.update(f.pairs.get(sender, {}))
         m.update(masks)
     shape = tuple(sorted((d, frozenset(masks), _kept_edges(pairs)) for d, (pairs, masks) in by_dir.items()))
-    key = (shape, frozenset(ck[1][0] for ck in f.cks) | frozenset(ck[2][0] for ck in f.cks))
+    key = (shape, servers)
     if cache is not None and key in cache:
+        if quick is not None:
+            cache[(quick, servers)] = cache[key]
         return {d: list(w) for d, w in cache[key].items()}
     ways = {d: _topo(edges, masks) for d, masks, edges in shape}
     req, resp = ways.get("request"), ways.get("response")
@@ -172,7 +178,30 @@ def _ways(c: Correlator, f: _Flow, client: tuple, cache: dict | None = None) -> 
         ways["request"] = _extend_by_role(c, ways["request"], f)
     if cache is not None:
         cache[key] = {d: tuple(w) for d, w in ways.items()}
+        if quick is not None:
+            cache[(quick, servers)] = cache[key]
     return ways
+
+
+def _quick_key(f: _Flow, client: tuple) -> tuple | None:
+    """What decides a flow's ways, read off its shape tallies without counting: the kinds of
+    packets each direction had. None when the counts matter (two points passed in both orders
+    by one direction: the majority decides) or when the flow has no tallies to read."""
+    if not f.tallies or f.tallies.keys() != f.masks.keys():
+        return None
+    req: set = set()
+    resp: set = set()
+    for sender, tallies in f.tallies.items():
+        (req if sender == client else resp).update(tallies)
+    out = []
+    for d, kinds in (("request", req), ("response", resp)):
+        if not kinds:
+            continue
+        segs = {seg for _mask, ss in kinds for seg in ss}
+        if any((b, a) in segs for a, b in segs):
+            return None
+        out.append((d, frozenset(kinds)))
+    return tuple(out)
 
 
 def _kept_edges(pairs: Counter) -> frozenset[tuple[int, int]]:

@@ -30,9 +30,10 @@ from tracer.errors import UsageError
               help="The expected way (tracer path --output json); found as path.json in a directory by itself.")
 @click.option("--window", type=click.FloatRange(0.01), default=10.0, show_default=True, metavar="SECONDS",
               help="How long a packet waits for its sightings at other points; raise it if node clocks differ more.")
-@click.option("--jobs", "-j", type=click.IntRange(0, 64), default=0, metavar="N",
-              help="--summary: processes that share the packets (each takes its part by packet identity). "
-                   "Default 0: one per CPU (at most 4) for captures over 16 MB, else 1.")
+@click.option("--jobs", "-j", type=click.IntRange(0, 64), default=1, show_default=True, metavar="N",
+              help="--summary: processes that share the packets, each taking its part by packet identity; "
+                   "0: one per CPU (at most 4) for captures over 16 MB. Pays on machines with real cores "
+                   "(see the README's benchmark).")
 def command(paths, points, vxlan_ports, flows, all_flows, summary, output, pcapng, path_file, window, jobs):
     """Follow each packet across saved captures, offline.
 
