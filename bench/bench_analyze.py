@@ -49,6 +49,10 @@ def main() -> None:
         subprocess.run([sys.executable, os.path.join(HERE, "make_captures.py"), data, "--frames", str(args.frames)],
                        check=True)
     files = sorted(glob.glob(os.path.join(data, "*", "*.pcap")))
+    # tracer's bytecode, compiled as `pip install` does (a PYTHONDONTWRITEBYTECODE sandbox would
+    # otherwise compile it from source on every run, which no installed tracer pays).
+    import compileall
+    compileall.compile_dir(os.path.join(HERE, "..", "tracer"), quiet=1)
     tshark_cmd = ["sh", "-c", " ; ".join(
         "tshark -n -r " + f + " -T fields " + " ".join(f"-e {x}" for x in TSHARK_FIELDS) + " >/dev/null"
         for f in files)]

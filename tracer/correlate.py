@@ -27,7 +27,7 @@ from operator import itemgetter
 
 from tracer.decode import PROTO_TCP, VXLAN_PORTS, Frame, decode
 from tracer.digest import (
-    CALICO_MAC, FRAME, HEAD, NTUN, PROTO, TTL, PointStats, from_frame, identity, pcap_sightings, shard_of,
+    CALICO_MAC, CODE, FRAME, HEAD, PROTO, TTL, PointStats, from_frame, identity, pcap_sightings, shard_of,
     split_ends,
 )
 from tracer.errors import CaptureFileError
@@ -39,6 +39,7 @@ __all__ = ["CALICO_MAC", "HTTP_STARTS", "CaptureInput", "Correlator", "Options",
 HTTP_STARTS = (b"GET ", b"POST ", b"PUT ", b"HEAD ", b"DELETE ", b"PATCH ", b"OPTIONS ", b"HTTP/1.", b"CONNECT ")
 EGRESS_RANK = {"pod-veth": 0, "bridge": 1, "tunnel": 2, "underlay": 3, "unknown": 4}
 RESERVOIR = 4096
+_time, _code, _ends = itemgetter(0), itemgetter(CODE), itemgetter(5)
 FILL = RESERVOIR - 1  # below this a reservoir just appends
 
 
@@ -420,8 +421,10 @@ class Correlator:
         """Read, merge by time, gather each packet's sightings, finalize it."""
         # Open every file first, so that a bad one is refused before any work is done.
         streams = [self._open(inp) for inp in self.inputs]
+        # pending: identity -> the packet's record [first time, bitmask of points, sightings, identity, next];
+        # a second packet with the same identity (a retransmission seen again at a point) is chained as `next`.
         pending: dict = {}
-        queue: deque = deque()
+        queue: deque = deque()  # records by first time, for the window
         window = self.opts.window
         points = self.points
         finalize = self._finalize
@@ -430,48 +433,42 @@ class Correlator:
         for batch in _merge(streams):
             if self._sorted and any(p.stats.unsorted for p in points):
                 self._sorted = False  # from now on no shortcut that relies on arrival order being time order
+            full = (1 << len(points)) - 1
             for o in batch:
                 ts = o[0]
                 if ts > evict_at:
                     limit = ts - window
                     while queue and queue[0][0] < limit:
                         rec = queue.popleft()
-                        if rec[2] is None:
-                            continue  # finalized early
-                        lst = pending[rec[3]]
-                        if len(lst) == 1:
-                            del pending[rec[3]]
-                        else:
-                            lst.remove(rec)
-                        finalize(rec[2])
+                        if rec[2] is not None:  # (else finalized early)
+                            _unlink(pending, rec)
+                            finalize(rec[2])
                     evict_at = queue[0][0] + window if queue else inf
                 key = o[2]
                 bit = 1 << o[1]
-                lst = pending.get(key)
-                if lst is None:
-                    rec = [ts, bit, [o], key]
-                    pending[key] = [rec]
+                rec = pending.get(key)
+                if rec is None:
+                    rec = [ts, bit, [o], key, None]
+                    pending[key] = rec
                     queue.append(rec)
                     if evict_at == inf:
                         evict_at = ts + window
                     continue
-                for rec in lst:
+                while True:
                     if not rec[1] & bit:
                         rec[1] |= bit
                         rec[2].append(o)
-                        if rec[1] == (1 << len(points)) - 1:
+                        if rec[1] == full:
                             # Seen at every point there is: nothing more can come, finalize now (keeps memory low).
-                            if len(lst) == 1:
-                                del pending[key]
-                            else:
-                                lst.remove(rec)
+                            _unlink(pending, rec)
                             finalize(rec[2])
                             rec[2] = None
                         break
-                else:
-                    rec = [ts, bit, [o], key]
-                    lst.append(rec)
-                    queue.append(rec)
+                    if rec[4] is None:
+                        rec[4] = [ts, bit, [o], key, None]
+                        queue.append(rec[4])
+                        break
+                    rec = rec[4]
         while queue:
             obs = queue.popleft()[2]
             if obs is not None:
@@ -569,8 +566,8 @@ class Correlator:
                 role = points[o[1]].role
                 ingress = (o[TTL] == hi) if routed else not leaving
                 if ingress:
-                    return (-o[TTL], o[0], INGRESS_RANK.get(role, 4), o[NTUN] and -1)
-                return (-o[TTL], o[0], EGRESS_RANK.get(role, 4), o[NTUN])
+                    return (-o[TTL], o[0], INGRESS_RANK.get(role, 4), -1 if o[CODE] >> 24 else 0)
+                return (-o[TTL], o[0], EGRESS_RANK.get(role, 4), o[CODE] >> 24)
 
             g.sort(key=rank)
             for i in g:
@@ -605,8 +602,8 @@ class Correlator:
         if n == 1:
             sig: tuple = (obs[0][1],)
         elif self._sorted:
-            sig = tuple([o[1] | o[3] << 16 | o[4] << 24 for o in obs])
-            if len({o[0] for o in obs}) != n:
+            sig = tuple(map(_code, obs))
+            if len(set(map(_time, obs))) != n:
                 sig = ()
         else:
             sig = ()
@@ -650,17 +647,15 @@ class Correlator:
             src, dst = split_ends(e)
             info = self._ends[e] = ((proto, src, dst) if src <= dst else (proto, dst, src), src)
         ck, sender = info
-        for o in obs:
-            if o[5] != e:
-                flow = self._flow_of(proto, obs)
-                if len(flow.nat) < 8:
-                    self._note_nat(flow, [obs[i] for i in shape.perm])
-                break
-        else:
+        if len(set(map(_ends, obs))) == 1:
             flow = self.flows_by_ck.get(ck)
             if flow is None:
                 flow = self.flows_by_ck[ck] = _Flow(proto)
                 flow.cks.add(ck)
+        else:  # addresses or ports change on the way: NAT
+            flow = self._flow_of(proto, obs)
+            if len(flow.nat) < 8:
+                self._note_nat(flow, [obs[i] for i in shape.perm])
         flow.packets += 1
         if first[0] < flow.first_time:
             flow.first_time = first[0]
@@ -826,6 +821,20 @@ def _shard_main(inputs: list[CaptureInput], opts: Options, conn) -> None:
             pass
     finally:
         conn.close()
+
+
+def _unlink(pending: dict, rec: list) -> None:
+    """Take a packet's record out of `pending` (out of its identity's chain)."""
+    head = pending[rec[3]]
+    if head is rec:
+        if rec[4] is None:
+            del pending[rec[3]]
+        else:
+            pending[rec[3]] = rec[4]
+        return
+    while head[4] is not rec:
+        head = head[4]
+    head[4] = rec[4]
 
 
 def _merge(streams: list[Iterator[list[tuple]]]) -> Iterator[list[tuple]]:

@@ -2,10 +2,11 @@
 
 A sighting is a plain tuple (one per frame, so no object, no attribute lookups):
 
-    (time, point, identity, ttl, tunnels, ends, proto, tcp_flags, head, frame)
+    (time, point, identity, ttl, code, ends, proto, tcp_flags, head, frame)
 
-`identity` is `correlate.identity` of the innermost packet, `ttl` its TTL, `tunnels` how many
-encapsulations were peeled, `ends` its addresses and ports as bytes (source IP, destination IP,
+`identity` is `correlate.identity` of the innermost packet, `ttl` its TTL, `code` the point, the
+TTL and how many encapsulations were peeled in one int (point | ttl << 16 | tunnels << 24: what
+orders a packet's sightings, compared at once), `ends` its addresses and ports as bytes (source IP, destination IP,
 then source and destination port when the protocol has ports), `head` the first 8 bytes of its
 payload (to spot HTTP), `frame` the decoded Frame when the caller keeps packets, else None.
 
@@ -24,7 +25,7 @@ from collections.abc import Callable, Iterator
 from tracer.decode import GENEVE_PORT, PROTO_TCP, PROTO_UDP, Frame, decode
 from tracer.pcapio import LINKTYPE_ETHERNET, MAX_RECORD
 
-T, P, KEY, TTL, NTUN, ENDS, PROTO, FLAGS, HEAD, FRAME = range(10)
+T, P, KEY, TTL, CODE, ENDS, PROTO, FLAGS, HEAD, FRAME = range(10)
 CALICO_MAC = b"\xee" * 6
 CHUNK = 1 << 20
 MAX_IPS = 64
@@ -62,8 +63,8 @@ def from_frame(ts: float, point: int, fr: Frame, ends: bytes, keep: bool) -> tup
     """The sighting of a decoded IP frame (PointStats.add_frame gives its ends)."""
     po = fr.payload_offset
     head = fr.data[po:po + 8] if fr.payload_len and po >= 0 else b""
-    return (ts, point, identity(fr), fr.ttl, len(fr.tunnels), ends, fr.proto, fr.tcp_flags, head,
-            fr if keep else None)
+    return (ts, point, identity(fr), fr.ttl, point | fr.ttl << 16 | len(fr.tunnels) << 24, ends, fr.proto,
+            fr.tcp_flags, head, fr if keep else None)
 
 
 def split_ends(e: bytes) -> tuple[tuple, tuple]:
@@ -107,6 +108,14 @@ class PointStats:
                 break
             self.ips.add(ip)
         self.ends |= other.ends
+
+    def saw(self, ends: bytes, macs: bytes) -> None:
+        """A new address/port pair of IPv4 (4-byte addresses) with its frame's MACs (dst, src)."""
+        if len(self.ips) < MAX_IPS:
+            self.ips.add(ends[:4])
+            self.ips.add(ends[4:8])
+        if not self.calico_mac and (macs[:6] == CALICO_MAC or macs[6:] == CALICO_MAC):
+            self.calico_mac = True
 
     def add_frame(self, fr: Frame) -> bytes | None:
         """Count a decoded frame; its `ends` if it is an IP packet the correlator follows, else None."""
@@ -168,7 +177,9 @@ def pcap_sightings(path: str, point: int, stats: PointStats, vxlan_ports: frozen
         vx = vxlan_ports
         rest = b""
         count = 0
-        frames = encap = 0
+        slow = skipped = encap = 0
+        sharded = shards != 1
+        tunneled = point | 1 << 24
         seen = stats.ends
         prev = 0.0
         try:
@@ -203,46 +214,52 @@ def pcap_sightings(path: str, point: int, stats: PointStats, vxlan_ports: frozen
                     if ts < prev:
                         stats.unsorted = True
                     prev = ts
-                    proto = buf[d + 23] if incl >= 48 else 0
-                    if proto == 6:
+                    # Ethernet / IPv4 without options / TCP, not a fragment: (addresses, ports) at 26:38.
+                    if incl >= 48 and buf[d + 23] == 6:
                         et, vihl, total, ipid, frag, ttl, seq, ack, doff, flags = eth_ip_tcp(buf, d)
-                        ntun = 0
-                        eth = d
-                    elif proto == 17 and incl >= 98:
+                        if et == 0x0800 and vihl == 0x45 and total and not frag & 0x3FFF:
+                            po = d + 34 + ((doff >> 2) & 60)
+                            if po <= end:
+                                if sharded and ((seq ^ ack) * 0x9E3779B1 >> 29) % shards != shard:
+                                    skipped += 1
+                                    continue  # another reader's packet
+                                plen = total + d + 14 - po
+                                if plen < 0:
+                                    plen = 0
+                                e = buf[d + 26:d + 38]
+                                if e not in seen:
+                                    seen.add(e)
+                                    stats.saw(e, buf[d:d + 12])
+                                append((ts, point, (ipid, seq, ack, flags, plen), ttl, point | ttl << 16, e, 6, flags,
+                                        (buf[po:po + 8] if po + 8 <= end else buf[po:end]) if plen else b"", None))
+                                continue
+                    # The same inside VXLAN (UDP to a VXLAN port, I flag): the inner packet's at 76:88.
+                    elif incl >= 98 and buf[d + 23] == 17:
                         (et, vihl, frag, usport, udport, vxflags, iet, ivihl, total,
                          ipid, ifrag, ttl, proto, seq, ack, doff, flags) = vxlan_tcp(buf, d)
-                        if not ((udport in vx or (usport in vx and udport != GENEVE_PORT)) and vxflags & 0x08
-                                and iet == 0x0800 and ivihl == 0x45 and not ifrag & 0x3FFF):
-                            et = 0
-                        ntun = 1
-                        eth = d + 50
-                    else:
-                        et = 0
-                    if et == 0x0800 and vihl == 0x45 and proto == 6 and total and not frag & 0x3FFF:
-                        ip = eth + 14
-                        po = ip + 20 + (doff >> 4) * 4
-                        if po <= end:
-                            if shards != 1 and ((seq ^ ack) * 0x9E3779B1 >> 29) % shards != shard:
-                                continue  # another reader's packet
-                            plen = total - (po - ip)
-                            if plen < 0:
-                                plen = 0
-                            e = buf[ip + 12:ip + 24]
-                            if e not in seen:
-                                seen.add(e)
-                                if len(stats.ips) < MAX_IPS:
-                                    stats.ips.add(e[:4])
-                                    stats.ips.add(e[4:8])
-                                if not stats.calico_mac and CALICO_MAC in (buf[eth:eth + 6], buf[eth + 6:eth + 12]):
-                                    stats.calico_mac = True
-                            frames += 1
-                            encap += ntun
-                            append((ts, point, (ipid, seq, ack, flags, plen), ttl, ntun, e, 6, flags,
-                                    (buf[po:po + 8] if po + 8 <= end else buf[po:end]) if plen else b"", None))
-                            continue
+                        if (et == 0x0800 and vihl == 0x45 and not frag & 0x3FFF and iet == 0x0800 and ivihl == 0x45
+                                and proto == 6 and total and not ifrag & 0x3FFF and vxflags & 0x08
+                                and (udport in vx or (usport in vx and udport != GENEVE_PORT))):
+                            po = d + 84 + ((doff >> 2) & 60)
+                            if po <= end:
+                                if sharded and ((seq ^ ack) * 0x9E3779B1 >> 29) % shards != shard:
+                                    skipped += 1
+                                    continue
+                                plen = total + d + 64 - po
+                                if plen < 0:
+                                    plen = 0
+                                e = buf[d + 76:d + 88]
+                                if e not in seen:
+                                    seen.add(e)
+                                    stats.saw(e, buf[d + 50:d + 62])
+                                encap += 1
+                                append((ts, point, (ipid, seq, ack, flags, plen), ttl, tunneled | ttl << 16, e, 6, flags,
+                                        (buf[po:po + 8] if po + 8 <= end else buf[po:end]) if plen else b"", None))
+                                continue
                     # Anything else: the full decoder.
+                    slow += 1
                     fr = decode(LINKTYPE_ETHERNET, buf[d:end], orig, vx)
-                    if shards != 1 and shard_of(fr, shards) != shard:
+                    if sharded and shard_of(fr, shards) != shard:
                         continue
                     e = stats.add_frame(fr)
                     if e is not None:
@@ -251,5 +268,5 @@ def pcap_sightings(path: str, point: int, stats: PointStats, vxlan_ports: frozen
                 if batch:
                     yield batch
         finally:
-            stats.frames += frames
+            stats.frames += count - slow - skipped  # the fast ones (add_frame counted the others)
             stats.encapsulated += encap

@@ -38,43 +38,49 @@ def build_trace(c: Correlator) -> Trace:
     seg_totals: dict[tuple[int, int], list[int]] = {}
     flows = c.flows()
     ways_cache: dict = {}
+    named: dict[tuple, tuple[str, ...]] = {}   # a way by point indices -> by point ids
+    masks_seen: dict[tuple, tuple] = {}        # (mask, way) -> what packets with that mask add up to
     for f in flows:
         client = _client(f)
-        senders = list(f.masks)
         ways = _ways(c, f, client, ways_cache)
-        for w in ways.values():
-            all_ways.append(tuple(pts[i].id for i in w))
+        way_ids = {}
+        for d, w in ways.items():
+            w = tuple(w)
+            ids = named.get(w)
+            if ids is None:
+                ids = named[w] = tuple(pts[i].id for i in w)
+            way_ids[d] = ids
+            all_ways.append(ids)
         server = _server(f, client)
         nat = _nat(c, f, client)
         packets = ()
         if c.opts.keep_packets:
             packets = tuple(_packet(c, rec, client, ways) for rec in f.records)
-        per_point: Counter = Counter()
-        stopped: Counter = Counter()
+        per_point: dict[str, int] = {}
+        stopped: dict[str, int] = {}
         reached = 0
-        for sender in senders:
-            direction = "request" if sender == client else "response"
-            way = ways.get(direction, [])
-            for mask, n in f.masks[sender].items():
-                for i in range(len(pts)):
-                    if mask >> i & 1:
-                        per_point[pts[i].id] += n
-                if way:
-                    seen = [p for p in way if mask >> p & 1]
-                    if mask >> way[-1] & 1:
-                        reached += n
-                    elif seen:
-                        stopped[pts[seen[-1]].id] += n
-                for a, b in zip(way, way[1:]):
-                    if mask >> a & 1:
-                        tot = seg_totals.setdefault((a, b), [0, 0])
-                        tot[0] += n
-                        if not mask >> b & 1:
-                            tot[1] += n
-        summary = FlowSummary(
-            packets=f.packets, reached_end=reached, per_point=dict(per_point),
-            way={d: tuple(pts[i].id for i in w) for d, w in ways.items()}, stopped=dict(stopped),
-        )
+        for sender, masks in f.masks.items():
+            way = tuple(ways.get("request" if sender == client else "response", ()))
+            for mask, n in masks.items():
+                info = masks_seen.get((mask, way))
+                if info is None:
+                    info = masks_seen[(mask, way)] = _mask_info(pts, mask, way)
+                ids, got_there, stopped_at, segs = info
+                for pid in ids:
+                    per_point[pid] = per_point.get(pid, 0) + n
+                if got_there:
+                    reached += n
+                elif stopped_at is not None:
+                    stopped[stopped_at] = stopped.get(stopped_at, 0) + n
+                for seg, lost in segs:
+                    tot = seg_totals.get(seg)
+                    if tot is None:
+                        tot = seg_totals[seg] = [0, 0]
+                    tot[0] += n
+                    if lost:
+                        tot[1] += n
+        summary = FlowSummary(packets=f.packets, reached_end=reached, per_point=per_point, way=way_ids,
+                              stopped=stopped)
         flows_out.append(Flow(client=endpoint(client), server=server, protocol=PROTO_NAMES.get(f.proto, str(f.proto)),
                               nat=nat, packets=packets, summary=summary, http=f.http))
     order = _point_order(c, all_ways)
@@ -100,6 +106,21 @@ def build_trace(c: Correlator) -> Trace:
         flows=tuple(flows_out), reference_node=ref, segments=tuple(segments), warnings=tuple(c.warnings),
         total_packets=c.total_frames, matched_packets=c.distinct,
     )
+
+
+def _mask_info(pts, mask: int, way: tuple[int, ...]) -> tuple:
+    """What the packets that passed the points in `mask` add up to, on `way`: the points' ids,
+    whether they reached its end, where they stopped if not, and each step of the way they
+    entered with whether they were lost on it."""
+    ids = tuple(pts[i].id for i in range(len(pts)) if mask >> i & 1)
+    got_there = bool(way) and bool(mask >> way[-1] & 1)
+    stopped_at = None
+    if way and not got_there:
+        seen = [p for p in way if mask >> p & 1]
+        if seen:
+            stopped_at = pts[seen[-1]].id
+    segs = tuple(((a, b), not mask >> b & 1) for a, b in zip(way, way[1:]) if mask >> a & 1)
+    return ids, got_there, stopped_at, segs
 
 
 # ---- flows ----
