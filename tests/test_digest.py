@@ -162,3 +162,42 @@ def test_jobs_on_the_command_line(synthetic, capsys):
     one = analyze_json(capsys, synthetic, "--summary", "--jobs", "1")
     two = analyze_json(capsys, synthetic, "--summary", "-j", "2")
     assert one == two and one["summary"]["frames"] == 30024
+
+
+# --- shared packet shapes: the same answer as working out every packet on its own ---------------
+
+class _NoCache(dict):
+    def __setitem__(self, key, value):
+        pass
+
+
+def _coarse_copy(src: str, dst: Path, resolution: float) -> None:
+    """The capture set with timestamps cut to `resolution`: many sightings at the same instant.
+    worker1's NIC stamps some frames up to 9 µs early, so that some packets have their NIC
+    sighting before, some at the same instant as, some after the VXLAN device's."""
+    from factories import pcap_bytes
+    for f in Path(src).rglob("*.pcap"):
+        cap, records = open_capture(f)
+        recs = list(records)
+        early = f.parent.name == "worker1" and f.name == "eth1.pcap"
+        stamped = sorted(((r.time - (i % 10) * 1e-6 if early else r.time), r.data) for i, r in enumerate(recs))
+        out = dst / f.relative_to(src)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(pcap_bytes([d for _, d in stamped], nanos=True,
+                                   times=[round(t / resolution) * resolution for t, _ in stamped]))
+
+
+@pytest.mark.parametrize("resolution", [1e-3, 1e-5, 2e-6, 1e-6])
+def test_shared_shapes_give_what_each_packet_alone_gives_also_with_ties(synthetic, tmp_path, resolution):
+    _coarse_copy(synthetic, tmp_path, resolution)
+    docs = []
+    for cache in (True, False):
+        c = Correlator(inputs_from_paths([str(tmp_path)]), Options(keep_packets=False))
+        if not cache:
+            c._shapes = _NoCache()
+        c.run()
+        docs.append(json.loads(dumps(build_trace(c), summary=True)))
+        if cache:
+            shared = len(c._shapes)
+    assert docs[0] == docs[1]
+    assert shared >= (0 if resolution >= 1e-3 else 2)

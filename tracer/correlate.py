@@ -115,7 +115,7 @@ class _Shape:
     shape, computed once: that is most of what makes the correlator fast.
     """
 
-    __slots__ = ("perm", "dirs", "steps", "mask", "segs", "tally", "res")
+    __slots__ = ("perm", "dirs", "steps", "mask", "segs", "tally", "res", "ties")
 
     def __init__(self, perm: tuple[int, ...], dirs: tuple[str, ...], steps: list[tuple], obs: list[tuple]):
         self.perm = perm
@@ -135,6 +135,8 @@ class _Shape:
         """What the flow counts of it: the points it passed and the steps between them."""
         self.res: list[tuple] = []
         """(latency reservoir, index, next index) per step of the way."""
+        self.ties: tuple[tuple[int, int], ...] = ()
+        """Pairs whose order a tie of timestamps would turn (see Correlator.order)."""
 
 
 class _Flow:
@@ -445,7 +447,7 @@ class Correlator:
                             finalize(rec[2])
                     evict_at = queue[0][0] + window if queue else inf
                 key = o[2]
-                bit = 1 << o[1]
+                bit = o[10]
                 rec = pending.get(key)
                 if rec is None:
                     rec = [ts, bit, [o], key, None]
@@ -539,8 +541,9 @@ class Correlator:
 
         Returns the indices of `obs` in that order, the direction at each (in/out/?), the node
         steps (node, next node, indices at node, indices at next node) whose time differences
-        sample the clock offsets, and whether the order follows from TTLs and roles alone (the
-        same for every packet of this shape) rather than from timestamps across nodes.
+        sample the clock offsets, whether the order follows from TTLs and roles alone (the
+        same for every packet of this shape) rather than from timestamps across nodes, and the
+        pairs of sightings (earlier, later arrival) whose order a tie of timestamps would turn.
         """
         points = self.points
         groups: dict[str, list[int]] = {}
@@ -556,6 +559,7 @@ class Correlator:
         perm: list[int] = []
         dirs: list[str] = []
         steps = []
+        ties: list[tuple[int, int]] = []
         last = len(keyed) - 1
         for gi, (ttlkey, _t, node, g, hi, lo) in enumerate(keyed):
             routed = hi != lo
@@ -570,6 +574,14 @@ class Correlator:
                 return (-o[TTL], o[0], EGRESS_RANK.get(role, 4), o[CODE] >> 24)
 
             g.sort(key=rank)
+            # Pairs that arrived in one order but that the roles would put the other way round:
+            # should the two carry the same timestamp, the roles decide (see _shape).
+            for x in g:
+                for y in g:
+                    if x < y and obs[x][TTL] == obs[y][TTL]:
+                        rx, ry = rank(x), rank(y)
+                        if (ry[0], ry[2], ry[3]) < (rx[0], rx[2], rx[3]):
+                            ties.append((x, y))
             for i in g:
                 if routed:
                     d = "in" if obs[i][TTL] == hi else "out"
@@ -583,10 +595,10 @@ class Correlator:
                 dirs.append(d)
             if gi < last and ttlkey != keyed[gi + 1][0]:
                 steps.append((node, keyed[gi + 1][2], tuple(g), tuple(keyed[gi + 1][3])))
-        return tuple(perm), tuple(dirs), steps, by_ttl
+        return tuple(perm), tuple(dirs), steps, by_ttl, tuple(ties)
 
     def _sightings(self, obs: list[tuple]) -> list[Sighting]:
-        perm, dirs, _, _ = self.order(obs)
+        perm, dirs, _, _, _ = self.order(obs)
         if len(obs) == 1:
             dirs = ("?",)
         return [Sighting(obs[i][1], obs[i][0], obs[i][FRAME], d) for i, d in zip(perm, dirs)]
@@ -594,28 +606,32 @@ class Correlator:
     def _shape(self, obs: list[tuple]) -> _Shape:
         """The packet's shape: cached by what decides it (points, TTLs, tunnels in arrival order).
 
-        Not cached when two sightings carry the same timestamp (the order then falls to the
-        points' roles, not to arrival), when only timestamps order its nodes, or once a file
-        was found out of time order (arrival order is then not time order).
+        Not shared when two sightings that a tie would turn carry the same timestamp (the order
+        then falls to the points' roles, not to arrival), when only timestamps order its nodes,
+        or once a file was found out of time order (arrival order is then not time order).
         """
         n = len(obs)
         if n == 1:
             sig: tuple = (obs[0][1],)
         elif self._sorted:
             sig = tuple(map(_code, obs))
-            if len(set(map(_time, obs))) != n:
-                sig = ()
         else:
             sig = ()
         shape = self._shapes.get(sig) if sig else None
         if shape is not None:
-            return shape
+            for i, j in shape.ties:
+                if obs[i][0] == obs[j][0]:
+                    break  # same instant: the roles decide, not this shape's arrival order
+            else:
+                return shape
+            sig = ()
         if n == 1:
             shape = _Shape((0,), ("?",), [], obs)
         else:
-            perm, dirs, steps, by_ttl = self.order(obs)
+            perm, dirs, steps, by_ttl, ties = self.order(obs)
             shape = _Shape(perm, dirs, steps, obs)
-            if not by_ttl:
+            shape.ties = ties
+            if not by_ttl or any(obs[i][0] == obs[j][0] for i, j in ties):
                 sig = ()
         shape.res = [(self._reservoir(seg), i, j) for seg, i, j in shape.segs]
         if sig:

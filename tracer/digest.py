@@ -2,13 +2,14 @@
 
 A sighting is a plain tuple (one per frame, so no object, no attribute lookups):
 
-    (time, point, identity, ttl, code, ends, proto, tcp_flags, head, frame)
+    (time, point, identity, ttl, code, ends, proto, tcp_flags, head, frame, bit)
 
 `identity` is `correlate.identity` of the innermost packet, `ttl` its TTL, `code` the point, the
 TTL and how many encapsulations were peeled in one int (point | ttl << 16 | tunnels << 24: what
 orders a packet's sightings, compared at once), `ends` its addresses and ports as bytes (source IP, destination IP,
 then source and destination port when the protocol has ports), `head` the first 8 bytes of its
-payload (to spot HTTP), `frame` the decoded Frame when the caller keeps packets, else None.
+payload (to spot HTTP), `frame` the decoded Frame when the caller keeps packets, else None, `bit`
+1 << point.
 
 `from_frame` makes one from a decoded Frame. `pcap_sightings` makes them straight from the bytes
 of a classic pcap file of Ethernet frames for the shapes a Kubernetes capture is made of
@@ -21,11 +22,14 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable, Iterator
+from itertools import islice
+from operator import gt, itemgetter
 
 from tracer.decode import GENEVE_PORT, PROTO_TCP, PROTO_UDP, Frame, decode
 from tracer.pcapio import LINKTYPE_ETHERNET, MAX_RECORD
 
-T, P, KEY, TTL, CODE, ENDS, PROTO, FLAGS, HEAD, FRAME = range(10)
+T, P, KEY, TTL, CODE, ENDS, PROTO, FLAGS, HEAD, FRAME, BIT = range(11)
+_time = itemgetter(T)
 CALICO_MAC = b"\xee" * 6
 CHUNK = 1 << 20
 MAX_IPS = 64
@@ -64,7 +68,7 @@ def from_frame(ts: float, point: int, fr: Frame, ends: bytes, keep: bool) -> tup
     po = fr.payload_offset
     head = fr.data[po:po + 8] if fr.payload_len and po >= 0 else b""
     return (ts, point, identity(fr), fr.ttl, point | fr.ttl << 16 | len(fr.tunnels) << 24, ends, fr.proto,
-            fr.tcp_flags, head, fr if keep else None)
+            fr.tcp_flags, head, fr if keep else None, 1 << point)
 
 
 def split_ends(e: bytes) -> tuple[tuple, tuple]:
@@ -180,6 +184,7 @@ def pcap_sightings(path: str, point: int, stats: PointStats, vxlan_ports: frozen
         slow = skipped = encap = 0
         sharded = shards != 1
         tunneled = point | 1 << 24
+        bit = 1 << point
         seen = stats.ends
         prev = 0.0
         try:
@@ -194,26 +199,25 @@ def pcap_sightings(path: str, point: int, stats: PointStats, vxlan_ports: frozen
                     return
                 buf = rest + chunk if rest else chunk
                 n = len(buf)
+                huge = n > MAX_RECORD  # (only then can a corrupt length still fit in the buffer)
                 pos = 0
                 batch: list[tuple] = []
                 append = batch.append
+                dropped = 0  # records of this chunk not in the batch (not IP, or another reader's)
                 while pos + 16 <= n:
                     sec, frac, incl, orig = unpack_rec(buf, pos)
-                    if incl > MAX_RECORD:
-                        warn(f"corrupt record after {count} packets (length {incl}); stopped reading there")
-                        if batch:
-                            yield batch
-                        return
                     d = pos + 16
                     end = d + incl
-                    if end > n:
+                    if end > n or huge and incl > MAX_RECORD:
+                        if incl > MAX_RECORD:
+                            count += len(batch) + dropped
+                            warn(f"corrupt record after {count} packets (length {incl}); stopped reading there")
+                            if batch:
+                                yield batch
+                            return
                         break
                     pos = end
-                    count += 1
                     ts = sec + frac / div
-                    if ts < prev:
-                        stats.unsorted = True
-                    prev = ts
                     # Ethernet / IPv4 without options / TCP, not a fragment: (addresses, ports) at 26:38.
                     if incl >= 48 and buf[d + 23] == 6:
                         et, vihl, total, ipid, frag, ttl, seq, ack, doff, flags = eth_ip_tcp(buf, d)
@@ -222,6 +226,7 @@ def pcap_sightings(path: str, point: int, stats: PointStats, vxlan_ports: frozen
                             if po <= end:
                                 if sharded and ((seq ^ ack) * 0x9E3779B1 >> 29) % shards != shard:
                                     skipped += 1
+                                    dropped += 1
                                     continue  # another reader's packet
                                 plen = total + d + 14 - po
                                 if plen < 0:
@@ -231,7 +236,7 @@ def pcap_sightings(path: str, point: int, stats: PointStats, vxlan_ports: frozen
                                     seen.add(e)
                                     stats.saw(e, buf[d:d + 12])
                                 append((ts, point, (ipid, seq, ack, flags, plen), ttl, point | ttl << 16, e, 6, flags,
-                                        (buf[po:po + 8] if po + 8 <= end else buf[po:end]) if plen else b"", None))
+                                        (buf[po:po + 8] if po + 8 <= end else buf[po:end]) if plen else b"", None, bit))
                                 continue
                     # The same inside VXLAN (UDP to a VXLAN port, I flag): the inner packet's at 76:88.
                     elif incl >= 98 and buf[d + 23] == 17:
@@ -244,6 +249,7 @@ def pcap_sightings(path: str, point: int, stats: PointStats, vxlan_ports: frozen
                             if po <= end:
                                 if sharded and ((seq ^ ack) * 0x9E3779B1 >> 29) % shards != shard:
                                     skipped += 1
+                                    dropped += 1
                                     continue
                                 plen = total + d + 64 - po
                                 if plen < 0:
@@ -254,18 +260,27 @@ def pcap_sightings(path: str, point: int, stats: PointStats, vxlan_ports: frozen
                                     stats.saw(e, buf[d + 50:d + 62])
                                 encap += 1
                                 append((ts, point, (ipid, seq, ack, flags, plen), ttl, tunneled | ttl << 16, e, 6, flags,
-                                        (buf[po:po + 8] if po + 8 <= end else buf[po:end]) if plen else b"", None))
+                                        (buf[po:po + 8] if po + 8 <= end else buf[po:end]) if plen else b"", None, bit))
                                 continue
                     # Anything else: the full decoder.
                     slow += 1
                     fr = decode(LINKTYPE_ETHERNET, buf[d:end], orig, vx)
                     if sharded and shard_of(fr, shards) != shard:
+                        dropped += 1
                         continue
                     e = stats.add_frame(fr)
                     if e is not None:
                         append(from_frame(ts, point, fr, e, False))
+                    else:
+                        dropped += 1
                 rest = buf[pos:]
+                count += len(batch) + dropped
                 if batch:
+                    # time order, checked at C speed: each time no earlier than the one before
+                    times = list(map(_time, batch))
+                    if times[0] < prev or any(map(gt, times, islice(times, 1, None))):
+                        stats.unsorted = True
+                    prev = times[-1]
                     yield batch
         finally:
             stats.frames += count - slow - skipped  # the fast ones (add_frame counted the others)

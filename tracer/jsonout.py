@@ -78,6 +78,7 @@ def dumps(t: Trace, *, summary: bool = False, extra: dict | None = None) -> str:
         return json.dumps(doc, indent=2)
     head = {k: v for k, v in doc.items() if k != "flows"}
     parts = [json.dumps(head, indent=2)[:-2], ',\n  "flows": [\n']
-    parts.append(",\n".join("    " + json.dumps(f, separators=(",", ":")) for f in flows))
+    encode = json.JSONEncoder(separators=(",", ":")).encode
+    parts.append(",\n".join("    " + encode(f) for f in flows))
     parts.append("\n  ]\n}")
     return "".join(parts)

@@ -169,7 +169,14 @@ def _ways(c: Correlator, f: _Flow, client: tuple, cache: dict | None = None) -> 
     answer per such key.
     """
     servers = frozenset(ck[1][0] for ck in f.cks) | frozenset(ck[2][0] for ck in f.cks)
-    quick = _quick_key(f, client)
+    quick = None
+    if cache is not None and f.tallies and f.tallies.keys() == f.masks.keys():
+        # the tallies' keys are shared by every flow of the same kinds: a cheap key to the quick key
+        raw = tuple((sender == client, tuple(t)) for sender, t in f.tallies.items())
+        memo = cache.setdefault(_QUICK, {})
+        quick = memo.get(raw, _QUICK)
+        if quick is _QUICK:
+            quick = memo[raw] = _quick_key(f, client)
     if cache is not None and quick is not None and (quick, servers) in cache:
         return {d: list(w) for d, w in cache[(quick, servers)].items()}
     by_dir: dict[str, tuple[Counter, Counter]] = {}
@@ -202,6 +209,9 @@ def _ways(c: Correlator, f: _Flow, client: tuple, cache: dict | None = None) -> 
         if quick is not None:
             cache[(quick, servers)] = cache[key]
     return ways
+
+
+_QUICK = object()
 
 
 def _quick_key(f: _Flow, client: tuple) -> tuple | None:
