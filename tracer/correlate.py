@@ -429,10 +429,14 @@ class Correlator:
         queue: deque = deque()  # records by first time, for the window
         window = self.opts.window
         points = self.points
-        finalize = self._finalize
+        done: list[list[tuple]] = []  # finished packets, folded in after each batch
+        finalize = done.append
         inf = float("inf")
         evict_at = inf
         for batch in _merge(streams):
+            if done:
+                self._finalize_all(done)
+                done.clear()
             if self._sorted and any(p.stats.unsorted for p in points):
                 self._sorted = False  # from now on no shortcut that relies on arrival order being time order
             full = (1 << len(points)) - 1
@@ -475,6 +479,7 @@ class Correlator:
             obs = queue.popleft()[2]
             if obs is not None:
                 finalize(obs)
+        self._finalize_all(done)
 
     # ---- shards: the same work on another core ----
 
@@ -646,57 +651,71 @@ class Correlator:
         return res
 
     def _finalize(self, obs: list[tuple]) -> None:
-        self.distinct += 1
-        shape = self._shape(obs)
-        for k, ia, ib, a, b in shape.steps:
-            # sightings in time order: the node's last one and the next node's first
-            d = obs[b][0] - obs[a][0] if self._sorted else min([obs[i][0] for i in ib]) - max([obs[i][0] for i in ia])
-            cur = self.offset_samples.get(k)
-            if cur is None or d < cur:
-                self.offset_samples[k] = d
-                self._solve_offsets()
-        first = obs[shape.perm[0]]
-        e = first[5]
-        info = self._ends.get(e)
-        proto = first[PROTO]
-        if info is None or info[0][0] != proto:
-            src, dst = split_ends(e)
-            info = self._ends[e] = ((proto, src, dst) if src <= dst else (proto, dst, src), src)
-        ck, sender = info
-        if len(set(map(_ends, obs))) == 1:
-            flow = self.flows_by_ck.get(ck)
-            if flow is None:
-                flow = self.flows_by_ck[ck] = _Flow(proto)
-                flow.cks.add(ck)
-        else:  # addresses or ports change on the way: NAT
-            flow = self._flow_of(proto, obs)
-            if len(flow.nat) < 8:
-                self._note_nat(flow, [obs[i] for i in shape.perm])
-        flow.packets += 1
-        if first[0] < flow.first_time:
-            flow.first_time = first[0]
-        if flow.first_sender is None:
-            flow.first_sender = sender
-        flags = first[7]
-        if proto == PROTO_TCP and flags is not None and flags & 0x12 == 0x02:
-            flow.syn_sender = sender
-        if not flow.http and first[HEAD] and first[HEAD].startswith(HTTP_STARTS):
-            flow.http = True
-        if self._keep:
-            flow.records.append(obs)
-        tallies = flow.tallies.get(sender)
-        if tallies is None:
-            tallies = flow.tallies[sender] = {}
-        tally = shape.tally
-        tallies[tally] = tallies.get(tally, 0) + 1
-        for res, i, j in shape.res:
-            res.n += 1
-            if res.n >= res.next:
-                items = res.items
-                if len(items) < FILL:
-                    items.append(obs[j][0] - obs[i][0])
-                else:
-                    res.take(obs[j][0] - obs[i][0])
+        self._finalize_all((obs,))
+
+    def _finalize_all(self, done: Iterable[list[tuple]]) -> None:
+        """Fold finished packets (each the list of its sightings), in order, into their flows."""
+        shapes, ends_info, flows_by_ck, samples = self._shapes, self._ends, self.flows_by_ck, self.offset_samples
+        in_order, keep, shape_of = self._sorted, self._keep, self._shape
+        for obs in done:
+            self.distinct += 1
+            shape = shapes.get(tuple(map(_code, obs))) if in_order and len(obs) > 1 else None
+            if shape is not None:
+                for i, j in shape.ties:
+                    if obs[i][0] == obs[j][0]:
+                        shape = shape_of(obs)
+                        break
+            else:
+                shape = shape_of(obs)
+            for k, ia, ib, a, b in shape.steps:
+                # sightings in time order: the node's last one and the next node's first
+                d = obs[b][0] - obs[a][0] if in_order else min([obs[i][0] for i in ib]) - max([obs[i][0] for i in ia])
+                cur = samples.get(k)
+                if cur is None or d < cur:
+                    samples[k] = d
+                    self._solve_offsets()
+            first = obs[shape.perm[0]]
+            e = first[5]
+            info = ends_info.get(e)
+            proto = first[PROTO]
+            if info is None or info[0][0] != proto:
+                src, dst = split_ends(e)
+                info = ends_info[e] = ((proto, src, dst) if src <= dst else (proto, dst, src), src)
+            ck, sender = info
+            if len(set(map(_ends, obs))) == 1:
+                flow = flows_by_ck.get(ck)
+                if flow is None:
+                    flow = flows_by_ck[ck] = _Flow(proto)
+                    flow.cks.add(ck)
+            else:  # addresses or ports change on the way: NAT
+                flow = self._flow_of(proto, obs)
+                if len(flow.nat) < 8:
+                    self._note_nat(flow, [obs[i] for i in shape.perm])
+            flow.packets += 1
+            if first[0] < flow.first_time:
+                flow.first_time = first[0]
+            if flow.first_sender is None:
+                flow.first_sender = sender
+            flags = first[7]
+            if proto == PROTO_TCP and flags is not None and flags & 0x12 == 0x02:
+                flow.syn_sender = sender
+            if not flow.http and first[HEAD] and first[HEAD].startswith(HTTP_STARTS):
+                flow.http = True
+            if keep:
+                flow.records.append(obs)
+            tallies = flow.tallies.get(sender)
+            if tallies is None:
+                tallies = flow.tallies[sender] = {}
+            tally = shape.tally
+            tallies[tally] = tallies.get(tally, 0) + 1
+            for res, i, j in shape.res:
+                res.n += 1
+                if res.n >= res.next:
+                    items = res.items
+                    if len(items) < FILL:
+                        items.append(obs[j][0] - obs[i][0])
+                    else:
+                        res.take(obs[j][0] - obs[i][0])
 
     def _flow_of(self, proto: int, obs: list[tuple]) -> _Flow:
         """The flow of a packet whose addresses or ports change on the way (NAT): one flow for all."""
