@@ -201,3 +201,26 @@ def test_shared_shapes_give_what_each_packet_alone_gives_also_with_ties(syntheti
             shared = len(c._shapes)
     assert docs[0] == docs[1]
     assert shared >= (0 if resolution >= 1e-3 else 2)
+
+
+def test_a_file_out_of_time_order_turns_the_shortcuts_off_and_changes_nothing(synthetic, tmp_path):
+    from factories import pcap_bytes
+    src = Path(synthetic)
+    for f in src.rglob("*.pcap"):
+        cap, records = open_capture(f)
+        recs = [(r.time, r.data) for r in records]
+        if f.name == "eth1.pcap" and f.parent.name == "worker2":
+            recs[0], recs[-1] = recs[-1], recs[0]  # the last frame written first, the first last
+        out = tmp_path / f.relative_to(src)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(pcap_bytes([d for _, d in recs], nanos=True, times=[t for t, _ in recs]))
+    docs = []
+    for cache in (True, False):
+        c = Correlator(inputs_from_paths([str(tmp_path)]), Options(keep_packets=False))
+        if not cache:
+            c._shapes = _NoCache()
+        c.run()
+        assert not c._sorted
+        docs.append(json.loads(dumps(build_trace(c), summary=True)))
+    assert docs[0] == docs[1]
+    assert docs[0]["summary"]["frames"] == 30024

@@ -20,10 +20,11 @@ import math
 import os
 import random
 from bisect import bisect_right
-from collections import Counter, defaultdict, deque
-from collections.abc import Iterable, Iterator
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from operator import itemgetter
+from itertools import islice
+from operator import gt, itemgetter
 
 from tracer.decode import PROTO_TCP, VXLAN_PORTS, Frame, decode
 from tracer.digest import (
@@ -333,7 +334,6 @@ class Correlator:
         by_iface: list[int] = []
         multi = None
         batch: list[tuple] = []
-        last: dict[int, float] = defaultdict(float)
         try:
             for rec in records:
                 i = rec.interface
@@ -356,9 +356,6 @@ class Correlator:
                 if shards != 1 and shard_of(fr, shards) != shard:
                     continue
                 pidx = by_iface[i]
-                if rec.time < last[pidx]:
-                    self.points[pidx].stats.unsorted = True
-                last[pidx] = rec.time
                 e = self.points[pidx].stats.add_frame(fr)
                 if e is not None:
                     batch.append(from_frame(rec.time, pidx, fr, e, keep))
@@ -433,12 +430,10 @@ class Correlator:
         finalize = done.append
         inf = float("inf")
         evict_at = inf
-        for batch in _merge(streams):
+        for batch in _merge(streams, self._out_of_order):
             if done:
                 self._finalize_all(done)
                 done.clear()
-            if self._sorted and any(p.stats.unsorted for p in points):
-                self._sorted = False  # from now on no shortcut that relies on arrival order being time order
             full = (1 << len(points)) - 1
             for o in batch:
                 ts = o[0]
@@ -480,6 +475,10 @@ class Correlator:
             if obs is not None:
                 finalize(obs)
         self._finalize_all(done)
+
+    def _out_of_order(self) -> None:
+        """A file went back in time: from now on no shortcut that relies on arrival order being time order."""
+        self._sorted = False
 
     # ---- shards: the same work on another core ----
 
@@ -872,11 +871,13 @@ def _unlink(pending: dict, rec: list) -> None:
     head[4] = rec[4]
 
 
-def _merge(streams: list[Iterator[list[tuple]]]) -> Iterator[list[tuple]]:
-    """Batches of sightings from every stream, merged by time (each stream is in time order).
+def _merge(streams: list[Iterator[list[tuple]]], out_of_order: Callable[[], None]) -> Iterator[list[tuple]]:
+    """Batches of sightings from every stream, merged by time.
 
     Each round takes, from every stream, what is not later than the earliest of the streams'
-    latest times at hand, and sorts that (a merge of sorted runs, which sorting does fast).
+    latest times at hand, and sorts that (a merge of sorted runs, which sorting does fast). If a
+    stream is not in time order itself, what comes out may go back in time: `out_of_order` is
+    called before the first batch that does.
     """
     heads: list[list] = []  # [batch, position, stream]
     for s in streams:
@@ -885,6 +886,8 @@ def _merge(streams: list[Iterator[list[tuple]]]) -> Iterator[list[tuple]]:
                 heads.append([b, 0, s])
                 break
     key = itemgetter(0)
+    last = float("-inf")
+    in_order = True
     while heads:
         horizon = min(h[0][-1][0] for h in heads)
         out: list[tuple] = []
@@ -897,6 +900,10 @@ def _merge(streams: list[Iterator[list[tuple]]]) -> Iterator[list[tuple]]:
                 h[1] = end
         if len(heads) > 1:
             out.sort(key=key)
+        if in_order and (out[0][0] < last or len(heads) == 1 and any(map(gt, map(key, out), map(key, islice(out, 1, None))))):
+            in_order = False
+            out_of_order()
+        last = out[-1][0]
         yield out
         for h in heads:
             if h[1] >= len(h[0]):

@@ -22,14 +22,11 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable, Iterator
-from itertools import islice
-from operator import gt, itemgetter
 
 from tracer.decode import GENEVE_PORT, PROTO_TCP, PROTO_UDP, Frame, decode
 from tracer.pcapio import LINKTYPE_ETHERNET, MAX_RECORD
 
 T, P, KEY, TTL, CODE, ENDS, PROTO, FLAGS, HEAD, FRAME, BIT = range(11)
-_time = itemgetter(T)
 CALICO_MAC = b"\xee" * 6
 CHUNK = 1 << 20
 MAX_IPS = 64
@@ -90,13 +87,11 @@ class PointStats:
     what they tell does not change from one packet of a flow to the next.
     """
 
-    __slots__ = ("frames", "undecoded", "encapsulated", "calico_mac", "ips", "ends", "unsorted")
+    __slots__ = ("frames", "undecoded", "encapsulated", "calico_mac", "ips", "ends")
 
     def __init__(self):
         self.frames = self.undecoded = self.encapsulated = 0
         self.calico_mac = False
-        self.unsorted = False
-        """A frame came with an earlier timestamp than the one before it."""
         self.ips: set[bytes] = set()
         self.ends: set[bytes] = set()
 
@@ -106,7 +101,6 @@ class PointStats:
         self.undecoded += other.undecoded
         self.encapsulated += other.encapsulated
         self.calico_mac = self.calico_mac or other.calico_mac
-        self.unsorted = self.unsorted or other.unsorted
         for ip in other.ips:
             if len(self.ips) >= MAX_IPS:
                 break
@@ -186,7 +180,6 @@ def pcap_sightings(path: str, point: int, stats: PointStats, vxlan_ports: frozen
         tunneled = point | 1 << 24
         bit = 1 << point
         seen = stats.ends
-        prev = 0.0
         try:
             while True:
                 chunk = f.read(CHUNK)
@@ -276,11 +269,6 @@ def pcap_sightings(path: str, point: int, stats: PointStats, vxlan_ports: frozen
                 rest = buf[pos:]
                 count += len(batch) + dropped
                 if batch:
-                    # time order, checked at C speed: each time no earlier than the one before
-                    times = list(map(_time, batch))
-                    if times[0] < prev or any(map(gt, times, islice(times, 1, None))):
-                        stats.unsorted = True
-                    prev = times[-1]
                     yield batch
         finally:
             stats.frames += count - slow - skipped  # the fast ones (add_frame counted the others)
