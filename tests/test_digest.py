@@ -171,6 +171,20 @@ class _NoCache(dict):
         pass
 
 
+def shared_and_alone(path: Path) -> tuple[dict, dict, Correlator]:
+    """The summary with packet shapes shared, the summary with every packet worked out alone,
+    and the first run's correlator."""
+    docs, first = [], None
+    for cache in (True, False):
+        c = Correlator(inputs_from_paths([str(path)]), Options(keep_packets=False))
+        if not cache:
+            c._shapes = _NoCache()
+        c.run()
+        docs.append(json.loads(dumps(build_trace(c), summary=True)))
+        first = first or c
+    return docs[0], docs[1], first
+
+
 def _coarse_copy(src: str, dst: Path, resolution: float) -> None:
     """The capture set with timestamps cut to `resolution`: many sightings at the same instant.
     worker1's NIC stamps some frames up to 9 µs early, so that some packets have their NIC
@@ -190,17 +204,9 @@ def _coarse_copy(src: str, dst: Path, resolution: float) -> None:
 @pytest.mark.parametrize("resolution", [1e-3, 1e-5, 2e-6, 1e-6])
 def test_shared_shapes_give_what_each_packet_alone_gives_also_with_ties(synthetic, tmp_path, resolution):
     _coarse_copy(synthetic, tmp_path, resolution)
-    docs = []
-    for cache in (True, False):
-        c = Correlator(inputs_from_paths([str(tmp_path)]), Options(keep_packets=False))
-        if not cache:
-            c._shapes = _NoCache()
-        c.run()
-        docs.append(json.loads(dumps(build_trace(c), summary=True)))
-        if cache:
-            shared = len(c._shapes)
-    assert docs[0] == docs[1]
-    assert shared >= (0 if resolution >= 1e-3 else 2)
+    shared, alone, c = shared_and_alone(tmp_path)
+    assert shared == alone
+    assert len(c._shapes) >= (0 if resolution >= 1e-3 else 2)
 
 
 def test_a_file_out_of_time_order_turns_the_shortcuts_off_and_changes_nothing(synthetic, tmp_path):
@@ -214,13 +220,6 @@ def test_a_file_out_of_time_order_turns_the_shortcuts_off_and_changes_nothing(sy
         out = tmp_path / f.relative_to(src)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_bytes(pcap_bytes([d for _, d in recs], nanos=True, times=[t for t, _ in recs]))
-    docs = []
-    for cache in (True, False):
-        c = Correlator(inputs_from_paths([str(tmp_path)]), Options(keep_packets=False))
-        if not cache:
-            c._shapes = _NoCache()
-        c.run()
-        assert not c._sorted
-        docs.append(json.loads(dumps(build_trace(c), summary=True)))
-    assert docs[0] == docs[1]
-    assert docs[0]["summary"]["frames"] == 30024
+    shared, alone, c = shared_and_alone(tmp_path)
+    assert not c._sorted
+    assert shared == alone and shared["summary"]["frames"] == 30024
