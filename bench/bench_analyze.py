@@ -42,7 +42,6 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--frames", type=int, default=1_000_000)
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--jobs", type=int, default=1, help="tracer analyze --jobs (processes sharing the packets)")
     args = ap.parse_args()
     data = os.path.join(HERE, "out", f"six-point-{args.frames}")
     if not os.path.isdir(data):
@@ -56,8 +55,7 @@ def main() -> None:
     tshark_cmd = ["sh", "-c", " ; ".join(
         "tshark -n -r " + f + " -T fields " + " ".join(f"-e {x}" for x in TSHARK_FIELDS) + " >/dev/null"
         for f in files)]
-    tracer_cmd = [sys.executable, "-m", "tracer", "analyze", data, "--summary", "--output", "json"] + (
-        ["--jobs", str(args.jobs)] if args.jobs != 1 else [])
+    tracer_cmd = [sys.executable, "-m", "tracer", "analyze", data, "--summary", "--output", "json"]
     out = subprocess.run(tracer_cmd, check=True, capture_output=True, text=True).stdout
     import json
     frames = json.loads(out)["summary"]["frames"]
@@ -75,7 +73,7 @@ def main() -> None:
     r, m = statistics.median(ref), statistics.median(mine)
     print(f"capture set: {data} ({len(files)} points, {frames} frames)")
     print(f"tshark -T fields (reference): median {r:.2f} s  = {frames / r:,.0f} frames/s   runs {[round(x, 2) for x in ref]}")
-    print(f"tracer analyze --summary -j{args.jobs}: median {m:.2f} s  = {frames / m:,.0f} frames/s   runs {[round(x, 2) for x in mine]}")
+    print(f"tracer analyze --summary:     median {m:.2f} s  = {frames / m:,.0f} frames/s   runs {[round(x, 2) for x in mine]}")
     print(f"ratio tracer/tshark speed:    {r / m:.2f}x   (target >= 10x)")
     print(f"tracer peak memory:           {max(peaks) / 1024:.0f} MB   (target < 500 MB)")
 

@@ -114,54 +114,17 @@ def test_mutated_frames_give_the_same_sighting_either_way(seed, edits, cut):
         os.unlink(name)
 
 
-# --- several processes (--jobs): each takes its packets by identity, the sum is the same ---------
+# --- a synthetic capture set ----------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory) -> str:
-    """Six points, 30,000 frames of 2,500 connections replayed from pcaps/http-get (bench/make_captures.py)."""
+    """Six points, 30,024 frames of 417 connections replayed from pcaps/http-get (bench/make_captures.py)."""
     import subprocess
     import sys
     out = tmp_path_factory.mktemp("six") / "set"
     subprocess.run([sys.executable, str(Path(__file__).parent.parent / "bench" / "make_captures.py"), str(out),
                     "--frames", "30000"], check=True, capture_output=True)
     return str(out)
-
-
-def sharded(paths: list[str], shards: int, fast_path: bool = True) -> dict:
-    c = Correlator(inputs_from_paths(paths), Options(keep_packets=False, fast=fast_path, shards=shards)).run()
-    return json.loads(dumps(build_trace(c), summary=True))
-
-
-@pytest.mark.parametrize("shards", [2, 3])
-def test_shared_out_over_processes_the_summary_is_the_same(synthetic, shards):
-    import multiprocessing
-    one = sharded([synthetic], 1)
-    assert one["summary"]["frames"] == 30024 and len(one["flows"]) == 417
-    assert sharded([synthetic], shards) == one
-    assert multiprocessing.active_children() == []
-
-
-def test_shared_out_the_samples_and_public_captures_give_the_same(synthetic):
-    for paths in ([str(SAMPLES / s)] for s in ("http-get", "vxlan-drop", "clusterip-dnat")):
-        assert sharded(paths, 2) == sharded(paths, 1)
-    public = [str(p) for p in sorted(PUBLIC.glob("*.pcap*"))]
-    assert sharded(public, 2, fast_path=False) == sharded(public, 1, fast_path=False)
-
-
-def test_a_helper_process_that_dies_costs_time_not_packets(synthetic, monkeypatch):
-    import tracer.correlate as correlate
-
-    def die(*_args):
-        os._exit(3)
-    monkeypatch.setattr(correlate, "_shard_main", die)
-    assert sharded([synthetic], 2) == sharded([synthetic], 1)
-
-
-def test_jobs_on_the_command_line(synthetic, capsys):
-    from factories import analyze_json
-    one = analyze_json(capsys, synthetic, "--summary", "--jobs", "1")
-    two = analyze_json(capsys, synthetic, "--summary", "-j", "2")
-    assert one == two and one["summary"]["frames"] == 30024
 
 
 # --- shared packet shapes: the same answer as working out every packet on its own ---------------

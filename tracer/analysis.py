@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gc
-import os
 import sys
 from dataclasses import dataclass
 from typing import TextIO
@@ -34,40 +33,12 @@ class AnalyzeRequest:
     names: dict[str, str] | None = None
     """IP -> pod name, shown next to addresses."""
     window: float = 10.0
-    jobs: int = 1
-    """Summary mode: processes sharing the packets; 0 picks by CPUs and input size."""
-
-
-PARALLEL_MIN_BYTES = 16 << 20
-MAX_AUTO_JOBS = 4
-
-
-def jobs_for(req: AnalyzeRequest, inputs: list[CaptureInput]) -> int:
-    """How many processes follow the packets: several only for --summary (per-packet hops need
-    every packet in one place), and by default only when the captures are big enough to pay for
-    starting them."""
-    if not req.summary:
-        return 1
-    if req.jobs:
-        return req.jobs
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cpus = os.cpu_count() or 1
-    size = 0
-    for inp in inputs:
-        try:
-            size += os.path.getsize(inp.path)
-        except OSError:
-            pass
-    return max(1, min(cpus, MAX_AUTO_JOBS)) if size >= PARALLEL_MIN_BYTES else 1
 
 
 def correlate(req: AnalyzeRequest) -> tuple[Trace, Correlator]:
     inputs = list(req.inputs) + inputs_from_paths(req.paths, req.points)
     opts = Options(vxlan_ports=VXLAN_PORTS | frozenset(req.vxlan_ports), window=req.window,
-                   keep_packets=not req.summary, way_hint=req.way, pods=frozenset((req.names or {}).values()),
-                   shards=jobs_for(req, inputs))
+                   keep_packets=not req.summary, way_hint=req.way, pods=frozenset((req.names or {}).values()))
     c = Correlator(inputs, opts).run()
     return build_trace(c), c
 

@@ -28,7 +28,7 @@ from operator import gt, itemgetter
 
 from tracer.decode import PROTO_TCP, VXLAN_PORTS, Frame, decode
 from tracer.digest import (
-    CALICO_MAC, CODE, FRAME, HEAD, PROTO, TTL, PointStats, from_frame, identity, pcap_sightings, shard_of,
+    CALICO_MAC, CODE, FRAME, HEAD, PROTO, TTL, PointStats, from_frame, identity, pcap_sightings,
     split_ends,
 )
 from tracer.errors import CaptureFileError
@@ -68,10 +68,6 @@ class Options:
     """Names of pods whose own interfaces were captured as points `<pod>/<interface>`."""
     fast: bool = True
     """Summary mode: read pcap files of Ethernet frames with tracer.digest's fast path."""
-    shards: int = 1
-    """Summary mode: follow the packets in this many processes, each taking its share by identity."""
-    shard: int = 0
-    """This process's share (internal)."""
 
 
 class _Point:
@@ -186,20 +182,6 @@ class _Flow:
         self.endpoints_seen.update(other.endpoints_seen)
         self.nat.extend(n for n in other.nat if n not in self.nat)
 
-    def remap_points(self, remap: list[int]) -> None:
-        """Point indices of another Correlator -> this one's."""
-        def mask_of(m: int) -> int:
-            out, i = 0, 0
-            while m:
-                if m & 1:
-                    out |= 1 << remap[i]
-                m >>= 1
-                i += 1
-            return out
-        self.tallies = {s: {(mask_of(mask), tuple((remap[a], remap[b]) for a, b in segs)): n
-                            for (mask, segs), n in t.items()} for s, t in self.tallies.items()}
-        self.nat = [(kind, before, after, remap[p]) for kind, before, after, p in self.nat]
-
     def count_tallies(self) -> None:
         """Turn the shape tallies into masks and pairs (once, after the last packet)."""
         if self.counted:
@@ -252,20 +234,6 @@ class _Reservoir:
             self.w *= math.exp(math.log(1.0 - rnd()) / RESERVOIR)
         w = min(self.w, 1.0 - 1e-12)
         self.next = self.n + int(math.log(1.0 - rnd()) / math.log(1.0 - w)) + 1
-
-    def merge(self, n: int, items: list[float]) -> None:
-        """Take in another reservoir's sample of n values: a uniform sample of both, as far as sizes go."""
-        if n == 0:
-            return
-        total = self.n + n
-        if len(self.items) + len(items) <= RESERVOIR:
-            self.items.extend(items)
-        else:
-            rng = self.rng
-            mine = round(RESERVOIR * self.n / total)
-            self.items = rng.sample(self.items, min(mine, len(self.items))) + \
-                rng.sample(items, min(RESERVOIR - min(mine, len(self.items)), len(items)))
-        self.n = total  # (merges come after the last add: the skip state needs no update)
 
     def percentile(self, q: float, shift: float = 0.0) -> float | None:
         if not self.items:
@@ -325,12 +293,11 @@ class Correlator:
     def _read_fast(self, inp: CaptureInput) -> Iterator[list[tuple]]:
         pidx = self._point(inp.node, inp.interface, inp.path)
         yield from pcap_sightings(inp.path, pidx, self.points[pidx].stats, self.opts.vxlan_ports,
-                                  lambda w: self.warnings.append(f"{inp.path}: {w}"), self.opts.shard, self.opts.shards)
+                                  lambda w: self.warnings.append(f"{inp.path}: {w}"))
 
     def _read(self, inp: CaptureInput, cap, records) -> Iterator[list[tuple]]:
         vxlan_ports = self.opts.vxlan_ports
         keep = self.opts.keep_packets
-        shard, shards = self.opts.shard, self.opts.shards
         by_iface: list[int] = []
         multi = None
         batch: list[tuple] = []
@@ -353,8 +320,6 @@ class Correlator:
                         else:
                             by_iface.append(self._point(inp.node, inp.interface, inp.path))
                 fr = decode(cap.interfaces[i].linktype, rec.data, rec.orig_len, vxlan_ports)
-                if shards != 1 and shard_of(fr, shards) != shard:
-                    continue
                 pidx = by_iface[i]
                 e = self.points[pidx].stats.add_frame(fr)
                 if e is not None:
@@ -390,19 +355,7 @@ class Correlator:
                 gc.enable()
 
     def _run(self) -> Correlator:
-        helper = None
-        if self.opts.shards > 1 and self.opts.shard == 0 and not self.opts.keep_packets:
-            for inp in self.inputs:
-                open_capture(inp.path)[1].close()  # refuse a bad file here, before any process starts
-            helper = _Helper(self.inputs, self.opts)
-        try:
-            self._loop()
-            if helper is not None:
-                for shard, state in helper.results(self):
-                    self._absorb_shard(state)
-        finally:
-            if helper is not None:
-                helper.close()
+        self._loop()
         self.total_frames = sum(p.stats.frames for p in self.points)
         for pt in self.points:
             st = pt.stats
@@ -490,64 +443,6 @@ class Correlator:
     def _out_of_order(self) -> None:
         """A file went back in time: from now on no shortcut that relies on arrival order being time order."""
         self._sorted = False
-
-    # ---- shards: the same work on another core ----
-
-    def shard_state(self) -> dict:
-        """What another process's Correlator needs to take this one's share in (picklable)."""
-        flows = list({id(f): f for f in self.flows_by_ck.values()}.values())
-        return {
-            "points": [(p.id, p.node, p.interface, p.stats, p.files) for p in self.points],
-            "flows": flows,
-            "offset_samples": self.offset_samples,
-            "segments": {k: (r.n, r.items) for k, r in self.segments.items()},
-            "seg_raw": self.seg_raw,
-            "distinct": self.distinct,
-        }
-
-    def _absorb_shard(self, state: dict) -> None:
-        remap = []
-        for pid, node, interface, stats, files in state["points"]:
-            idx = self.point_index.get(pid)
-            if idx is None:
-                idx = self._point(node, interface, files[0] if files else "")
-            pt = self.points[idx]
-            for f in files:
-                if f not in pt.files:
-                    pt.files.append(f)
-            pt.stats.merge(stats)
-            remap.append(idx)
-        identity_map = remap == list(range(len(remap)))
-        for flow in state["flows"]:
-            if not identity_map:
-                flow.remap_points(remap)
-            self._adopt(flow)
-        for k, d in state["offset_samples"].items():
-            cur = self.offset_samples.get(k)
-            if cur is None or d < cur:
-                self.offset_samples[k] = d
-        for (a, b), (n, items) in state["segments"].items():
-            seg = (remap[a], remap[b])
-            res = self.segments.get(seg)
-            if res is None:
-                res = self.segments[seg] = _Reservoir(self.rng)
-                self.seg_raw[seg] = state["seg_raw"][(a, b)]
-            res.merge(n, items)
-        self.distinct += state["distinct"]
-
-    def _adopt(self, flow: _Flow) -> None:
-        """Take in a flow from another shard: merged with every flow here that shares an address pair."""
-        mine = {id(f): f for ck in flow.cks if (f := self.flows_by_ck.get(ck)) is not None}
-        if not mine:
-            for ck in flow.cks:
-                self.flows_by_ck[ck] = flow
-            return
-        big = max(mine.values(), key=lambda f: f.packets)
-        for f in list(mine.values()) + [flow]:
-            if f is not big:
-                big.absorb(f)
-        for ck in big.cks:
-            self.flows_by_ck[ck] = big
 
     # ---- per packet ----
 
@@ -806,66 +701,6 @@ class Correlator:
                 out.append(f)
         out.sort(key=lambda f: (not f.http, -f.packets, f.first_time))
         return out
-
-
-class _Helper:
-    """The other shards, each a forked process running the same loop on its share of the packets."""
-
-    def __init__(self, inputs: list[CaptureInput], opts: Options):
-        import multiprocessing as mp
-        from dataclasses import replace
-
-        ctx = mp.get_context("fork")
-        self.procs = []
-        for shard in range(1, opts.shards):
-            recv, send = ctx.Pipe(duplex=False)
-            proc = ctx.Process(target=_shard_main, args=(inputs, replace(opts, shard=shard), send), daemon=True)
-            proc.start()
-            send.close()
-            self.procs.append((shard, proc, recv))
-
-    def results(self, c: Correlator) -> Iterator[tuple[int, dict]]:
-        """Each shard's state; a shard whose process failed is done here instead."""
-        import pickle
-        from dataclasses import replace
-
-        for shard, proc, recv in self.procs:
-            try:
-                state = pickle.loads(recv.recv_bytes())
-            except (EOFError, OSError, pickle.UnpicklingError):
-                state = None
-            if not isinstance(state, dict):
-                other = Correlator(c.inputs, replace(c.opts, shard=shard))
-                other._loop()
-                state = other.shard_state()
-            yield shard, state
-
-    def close(self) -> None:
-        for _shard, proc, recv in self.procs:
-            recv.close()
-            proc.join(1.0)
-            if proc.is_alive():
-                proc.kill()
-                proc.join()
-
-
-def _shard_main(inputs: list[CaptureInput], opts: Options, conn) -> None:
-    import pickle
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it ends this process
-    gc.disable()
-    try:
-        c = Correlator(inputs, opts)
-        c._loop()
-        conn.send_bytes(pickle.dumps(c.shard_state(), protocol=pickle.HIGHEST_PROTOCOL))
-    except BaseException as e:  # noqa: BLE001 - the parent does this share itself then
-        try:
-            conn.send_bytes(pickle.dumps(repr(e)))
-        except OSError:
-            pass
-    finally:
-        conn.close()
 
 
 def _unlink(pending: dict, rec: list) -> None:

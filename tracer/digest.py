@@ -95,18 +95,6 @@ class PointStats:
         self.ips: set[bytes] = set()
         self.ends: set[bytes] = set()
 
-    def merge(self, other: PointStats) -> None:
-        """Add another reader's counts of the same point."""
-        self.frames += other.frames
-        self.undecoded += other.undecoded
-        self.encapsulated += other.encapsulated
-        self.calico_mac = self.calico_mac or other.calico_mac
-        for ip in other.ips:
-            if len(self.ips) >= MAX_IPS:
-                break
-            self.ips.add(ip)
-        self.ends |= other.ends
-
     def saw(self, ends: bytes, macs: bytes) -> None:
         """A new address/port pair of IPv4 (4-byte addresses) with its frame's MACs (dst, src)."""
         if len(self.ips) < MAX_IPS:
@@ -149,22 +137,12 @@ def pcap_header(head: bytes) -> tuple[str, float, int] | None:
     return None
 
 
-def shard_of(fr: Frame, shards: int) -> int:
-    """Which of `shards` readers follows this packet: by its identity, so the same at every point."""
-    if shards == 1:
-        return 0
-    if fr.proto == PROTO_TCP and not fr.fragment and fr.tcp_seq is not None and fr.ip_src is not None:
-        return ((fr.tcp_seq ^ fr.tcp_ack) * 0x9E3779B1 >> 29) % shards
-    return 0
-
-
 def pcap_sightings(path: str, point: int, stats: PointStats, vxlan_ports: frozenset[int],
-                   warn: Callable[[str], None], shard: int = 0, shards: int = 1) -> Iterator[list[tuple]]:
+                   warn: Callable[[str], None]) -> Iterator[list[tuple]]:
     """Batches of sightings (one per MiB read), in file order, of a classic pcap file of Ethernet frames.
 
     The caller has opened the file with pcapio.open_capture (which refuses what is not a
-    capture); reading problems become warnings worded as pcapio words them. With `shards` > 1,
-    only the packets of `shard` (see shard_of) are counted and returned.
+    capture); reading problems become warnings worded as pcapio words them.
     """
     with open(path, "rb") as f:
         hdr = pcap_header(f.read(24))
@@ -175,8 +153,7 @@ def pcap_sightings(path: str, point: int, stats: PointStats, vxlan_ports: frozen
         vx = vxlan_ports
         rest = b""
         count = 0
-        slow = skipped = encap = 0
-        sharded = shards != 1
+        slow = encap = 0
         tunneled = point | 1 << 24
         bit = 1 << point
         seen = stats.ends
@@ -196,7 +173,7 @@ def pcap_sightings(path: str, point: int, stats: PointStats, vxlan_ports: frozen
                 pos = 0
                 batch: list[tuple] = []
                 append = batch.append
-                dropped = 0  # records of this chunk not in the batch (not IP, or another reader's)
+                dropped = 0  # records of this chunk not in the batch (not IP)
                 while pos + 16 <= n:
                     sec, frac, incl, orig = unpack_rec(buf, pos)
                     d = pos + 16
@@ -217,10 +194,6 @@ def pcap_sightings(path: str, point: int, stats: PointStats, vxlan_ports: frozen
                         if et == 0x0800 and vihl == 0x45 and total and not frag & 0x3FFF:
                             po = d + 34 + ((doff >> 2) & 60)
                             if po <= end:
-                                if sharded and ((seq ^ ack) * 0x9E3779B1 >> 29) % shards != shard:
-                                    skipped += 1
-                                    dropped += 1
-                                    continue  # another reader's packet
                                 plen = total + d + 14 - po
                                 if plen < 0:
                                     plen = 0
@@ -241,10 +214,6 @@ def pcap_sightings(path: str, point: int, stats: PointStats, vxlan_ports: frozen
                                 and (udport in vx or (usport in vx and udport != GENEVE_PORT))):
                             po = d + 84 + ((doff >> 2) & 60)
                             if po <= end:
-                                if sharded and ((seq ^ ack) * 0x9E3779B1 >> 29) % shards != shard:
-                                    skipped += 1
-                                    dropped += 1
-                                    continue
                                 plen = total + d + 64 - po
                                 if plen < 0:
                                     plen = 0
@@ -259,18 +228,15 @@ def pcap_sightings(path: str, point: int, stats: PointStats, vxlan_ports: frozen
                     # Anything else: the full decoder.
                     slow += 1
                     fr = decode(LINKTYPE_ETHERNET, buf[d:end], orig, vx)
-                    if sharded and shard_of(fr, shards) != shard:
-                        dropped += 1
-                        continue
                     e = stats.add_frame(fr)
                     if e is not None:
                         append(from_frame(ts, point, fr, e, False))
                     else:
-                        dropped += 1
+                        dropped += 1  # not IP: counted, not followed
                 rest = buf[pos:]
                 count += len(batch) + dropped
                 if batch:
                     yield batch
         finally:
-            stats.frames += count - slow - skipped  # the fast ones (add_frame counted the others)
+            stats.frames += count - slow  # the fast ones (add_frame counted the others)
             stats.encapsulated += encap

@@ -30,11 +30,7 @@ from tracer.errors import UsageError
               help="The expected way (tracer path --output json); found as path.json in a directory by itself.")
 @click.option("--window", type=click.FloatRange(0.01), default=10.0, show_default=True, metavar="SECONDS",
               help="How long a packet waits for its sightings at other points; raise it if node clocks differ more.")
-@click.option("--jobs", "-j", type=click.IntRange(0, 64), default=1, show_default=True, metavar="N",
-              help="--summary: processes that share the packets, each taking its part by packet identity; "
-                   "0: one per CPU (at most 4) for captures over 16 MB. Pays on machines with real cores "
-                   "(see the README's benchmark).")
-def command(paths, points, vxlan_ports, flows, all_flows, summary, output, pcapng, path_file, window, jobs):
+def command(paths, points, vxlan_ports, flows, all_flows, summary, output, pcapng, path_file, window):
     """Follow each packet across saved captures, offline.
 
     PATHS are capture files (pcap or pcapng, also from tcpdump -i any) or directories laid out
@@ -59,7 +55,7 @@ def command(paths, points, vxlan_ports, flows, all_flows, summary, output, pcapn
     way, names = _read_path_file(path_file) if path_file else ((), {})
     req = AnalyzeRequest(paths=tuple(paths), points=tuple(points), vxlan_ports=tuple(vxlan_ports), flows=tuple(flows),
                          all_flows=all_flows, summary=summary, output=output, pcapng=pcapng, way=way, names=names,
-                         window=window, jobs=jobs)
+                         window=window)
     run_analysis(req, sys.stdout)
 
 
