@@ -186,3 +186,24 @@ def test_a_file_out_of_time_order_turns_the_shortcuts_off_and_changes_nothing(sy
     shared, alone, c = shared_and_alone(tmp_path)
     assert not c._sorted
     assert shared == alone and shared["summary"]["frames"] == 30024
+
+
+def test_sightings_at_the_same_instant_keep_the_files_order_wherever_batches_end(tmp_path):
+    # n/x1 has 1025 IP frames (the general reader hands them on in batches of 1024), its last two at
+    # the same instant T as the packet's sighting at n/x2: x1 comes first, as heapq.merge would have it.
+    from factories import pcap_bytes
+    def pk(sport: int, seq: int, ipid: int) -> bytes:
+        return eth("02:00:00:00:00:01", "02:00:00:00:00:02", 0x0800,
+                   ipv4("10.0.0.1", "10.0.2.7", 6, tcp(sport, 80, seq=seq, ack=0, flags=0x10), ip_id=ipid))
+    t = 1700000000.0
+    x1 = [(t + i / 1000, pk(30000, 1000 + i, i)) for i in range(1023)] + [(t + 5, pk(30000, 5000, 5000)),
+                                                                          (t + 5, pk(40000, 7000, 7000))]
+    x2 = [(t + 5, pk(40000, 7000, 7000)), (t + 6, pk(50000, 9000, 9000))]
+    for name, recs in (("x1", x1), ("x2", x2)):
+        (tmp_path / "n").mkdir(exist_ok=True)
+        (tmp_path / "n" / f"{name}.pcap").write_bytes(pcap_bytes([f for _, f in recs], times=[s for s, _ in recs]))
+    ways = []
+    for fast_path in (True, False):
+        doc = summary([str(tmp_path)], fast_path)
+        ways.append([f["summary"]["way"] for f in doc["flows"] if f["client"].endswith(":40000")])
+    assert ways[0] == ways[1] == [{"request": ["n/x1", "n/x2"]}]
