@@ -88,3 +88,29 @@ def test_same_packet_matched_across_encapsulation_with_ip_id_zero(tmp_path, caps
         assert [h["point"] for h in p["hops"]] == ["worker2/cali4a3c027cd7f", "worker2/vxlan.calico", "worker2/eth1"]
         assert [h["ttl"] for h in p["hops"]] == [64, 63, 63]
         assert [h["changes"] for h in p["hops"]][1:] == [["ttl", "mac"], ["encap"]]
+
+
+@pytest.mark.parametrize("summary", [False, True])
+def test_nat_is_placed_where_it_shows_first_on_the_way_even_if_the_first_packet_missed_that_point(
+        tmp_path, capsys, summary):
+    # kube-proxy on n1 DNATs 10.96.0.10:80 -> 10.0.1.5:8080. The first packet (an ACK) was not captured
+    # at n1/eth0, so it shows translated first at n2/eth0; the SYN, 20 s (two windows) later, shows it
+    # at n1/eth0. The ACK is done with first.
+    a, b = "02:00:00:00:00:01", "02:00:00:00:00:02"
+    def pk(dst: str, dport: int, ttl: int, seq: int, flags: int, ipid: int) -> bytes:
+        return eth(a, b, 0x0800, ipv4("10.0.0.1", dst, 6, tcp(40000, dport, seq=seq, ack=0, flags=flags), ttl=ttl,
+                                       ip_id=ipid))
+    t = 1700000000.0
+    points = {
+        "n1/veth": [(t, pk("10.96.0.10", 80, 64, 5000, 0x10, 2)), (t + 20, pk("10.96.0.10", 80, 64, 1000, 0x02, 1))],
+        "n1/eth0": [(t + 20.001, pk("10.0.1.5", 8080, 63, 1000, 0x02, 1))],
+        "n2/eth0": [(t + 0.002, pk("10.0.1.5", 8080, 63, 5000, 0x10, 2)),
+                    (t + 20.002, pk("10.0.1.5", 8080, 63, 1000, 0x02, 1))],
+    }
+    for pid, recs in points.items():
+        node, iface = pid.split("/")
+        (tmp_path / node).mkdir(exist_ok=True)
+        (tmp_path / node / f"{iface}.pcap").write_bytes(pcap_bytes([f for _, f in recs], times=[s for s, _ in recs]))
+    doc = analyze_json(capsys, str(tmp_path), *(["--summary"] if summary else []))
+    assert doc["flows"][0]["nat"] == {"original": "10.96.0.10:80", "translated": "10.0.1.5:8080", "kind": "dnat",
+                                      "point": "n1/eth0"}

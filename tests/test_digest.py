@@ -207,3 +207,15 @@ def test_sightings_at_the_same_instant_keep_the_files_order_wherever_batches_end
         doc = summary([str(tmp_path)], fast_path)
         ways.append([f["summary"]["way"] for f in doc["flows"] if f["client"].endswith(":40000")])
     assert ways[0] == ways[1] == [{"request": ["n/x1", "n/x2"]}]
+
+
+def test_a_big_summary_is_written_a_flow_a_line_with_the_same_content_and_key_order(synthetic, monkeypatch):
+    import tracer.jsonout as jsonout
+    c = Correlator(inputs_from_paths([synthetic]), Options(keep_packets=False)).run()
+    trace = build_trace(c)
+    monkeypatch.setattr(jsonout, "COMPACT_FLOWS", 100)
+    text = jsonout.dumps(trace, summary=True)
+    doc = jsonout.trace_to_dict(trace, summary=True)
+    assert json.loads(text) == doc and list(json.loads(text)) == list(doc)
+    flow_lines = [line for line in text.splitlines() if line.startswith('    {"client"')]
+    assert len(flow_lines) == len(doc["flows"]) == 417

@@ -657,7 +657,7 @@ class Correlator:
             for kind, before, after in (("dnat", prev[1], cur[1]), ("snat", prev[0], cur[0])):
                 if before != after:
                     entry = (kind, before, after, o[1])
-                    if not any(n[:3] == entry[:3] for n in flow.nat):
+                    if entry not in flow.nat:  # (one per point where it showed first: trace picks the earliest)
                         flow.nat.append(entry)
             prev = cur
 

@@ -142,7 +142,8 @@ def pcap_sightings(path: str, point: int, stats: PointStats, vxlan_ports: frozen
     """Batches of sightings (one per MiB read), in file order, of a classic pcap file of Ethernet frames.
 
     The caller has opened the file with pcapio.open_capture (which refuses what is not a
-    capture); reading problems become warnings worded as pcapio words them.
+    capture); reading problems become warnings worded as pcapio words them, given to `warn` when
+    the file is done.
     """
     with open(path, "rb") as f:
         hdr = pcap_header(f.read(24))
@@ -154,6 +155,7 @@ def pcap_sightings(path: str, point: int, stats: PointStats, vxlan_ports: frozen
         rest = b""
         count = 0
         slow = encap = 0
+        said: list[str] = []
         tunneled = point | 1 << 24
         bit = 1 << point
         seen = stats.ends
@@ -163,9 +165,9 @@ def pcap_sightings(path: str, point: int, stats: PointStats, vxlan_ports: frozen
                 if not chunk:
                     if len(rest) >= 16:
                         incl = unpack_rec(rest, 0)[2]
-                        warn(f"file cut short in packet {count + 1} ({len(rest) - 16} of {incl} bytes)")
+                        said.append(f"file cut short in packet {count + 1} ({len(rest) - 16} of {incl} bytes)")
                     elif rest:
-                        warn(f"file cut short in a record header after {count} packets")
+                        said.append(f"file cut short in a record header after {count} packets")
                     return
                 buf = rest + chunk if rest else chunk
                 n = len(buf)
@@ -181,7 +183,7 @@ def pcap_sightings(path: str, point: int, stats: PointStats, vxlan_ports: frozen
                     if end > n or huge and incl > MAX_RECORD:
                         if incl > MAX_RECORD:
                             count += len(batch) + dropped
-                            warn(f"corrupt record after {count} packets (length {incl}); stopped reading there")
+                            said.append(f"corrupt record after {count} packets (length {incl}); stopped reading there")
                             if batch:
                                 yield batch
                             return
@@ -240,3 +242,5 @@ def pcap_sightings(path: str, point: int, stats: PointStats, vxlan_ports: frozen
         finally:
             stats.frames += count - slow  # the fast ones (add_frame counted the others)
             stats.encapsulated += encap
+            for w in said:  # at the end, as the general reader gives a file's warnings
+                warn(w)

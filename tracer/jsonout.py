@@ -76,9 +76,8 @@ def dumps(t: Trace, *, summary: bool = False, extra: dict | None = None) -> str:
     flows = doc.get("flows", [])
     if len(flows) <= COMPACT_FLOWS:
         return json.dumps(doc, indent=2)
-    head = {k: v for k, v in doc.items() if k != "flows"}
-    parts = [json.dumps(head, indent=2)[:-2], ',\n  "flows": [\n']
+    token = f"\x00flows-{id(doc)}\x00"  # stands for the flows in the indented rest, keys in their order
+    text = json.dumps({k: (token if k == "flows" else v) for k, v in doc.items()}, indent=2)
     encode = json.JSONEncoder(separators=(",", ":")).encode
-    parts.append(",\n".join("    " + encode(f) for f in flows))
-    parts.append("\n  ]\n}")
-    return "".join(parts)
+    lines = ",\n".join("    " + encode(f) for f in flows)
+    return text.replace(json.dumps(token), f"[\n{lines}\n  ]", 1)

@@ -52,7 +52,7 @@ def build_trace(c: Correlator) -> Trace:
             way_ids[d] = ids
             all_ways.append(ids)
         server = _server(f, client)
-        nat = _nat(c, f, client)
+        nat = _nat(c, f, client, ways)
         packets = ()
         if c.opts.keep_packets:
             packets = tuple(_packet(c, rec, client, ways) for rec in f.records)
@@ -150,14 +150,17 @@ def _server(f: _Flow, client: tuple) -> str:
     return endpoint(b)
 
 
-def _nat(c: Correlator, f: _Flow, client: tuple) -> Nat | None:
-    # The request's own translation: DNAT of its destination, or SNAT of its (the client's) source.
-    for kind, before, after, p in f.nat:
-        if kind == "dnat" and before != client:
-            return Nat(original=endpoint(before), translated=endpoint(after), kind="dnat", point=c.points[p].id)
-    for kind, before, after, p in f.nat:
-        if kind == "snat" and before == client:
-            return Nat(original=endpoint(before), translated=endpoint(after), kind="snat", point=c.points[p].id)
+def _nat(c: Correlator, f: _Flow, client: tuple, ways: dict[str, list[int]]) -> Nat | None:
+    """The request's own translation: DNAT of its destination, or SNAT of its (the client's) source,
+    where it shows first on the request's way (packets that missed a point show it later)."""
+    way = ways.get("request", [])
+    def place(entry: tuple) -> int:
+        return way.index(entry[3]) if entry[3] in way else len(way)
+    for kind, test in (("dnat", lambda before: before != client), ("snat", lambda before: before == client)):
+        found = [n for n in f.nat if n[0] == kind and test(n[1])]
+        if found:
+            _, before, after, p = min(found, key=place)  # (min keeps the first of equals)
+            return Nat(original=endpoint(before), translated=endpoint(after), kind=kind, point=c.points[p].id)
     return None
 
 
