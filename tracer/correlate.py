@@ -19,7 +19,7 @@ import gc
 import math
 import os
 import random
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -721,13 +721,14 @@ def _merge(streams: list[Iterator[list[tuple]]], out_of_order: Callable[[], None
     """Batches of sightings from every stream, merged by time, equal times in stream order (as
     heapq.merge would, whatever the batch sizes).
 
-    Each round takes, from every stream, what comes before the earliest of the streams' latest
-    times at hand (the horizon), and that time itself once no stream can bring more of it: a
-    stream whose batch ends at the horizon first reads on. The round is sorted (a merge of sorted
-    runs, which sorting does fast; sorting is stable). If a stream is not in time order itself,
-    what comes out may go back in time: `out_of_order` is called before the first batch that does.
+    The horizon of a round is the earliest of the streams' latest times at hand. A round takes,
+    from every stream, what comes before it, and what comes at it too once no stream can bring
+    more of that instant (else the streams whose batch ends there read on first). The round is
+    sorted: a merge of sorted runs, which sorting does fast, and stable. If a stream is not in
+    time order itself, what comes out may go back in time: `out_of_order` is called before the
+    first batch that does.
     """
-    heads: list[list] = []  # [batch, position, stream, exhausted]
+    heads: list[list] = []  # [batch, position, stream, ended]
     for s in streams:
         for b in s:
             if b:
@@ -738,40 +739,36 @@ def _merge(streams: list[Iterator[list[tuple]]], out_of_order: Callable[[], None
     in_order = True
     while heads:
         horizon = min(h[0][-1][0] for h in heads)
-        pending = [h for h in heads if h[0][-1][0] == horizon and not h[3]]
-        if pending:
-            # These may have more sightings at the horizon in their next batch: read on first.
-            for h in pending:
-                more = next((b for b in h[2] if b), None)
-                if more is None:
-                    h[3] = True
-                else:
-                    h[0], h[1] = h[0][h[1]:] + more, 0
-            continue
+        waiting = any(h[0][-1][0] == horizon and not h[3] for h in heads)
         out: list[tuple] = []
         for h in heads:
             b, pos = h[0], h[1]
-            # (a stream that has ended gives all it has left: progress even if it is out of order)
-            end = len(b) if h[3] and b[-1][0] == horizon else bisect_right(b, horizon, lo=pos, key=key)
+            if waiting:
+                end = bisect_left(b, horizon, lo=pos, key=key)
+            elif b[-1][0] == horizon:
+                end = len(b)  # an ended stream gives all it has left (progress even if out of order)
+            else:
+                end = bisect_right(b, horizon, lo=pos, key=key)
             if end > pos:
                 out.extend(b[pos:end] if pos or end < len(b) else b)
                 h[1] = end
-        if len(heads) > 1:
-            out.sort(key=key)
         if out:
+            if len(heads) > 1:
+                out.sort(key=key)
             if in_order and (out[0][0] < last or len(heads) == 1 and any(map(gt, map(key, out), map(key, islice(out, 1, None))))):
                 in_order = False
                 out_of_order()
             last = out[-1][0]
             yield out
         for h in heads:
-            if h[1] >= len(h[0]):
-                h[0] = None
-                if not h[3]:
-                    for b in h[2]:
-                        if b:
-                            h[0], h[1] = b, 0
-                            break
+            if h[1] >= len(h[0]) or (waiting and h[0][-1][0] == horizon and not h[3]):
+                more = None if h[3] else next((b for b in h[2] if b), None)
+                if more is None:
+                    h[3] = True
+                    if h[1] >= len(h[0]):
+                        h[0] = None
+                else:
+                    h[0], h[1] = (h[0][h[1]:] + more if h[1] < len(h[0]) else more), 0
         heads = [h for h in heads if h[0] is not None]
 
 
