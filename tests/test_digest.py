@@ -219,3 +219,18 @@ def test_a_big_summary_is_written_a_flow_a_line_with_the_same_content_and_key_or
     assert json.loads(text) == doc and list(json.loads(text)) == list(doc)
     flow_lines = [line for line in text.splitlines() if line.startswith('    {"client"')]
     assert len(flow_lines) == len(doc["flows"]) == 417
+
+
+def test_the_merge_does_not_hold_a_whole_file_of_one_instant(monkeypatch):
+    # pcapng simple packet blocks carry no time: every frame of such a file is at 0.0.
+    import tracer.correlate as correlate
+    monkeypatch.setattr(correlate, "TIE_HOLD", 50)
+    def stream(tag: int, batches: int):
+        for b in range(batches):
+            yield [(0.0, tag, b, i) for i in range(20)]
+    out, biggest = [], 0
+    for batch in correlate._merge([stream(0, 30), stream(1, 30)], lambda: None):
+        biggest = max(biggest, len(batch))
+        out.extend(batch)
+    assert len(out) == 1200 and sorted(out) == sorted((0.0, t, b, i) for t in (0, 1) for b in range(30) for i in range(20))
+    assert biggest <= 2 * (50 + 20)

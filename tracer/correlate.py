@@ -40,6 +40,7 @@ __all__ = ["CALICO_MAC", "HTTP_STARTS", "CaptureInput", "Correlator", "Options",
 HTTP_STARTS = (b"GET ", b"POST ", b"PUT ", b"HEAD ", b"DELETE ", b"PATCH ", b"OPTIONS ", b"HTTP/1.", b"CONNECT ")
 EGRESS_RANK = {"pod-veth": 0, "bridge": 1, "tunnel": 2, "underlay": 3, "unknown": 4}
 RESERVOIR = 4096
+TIE_HOLD = 65536  # sightings of one instant _merge holds back at most, per stream
 _time, _code, _ends = itemgetter(0), itemgetter(CODE), itemgetter(5)
 FILL = RESERVOIR - 1  # below this a reservoir just appends
 
@@ -739,7 +740,9 @@ def _merge(streams: list[Iterator[list[tuple]]], out_of_order: Callable[[], None
     in_order = True
     while heads:
         horizon = min(h[0][-1][0] for h in heads)
-        waiting = any(h[0][-1][0] == horizon and not h[3] for h in heads)
+        # (bounded: a file whose frames all carry one time, as pcapng simple packet blocks do, is
+        # not held whole; its ties then fall where the batches end)
+        waiting = any(h[0][-1][0] == horizon and not h[3] and len(h[0]) - h[1] < TIE_HOLD for h in heads)
         out: list[tuple] = []
         for h in heads:
             b, pos = h[0], h[1]
@@ -761,7 +764,7 @@ def _merge(streams: list[Iterator[list[tuple]]], out_of_order: Callable[[], None
             last = out[-1][0]
             yield out
         for h in heads:
-            if h[1] >= len(h[0]) or (waiting and h[0][-1][0] == horizon and not h[3]):
+            if h[1] >= len(h[0]) or (waiting and h[0][-1][0] == horizon and not h[3] and len(h[0]) - h[1] < TIE_HOLD):
                 more = None if h[3] else next((b for b in h[2] if b), None)
                 if more is None:
                     h[3] = True
