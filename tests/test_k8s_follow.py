@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from conftest import run_tracer, store_env
+from conftest import run_tracer
 from kmock_exec import CAPTURE_NAMESPACE, StandIn
 from tracer.lab import Lab
 

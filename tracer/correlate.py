@@ -202,8 +202,8 @@ class _Reservoir:
     """A bounded uniform sample: percentiles without memory growing with packet count.
 
     Li's Algorithm L: once the sample is full, the number of values to skip before the next one
-    that goes in is drawn directly, so most values cost a counter increment (`n >= next` says
-    when `take` is due; the caller inlines that test).
+    that goes in is drawn directly, so most values cost a counter increment. The caller adds a
+    value x as `n += 1; if n >= next: take(x)` (inlined in Correlator._finalize_all).
     """
 
     __slots__ = ("n", "items", "rng", "next", "w")
@@ -214,11 +214,6 @@ class _Reservoir:
         self.rng = rng
         self.next = 0
         self.w = 1.0
-
-    def add(self, x: float) -> None:
-        self.n += 1
-        if self.n >= self.next:
-            self.take(x)
 
     def take(self, x: float) -> None:
         if len(self.items) < RESERVOIR - 1:
@@ -555,9 +550,6 @@ class Correlator:
             res = self.segments[seg] = _Reservoir(self.rng)
             self.seg_raw[seg] = (self.points[seg[0]].node, self.points[seg[1]].node)
         return res
-
-    def _finalize(self, obs: list[tuple]) -> None:
-        self._finalize_all((obs,))
 
     def _finalize_all(self, done: Iterable[list[tuple]]) -> None:
         """Fold finished packets (each the list of its sightings), in order, into their flows."""

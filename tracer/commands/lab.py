@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 
 import click
@@ -12,7 +11,6 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from tracer.errors import LabError
 from tracer.lab import Lab, StateStore, down, exercise, require_root, up
 
 

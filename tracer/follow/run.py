@@ -27,7 +27,7 @@ from tracer.discover import ExecResult, Way, WayPoint, discover
 from tracer.errors import NotFoundError, UsageError
 from tracer.follow.agent_protocol import AgentClient, CaptureSpec, PointCapture, agent_argv
 from tracer.follow.backend import FollowBackend
-from tracer.follow.signals import sigterm_interrupts, uninterrupted  # noqa: F401 - used here and by callers
+from tracer.follow.signals import uninterrupted
 
 Progress = Callable[[str | None], None]
 """Told what the run is doing; None when it is done (the view comes next)."""
