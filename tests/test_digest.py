@@ -19,20 +19,25 @@ from hypothesis import strategies as st
 from factories import CURL_MAC, PUBLIC, SAMPLES, eth, inner_syn, ipv4, pcap_bytes, tcp, udp, vxlan, vxlan_syn_frame
 from tracer.correlate import Correlator, Options, inputs_from_paths
 from tracer.decode import VXLAN_PORTS, decode
-from tracer.digest import PointStats, from_frame, pcap_header, pcap_sightings
+from tracer.digest import PointStats, from_frame, pcap_sightings
 from tracer.jsonout import dumps
 from tracer.pcapio import LINKTYPE_ETHERNET, open_capture
 from tracer.trace import build_trace
 
-ETHERNET_PCAPS = sorted(
-    p for p in list(SAMPLES.rglob("*.pcap")) + list(PUBLIC.glob("*.pcap"))
-    if (h := pcap_header(p.read_bytes()[:24])) is not None and h[2] == LINKTYPE_ETHERNET
-)
+def _ethernet_pcap(p: Path) -> bool:
+    cap, records = open_capture(p)
+    records.close()
+    return cap.format == "pcap" and bool(cap.interfaces) and cap.interfaces[0].linktype == LINKTYPE_ETHERNET
+
+
+ETHERNET_PCAPS = sorted(p for p in list(SAMPLES.rglob("*.pcap")) + list(PUBLIC.glob("*.pcap")) if _ethernet_pcap(p))
 
 
 def fast(path: Path) -> tuple[list[tuple], PointStats, list[str]]:
     stats, warnings = PointStats(), []
-    out = [o for batch in pcap_sightings(str(path), 0, stats, VXLAN_PORTS, warnings.append) for o in batch]
+    cap, records = open_capture(path)
+    records.close()
+    out = [o for batch in pcap_sightings(cap, 0, stats, VXLAN_PORTS, warnings.append) for o in batch]
     return out, stats, warnings
 
 

@@ -277,18 +277,15 @@ class Correlator:
     def _open(self, inp: CaptureInput) -> Iterator[list[tuple]]:
         """Open one input (refusing what is not a capture) and return its batches of sightings."""
         cap, records = open_capture(inp.path)
-        if not self.opts.keep_packets and self.opts.fast and cap.format == "pcap":
-            with open(inp.path, "rb") as f:
-                hdr = f.read(24)
-            if len(hdr) == 24 and int.from_bytes(hdr[20:24], "little" if cap.byte_order == "<" else "big") \
-                    & 0x03FFFFFF == LINKTYPE_ETHERNET:
-                records.close()
-                return self._read_fast(inp)
+        if (not self.opts.keep_packets and self.opts.fast and cap.format == "pcap" and cap.interfaces
+                and cap.interfaces[0].linktype == LINKTYPE_ETHERNET):
+            records.close()
+            return self._read_fast(inp, cap)
         return self._read(inp, cap, records)
 
-    def _read_fast(self, inp: CaptureInput) -> Iterator[list[tuple]]:
+    def _read_fast(self, inp: CaptureInput, cap) -> Iterator[list[tuple]]:
         pidx = self._point(inp.node, inp.interface, inp.path)
-        yield from pcap_sightings(inp.path, pidx, self.points[pidx].stats, self.opts.vxlan_ports,
+        yield from pcap_sightings(cap, pidx, self.points[pidx].stats, self.opts.vxlan_ports,
                                   lambda w: self.warnings.append(f"{inp.path}: {w}"))
 
     def _read(self, inp: CaptureInput, cap, records) -> Iterator[list[tuple]]:

@@ -24,7 +24,7 @@ import struct
 from collections.abc import Callable, Iterator
 
 from tracer.decode import GENEVE_PORT, PROTO_TCP, PROTO_UDP, Frame, decode
-from tracer.pcapio import LINKTYPE_ETHERNET, MAX_RECORD
+from tracer.pcapio import LINKTYPE_ETHERNET, MAX_RECORD, CaptureFile
 
 T, P, KEY, TTL, CODE, ENDS, PROTO, FLAGS, HEAD, FRAME, BIT = range(11)
 CALICO_MAC = b"\xee" * 6
@@ -125,31 +125,19 @@ class PointStats:
         return e
 
 
-def pcap_header(head: bytes) -> tuple[str, float, int] | None:
-    """(byte order, timestamp units per second, link type) of a classic pcap file header."""
-    if len(head) < 24:
-        return None
-    for endian in "<>":
-        magic = struct.unpack_from(endian + "I", head)[0]
-        if magic in (0xA1B2C3D4, 0xA1B23C4D):
-            network = struct.unpack_from(endian + "I", head, 20)[0] & 0x03FFFFFF
-            return endian, 1e9 if magic == 0xA1B23C4D else 1e6, network
-    return None
-
-
-def pcap_sightings(path: str, point: int, stats: PointStats, vxlan_ports: frozenset[int],
+def pcap_sightings(cap: CaptureFile, point: int, stats: PointStats, vxlan_ports: frozenset[int],
                    warn: Callable[[str], None]) -> Iterator[list[tuple]]:
     """Batches of sightings (one per MiB read), in file order, of a classic pcap file of Ethernet frames.
 
-    The caller has opened the file with pcapio.open_capture (which refuses what is not a
-    capture); reading problems become warnings worded as pcapio words them, given to `warn` when
-    the file is done.
+    `cap` is the file as pcapio.open_capture opened it (which refuses what is not a capture and
+    read the header); reading problems become warnings worded as pcapio words them, given to
+    `warn` when the file is done.
     """
-    with open(path, "rb") as f:
-        hdr = pcap_header(f.read(24))
-        assert hdr is not None and hdr[2] == LINKTYPE_ETHERNET
-        endian, div, _ = hdr
-        unpack_rec = struct.Struct(endian + "IIII").unpack_from
+    assert cap.format == "pcap" and cap.interfaces and cap.interfaces[0].linktype == LINKTYPE_ETHERNET
+    div = cap.interfaces[0].ts_div
+    with open(cap.path, "rb") as f:
+        f.seek(24)
+        unpack_rec = struct.Struct(cap.byte_order + "IIII").unpack_from
         eth_ip_tcp, vxlan_tcp = _ETH_IP_TCP.unpack_from, _VXLAN_TCP.unpack_from
         vx = vxlan_ports
         rest = b""

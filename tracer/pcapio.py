@@ -113,7 +113,12 @@ def open_capture(path: str | os.PathLike) -> tuple[CaptureFile, Iterator[Record]
         magic = struct.unpack_from(endian + "I", head)[0]
         if magic in (PCAP_MAGIC_US, PCAP_MAGIC_NS):
             cap = CaptureFile(path=path, format="pcap", byte_order=endian)
-            return cap, _pcap_records(f, head, endian, magic == PCAP_MAGIC_NS, cap)
+            if len(head) == 24:  # (else the reader warns and gives nothing)
+                _, vmaj, vmin, _, _, snaplen, network = struct.unpack_from(endian + "IHHiIII", head)
+                # The upper bits of the link-type field may carry the FCS length (pcap spec).
+                cap.interfaces.append(Interface(linktype=network & 0x03FFFFFF, snaplen=snaplen,
+                                                ts_div=1e9 if magic == PCAP_MAGIC_NS else 1e6))
+            return cap, _pcap_records(f, head, endian, cap)
     f.close()
     raise CaptureFileError(
         f"{path}: not a pcap or pcapng file (starts with {head[:4].hex()})",
@@ -121,18 +126,16 @@ def open_capture(path: str | os.PathLike) -> tuple[CaptureFile, Iterator[Record]
     )
 
 
-def _pcap_records(f: BinaryIO, head: bytes, endian: str, nanos: bool, cap: CaptureFile) -> Iterator[Record]:
+def _pcap_records(f: BinaryIO, head: bytes, endian: str, cap: CaptureFile) -> Iterator[Record]:
+    """The records of a pcap file whose header open_capture has read into cap.interfaces[0]."""
     with f:
         if len(head) < 24:
             cap.warnings.append(f"file header cut short ({len(head)} of 24 bytes): no packets")
             cap.interfaces.append(Interface(linktype=LINKTYPE_ETHERNET))
             return
-        _, vmaj, vmin, _, _, snaplen, network = struct.unpack_from(endian + "IHHiIII", head)
-        # The upper bits of the link-type field may carry the FCS length (pcap spec).
-        cap.interfaces.append(Interface(linktype=network & 0x03FFFFFF, snaplen=snaplen, ts_div=1e9 if nanos else 1e6))
         rec_hdr = struct.Struct(endian + "IIII")
         unpack_hdr = rec_hdr.unpack_from
-        div = 1e9 if nanos else 1e6
+        div = cap.interfaces[0].ts_div
         buf = b""
         pos = 0
         count = 0
