@@ -141,7 +141,7 @@ class _Flow:
     """Per-flow state. In summary mode it holds counters only."""
 
     __slots__ = ("cks", "proto", "syn_sender", "first_sender", "packets", "http", "records", "masks", "pairs",
-                 "endpoints_seen", "nat", "tallies", "first_time", "counted")
+                 "endpoints_seen", "nat", "tallies", "first_time")
 
     def __init__(self, proto: int):
         self.cks: set = set()
@@ -159,8 +159,6 @@ class _Flow:
         self.nat: list[tuple] = []
         self.first_time = float("inf")
         """Capture time of its earliest packet (orders flows that tie on packets)."""
-        self.counted = False
-        """count_tallies has run: masks and pairs hold the tallies (which stay, as the flow's shape)."""
 
     def absorb(self, other: _Flow) -> None:
         if other.first_time < self.first_time and other.first_sender is not None:
@@ -173,20 +171,14 @@ class _Flow:
         self.packets += other.packets
         self.http |= other.http
         self.records.extend(other.records)
-        for sender, tallies in other.tallies.items():
+        for sender, tallies in other.tallies.items():  # (masks, pairs and endpoints come from these later)
             mine = self.tallies.setdefault(sender, {})
             for k, n in tallies.items():
                 mine[k] = mine.get(k, 0) + n
-        for src, dst in ((other.masks, self.masks), (other.pairs, self.pairs)):
-            for k, c in src.items():
-                dst.setdefault(k, Counter()).update(c)
-        self.endpoints_seen.update(other.endpoints_seen)
         self.nat.extend(n for n in other.nat if n not in self.nat)
 
     def count_tallies(self) -> None:
-        """Turn the shape tallies into masks and pairs (once, after the last packet)."""
-        if self.counted:
-            return
+        """Turn the shape tallies into masks, pairs and endpoint counts (once, after the last packet)."""
         for sender, tallies in self.tallies.items():
             masks = self.masks.setdefault(sender, Counter())
             pairs = self.pairs.setdefault(sender, Counter())
@@ -195,7 +187,6 @@ class _Flow:
                 masks[mask] += n
                 for seg in segs:
                     pairs[seg] += n
-        self.counted = True
 
 
 class _Reservoir:
@@ -216,14 +207,10 @@ class _Reservoir:
         self.w = 1.0
 
     def take(self, x: float) -> None:
-        if len(self.items) < RESERVOIR - 1:
-            self.items.append(x)
-            return
+        """Value number n, when n >= next (the caller appends the first FILL itself)."""
         rnd = self.rng.random
-        if len(self.items) < RESERVOIR:
+        if len(self.items) < RESERVOIR:  # the last free place: the sample is full from here on
             self.items.append(x)
-            if len(self.items) < RESERVOIR:
-                return
             self.w = math.exp(math.log(1.0 - rnd()) / RESERVOIR)
         else:
             self.items[int(rnd() * RESERVOIR)] = x
@@ -439,7 +426,7 @@ class Correlator:
 
     # ---- per packet ----
 
-    def order(self, obs: list[tuple]) -> tuple[tuple[int, ...], tuple[str, ...], list[tuple], bool]:
+    def order(self, obs: list[tuple]) -> tuple[tuple[int, ...], tuple[str, ...], list[tuple], bool, tuple]:
         """Put one packet's sightings in the order of its way.
 
         Returns the indices of `obs` in that order, the direction at each (in/out/?), the node
@@ -478,7 +465,7 @@ class Correlator:
 
             g.sort(key=rank)
             # Pairs that arrived in one order but that the roles would put the other way round:
-            # should the two carry the same timestamp, the roles decide (see _shape).
+            # should the two carry the same timestamp, the roles decide (see _new_shape).
             for x in g:
                 for y in g:
                     if x < y and obs[x][TTL] == obs[y][TTL]:
@@ -502,33 +489,15 @@ class Correlator:
 
     def _sightings(self, obs: list[tuple]) -> list[Sighting]:
         perm, dirs, _, _, _ = self.order(obs)
-        if len(obs) == 1:
-            dirs = ("?",)
         return [Sighting(obs[i][1], obs[i][0], obs[i][FRAME], d) for i, d in zip(perm, dirs)]
 
-    def _shape(self, obs: list[tuple]) -> _Shape:
-        """The packet's shape: cached by what decides it (points, TTLs, tunnels in arrival order).
-
-        Not shared when two sightings that a tie would turn carry the same timestamp (the order
-        then falls to the points' roles, not to arrival), when only timestamps order its nodes,
-        or once a file was found out of time order (arrival order is then not time order).
-        """
-        n = len(obs)
-        if n == 1:
-            sig: tuple = (obs[0][1],)
-        elif self._sorted:
-            sig = tuple(map(_code, obs))
-        else:
-            sig = ()
-        shape = self._shapes.get(sig) if sig else None
-        if shape is not None:
-            for i, j in shape.ties:
-                if obs[i][0] == obs[j][0]:
-                    break  # same instant: the roles decide, not this shape's arrival order
-            else:
-                return shape
-            sig = ()
-        if n == 1:
+    def _new_shape(self, obs: list[tuple], sig: tuple) -> _Shape:
+        """Work out a packet's shape; keep it under `sig` (its sightings' codes in arrival order)
+        for the packets like it, unless it may not be shared: when only timestamps order its
+        nodes, or when two sightings that a tie would turn carry the same timestamp (the order
+        then falls to the points' roles, not to arrival). `sig` is () when it may not be shared
+        anyway (a file went out of time order: arrival order is not time order then)."""
+        if len(obs) == 1:
             shape = _Shape((0,), ("?",), [], obs)
         else:
             perm, dirs, steps, by_ttl, ties = self.order(obs)
@@ -551,17 +520,16 @@ class Correlator:
     def _finalize_all(self, done: Iterable[list[tuple]]) -> None:
         """Fold finished packets (each the list of its sightings), in order, into their flows."""
         shapes, ends_info, flows_by_ck, samples = self._shapes, self._ends, self.flows_by_ck, self.offset_samples
-        in_order, keep, shape_of = self._sorted, self._keep, self._shape
+        in_order, keep, new_shape = self._sorted, self._keep, self._new_shape
         for obs in done:
             self.distinct += 1
-            shape = shapes.get(tuple(map(_code, obs))) if in_order and len(obs) > 1 else None
-            if shape is not None:
-                for i, j in shape.ties:
-                    if obs[i][0] == obs[j][0]:
-                        shape = shape_of(obs)
-                        break
-            else:
-                shape = shape_of(obs)
+            # (a lone sighting's shape does not depend on arrival order)
+            sig = tuple(map(_code, obs)) if in_order or len(obs) == 1 else ()
+            shape = shapes.get(sig) if sig else None
+            if shape is None:
+                shape = new_shape(obs, sig)
+            elif shape.ties and any(obs[i][0] == obs[j][0] for i, j in shape.ties):
+                shape = new_shape(obs, ())  # same instant: the roles decide, not this shape's arrival order
             for k, ia, ib, a, b in shape.steps:
                 # sightings in time order: the node's last one and the next node's first
                 d = obs[b][0] - obs[a][0] if in_order else min([obs[i][0] for i in ib]) - max([obs[i][0] for i in ia])

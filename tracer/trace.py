@@ -173,7 +173,7 @@ def _ways(c: Correlator, f: _Flow, client: tuple, cache: dict | None = None) -> 
     """
     servers = frozenset(ck[1][0] for ck in f.cks) | frozenset(ck[2][0] for ck in f.cks)
     quick = None
-    if cache is not None and f.tallies and f.tallies.keys() == f.masks.keys():
+    if cache is not None and f.tallies:
         # the tallies' keys are shared by every flow of the same kinds: a cheap key to the quick key
         raw = tuple((sender == client, tuple(t)) for sender, t in f.tallies.items())
         memo = cache.setdefault(_QUICK, {})
@@ -221,7 +221,7 @@ def _quick_key(f: _Flow, client: tuple) -> tuple | None:
     """What decides a flow's ways, read off its shape tallies without counting: the kinds of
     packets each direction had. None when the counts matter (two points passed in both orders
     by one direction: the majority decides) or when the flow has no tallies to read."""
-    if not f.tallies or f.tallies.keys() != f.masks.keys():
+    if not f.tallies:
         return None
     req: set = set()
     resp: set = set()
