@@ -6,14 +6,14 @@ A sighting is a plain tuple (one per frame, so no object, no attribute lookups):
 
 `identity` is `correlate.identity` of the innermost packet, `ttl` its TTL, `code` the point, the
 TTL and how many encapsulations were peeled in one int (point | ttl << 16 | tunnels << 24: what
-orders a packet's sightings, compared at once), `ends` its addresses and ports as bytes (source IP, destination IP,
-then source and destination port when the protocol has ports), `head` the first 8 bytes of its
+orders a packet's sightings, compared at once), `ends` its addresses and ports as bytes (source
+IP, destination IP, then source and destination port when the protocol has ports), `head` the first 8 bytes of its
 payload (to spot HTTP), `frame` the decoded Frame when the caller keeps packets, else None, `bit`
 1 << point.
 
 `from_frame` makes one from a decoded Frame. `pcap_sightings` makes them straight from the bytes
-of a classic pcap file of Ethernet frames for the shapes a Kubernetes capture is made of
-(Ethernet / IPv4 / TCP or UDP, and the same inside VXLAN) without building a Frame, and hands
+of a classic pcap file of Ethernet frames for the shapes a Kubernetes capture is mostly made of
+(Ethernet / IPv4 / TCP, and the same inside VXLAN) without building a Frame, and hands
 every other frame to the full decoder: both give equal sightings for the same bytes
 (tests/test_digest.py). This is what makes `tracer analyze --summary` fast.
 """
@@ -95,12 +95,12 @@ class PointStats:
         self.ips: set[bytes] = set()
         self.ends: set[bytes] = set()
 
-    def saw(self, ends: bytes, macs: bytes) -> None:
-        """A new address/port pair of IPv4 (4-byte addresses) with its frame's MACs (dst, src)."""
+    def saw(self, src: bytes, dst: bytes, mac_a: bytes | None, mac_b: bytes | None) -> None:
+        """The first frame of a new address/port pair: its inner IPs and MACs."""
         if len(self.ips) < MAX_IPS:
-            self.ips.add(ends[:4])
-            self.ips.add(ends[4:8])
-        if not self.calico_mac and (macs[:6] == CALICO_MAC or macs[6:] == CALICO_MAC):
+            self.ips.add(src)
+            self.ips.add(dst)
+        if not self.calico_mac and (mac_a == CALICO_MAC or mac_b == CALICO_MAC):
             self.calico_mac = True
 
     def add_frame(self, fr: Frame) -> bytes | None:
@@ -117,11 +117,7 @@ class PointStats:
         e = ends_of(fr)
         if e not in self.ends:
             self.ends.add(e)
-            if len(self.ips) < MAX_IPS:
-                self.ips.add(fr.ip_src)
-                self.ips.add(fr.ip_dst)
-            if not self.calico_mac and (fr.eth_src == CALICO_MAC or fr.eth_dst == CALICO_MAC):
-                self.calico_mac = True
+            self.saw(fr.ip_src, fr.ip_dst, fr.eth_src, fr.eth_dst)
         return e
 
 
@@ -190,7 +186,7 @@ def pcap_sightings(cap: CaptureFile, point: int, stats: PointStats, vxlan_ports:
                                 e = buf[d + 26:d + 38]
                                 if e not in seen:
                                     seen.add(e)
-                                    stats.saw(e, buf[d:d + 12])
+                                    stats.saw(e[:4], e[4:8], buf[d:d + 6], buf[d + 6:d + 12])
                                 append((ts, point, (ipid, seq, ack, flags, plen), ttl, point | ttl << 16, e, 6, flags,
                                         (buf[po:po + 8] if po + 8 <= end else buf[po:end]) if plen else b"", None, bit))
                                 continue
@@ -210,7 +206,7 @@ def pcap_sightings(cap: CaptureFile, point: int, stats: PointStats, vxlan_ports:
                                 e = buf[d + 76:d + 88]
                                 if e not in seen:
                                     seen.add(e)
-                                    stats.saw(e, buf[d + 50:d + 62])
+                                    stats.saw(e[:4], e[4:8], buf[d + 50:d + 56], buf[d + 56:d + 62])
                                 encap += 1
                                 append((ts, point, (ipid, seq, ack, flags, plen), ttl, tunneled | ttl << 16, e, 6, flags,
                                         (buf[po:po + 8] if po + 8 <= end else buf[po:end]) if plen else b"", None, bit))
