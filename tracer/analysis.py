@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import gc
 import sys
 from dataclasses import dataclass
 from typing import TextIO
 
 
-from tracer.correlate import CaptureInput, Correlator, Options, inputs_from_paths
+from tracer.correlate import CaptureInput, Correlator, Options, inputs_from_paths, no_cyclic_gc
 from tracer.decode import VXLAN_PORTS
 from tracer.jsonout import dumps
 from tracer.model import Flow, Trace
@@ -68,16 +67,8 @@ def _matches(f: Flow, index: int, spec: str) -> bool:
 
 def run_analysis(req: AnalyzeRequest, out: TextIO = sys.stdout, extra_json: dict | None = None,
                  header=None) -> Trace:
-    # Reading, correlating and describing make many objects and no reference cycles: the cyclic
-    # collector would only rescan the growing per-flow state, again and again (a sixth of the time
-    # of a big summary).
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
+    with no_cyclic_gc():  # (the model and the document too)
         return _run_analysis(req, out, extra_json, header)
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def _run_analysis(req: AnalyzeRequest, out: TextIO, extra_json: dict | None, header) -> Trace:
