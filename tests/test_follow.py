@@ -197,6 +197,13 @@ def agents_of(tracer_pid: int) -> list[int]:
     return [p for p in children(tracer_pid) if any(a.endswith("agent.py") for a in cmdline(p))]
 
 
+def run_id_of(agent: int) -> str:
+    """The --run-id on an agent's command line, read in one go: it changes while the agent execs
+    (ip netns exec -> python), and reads empty for a moment."""
+    argv = wait_for(lambda: (a := cmdline(agent)) and "--run-id" in a and a)
+    return argv[argv.index("--run-id") + 1]
+
+
 def processes_with(word: str) -> list[int]:
     me = os.getpid()
     return [int(d.name) for d in Path("/proc").iterdir()
@@ -220,7 +227,7 @@ def test_ctrl_c_at_any_phase_leaves_no_agent_and_the_lab_intact(lab, tmp_path, p
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         agents = wait_for(lambda: agents_of(proc.pid))
-        run_id = cmdline(agents[0])[cmdline(agents[0]).index("--run-id") + 1]
+        run_id = run_id_of(agents[0])
         if phase == "request in flight":
             wait_for(lambda: any("curl" in cmdline(c) for c in children(proc.pid)))
             time.sleep(0.2)
