@@ -118,4 +118,22 @@ def _main(argv: list[str] | None) -> None:
         sys.exit(e.exit_code)
     except BrokenPipeError:
         sys.exit(0)
+    except Exception as e:
+        if not _interrupted(e):
+            raise
+        click.echo("tracer: interrupted", err=True)
+        sys.exit(int(ExitCode.INTERRUPTED))
     sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _interrupted(e: BaseException) -> bool:
+    """Whether Ctrl-C is what ended the run, wrapped in another exception: Python 3.11 turns a
+    KeyboardInterrupt raised while a class is being created (a module importing) into
+    `RuntimeError: Error calling __set_name__ ...`, its cause the interrupt."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, KeyboardInterrupt):
+            return True
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return False
