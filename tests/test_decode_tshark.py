@@ -186,6 +186,7 @@ def test_pyshark_agrees_on_the_sample_underlay_capture():
         packets = list(cap)
     finally:
         cap.close()
+        _drop_pyshark_child_watcher()
     assert len(packets) == len(frames) == 12
     for n, (pkt, fr) in enumerate(zip(packets, frames, strict=True), 1):
         names = [layer.layer_name for layer in pkt.layers]
@@ -202,3 +203,17 @@ def test_pyshark_agrees_on_the_sample_underlay_capture():
         assert (fr.sport, fr.dport, fr.tcp_seq) == (int(i_tcp.srcport), int(i_tcp.dstport), int(i_tcp.seq))
         assert fr.tcp_flags == int(i_tcp.flags, 16)
         assert fr.payload_len == int(i_tcp.len)
+
+
+def _drop_pyshark_child_watcher() -> None:
+    """pyshark installs asyncio's SafeChildWatcher: a SIGCHLD handler writing to its loop's
+    wakeup pipe. That loop never runs again, so every later child of this process fills the
+    pipe until each SIGCHLD is reported as a BlockingIOError. Closing the watcher takes both back."""
+    import asyncio
+    import signal
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # child watchers are deprecated in 3.12
+        asyncio.get_child_watcher().close()
+    assert signal.getsignal(signal.SIGCHLD) == signal.SIG_DFL
