@@ -407,7 +407,9 @@ def _changes(prev, prev_point, fr, point, enc: Encapsulation | None, direction: 
         what = f"source {endpoint((prev.ip_src, prev.sport))} -> {endpoint((fr.ip_src, fr.sport))}"
         words.append(f"SNAT: {what}" if direction == "request" else f"conntrack restores the service address: {what}")
     routed = prev.ttl is not None and fr.ttl is not None and fr.ttl < prev.ttl
-    mac = (prev.eth_src, prev.eth_dst) != (fr.eth_src, fr.eth_dst) and fr.eth_src is not None and prev.eth_src is not None
+    # (Linux cooked captures know only the sender's MAC: what is not known did not change)
+    mac = any(a != b and a is not None and b is not None
+              for a, b in ((prev.eth_src, fr.eth_src), (prev.eth_dst, fr.eth_dst)))
     if routed:
         changes.append("ttl")
     if mac:
