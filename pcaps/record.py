@@ -3,7 +3,8 @@
     .venv/bin/python pcaps/record.py [SCENARIO...]
 
 For each scenario: bring up a lab with its own prefix, apply the scenario's iptables rules,
-start `tcpdump -U -w` on the six points of `tracer path curl httpbin` plus both pods' eth0,
+start `tcpdump -U -w` on the six points of `tracer path curl httpbin` plus both pods' eth0
+(or `-i any` on each node),
 wait until each tcpdump listens, run curl once, let the tail of the exchange arrive, stop
 every tcpdump with SIGINT (by PID) and tear the lab down. Writes
 `pcaps/<scenario>/<node or pod>/<interface>.pcap`, `path.json` and `scenario.json`.
@@ -38,6 +39,10 @@ class Scenario:
     max_time: float = 5.0
     setup: tuple[tuple[str, tuple[str, ...]], ...] = ()
     """(pod or node, argv) run before capturing, e.g. iptables rules."""
+    any_interface: bool = False
+    """One `tcpdump -i any` per node of the way (<node>/any.pcap) instead of one per point."""
+    linger: float = 0.3
+    """Seconds between curl's end and stopping the tcpdumps (the exchange's last ACK/FIN)."""
 
 
 SCENARIOS = (
@@ -45,6 +50,18 @@ SCENARIOS = (
         name="http-get",
         description="curl -> httpbin GET /get across the VXLAN tunnel, answered with HTTP 200.",
         url="http://172.18.104.14:80/get",
+    ),
+    Scenario(
+        name="any-http-get",
+        description=(
+            "The same request captured as people capture on a node: one `tcpdump -i any` per node "
+            "(Linux cooked v2, each frame with its interface index), <node>/any.pcap."
+        ),
+        url="http://172.18.104.14:80/get",
+        any_interface=True,
+        # libpcap 1.10.3's immediate mode loses frames on `any` (17 to 35 of 36 here); without it
+        # the ring hands them over within its block timeout, so wait longer before stopping.
+        linger=1.5,
     ),
     Scenario(
         name="vxlan-drop",
@@ -85,11 +102,15 @@ def record(scenario: Scenario, out_root: Path) -> dict:
             if res.returncode != 0:
                 raise SystemExit(f"{target}: {' '.join(argv)} failed: {res.stderr.decode()}")
         way = discover(lab.backend(), "curl", "httpbin")
-        points = [(p.node, p.interface) for p in way.points] + [("curl", "eth0"), ("httpbin", "eth0")]
-        captures = [_start_tcpdump(lab, where, dev, out / where / f"{dev}.pcap") for where, dev in points]
+        if scenario.any_interface:
+            points = [(node, "any") for node in dict.fromkeys(p.node for p in way.points)]
+        else:
+            points = [(p.node, p.interface) for p in way.points] + [("curl", "eth0"), ("httpbin", "eth0")]
+        captures = [_start_tcpdump(lab, where, dev, out / where / f"{dev}.pcap", immediate=not scenario.any_interface)
+                    for where, dev in points]
         curl_argv = ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", str(scenario.max_time), scenario.url]
         res = lab.exec("curl", curl_argv, timeout=scenario.max_time + 5)
-        time.sleep(0.3)  # the last ACK/FIN of the exchange, then stop
+        time.sleep(scenario.linger)  # the last ACK/FIN of the exchange, then stop
         stats = {f"{where}/{dev}": _stop_tcpdump(proc) for (where, dev), proc in zip(points, captures)}
         (out / "path.json").write_text(json.dumps(way.to_dict(), indent=2) + "\n")
         meta = {
@@ -107,12 +128,13 @@ def record(scenario: Scenario, out_root: Path) -> dict:
         shutil.rmtree(store.directory, ignore_errors=True)
 
 
-def _start_tcpdump(lab: Lab, where: str, dev: str, path: Path) -> subprocess.Popen:
+def _start_tcpdump(lab: Lab, where: str, dev: str, path: Path, immediate: bool = True) -> subprocess.Popen:
     path.parent.mkdir(parents=True, exist_ok=True)
     # Immediate mode: libpcap hands over each packet at once instead of holding a ring block
     # for up to 1 s (stopping then would lose it); -U: write it out at once; -Z root: keep
     # the right to write here.
-    proc = lab.popen(where, ["tcpdump", "--immediate-mode", "-U", "-n", "-Z", "root", "-s", "0", "-i", dev, "-w", str(path)],
+    mode = ["--immediate-mode"] if immediate else []
+    proc = lab.popen(where, ["tcpdump", *mode, "-U", "-n", "-Z", "root", "-s", "0", "-i", dev, "-w", str(path)],
                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 5
     seen = b""

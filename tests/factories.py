@@ -18,7 +18,7 @@ from tracer.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "pcaps"
-SCENARIOS = ("http-get", "vxlan-drop", "clusterip-dnat")
+SCENARIOS = ("http-get", "vxlan-drop", "clusterip-dnat", "any-http-get")
 PUBLIC = Path("/work/shared/pcaps-public")
 PUBLIC_FILES = sorted(p for p in PUBLIC.glob("*") if p.suffix in (".pcap", ".pcapng")) if PUBLIC.is_dir() else []
 

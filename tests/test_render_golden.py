@@ -26,7 +26,7 @@ UPDATE = os.environ.get("TRACER_UPDATE_GOLDEN") == "1"
 
 def view(scenario: str, kind: str) -> str:
     """What `tracer analyze pcaps/<scenario> [--summary]` shows, at 100 columns without colour."""
-    way, names = _read_path_file(str(SAMPLES / scenario / "path.json"))
+    way, names, _ = _read_path_file(str(SAMPLES / scenario / "path.json"))
     # paths relative to the repository, so the text does not depend on where it is checked out
     req = AnalyzeRequest(paths=(os.path.relpath(SAMPLES / scenario),), way=way, names=names,
                          summary=kind == "summary")

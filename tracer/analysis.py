@@ -32,12 +32,15 @@ class AnalyzeRequest:
     names: dict[str, str] | None = None
     """IP -> pod name, shown next to addresses."""
     window: float = 10.0
+    ifnames: dict[tuple[str, int], str] | None = None
+    """(node, interface index) -> name, for tcpdump -i any captures."""
 
 
 def correlate(req: AnalyzeRequest) -> tuple[Trace, Correlator]:
     inputs = list(req.inputs) + inputs_from_paths(req.paths, req.points)
     opts = Options(vxlan_ports=VXLAN_PORTS | frozenset(req.vxlan_ports), window=req.window,
-                   keep_packets=not req.summary, way_hint=req.way, pods=frozenset((req.names or {}).values()))
+                   keep_packets=not req.summary, way_hint=req.way, pods=frozenset((req.names or {}).values()),
+                   ifnames=dict(req.ifnames or {}))
     c = Correlator(inputs, opts).run()
     return build_trace(c), c
 

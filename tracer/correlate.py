@@ -23,7 +23,7 @@ import random
 from bisect import bisect_left, bisect_right
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import islice
 from operator import gt, itemgetter
 
@@ -33,7 +33,7 @@ from tracer.digest import (
     split_ends,
 )
 from tracer.errors import CaptureFileError
-from tracer.pcapio import LINKTYPE_ETHERNET, open_capture
+from tracer.pcapio import LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL2, open_capture
 from tracer.roles import INGRESS_RANK, infer_role, role_from_name
 
 __all__ = ["CALICO_MAC", "HTTP_STARTS", "CaptureInput", "Correlator", "Options", "Sighting", "identity",
@@ -55,6 +55,10 @@ class CaptureInput:
     interface: str
     forced: bool = False
     """Given as --point NAME=FILE: every interface in the file is this point."""
+    split_node: str | None = None
+    """The node whose every interface a `tcpdump -i any` capture in this file holds (frames in
+    Linux cooked v2 from more than one interface index): it becomes one point per interface,
+    `<split_node>/<interface>`. None: the file is one point whatever it holds."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -70,6 +74,9 @@ class Options:
     """Names of pods whose own interfaces were captured as points `<pod>/<interface>`."""
     fast: bool = True
     """Summary mode: read pcap files of Ethernet frames with tracer.digest's fast path."""
+    ifnames: dict[tuple[str, int], str] = field(default_factory=dict)
+    """(node, interface index) -> interface name, for the points of `tcpdump -i any` captures
+    (else `if<index>`)."""
 
 
 class _Point:
@@ -280,6 +287,7 @@ class Correlator:
         vxlan_ports = self.opts.vxlan_ports
         keep = self.opts.keep_packets
         by_iface: list[int] = []
+        split: dict[int, dict[int, int]] = {}  # file interface -> {interface index -> point} (tcpdump -i any)
         multi = None
         batch: list[tuple] = []
         try:
@@ -291,7 +299,10 @@ class Correlator:
                     while len(by_iface) <= i:
                         iface = cap.interfaces[len(by_iface)]
                         name = iface.name or ""
-                        if inp.forced or not name:
+                        if inp.split_node is not None and name in ("", "any") and _whole_node(inp.path, len(by_iface), iface):
+                            split[len(by_iface)] = {}
+                            by_iface.append(-1)
+                        elif inp.forced or not name:
                             by_iface.append(self._point(inp.node, inp.interface, inp.path))
                         elif "/" in name:
                             node, _, ifname = name.partition("/")
@@ -302,6 +313,11 @@ class Correlator:
                             by_iface.append(self._point(inp.node, inp.interface, inp.path))
                 fr = decode(cap.interfaces[i].linktype, rec.data, rec.orig_len, vxlan_ports)
                 pidx = by_iface[i]
+                if pidx < 0:  # a whole node's capture: the frame's own interface is the point
+                    ifindex = int.from_bytes(rec.data[4:8], "big") if len(rec.data) >= 8 else 0
+                    pidx = split[i].get(ifindex)
+                    if pidx is None:
+                        pidx = split[i][ifindex] = self._point(inp.split_node, self._ifname(inp, ifindex), inp.path)
                 e = self.points[pidx].stats.add_frame(fr)
                 if e is not None:
                     batch.append(from_frame(rec.time, pidx, fr, e, keep))
@@ -313,6 +329,13 @@ class Correlator:
         finally:
             for w in cap.warnings:
                 self.warnings.append(f"{inp.path}: {w}")
+        unnamed = sorted(k for d in split.values() for k in d if (inp.split_node, k) not in self.opts.ifnames)
+        if unnamed:
+            self.warnings.append(
+                f"{inp.path}: a capture of every interface of {inp.split_node} (tcpdump -i any), one point per "
+                f"interface; interface index {', '.join(map(str, unnamed))} named if<index>: give their names with "
+                f"--path-file (tracer path SRC DST --output json) or --ifname {inp.split_node}/{unnamed[0]}=NAME "
+                f"(`ip -o link` on the node lists them)")
         if not by_iface:
             # A capture that saw nothing is still a point of the way: it tells where packets did not go.
             named = [i.name for i in cap.interfaces if i.name and "/" in i.name and not inp.forced]
@@ -321,6 +344,9 @@ class Correlator:
                 self._point(node, ifname, inp.path)
             if not named:
                 self._point(inp.node, inp.interface, inp.path)
+
+    def _ifname(self, inp: CaptureInput, ifindex: int) -> str:
+        return self.opts.ifnames.get((inp.split_node, ifindex)) or f"if{ifindex}"
 
     # ---- the main loop ----
 
@@ -737,6 +763,26 @@ def _merge(streams: list[Iterator[list[tuple]]], out_of_order: Callable[[], None
         heads = [h for h in heads if h[0] is not None]
 
 
+def _whole_node(path: str, interface: int, iface) -> bool:
+    """Whether a file's interface holds a `tcpdump -i any` capture: Linux cooked v2 frames from
+    more than one interface index (read ahead in a second pass over the file, until a second one
+    shows up)."""
+    if iface.linktype != LINKTYPE_LINUX_SLL2:
+        return False
+    _, records = open_capture(path)
+    first = None
+    try:
+        for rec in records:
+            if rec.interface == interface and len(rec.data) >= 8:
+                if first is None:
+                    first = rec.data[4:8]
+                elif rec.data[4:8] != first:
+                    return True
+    finally:
+        records.close()
+    return False
+
+
 def inputs_from_paths(paths: Iterable[str], points: Iterable[str] = ()) -> list[CaptureInput]:
     """Capture inputs from the command line: directories laid out as <node>/<interface>.pcap[ng],
     single files (node = parent directory name, interface = file stem), and NAME=FILE overrides."""
@@ -746,7 +792,9 @@ def inputs_from_paths(paths: Iterable[str], points: Iterable[str] = ()) -> list[
         if not sep or not name or not path:
             raise CaptureFileError(f"--point {spec!r}: expected NAME=FILE", "e.g. --point worker1/eth1=node1-eth1.pcap")
         node, _, iface = name.rpartition("/")
-        out.append(CaptureInput(path=path, node=node or "-", interface=iface, forced=True))
+        # NAME is a node (no slash) or node/any: a tcpdump -i any capture in FILE is split per interface.
+        whole = iface if not node else node if iface == "any" else None
+        out.append(CaptureInput(path=path, node=node or "-", interface=iface, forced=True, split_node=whole))
     for path in paths:
         if os.path.isdir(path):
             found = _scan_dir(path)
@@ -762,7 +810,10 @@ def inputs_from_paths(paths: Iterable[str], points: Iterable[str] = ()) -> list[
 CAPTURE_SUFFIXES = (".pcapng", ".pcap", ".cap")
 
 
-def _file_input(path: str) -> CaptureInput:
+def _file_input(path: str, in_node_dir: bool = False) -> CaptureInput:
+    """A file's point: <parent directory>/<file stem>. Should it hold a tcpdump -i any capture,
+    its node is the directory when the file is `any.pcap` or sits in a node's directory of a
+    laid-out tree (`in_node_dir`), else the file stem (`worker1.pcap`)."""
     base = os.path.basename(path)
     stem = base
     for suf in CAPTURE_SUFFIXES:
@@ -770,14 +821,15 @@ def _file_input(path: str) -> CaptureInput:
             stem = base[: -len(suf)]
             break
     node = os.path.basename(os.path.dirname(os.path.abspath(path))) or "-"
-    return CaptureInput(path=path, node=node, interface=stem)
+    return CaptureInput(path=path, node=node, interface=stem, split_node=node if in_node_dir or stem == "any" else stem)
 
 
 def _scan_dir(root: str) -> list[CaptureInput]:
     out = []
+    top = os.path.normpath(root)
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
         for name in sorted(filenames):
             if name.endswith(CAPTURE_SUFFIXES):
-                out.append(_file_input(os.path.join(dirpath, name)))
+                out.append(_file_input(os.path.join(dirpath, name), in_node_dir=os.path.normpath(dirpath) != top))
     return out

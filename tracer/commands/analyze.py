@@ -28,15 +28,22 @@ from tracer.errors import UsageError
               help="Write one merged pcapng, an interface per point, each frame commented with its hop.")
 @click.option("--path-file", type=click.Path(exists=True, dir_okay=False), metavar="FILE",
               help="The expected way (tracer path --output json); found as path.json in a directory by itself.")
+@click.option("--ifname", "ifnames", multiple=True, metavar="NODE/INDEX=NAME",
+              help="Name interface INDEX of NODE in a tcpdump -i any capture (else if<INDEX>; "
+                   "--path-file names the way's own). Repeatable.")
 @click.option("--window", type=click.FloatRange(0.01), default=10.0, show_default=True, metavar="SECONDS",
               help="How long a packet waits for its sightings at other points; raise it if node clocks differ more.")
-def command(paths, points, vxlan_ports, flows, all_flows, summary, output, pcapng, path_file, window):
+def command(paths, points, vxlan_ports, flows, all_flows, summary, output, pcapng, path_file, ifnames, window):
     """Follow each packet across saved captures, offline.
 
-    PATHS are capture files (pcap or pcapng, also from tcpdump -i any) or directories laid out
-    as <node>/<interface>.pcap, as `tracer follow --save` writes them. A file's point is named
+    PATHS are capture files (pcap or pcapng) or directories laid out as
+    <node>/<interface>.pcap, as `tracer follow --save` writes them. A file's point is named
     after its directory and its name (worker1/eth1.pcap is point worker1/eth1); a pcapng
     interface named node/interface is that point.
+
+    A `tcpdump -i any` capture holds every interface of a node: name it <node>.pcap or
+    <node>/any.pcap and each interface in it is a point of its own, <node>/<interface>
+    (named by --path-file or --ifname, else if<index>).
 
     \b
     Examples:
@@ -44,6 +51,7 @@ def command(paths, points, vxlan_ports, flows, all_flows, summary, output, pcapn
       tracer analyze worker1/eth1.pcap worker2/eth1.pcap --all-flows
       tracer analyze capture-dir --summary --output json
       tracer analyze capture-dir --pcapng merged.pcapng && wireshark merged.pcapng
+      tracer analyze worker1.pcap worker2.pcap --path-file path.json   # tcpdump -i any on each node
     """
     if not paths and not points:
         raise UsageError("no captures given", "pass capture files or a directory, e.g.: tracer analyze pcaps/http-get")
@@ -52,20 +60,35 @@ def command(paths, points, vxlan_ports, flows, all_flows, summary, output, pcapn
             if os.path.isdir(p) and os.path.isfile(os.path.join(p, "path.json")):
                 path_file = os.path.join(p, "path.json")
                 break
-    way, names = _read_path_file(path_file) if path_file else ((), {})
+    way, names, named = _read_path_file(path_file) if path_file else ((), {}, {})
+    named.update(_parse_ifnames(ifnames))
     req = AnalyzeRequest(paths=tuple(paths), points=tuple(points), vxlan_ports=tuple(vxlan_ports), flows=tuple(flows),
                          all_flows=all_flows, summary=summary, output=output, pcapng=pcapng, way=way, names=names,
-                         window=window)
+                         window=window, ifnames=named)
     run_analysis(req, sys.stdout)
 
 
-def _read_path_file(path: str) -> tuple[tuple[str, ...], dict[str, str]]:
-    """The request's way and the pods' names from a `tracer path --output json` document."""
+def _parse_ifnames(specs: tuple[str, ...]) -> dict[tuple[str, int], str]:
+    out = {}
+    for spec in specs:
+        where, sep, name = spec.partition("=")
+        node, slash, index = where.rpartition("/")
+        if not (sep and slash and node and index.isdigit() and name and "/" not in name):
+            raise UsageError(f"--ifname {spec!r}: expected NODE/INDEX=NAME", "e.g. --ifname worker1/3=cali35e3a5cb80b")
+        out[(node, int(index))] = name
+    return out
+
+
+def _read_path_file(path: str) -> tuple[tuple[str, ...], dict[str, str], dict[tuple[str, int], str]]:
+    """The request's way, the pods' names and the way's interfaces by (node, index) from a
+    `tracer path --output json` document."""
     try:
         with open(path) as f:
             doc = json.load(f)
         way = tuple(p["id"] for p in doc.get("points", []))
-    except (OSError, ValueError, KeyError, TypeError) as e:
+        ifnames = {(str(p["node"]), int(p["ifindex"])): str(p["interface"])
+                   for p in doc.get("points", []) if p.get("ifindex") is not None}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise UsageError(f"{path}: not a tracer path document ({e})", "write it with: tracer path SRC DST --output json") from None
     names = {}
     for side in ("src", "dst"):
@@ -78,4 +101,4 @@ def _read_path_file(path: str) -> tuple[tuple[str, ...], dict[str, str]]:
         way = (f"{src['name']}/eth0",) + way
     if isinstance(dst, dict) and dst.get("name"):
         way = way + (f"{dst['name']}/eth0",)
-    return way, names
+    return way, names, ifnames
