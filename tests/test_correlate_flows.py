@@ -114,3 +114,30 @@ def test_nat_is_placed_where_it_shows_first_on_the_way_even_if_the_first_packet_
     doc = analyze_json(capsys, str(tmp_path), *(["--summary"] if summary else []))
     assert doc["flows"][0]["nat"] == {"original": "10.96.0.10:80", "translated": "10.0.1.5:8080", "kind": "dnat",
                                       "point": "n1/eth0"}
+
+
+@pytest.mark.parametrize("summary", [False, True])
+def test_a_nat_packet_joins_two_flows_and_later_packets_of_both_count_in_the_joined_one(tmp_path, capsys, summary):
+    # kube-proxy on n1 DNATs 10.96.0.10:80 -> 10.0.1.5:8080. The first packets are each seen on one
+    # side only (two flows, one per address pair); packet 3, seen on both sides, shows the NAT and
+    # joins them; packets 4 and 5, again one side each, belong to the joined flow.
+    a, b = "02:00:00:00:00:01", "02:00:00:00:00:02"
+
+    def pk(pre_nat: bool, seq: int) -> bytes:
+        dst, dport, ttl = ("10.96.0.10", 80, 64) if pre_nat else ("10.0.1.5", 8080, 63)
+        return eth(a, b, 0x0800, ipv4("10.0.0.1", dst, 6, tcp(40000, dport, seq=seq, ack=1, flags=0x10), ttl=ttl,
+                                       ip_id=seq))
+    t = 1700000000.0
+    points = {"n1/veth": [(t, pk(True, 1)), (t + 2, pk(True, 3)), (t + 4, pk(True, 4))],
+              "n2/eth0": [(t + 0.001, pk(False, 2)), (t + 2.001, pk(False, 3)), (t + 4.001, pk(False, 5))]}
+    for pid, recs in points.items():
+        node, iface = pid.split("/")
+        (tmp_path / node).mkdir(exist_ok=True)
+        (tmp_path / node / f"{iface}.pcap").write_bytes(pcap_bytes([f for _, f in recs], times=[s for s, _ in recs]))
+    doc = analyze_json(capsys, str(tmp_path), "--window", "0.5", "--all-flows", *(["--summary"] if summary else []))
+    [flow] = doc["flows"]
+    assert flow["nat"]["original"] == "10.96.0.10:80" and flow["nat"]["translated"] == "10.0.1.5:8080"
+    if summary:
+        assert flow["summary"]["packets"] == 5
+    else:
+        assert len(flow["packets"]) == 5

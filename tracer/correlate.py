@@ -538,8 +538,8 @@ class Correlator:
         """Fold finished packets (each the list of its sightings), in order, into their flows."""
         shapes, ends_info, flows_by_ck, samples = self._shapes, self._ends, self.flows_by_ck, self.offset_samples
         in_order, keep, new_shape = self._sorted, self._keep, self._new_shape
+        self.distinct += len(done)
         for obs in done:
-            self.distinct += 1
             # (a lone sighting's shape does not depend on arrival order)
             sig = tuple(map(_code, obs)) if in_order or len(obs) == 1 else ()
             shape = shapes.get(sig) if sig else None
@@ -558,19 +558,29 @@ class Correlator:
             e = first[5]
             info = ends_info.get(e)
             proto = first[PROTO]
-            if info is None or info[0][0] != proto:
+            if info is None or info[0] != proto:
+                # [protocol, flow key, sender endpoint, its flow and that flow's tallies of it]
                 src, dst = split_ends(e)
-                info = ends_info[e] = ((proto, src, dst) if src <= dst else (proto, dst, src), src)
-            ck, sender = info
+                info = ends_info[e] = [proto, (proto, src, dst) if src <= dst else (proto, dst, src), src, None, None]
+            sender = info[2]
             if len(set(map(_ends, obs))) == 1:
-                flow = flows_by_ck.get(ck)
+                flow = info[3]
                 if flow is None:
-                    flow = flows_by_ck[ck] = _Flow(proto)
-                    flow.cks.add(ck)
+                    ck = info[1]
+                    flow = flows_by_ck.get(ck)
+                    if flow is None:
+                        flow = flows_by_ck[ck] = _Flow(proto)
+                        flow.cks.add(ck)
+                    info[3] = flow
+                    info[4] = flow.tallies.setdefault(sender, {})
+                tallies = info[4]
             else:  # addresses or ports change on the way: NAT
                 flow = self._flow_of(proto, obs)
                 if len(flow.nat) < 8:
                     self._note_nat(flow, [obs[i] for i in shape.perm])
+                tallies = flow.tallies.get(sender)
+                if tallies is None:
+                    tallies = flow.tallies[sender] = {}
             flow.packets += 1
             if first[0] < flow.first_time:
                 flow.first_time = first[0]
@@ -583,9 +593,6 @@ class Correlator:
                 flow.http = True
             if keep:
                 flow.records.append(obs)
-            tallies = flow.tallies.get(sender)
-            if tallies is None:
-                tallies = flow.tallies[sender] = {}
             tally = shape.tally
             tallies[tally] = tallies.get(tally, 0) + 1
             for res, i, j in shape.res:
@@ -613,6 +620,7 @@ class Correlator:
             else:
                 big, small = (flow, other) if flow.packets >= other.packets else (other, flow)
                 big.absorb(small)
+                self._ends.clear()  # (it points at flows and their tallies: `small` is gone)
                 for c in small.cks:
                     self.flows_by_ck[c] = big
                 flow = big
