@@ -132,6 +132,22 @@ def test_kubeconfig_problems_say_what_to_do(tmp_path: Path, monkeypatch: pytest.
     assert e.value.hint == "contexts: one, two"
 
 
+@pytest.mark.parametrize("text", ["hello world\n", "- a\n- b\n", "apiVersion: v1\nclusters: 7\n"])
+def test_a_file_that_is_no_kubeconfig_is_a_usage_error(tmp_path: Path, text: str) -> None:
+    (tmp_path / "config").write_text(text)
+    with pytest.raises(UsageError) as e:
+        Cluster(kubeconfig=str(tmp_path / "config"))
+    assert "is not a kubeconfig" in e.value.message or "cannot use the kubeconfig" in e.value.message
+
+
+def test_follow_with_an_unreachable_api_server_says_so_not_what_cleanup_then_could_not_do(tmp_path: Path) -> None:
+    from tracer.follow.k8s_backend import make_backend
+
+    with pytest.raises(ClusterError) as e:
+        make_backend(kubeconfig=str(kubeconfig(tmp_path / "config")))
+    assert e.value.message.startswith("cannot reach the Kubernetes API to list capture pods"), e.value.message
+
+
 def test_an_unreachable_api_server_is_a_cluster_error(tmp_path: Path) -> None:
     cluster = Cluster(kubeconfig=str(kubeconfig(tmp_path / "config")))
     cluster.configuration.retries = 0

@@ -37,7 +37,8 @@ def make_backend(*, kubeconfig: str | None = None, context: str | None = None, n
     try:
         backend.capture_pods.sweep()
     except BaseException:
-        backend.close()
+        with contextlib.suppress(TracerError):  # (the first error is the one to tell)
+            backend.close()
         raise
     return backend
 

@@ -229,6 +229,9 @@ def _load_configuration(kubeconfig: str | None, context: str | None) -> tuple[cl
                          hint=f"contexts: {names}" if names else "kubectl config view") from e
     except (OSError, ValueError) as e:
         raise UsageError(f"cannot read the kubeconfig {existing}: {e}") from e
+    except (TypeError, AttributeError, KeyError, IndexError) as e:  # the loader on YAML that is no kubeconfig
+        raise UsageError(f"{existing} is not a kubeconfig ({type(e).__name__}: {e})",
+                         hint="microk8s: microk8s config > ~/.kube/config; else kubectl config view --raw") from e
     chosen = next((c for c in contexts or [] if c.get("name") == context), None) if context else current
     ns = ((chosen or {}).get("context") or {}).get("namespace")
     return cfg, ns, f"{existing} (context {(chosen or {}).get('name', '?')})"
