@@ -79,13 +79,16 @@ def test_foreign_namespace_is_left_alone(store: StateStore) -> None:
         netns.delete([foreign])
 
 
-def test_without_root_says_so(store: StateStore) -> None:
+@pytest.mark.parametrize("argv", [["lab", "up"], ["path", "curl", "httpbin"], ["follow", "curl", "httpbin"]])
+def test_without_root_says_so(store: StateStore, argv: list[str]) -> None:
     proc = subprocess.run(
-        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-m", "tracer", "lab", "up"],
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-m", "tracer", *argv],
         capture_output=True, text=True, env=store_env(store), timeout=60,
     )
     assert proc.returncode == 5, proc.stderr
-    assert "run as root (sudo)" in proc.stderr and "Traceback" not in proc.stderr
+    # the command as the user typed it, and how to run it as root
+    assert f"tracer {' '.join(argv[:2 if argv[0] == 'lab' else 1])} needs root" in proc.stderr, proc.stderr
+    assert "sudo tracer" in proc.stderr and "Traceback" not in proc.stderr
     assert leftovers(store) == []
 
 

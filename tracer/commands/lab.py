@@ -41,7 +41,8 @@ def down_cmd() -> None:
     if state is None:
         click.echo(f"no lab is up (prefix {store.prefix!r}); nothing to remove")
     else:
-        click.echo(f"lab down: removed {len(state.namespaces)} namespaces and {len(state.processes)} processes")
+        n, p = len(state.namespaces), len(state.processes)
+        click.echo(f"lab down: removed {n} namespace{'s' * (n != 1)} and {p} process{'es' * (p != 1)}")
 
 
 @command.command("status")
@@ -67,7 +68,7 @@ def status_cmd(output: str) -> None:
 @click.argument("argv", nargs=-1, required=True, type=click.UNPROCESSED)
 def exec_cmd(target: str, argv: tuple[str, ...]) -> int:
     """Run a command in a pod's or node's namespace: tracer lab exec curl -- ip route."""
-    require_root("exec")
+    require_root("lab exec")
     if argv[:1] == ("--",):
         argv = argv[1:]
     if not argv:

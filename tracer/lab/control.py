@@ -31,10 +31,11 @@ HTTPBIN_READY_TIMEOUT = 20.0
 Progress = Callable[[str], None]
 
 
-def require_root(action: str) -> None:
+def require_root(command: str) -> None:
+    """`command` is what the user ran, e.g. "lab up" or "follow" (on the lab)."""
     if os.geteuid() != 0:
         raise PermissionError_(
-            f"tracer lab {action} needs root to work with network namespaces", hint="run as root (sudo)"
+            f"tracer {command} needs root to work with the lab's network namespaces", hint=f"sudo tracer {command} ..."
         )
 
 
@@ -195,7 +196,7 @@ class LabBackend:
 
 def up(topology: Topology, *, store: StateStore | None = None, progress: Progress = lambda _: None) -> Lab:
     """Build the lab in the kernel; on any failure tear down what was built, then raise."""
-    require_root("up")
+    require_root("lab up")
     store = store or StateStore.from_env()
     if store.load() is not None:
         raise LabError(
@@ -240,7 +241,7 @@ def up(topology: Topology, *, store: StateStore | None = None, progress: Progres
 
 def down(store: StateStore | None = None) -> LabState | None:
     """Remove what the state lists (processes by PID, then namespaces); None if no lab is up."""
-    require_root("down")
+    require_root("lab down")
     store = store or StateStore.from_env()
     state = store.load()
     if state is not None:
