@@ -24,7 +24,7 @@ GOLDEN = Path(__file__).parent / "golden"
 UPDATE = os.environ.get("TRACER_UPDATE_GOLDEN") == "1"
 
 
-def view(scenario: str, kind: str) -> str:
+def view(scenario: str, kind: str, width: int = 100) -> str:
     """What `tracer analyze pcaps/<scenario> [--summary]` shows, at 100 columns without colour."""
     way, names, _ = _read_path_file(str(SAMPLES / scenario / "path.json"))
     # paths relative to the repository, so the text does not depend on where it is checked out
@@ -33,7 +33,7 @@ def view(scenario: str, kind: str) -> str:
     trace, _ = correlate(req)
     shown = select_flows(trace, (), False)
     out = StringIO()
-    console = Console(file=out, width=100, color_system=None, highlight=False, soft_wrap=False)
+    console = Console(file=out, width=width, color_system=None, highlight=False, soft_wrap=False)
     if kind == "summary":
         render.render_summary(trace, console, shown)
     else:
@@ -86,3 +86,19 @@ def test_hop_view_fits_100_columns(scenario, monkeypatch):
 def test_untrusted_names_are_escaped():
     """Control characters in names (a pod named by someone else) never reach the terminal raw."""
     assert render.safe("evil\x1b[2Jpod\n") == "evil\\x1b[2Jpod\\x0a"
+
+
+@pytest.mark.parametrize("width", [80, 90])
+@pytest.mark.parametrize("scenario,kind", [("http-get", "hops"), ("vxlan-drop", "hops"), ("vxlan-drop", "summary")])
+def test_a_default_terminal_cuts_nothing(scenario, kind, width, monkeypatch):
+    # 80 columns (a default terminal, a projector's big font): every TTL, MAC, address and point
+    # name is there in full, none cut to "…"; only the lines are more.
+    monkeypatch.chdir(SAMPLES.parent)
+    text = view(scenario, kind, width)
+    assert "…" not in text
+    assert max(len(line) for line in text.splitlines()) <= width
+    if kind != "hops":
+        return  # (the summary's tables fold long names over lines instead)
+    wide = view(scenario, kind)
+    for word in ("TTL", "dir", "64", "63", "62", "ee:ee:ee:ee:ee:ee", "VXLAN 4096", "172.18.104.14", "worker2/eth1"):
+        assert text.count(word) == wide.count(word), word

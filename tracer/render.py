@@ -47,9 +47,15 @@ def _encap_text(h: Hop) -> Text:
                 style=ENCAP_STYLE if "encap" in h.changes else "")
 
 
-def packet_table(p: PacketTrace, index: int, names: dict[str, str]) -> Table:
+NARROW = 100
+"""Below this many columns the hop tables stack each address pair over two lines."""
+
+
+def packet_table(p: PacketTrace, index: int, names: dict[str, str], narrow: bool = False) -> Table:
     """One row per hop: addresses stacked (L2 over L3) so that a hop fits a projector's width;
-    what changed is highlighted in the row and said in a numbered note under the table."""
+    what changed is highlighted in the row and said in a numbered note under the table.
+    `narrow` (a terminal under 100 columns): each source over its destination too, and long
+    point names folded, so that no column (TTL!) is cut."""
     arrow = "→" if p.direction == "request" else "←"
     title = Text(f"{arrow} packet {index}: ", style="bold")
     title.append(safe(p.summary))
@@ -60,13 +66,16 @@ def packet_table(p: PacketTrace, index: int, names: dict[str, str]) -> Table:
               caption_justify="left", box=box.SIMPLE_HEAD)
     for col, kw in (("#", {"justify": "right"}), ("point", {}), ("dir", {}), ("+time", {"justify": "right"}),
                     ("TTL", {"justify": "right"}), ("L2 src → dst\nL3 src → dst", {}), ("encap", {})):
-        t.add_column(col, no_wrap=True, **kw)
+        if narrow and col == "point":
+            kw = {"overflow": "fold", "min_width": 12}
+        t.add_column(col, no_wrap=not (narrow and col == "point"), **kw)
+    sep = " →\n  " if narrow else " → "
     notes = Text()
     for i, h in enumerate(p.hops, 1):
         ch = set(h.changes)
-        addr = Text(f"{h.eth_src or '-'} → {h.eth_dst or '-'}", style=CHANGE_STYLE if "mac" in ch else "")
+        addr = Text(f"{h.eth_src or '-'}{sep}{h.eth_dst or '-'}", style=CHANGE_STYLE if "mac" in ch else "")
         addr.append("\n")
-        addr.append(f"{h.ip_src} → {h.ip_dst}", style=CHANGE_STYLE if ch & {"dnat", "snat"} else "")
+        addr.append(f"{h.ip_src}{sep}{h.ip_dst}", style=CHANGE_STYLE if ch & {"dnat", "snat"} else "")
         ttl = Text(str(h.ttl), style=CHANGE_STYLE if "ttl" in ch else "")
         t.add_row(str(i), safe(h.point), h.direction, _ms(h.offset), ttl, addr, _encap_text(h))
         notes.append(f"{i:>2} ", style="dim")
@@ -118,7 +127,7 @@ def render_hops(trace: Trace, console: Console, flows: list[Flow], names: dict[s
     for fi, f in enumerate(flows, 1):
         console.print(flow_header(f, fi, names))
         for pi, p in enumerate(f.packets, 1):
-            console.print(packet_table(p, pi, names))
+            console.print(packet_table(p, pi, names, narrow=console.width < NARROW))
             console.print()
         console.print(summary_line(f))
         console.print()
@@ -128,7 +137,7 @@ def render_hops(trace: Trace, console: Console, flows: list[Flow], names: dict[s
 def render_footer(trace: Trace, console: Console) -> None:
     pts = Table(title="capture points", title_justify="left", show_edge=False, pad_edge=False)
     for col in ("point", "role", "frames", "undecoded"):
-        pts.add_column(col)
+        pts.add_column(col, overflow="fold")
     for p in trace.points:
         pts.add_row(safe(p.id), p.role, str(p.packets), str(p.undecoded) if p.undecoded else "")
     console.print(pts)
@@ -144,7 +153,7 @@ def render_summary(trace: Trace, console: Console, flows: list[Flow]) -> None:
                        f"packets in {len(trace.flows)} flow{'s' if len(trace.flows) != 1 else ''}", style="bold"))
     ft = Table(title="flows", title_justify="left", show_edge=False, pad_edge=False)
     for col in ("#", "proto", "client", "server", "NAT", "packets", "reached end", "stopped at"):
-        ft.add_column(col)
+        ft.add_column(col, overflow="fold")
     for i, f in enumerate(flows[:50], 1):
         s = f.summary
         stopped = ", ".join(f"{safe(p)}: {n}" for p, n in (s.stopped.items() if s else []))
@@ -156,7 +165,7 @@ def render_summary(trace: Trace, console: Console, flows: list[Flow]) -> None:
         console.print(f"... and {len(flows) - 50} more flows (--output json lists all)", style="dim")
     st = Table(title="segments (consecutive points of the ways)", title_justify="left", show_edge=False, pad_edge=False)
     for col in ("from", "to", "packets", "lost", "latency median", "p99"):
-        st.add_column(col)
+        st.add_column(col, overflow="fold")
     for s in trace.segments:
         st.add_row(safe(s.src), safe(s.dst), str(s.packets), Text(str(s.lost), style="red" if s.lost else ""),
                    _ms(s.latency_median), _ms(s.latency_p99))

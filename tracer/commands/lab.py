@@ -92,13 +92,13 @@ def _print_status(lab: Lab, out: Console) -> None:
         out.print("[yellow]this lab was not completed (up failed or was interrupted): run tracer lab down[/]")
     nodes = Table(title=f"nodes ({topo.cni}, VNI {topo.vni}, UDP {topo.udp_port}, MTU {topo.mtu})")
     for col in ("node", "netns", "underlay", "NIC MAC", "block", "tunnel IP", "vxlan MAC"):
-        nodes.add_column(col)
+        nodes.add_column(col, overflow="fold")
     for n in lab.nodes:
         nodes.add_row(n.name, n.netns, f"{n.underlay_nic} {n.underlay_ip}", n.underlay_mac, n.block,
                       f"{n.tunnel_device} {n.tunnel_ip}", n.tunnel_mac)
     pods = Table(title="pods")
     for col in ("pod", "node", "IP", "eth0 MAC", "host veth", "veth MAC", "netns", "app"):
-        pods.add_column(col)
+        pods.add_column(col, overflow="fold")
     for p in lab.pods:
         pods.add_row(p.name, p.node, p.ip, p.mac, p.host_veth, p.host_veth_mac, p.netns, p.app)
     out.print(nodes, pods)
