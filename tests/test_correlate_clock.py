@@ -59,3 +59,17 @@ def test_shift_changes_raw_timestamps_only(tmp_path, capsys):
     syn = shifted["flows"][0]["packets"][0]
     times = {h["point"]: h["time"] for h in syn["hops"]}
     assert times["worker2/eth1"] - times["worker1/eth1"] == pytest.approx(2.0, abs=0.005)
+
+
+@pytest.mark.parametrize("scenario", ["http-get", "vxlan-drop", "any-http-get"])
+def test_one_clock_gets_no_made_up_offset(capsys, scenario):
+    # The lab's namespaces share one kernel clock, and every hop is in order by it: no offset is
+    # estimated (one-way times differ; a midpoint would turn that into offsets of some µs and
+    # show a veth crossing as 0 µs), so each hop's time is its capture's own.
+    doc = analyze_json(capsys, str(SAMPLES / scenario))
+    assert doc["clock_offsets"] and set(doc["clock_offsets"].values()) == {0.0}
+    for f in doc["flows"]:
+        for p in f["packets"]:
+            t0 = p["hops"][0]["time"]
+            assert [h["offset"] for h in p["hops"]] == [pytest.approx(h["time"] - t0, abs=1e-9) for h in p["hops"]]
+            assert all(b["offset"] >= a["offset"] for a, b in zip(p["hops"], p["hops"][1:]))  # (µs pcaps tie)

@@ -41,6 +41,9 @@ __all__ = ["CALICO_MAC", "HTTP_STARTS", "CaptureInput", "Correlator", "Options",
 HTTP_STARTS = (b"GET ", b"POST ", b"PUT ", b"HEAD ", b"DELETE ", b"PATCH ", b"OPTIONS ", b"HTTP/1.", b"CONNECT ")
 EGRESS_RANK = {"pod-veth": 0, "bridge": 1, "tunnel": 2, "underlay": 3, "unknown": 4}
 RESERVOIR = 4096
+ONE_WAY_MAX = 0.01
+"""Seconds the fastest of a flow's crossings from one capture point to the next may take before
+(with no traffic the other way to tell) the rest is put down to the nodes' clocks."""
 TIE_HOLD = 65536  # sightings of one instant _merge holds back at most, per stream
 _time, _code, _ends = itemgetter(0), itemgetter(CODE), itemgetter(5)
 FILL = RESERVOIR - 1  # below this a reservoir just appends
@@ -647,11 +650,23 @@ class Correlator:
     # ---- clocks ----
 
     def _solve_offsets(self) -> None:
-        """Offsets relative to the reference node from the fastest crossing in each direction."""
+        """Offsets relative to the reference node from the fastest crossing in each direction.
+
+        b's clock may be ahead of a's by any offset that keeps both fastest crossings from going
+        back in time: between -d_ba and d_ab. When 0 is among them the clocks need no correction
+        (as in the lab, one kernel clock: a midpoint would only turn unequal one-way times into a
+        made-up offset); else the midpoint (NTP's estimate: equal one-way times). With traffic one
+        way only, a fastest crossing between 0 and ONE_WAY_MAX is taken as it is, else as all
+        offset (the crossing then takes 0 s)."""
         est: dict[tuple[str, str], float] = {}
         for (a, b), d_ab in self.offset_samples.items():
             d_ba = self.offset_samples.get((b, a))
-            off = (d_ab - d_ba) / 2 if d_ba is not None else d_ab
+            if d_ba is None:
+                off = 0.0 if 0.0 <= d_ab <= ONE_WAY_MAX else d_ab
+            elif -d_ba <= 0.0 <= d_ab:
+                off = 0.0
+            else:
+                off = (d_ab - d_ba) / 2
             est[(a, b)] = off
             est[(b, a)] = -off
         if not est:
