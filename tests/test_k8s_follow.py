@@ -73,6 +73,26 @@ def test_follow_through_kubernetes_shows_the_lab_hops(lab: Lab, standin: StandIn
     assert standin.pods(CAPTURE_NAMESPACE) == []
 
 
+@pytest.mark.root
+@pytest.mark.slow
+def test_path_through_kubernetes_is_the_labs_way_and_leaves_no_capture_pod(lab: Lab, standin: StandIn) -> None:
+    proc = tracer_k8s("path", "curl", "httpbin", "-o", "json", kubeconfig=str(standin.kubeconfig))
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    k8s = json.loads(out)
+    on_lab = json.loads(run_tracer("path", "curl", "httpbin", "-o", "json", store=lab.store, check=True).stdout)
+    assert k8s["points"] == on_lab["points"] and len(k8s["points"]) == 6
+    assert k8s["src"]["node"] == "worker1" and k8s["dst"]["node"] == "worker2"
+    # the nodes were read through this run's capture pods, which are gone again
+    snap = standin.snapshot()
+    assert {ns for ns, _, argv in snap["exec"] if argv[0] == "ip"} >= {CAPTURE_NAMESPACE}
+    assert standin.pods(CAPTURE_NAMESPACE) == []
+    text = tracer_k8s("path", "curl", "httpbin", kubeconfig=str(standin.kubeconfig))
+    out, err = text.communicate(timeout=60)
+    assert text.returncode == 0, err
+    assert "Step 4 on worker2" in out and "vxlan.calico" in out
+
+
 def _agent_started(snap: dict) -> bool:
     return any(argv[:2] == ("python3", "/agent.py") for _, _, argv in snap["exec"])
 

@@ -28,14 +28,19 @@ def backend_options(f):
     return functools.reduce(lambda acc, opt: opt(acc), reversed(opts), f)
 
 
-def make_backend(backend, kubeconfig, context, namespace, capture_image, capture_namespace, run_id):
-    """The FollowBackend the options pick (see --backend)."""
+def choose_backend(backend, kubeconfig, context, capture_image, capture_namespace) -> str:
+    """"lab" or "kubernetes", as --backend and the Kubernetes options pick (see --backend)."""
     k8s_given = kubeconfig or context or capture_image or capture_namespace
     if backend is None:
         backend = "kubernetes" if k8s_given or (os.environ.get("KUBECONFIG") and not _lab_up()) else "lab"
-    if backend == "lab":
-        if k8s_given:
-            raise UsageError("--kubeconfig, --context and --capture-* apply to --backend kubernetes only")
+    if backend == "lab" and k8s_given:
+        raise UsageError("--kubeconfig, --context and --capture-* apply to --backend kubernetes only")
+    return backend
+
+
+def make_backend(backend, kubeconfig, context, namespace, capture_image, capture_namespace, run_id):
+    """The FollowBackend the options pick (see --backend)."""
+    if choose_backend(backend, kubeconfig, context, capture_image, capture_namespace) == "lab":
         from tracer.follow.lab_backend import LabFollowBackend
         from tracer.lab import Lab, require_root
 
