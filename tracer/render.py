@@ -37,14 +37,28 @@ def _label(addr: str, names: dict[str, str]) -> str:
     return f"{addr} ({name})" if name else addr
 
 
-def _encap_text(h: Hop) -> Text:
+def _encap_text(h: Hop, narrow: bool = False) -> Text:
     if h.encap is None:
         return Text("-", style="dim")
     e = h.encap
     vni = f" {e.vni}" if e.vni is not None else ""
     port = f":{e.udp_dport} " if e.udp_dport is not None else ""
-    return Text(f"{e.type.upper()}{vni}\n{port}+{e.bytes_added}B",
-                style=ENCAP_STYLE if "encap" in h.changes else "")
+    t = Text(f"{e.type.upper()}{vni}\n{port}+{e.bytes_added}B", style=ENCAP_STYLE if "encap" in h.changes else "")
+    # labels for the outer header's lines in the address column (see _outer_lines)
+    # (narrow: every address pair takes two lines, so each label starts two lines after the last)
+    t.append(f"\n{chr(10) * 2 if narrow else ''}outer MAC" if e.outer_eth_src else "", style="dim")
+    t.append(f"\n{chr(10) * (1 if e.outer_eth_src else 2) if narrow else ''}outer IP", style="dim")
+    return t
+
+
+def _outer_lines(h: Hop, sep: str) -> Text:
+    """The tunnel's own headers under the inner packet's: what the underlay sees and routes."""
+    e = h.encap
+    t = Text()
+    if e.outer_eth_src:
+        t.append(f"\n{e.outer_eth_src}{sep}{e.outer_eth_dst or '-'}", style=ENCAP_STYLE)
+    t.append(f"\n{e.outer_ip_src}{sep}{e.outer_ip_dst}", style=ENCAP_STYLE)
+    return t
 
 
 NARROW = 100
@@ -76,8 +90,10 @@ def packet_table(p: PacketTrace, index: int, names: dict[str, str], narrow: bool
         addr = Text(f"{h.eth_src or '-'}{sep}{h.eth_dst or '-'}", style=CHANGE_STYLE if "mac" in ch else "")
         addr.append("\n")
         addr.append(f"{h.ip_src}{sep}{h.ip_dst}", style=CHANGE_STYLE if ch & {"dnat", "snat"} else "")
+        if h.encap is not None:
+            addr.append_text(_outer_lines(h, sep))
         ttl = Text(str(h.ttl), style=CHANGE_STYLE if "ttl" in ch else "")
-        t.add_row(str(i), safe(h.point), h.direction, _ms(h.offset), ttl, addr, _encap_text(h))
+        t.add_row(str(i), safe(h.point), h.direction, _ms(h.offset), ttl, addr, _encap_text(h, narrow))
         notes.append(f"{i:>2} ", style="dim")
         notes.append(safe(h.why) + "\n", style=ENCAP_STYLE if ch & {"encap", "decap"} else ("yellow" if ch else "dim"))
     for m in p.missing:
