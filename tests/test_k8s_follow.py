@@ -52,14 +52,19 @@ def hops(doc: dict) -> list[tuple]:
     return out
 
 
+def on_both(command: str, *, lab: Lab, standin: StandIn) -> tuple[dict, dict]:
+    """`tracer COMMAND curl httpbin -o json` through the stand-in API server, and on the lab itself."""
+    proc = tracer_k8s(command, "curl", "httpbin", "-o", "json", kubeconfig=str(standin.kubeconfig))
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    on_lab = run_tracer(command, "curl", "httpbin", "-o", "json", store=lab.store, check=True).stdout
+    return json.loads(out), json.loads(on_lab)
+
+
 @pytest.mark.root
 @pytest.mark.slow
 def test_follow_through_kubernetes_shows_the_lab_hops(lab: Lab, standin: StandIn) -> None:
-    proc = tracer_k8s("follow", "curl", "httpbin", "-o", "json", kubeconfig=str(standin.kubeconfig))
-    out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 0, err
-    k8s = json.loads(out)
-    on_lab = json.loads(run_tracer("follow", "curl", "httpbin", "-o", "json", store=lab.store, check=True).stdout)
+    k8s, on_lab = on_both("follow", lab=lab, standin=standin)
     assert k8s["follow"]["backend"] == "kubernetes" and on_lab["follow"]["backend"] == "lab"
     assert k8s["follow"]["curl"][0]["status"] == 200
     assert [c["point"] for c in k8s["follow"]["captures"]] == [c["point"] for c in on_lab["follow"]["captures"]]
@@ -76,11 +81,7 @@ def test_follow_through_kubernetes_shows_the_lab_hops(lab: Lab, standin: StandIn
 @pytest.mark.root
 @pytest.mark.slow
 def test_path_through_kubernetes_is_the_labs_way_and_leaves_no_capture_pod(lab: Lab, standin: StandIn) -> None:
-    proc = tracer_k8s("path", "curl", "httpbin", "-o", "json", kubeconfig=str(standin.kubeconfig))
-    out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 0, err
-    k8s = json.loads(out)
-    on_lab = json.loads(run_tracer("path", "curl", "httpbin", "-o", "json", store=lab.store, check=True).stdout)
+    k8s, on_lab = on_both("path", lab=lab, standin=standin)
     assert k8s["points"] == on_lab["points"] and len(k8s["points"]) == 6
     assert k8s["src"]["node"] == "worker1" and k8s["dst"]["node"] == "worker2"
     # the nodes were read through this run's capture pods, which are gone again
