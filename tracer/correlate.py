@@ -317,7 +317,7 @@ class Correlator:
                 fr = decode(cap.interfaces[i].linktype, rec.data, rec.orig_len, vxlan_ports)
                 pidx = by_iface[i]
                 if pidx < 0:  # a whole node's capture: the frame's own interface is the point
-                    ifindex = int.from_bytes(rec.data[4:8], "big") if len(rec.data) >= 8 else 0
+                    ifindex = fr.ifindex or 0  # (0: a header cut short)
                     pidx = split[i].get(ifindex)
                     if pidx is None:
                         pidx = split[i][ifindex] = self._point(inp.split_node, self._ifname(inp, ifindex), inp.path)

@@ -68,7 +68,7 @@ class Frame:
     """The decoded view of one captured frame. Addresses are bytes; see `fmt_mac`/`fmt_ip`."""
 
     __slots__ = (
-        "linktype", "caplen", "orig_len", "sll_dir", "eth_src", "eth_dst", "vlans", "ethertype",
+        "linktype", "caplen", "orig_len", "sll_dir", "ifindex", "eth_src", "eth_dst", "vlans", "ethertype",
         "arp", "tunnels", "ip_version", "ip_src", "ip_dst", "ttl", "ip_id", "proto", "ip_len",
         "ip_offset", "fragment", "sport", "dport", "tcp_seq", "tcp_ack", "tcp_flags", "icmp_type",
         "icmp_code", "icmp_id", "icmp_seq", "payload_len", "payload_offset", "l4_offset",
@@ -80,6 +80,8 @@ class Frame:
         self.caplen = caplen
         self.orig_len = orig_len
         self.sll_dir: str | None = None
+        self.ifindex: int | None = None
+        """Linux cooked v2: the interface the frame was captured on (tcpdump -i any)."""
         self.eth_src: bytes | None = None
         self.eth_dst: bytes | None = None
         self.vlans: tuple[int, ...] = ()
@@ -163,7 +165,7 @@ def _decode_link(fr: Frame, linktype: int, data: bytes, vxlan_ports) -> None:
         if n < 20:
             fr.truncated, fr.undecoded = True, "Linux cooked v2 header cut short"
             return
-        proto, _, _ifindex, hatype, pkttype, alen = struct.unpack_from("!HHIHBB", data)
+        proto, _, fr.ifindex, hatype, pkttype, alen = struct.unpack_from("!HHIHBB", data)
         fr.sll_dir = SLL_PKTTYPES.get(pkttype)
         if hatype == 1 and alen == 6:
             fr.eth_src = data[12:18]
