@@ -100,5 +100,10 @@ def test_a_default_terminal_cuts_nothing(scenario, kind, width, monkeypatch):
     if kind != "hops":
         return  # (the summary's tables fold long names over lines instead)
     wide = view(scenario, kind)
-    for word in ("TTL", "dir", "64", "63", "62", "ee:ee:ee:ee:ee:ee", "VXLAN 4096", "172.18.104.14", "worker2/eth1"):
+    for word in ("TTL", "dir", "64", "63", "62", "ee:ee:ee:ee:ee:ee", "VXLAN 4096", "172.18.104.14", "worker2/eth1",
+                 "outer MAC", "outer IP"):
         assert text.count(word) == wide.count(word), word
+    # each outer header's label stands on the line of its first address
+    lines = text.splitlines()
+    assert all(ln.split()[0].startswith("52:54:00:00:56:") for ln in lines if "outer MAC" in ln)  # the NICs
+    assert all(ln.split()[0].startswith("192.168.56.") for ln in lines if "outer IP" in ln)

@@ -37,27 +37,28 @@ def _label(addr: str, names: dict[str, str]) -> str:
     return f"{addr} ({name})" if name else addr
 
 
-def _encap_text(h: Hop, narrow: bool = False) -> Text:
+def _encap_text(h: Hop) -> Text:
     if h.encap is None:
         return Text("-", style="dim")
     e = h.encap
     vni = f" {e.vni}" if e.vni is not None else ""
     port = f":{e.udp_dport} " if e.udp_dport is not None else ""
-    t = Text(f"{e.type.upper()}{vni}\n{port}+{e.bytes_added}B", style=ENCAP_STYLE if "encap" in h.changes else "")
-    # labels for the outer header's lines in the address column (see _outer_lines)
-    # (narrow: every address pair takes two lines, so each label starts two lines after the last)
-    t.append(f"\n{chr(10) * 2 if narrow else ''}outer MAC" if e.outer_eth_src else "", style="dim")
-    t.append(f"\n{chr(10) * (1 if e.outer_eth_src else 2) if narrow else ''}outer IP", style="dim")
-    return t
+    return Text(f"{e.type.upper()}{vni}\n{port}+{e.bytes_added}B", style=ENCAP_STYLE if "encap" in h.changes else "")
 
 
-def _outer_lines(h: Hop, sep: str) -> Text:
-    """The tunnel's own headers under the inner packet's: what the underlay sees and routes."""
+def _outer_lines(h: Hop, sep: str, encap: Text) -> Text:
+    """The tunnel's own headers (what the underlay sees and routes), to go under the inner
+    packet's addresses; each labelled in `encap`, on its line."""
     e = h.encap
+    pairs = [("outer MAC", e.outer_eth_src, e.outer_eth_dst or "-")] if e.outer_eth_src else []
+    pairs.append(("outer IP", e.outer_ip_src, e.outer_ip_dst))
+    lines = sep.count("\n") + 1  # lines one address pair takes
+    encap.append("\n" * (2 * lines - 2))  # (the encap text has two lines beside the inner pairs)
     t = Text()
-    if e.outer_eth_src:
-        t.append(f"\n{e.outer_eth_src}{sep}{e.outer_eth_dst or '-'}", style=ENCAP_STYLE)
-    t.append(f"\n{e.outer_ip_src}{sep}{e.outer_ip_dst}", style=ENCAP_STYLE)
+    for label, a, b in pairs:
+        t.append(f"\n{a}{sep}{b}", style=ENCAP_STYLE)
+        encap.append(f"\n{label}" + "\n" * (lines - 1), style="dim")
+    encap.rstrip()
     return t
 
 
@@ -90,10 +91,11 @@ def packet_table(p: PacketTrace, index: int, names: dict[str, str], narrow: bool
         addr = Text(f"{h.eth_src or '-'}{sep}{h.eth_dst or '-'}", style=CHANGE_STYLE if "mac" in ch else "")
         addr.append("\n")
         addr.append(f"{h.ip_src}{sep}{h.ip_dst}", style=CHANGE_STYLE if ch & {"dnat", "snat"} else "")
+        encap = _encap_text(h)
         if h.encap is not None:
-            addr.append_text(_outer_lines(h, sep))
+            addr.append_text(_outer_lines(h, sep, encap))
         ttl = Text(str(h.ttl), style=CHANGE_STYLE if "ttl" in ch else "")
-        t.add_row(str(i), safe(h.point), h.direction, _ms(h.offset), ttl, addr, _encap_text(h, narrow))
+        t.add_row(str(i), safe(h.point), h.direction, _ms(h.offset), ttl, addr, encap)
         notes.append(f"{i:>2} ", style="dim")
         notes.append(safe(h.why) + "\n", style=ENCAP_STYLE if ch & {"encap", "decap"} else ("yellow" if ch else "dim"))
     for m in p.missing:
