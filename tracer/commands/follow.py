@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import sys
+from collections.abc import Iterator
 
 import click
 
@@ -95,38 +97,42 @@ def command(src, dst, port, url_path, count, save, output, pcapng, all_flows, li
       tracer follow curl httpbin --path /delay/1 --count 3 --save run1 && tracer analyze run1
       tracer follow curl httpbin --live
     """
-    from tracer.follow.signals import sigterm_interrupts
-
     if not url_path.startswith("/"):
         url_path = "/" + url_path
     run_id = os.urandom(4).hex()
+    with run_backend(src, dst, run_id, backend, kubeconfig, context, namespace, capture_image, capture_namespace) as fb:
+        from tracer.follow.run import FollowRequest
+
+        req = FollowRequest(src=src, dst=dst, port=port, path=url_path, count=count, timeout=timeout, save=save,
+                            output=output, pcapng=pcapng, all_flows=all_flows, run_id=run_id)
+        if live:
+            from tracer.follow.live import watch
+
+            watch(fb, req, iterations=iterations)
+            return
+        from tracer.follow.run import run
+
+        with _status() as progress:
+            run(fb, req, out=sys.stdout, progress=progress, timings_file=timings_file)
+
+
+@contextlib.contextmanager
+def run_backend(src: str, dst: str, run_id: str, *backend_args) -> Iterator:
+    """The backend of a follow or watch run (make_backend's options), SIGTERM taken as Ctrl-C,
+    closed whatever happens (idempotent: the run closes it itself; this covers what comes before)."""
+    from tracer.follow.signals import sigterm_interrupts
+
     with sigterm_interrupts():
-        fb = make_backend(backend, kubeconfig, context, namespace, capture_image, capture_namespace, run_id)
+        fb = make_backend(*backend_args, run_id)
         try:
-            expect_pods(fb, src, dst)
-            from tracer.follow.run import FollowRequest
-
-            req = FollowRequest(src=src, dst=dst, port=port, path=url_path, count=count, timeout=timeout, save=save,
-                                output=output, pcapng=pcapng, all_flows=all_flows, run_id=run_id)
-            if live:
-                from tracer.follow.live import watch
-
-                watch(fb, req, iterations=iterations)
-                return
-            from tracer.follow.run import run
-
-            with _status() as progress:
-                run(fb, req, out=sys.stdout, progress=progress, timings_file=timings_file)
+            # The pods the run is about, early, if the backend can use that (the lab starts their
+            # nodes' agents at once, while tracer still imports and discovers).
+            expect = getattr(fb, "expect_pods", None)
+            if expect is not None:
+                expect(src, dst)
+            yield fb
         finally:
-            fb.close()  # idempotent: the run closes it itself; this covers what comes before it
-
-
-def expect_pods(fb, *pods: str) -> None:
-    """Tell the backend early which pods the run is about, if it can use that (the lab starts
-    their nodes' agents at once, while tracer still imports and discovers)."""
-    expect = getattr(fb, "expect_pods", None)
-    if expect is not None:
-        expect(*pods)
+            fb.close()
 
 
 class _status:

@@ -6,7 +6,7 @@ import os
 
 import click
 
-from tracer.commands.follow import backend_options, expect_pods, make_backend
+from tracer.commands.follow import backend_options, run_backend
 
 
 @click.command()
@@ -25,18 +25,11 @@ def command(src, dst, port, url_path, timeout, backend, kubeconfig, context, nam
     Encapsulation (⊕), decapsulation (⊖), MAC rewrites and TTLs are marked where they happen.
     Ctrl-C stops it; nothing it started is left behind.
     """
-    from tracer.follow.signals import sigterm_interrupts
-
     run_id = os.urandom(4).hex()
-    with sigterm_interrupts():
-        fb = make_backend(backend, kubeconfig, context, namespace, capture_image, capture_namespace, run_id)
-        try:
-            expect_pods(fb, src, dst)
-            from tracer.follow.live import watch
-            from tracer.follow.run import FollowRequest
+    with run_backend(src, dst, run_id, backend, kubeconfig, context, namespace, capture_image, capture_namespace) as fb:
+        from tracer.follow.live import watch
+        from tracer.follow.run import FollowRequest
 
-            req = FollowRequest(src=src, dst=dst, port=port, timeout=timeout, run_id=run_id,
-                                path=url_path if url_path.startswith("/") else "/" + url_path)
-            watch(fb, req, iterations=iterations)
-        finally:
-            fb.close()  # idempotent: watch closes it itself; this covers what comes before it
+        req = FollowRequest(src=src, dst=dst, port=port, timeout=timeout, run_id=run_id,
+                            path=url_path if url_path.startswith("/") else "/" + url_path)
+        watch(fb, req, iterations=iterations)
