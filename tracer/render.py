@@ -5,9 +5,11 @@ from __future__ import annotations
 import re
 
 from rich import box
+from rich.cells import cell_len
 from rich.console import Console
+from rich.style import Style
 from rich.table import Table
-from rich.text import Text
+from rich.text import Span, Text
 
 from tracer.model import Flow, Hop, PacketTrace, Trace
 
@@ -108,6 +110,94 @@ def packet_table(p: PacketTrace, index: int, names: dict[str, str], narrow: bool
     return t
 
 
+def lay_out(table: Table, console: Console) -> Text | None:
+    """The text rich prints for a packet table, laid out directly: rich's general table layout
+    (measuring, wrapping, cropping every cell) takes ~10 ms a table, most of a follow's view.
+    Only for what packet_table builds (SIMPLE_HEAD, no edge padding, one space of padding,
+    plain str/Text cells, left/right justified) and only when every row fits the console as
+    it is; else None, and rich lays it out (it wraps, folds, squeezes the columns).
+    tests/test_render_golden.py checks both give the same text, styles included."""
+    if (table.box is not box.SIMPLE_HEAD or table.show_edge or table.pad_edge or table.padding != (0, 1, 0, 1)
+            or not table.show_header or table.show_footer or table.row_styles or table.expand or table.width
+            or table.title_justify != "left" or table.caption_justify != "left" or table.border_style
+            or table.style not in ("", "none") or any(r.style or r.end_section for r in table.rows)):
+        return None
+    columns = []  # (column, its cells: each a list of lines (plain, style, spans))
+    for c in table.columns:
+        if (c.justify not in ("left", "right") or c.style or c.header_style or c.vertical != "top" or c.width
+                or c.max_width or not isinstance(c.header, str)):
+            return None
+        cells = []
+        for x in c.cells:
+            if isinstance(x, str):
+                cells.append([(line, "", ()) for line in x.split("\n")])
+            elif isinstance(x, Text):
+                cells.append([(line.plain, line.style, line.spans) for line in x.split("\n", allow_blank=True)]
+                             if "\n" in x.plain else [(x.plain, x.style, x.spans)])
+            else:
+                return None
+        columns.append((c, cells))
+    last = len(columns) - 1
+    widths = []  # of the text, without the padding
+    for c, cells in columns:
+        w = max([cell_len(h) for h in c.header.split("\n")] + [cell_len(line[0]) for lines in cells for line in lines])
+        widths.append(max(w, c.min_width or 0))
+    total = sum(widths) + 2 * last + last  # one space of padding inside each column edge, one between columns
+    if total > console.width:
+        return None
+    plain: list[str] = []
+    spans: list[Span] = []
+    at = 0  # characters so far
+
+    def put(text: str, style: str | Style = "", inner: list[Span] | tuple[Span, ...] = ()) -> None:
+        nonlocal at
+        plain.append(text)
+        if style:
+            spans.append(Span(at, at + len(text), style))
+        spans.extend(Span(at + sp.start, at + sp.end, sp.style) for sp in inner)
+        at += len(text)
+
+    def annotation(t: Text | str | None) -> None:
+        """Title and caption, wrapped to the table's width as rich does."""
+        if t:
+            t = Text(t) if isinstance(t, str) else t
+            for line in t.wrap(console, total, justify=t.justify or "left", overflow=t.overflow or "fold"):
+                put(line.plain, line.style, line.spans)
+                put("\n")
+
+    def row(cells: list[tuple[str, str | Style, tuple[Span, ...]]], style: str = "") -> None:
+        for i, (c, (text, text_style, text_spans)) in enumerate(zip(table.columns, cells)):
+            pad = " " * (widths[i] - cell_len(text))
+            if style:  # the header: its style covers the padding too
+                put(" " if i else "", style)
+            elif i:
+                put(" ")
+            right = c.justify == "right"
+            # the justification's padding is the text's own (its style covers it), the edges' not
+            start = at
+            put(pad + text if right else text + pad, text_style)
+            spans.extend(Span(start + len(pad) * right + sp.start, start + len(pad) * right + sp.end, sp.style)
+                         for sp in text_spans)
+            if style:
+                spans.append(Span(start, at, style))
+            put(" " if i < last else "", style)
+            put(" " if i < last else "\n")  # the divider, or the end of the line
+
+    annotation(table.title)
+    headers = [c.header.split("\n") for c, _ in columns]
+    height = max(map(len, headers))
+    for n in range(height):  # headers aligned to the bottom
+        row([(h[n - height + len(h)] if n - height + len(h) >= 0 else "", "", ()) for h in headers], table.header_style)
+    put("─" * total + "\n")
+    blank = ("", "", ())
+    for r in range(len(table.rows)):
+        cells = [c[r] for _, c in columns]
+        for n in range(max(map(len, cells))):  # cells aligned to the top
+            row([c[n] if n < len(c) else blank for c in cells])
+    annotation(table.caption)
+    return Text("".join(plain)[:-1], spans=spans)  # (every line ends in an unstyled "\n")
+
+
 def flow_header(f: Flow, index: int, names: dict[str, str]) -> Text:
     t = Text(f"Flow {index}: ", style="bold cyan")
     t.append(f"{f.protocol.upper()} {safe(_label(f.client, names))} -> {safe(_label(f.server, names))}")
@@ -145,7 +235,12 @@ def render_hops(trace: Trace, console: Console, flows: list[Flow], names: dict[s
     for fi, f in enumerate(flows, 1):
         console.print(flow_header(f, fi, names))
         for pi, p in enumerate(f.packets, 1):
-            console.print(packet_table(p, pi, names, narrow=console.width < NARROW))
+            table = packet_table(p, pi, names, narrow=console.width < NARROW)
+            laid_out = lay_out(table, console)
+            if laid_out is not None:
+                console.print(laid_out, soft_wrap=True)
+            else:
+                console.print(table)
             console.print()
         console.print(summary_line(f))
         console.print()
