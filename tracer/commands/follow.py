@@ -139,6 +139,9 @@ class _status:
     """A spinner on stderr while the run works (nothing when stderr is not a terminal)."""
 
     def __enter__(self):
+        self.status = None
+        if not sys.stderr.isatty():  # (then not even rich's import, ~30 ms, before the run starts)
+            return self.update
         from rich.console import Console
 
         self.console = Console(stderr=True)
