@@ -46,7 +46,7 @@ def general(path: Path) -> tuple[list[tuple], PointStats, list[str]]:
     stats, out = PointStats(), []
     for r in records:
         fr = decode(cap.interfaces[r.interface].linktype, r.data, r.orig_len)
-        e = stats.add_frame(fr)
+        e = stats.add_frame(fr, r.time)
         if e is not None:
             out.append(from_frame(r.time, 0, fr, e, False))
     return out, stats, cap.warnings

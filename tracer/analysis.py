@@ -34,13 +34,16 @@ class AnalyzeRequest:
     window: float = 10.0
     ifnames: dict[tuple[str, int], str] | None = None
     """(node, interface index) -> name, for tcpdump -i any captures."""
+    captured_together: bool = False
+    """Every capture ran over the whole exchange (tracer follow's agents): a packet a point
+    did not see was not there, whenever the point's first and last frames came."""
 
 
 def correlate(req: AnalyzeRequest) -> tuple[Trace, Correlator]:
     inputs = list(req.inputs) + inputs_from_paths(req.paths, req.points)
     opts = Options(vxlan_ports=VXLAN_PORTS | frozenset(req.vxlan_ports), window=req.window,
                    keep_packets=not req.summary, way_hint=req.way, pods=frozenset((req.names or {}).values()),
-                   ifnames=dict(req.ifnames or {}))
+                   ifnames=dict(req.ifnames or {}), captured_together=req.captured_together)
     c = Correlator(inputs, opts).run()
     return build_trace(c), c
 

@@ -80,6 +80,10 @@ class Options:
     ifnames: dict[tuple[str, int], str] = field(default_factory=dict)
     """(node, interface index) -> interface name, for the points of `tcpdump -i any` captures
     (else `if<index>`)."""
+    captured_together: bool = False
+    """Every capture ran over the whole exchange: no packet went by a point not capturing.
+    Else a point's node is taken to capture from the first frame of any of its points to the
+    last (see _capture_window)."""
 
 
 class _Point:
@@ -152,7 +156,7 @@ class _Flow:
     """Per-flow state. In summary mode it holds counters only."""
 
     __slots__ = ("cks", "proto", "syn_sender", "first_sender", "packets", "http", "records", "masks", "pairs",
-                 "endpoints_seen", "nat", "tallies", "first_time")
+                 "endpoints_seen", "nat", "tallies", "first_time", "unsure", "uncovered")
 
     def __init__(self, proto: int):
         self.cks: set = set()
@@ -170,6 +174,13 @@ class _Flow:
         self.nat: list[tuple] = []
         self.first_time = float("inf")
         """Capture time of its earliest packet (orders flows that tie on packets)."""
+        self.unsure: dict[tuple, Counter] = {}
+        """Sender endpoint -> Counter((mask, uncovered, after)): packets that went by points
+        whose node was not capturing then (`uncovered`, a bitmask of points; `after`: its
+        capture had ended, else not yet begun): lost there or not, nobody can tell."""
+        self.uncovered: dict[int, int] | list[int] = {}
+        """Kept packets: id(sightings) -> their uncovered points, while reading; then, with the
+        records in order, a list of them beside the records."""
 
     def absorb(self, other: _Flow) -> None:
         if other.first_time < self.first_time and other.first_sender is not None:
@@ -187,6 +198,9 @@ class _Flow:
             for k, n in tallies.items():
                 mine[k] = mine.get(k, 0) + n
         self.nat.extend(n for n in other.nat if n not in self.nat)
+        for sender, counts in other.unsure.items():
+            self.unsure.setdefault(sender, Counter()).update(counts)
+        self.uncovered.update(other.uncovered)
 
     def count_tallies(self) -> None:
         """Turn the shape tallies into masks, pairs and endpoint counts (once, after the last packet)."""
@@ -321,7 +335,7 @@ class Correlator:
                     pidx = split[i].get(ifindex)
                     if pidx is None:
                         pidx = split[i][ifindex] = self._point(inp.split_node, self._ifname(inp, ifindex), inp.path)
-                e = self.points[pidx].stats.add_frame(fr)
+                e = self.points[pidx].stats.add_frame(fr, rec.time)
                 if e is not None:
                     batch.append(from_frame(rec.time, pidx, fr, e, keep))
                     if len(batch) >= 1024:
@@ -365,8 +379,13 @@ class Correlator:
             for flow in self.flows():
                 flow.count_tallies()
                 if self.opts.keep_packets:
-                    # Put every kept packet in order once more, now with the final clock offsets.
-                    flow.records = [self._sightings(obs) for obs in flow.records]
+                    # Put every kept packet in order once more, now with the final clock offsets,
+                    # and the packets in the order they set out (they were kept as they were
+                    # finalized: one that missed a point only when its window ran out).
+                    kept = sorted(((self._sightings(obs), flow.uncovered.get(id(obs), 0)) for obs in flow.records),
+                                  key=lambda r: self._set_out(r[0]))
+                    flow.records = [seq for seq, _ in kept]
+                    flow.uncovered = [u for _, u in kept]
         return self
 
     def _loop(self) -> None:
@@ -507,6 +526,10 @@ class Correlator:
                 steps.append((node, keyed[gi + 1][2], tuple(g), tuple(keyed[gi + 1][3])))
         return tuple(perm), tuple(dirs), steps, by_ttl, tuple(ties)
 
+    def _set_out(self, seq: list[Sighting]) -> float:
+        """When a packet was at the first point of its way, on the reference node's clock."""
+        return seq[0].time - self.offsets.get(self.points[seq[0].point].node, 0.0)
+
     def _sightings(self, obs: list[tuple]) -> list[Sighting]:
         perm, dirs, _, _, _ = self.order(obs)
         return [Sighting(obs[i][1], obs[i][0], obs[i][FRAME], d) for i, d in zip(perm, dirs)]
@@ -542,6 +565,9 @@ class Correlator:
         shapes, ends_info, flows_by_ck, samples = self._shapes, self._ends, self.flows_by_ck, self.offset_samples
         in_order, keep, new_shape = self._sorted, self._keep, self._new_shape
         self.distinct += len(done)
+        full = (1 << len(self.points)) - 1
+        check_windows = not self.opts.captured_together
+        window = self._capture_window()
         for obs in done:
             # (a lone sighting's shape does not depend on arrival order)
             sig = tuple(map(_code, obs)) if in_order or len(obs) == 1 else ()
@@ -557,6 +583,7 @@ class Correlator:
                 if cur is None or d < cur:
                     samples[k] = d
                     self._solve_offsets()
+                    window = self._capture_window()
             first = obs[shape.perm[0]]
             e = first[5]
             info = ends_info.get(e)
@@ -598,6 +625,12 @@ class Correlator:
                 flow.records.append(obs)
             tally = shape.tally
             tallies[tally] = tallies.get(tally, 0) + 1
+            if shape.mask != full and check_windows:  # did the points that missed it capture at the time?
+                uncovered, after = self._uncovered(obs, shape.mask, window)
+                if uncovered:
+                    flow.unsure.setdefault(sender, Counter())[(shape.mask, uncovered, after)] += 1
+                    if keep:
+                        flow.uncovered[id(obs)] = uncovered
             for res, i, j in shape.res:
                 res.n += 1
                 if res.n >= res.next:
@@ -606,6 +639,46 @@ class Correlator:
                         items.append(obs[j][0] - obs[i][0])
                     else:
                         res.take(obs[j][0] - obs[i][0])
+
+    # ---- capture windows ----
+
+    def _capture_window(self) -> tuple[float, float, dict[str, tuple[float, float]]]:
+        """When each node was capturing (from the first frame of any of its points to the last so
+        far), on the reference node's clock, and when all of them were: a packet inside that
+        passed no node that was not capturing. Nodes, not points: a point's first frame can come
+        long after its capture began (an idle veth), its node's others tell when that was."""
+        offs = self.offsets
+        nodes: dict[str, tuple[float, float]] = {}
+        for p in self.points:
+            st = p.stats
+            if st.first <= st.last:  # (a capture without frames: no window of its own to tell)
+                off = offs.get(p.node, 0.0)
+                lo, hi = nodes.get(p.node, (float("inf"), float("-inf")))
+                nodes[p.node] = (min(lo, st.first - off), max(hi, st.last - off))
+        if not nodes:
+            return float("-inf"), float("inf"), nodes
+        return max(lo for lo, _ in nodes.values()), min(hi for _, hi in nodes.values()), nodes
+
+    def _uncovered(self, obs: list[tuple], mask: int, window: tuple) -> tuple[int, bool]:
+        """The points not in `mask` whose node was not capturing when this packet went by: its
+        captures began after the packet's last sighting or ended before its first (reference
+        clock). A bitmask of points (0 at once when the packet is inside the common window),
+        and whether a capture had ended (else none had begun)."""
+        offs, points = self.offsets, self.points
+        times = [o[0] - offs.get(points[o[1]].node, 0.0) for o in obs]
+        lo, hi = min(times), max(times)
+        if window[0] <= lo and hi <= window[1]:
+            return 0, False
+        nodes = window[2]
+        uncovered, after = 0, False
+        for i, p in enumerate(points):
+            if mask >> i & 1 or p.node not in nodes:
+                continue
+            start, end = nodes[p.node]
+            if hi < start or lo > end:
+                uncovered |= 1 << i
+                after = after or lo > end
+        return uncovered, after
 
     def _flow_of(self, proto: int, obs: list[tuple]) -> _Flow:
         """The flow of a packet whose addresses or ports change on the way (NAT): one flow for all."""

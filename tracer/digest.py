@@ -87,10 +87,14 @@ class PointStats:
     what they tell does not change from one packet of a flow to the next.
     """
 
-    __slots__ = ("frames", "undecoded", "encapsulated", "calico_mac", "ips", "ends")
+    __slots__ = ("frames", "undecoded", "encapsulated", "calico_mac", "ips", "ends", "first", "last")
 
     def __init__(self):
         self.frames = self.undecoded = self.encapsulated = 0
+        self.first = float("inf")
+        self.last = float("-inf")
+        """Times of the point's first and last frames (its own clock): when it was capturing.
+        Kept up to date as the reader reads ahead: `last` is never behind what has been merged."""
         self.calico_mac = False
         self.ips: set[bytes] = set()
         self.ends: set[bytes] = set()
@@ -103,9 +107,13 @@ class PointStats:
         if not self.calico_mac and (mac_a == CALICO_MAC or mac_b == CALICO_MAC):
             self.calico_mac = True
 
-    def add_frame(self, fr: Frame) -> bytes | None:
+    def add_frame(self, fr: Frame, time: float) -> bytes | None:
         """Count a decoded frame; its `ends` if it is an IP packet the correlator follows, else None."""
         self.frames += 1
+        if time < self.first:
+            self.first = time
+        if time > self.last:
+            self.last = time
         if fr.tunnels:
             self.encapsulated += 1
         if fr.undecoded is not None and fr.arp is None:
@@ -155,6 +163,9 @@ def pcap_sightings(cap: CaptureFile, point: int, stats: PointStats, vxlan_ports:
                     return
                 buf = rest + chunk if rest else chunk
                 n = len(buf)
+                if n >= 16 and not count:  # the file's first frame
+                    sec, frac = unpack_rec(buf, 0)[:2]
+                    stats.first = min(stats.first, sec + frac / div)
                 huge = n > MAX_RECORD  # (only then can a corrupt length still fit in the buffer)
                 pos = 0
                 batch: list[tuple] = []
@@ -167,6 +178,8 @@ def pcap_sightings(cap: CaptureFile, point: int, stats: PointStats, vxlan_ports:
                     if end > n or huge and incl > MAX_RECORD:
                         if incl > MAX_RECORD:
                             count += len(batch) + dropped
+                            if pos:
+                                stats.last = max(stats.last, ts)
                             said.append(f"corrupt record after {count} packets (length {incl}); stopped reading there")
                             if batch:
                                 yield batch
@@ -214,13 +227,15 @@ def pcap_sightings(cap: CaptureFile, point: int, stats: PointStats, vxlan_ports:
                     # Anything else: the full decoder.
                     slow += 1
                     fr = decode(LINKTYPE_ETHERNET, buf[d:end], orig, vx)
-                    e = stats.add_frame(fr)
+                    e = stats.add_frame(fr, ts)
                     if e is not None:
                         append(from_frame(ts, point, fr, e, False))
                     else:
                         dropped += 1  # not IP: counted, not followed
                 rest = buf[pos:]
                 count += len(batch) + dropped
+                if pos:
+                    stats.last = max(stats.last, ts)
                 if batch:
                     yield batch
         finally:

@@ -91,6 +91,9 @@ class PacketTrace:
     """The last point on the way that saw the packet."""
     missing: tuple[str, ...] = ()
     """Points on the way (after the first sighting) that did not see it."""
+    not_captured: tuple[str, ...] = ()
+    """Those of `missing` whose node was not capturing when the packet went by (its captures
+    begin later or end sooner): the packet may have passed them unseen."""
     summary: str = ""
     """Short description, e.g. `SYN 10.1.38.203:56312 -> 10.1.201.77:80`."""
 
@@ -129,6 +132,9 @@ class FlowSummary:
     """The ordered points of each direction (request, response)."""
     stopped: dict[str, int] = field(default_factory=dict)
     """Point -> packets whose last sighting was there although the way goes on."""
+    not_captured: int = 0
+    """Of the stopped packets, those whose next point's node was not capturing then: they may
+    have gone on unseen (captures started at different times)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -156,3 +162,14 @@ class Trace:
     total_packets: int = 0
     matched_packets: int = 0
     """Distinct packets (identities) found."""
+
+
+def duration(seconds: float | None) -> str:
+    """A time difference as the views write it: 14µs, 2.31ms, 1.250s."""
+    if seconds is None:
+        return "-"
+    if abs(seconds) < 1e-3:
+        return f"{seconds * 1e6:.0f}µs"
+    if abs(seconds) < 1:
+        return f"{seconds * 1e3:.2f}ms"
+    return f"{seconds:.3f}s"

@@ -11,7 +11,7 @@ from rich.style import Style
 from rich.table import Table
 from rich.text import Span, Text
 
-from tracer.model import Flow, Hop, PacketTrace, Trace
+from tracer.model import Flow, Hop, PacketTrace, Trace, duration
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 CHANGE_STYLE = "bold yellow"
@@ -21,16 +21,6 @@ ENCAP_STYLE = "bold magenta"
 def safe(s: object) -> str:
     """Untrusted text (names, payload bytes) with control characters made visible."""
     return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(s))
-
-
-def _ms(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    if abs(seconds) < 1e-3:
-        return f"{seconds * 1e6:.0f}µs"
-    if abs(seconds) < 1:
-        return f"{seconds * 1e3:.2f}ms"
-    return f"{seconds:.3f}s"
 
 
 def _label(addr: str, names: dict[str, str]) -> str:
@@ -78,7 +68,8 @@ def packet_table(p: PacketTrace, index: int, names: dict[str, str], narrow: bool
     title.append(safe(p.summary))
     seen = len(p.hops)
     total = seen + len(p.missing)
-    title.append(f"  ({seen}/{total} points)", style="green" if not p.missing else "red")
+    title.append(f"  ({seen}/{total} points)",
+                 style="green" if not p.missing else ("yellow" if len(p.not_captured) == len(p.missing) else "red"))
     t = Table(title=title, title_justify="left", show_edge=False, pad_edge=False, expand=False,
               caption_justify="left", box=box.SIMPLE_HEAD)
     for col, kw in (("#", {"justify": "right"}), ("point", {}), ("dir", {}), ("+time", {"justify": "right"}),
@@ -97,14 +88,22 @@ def packet_table(p: PacketTrace, index: int, names: dict[str, str], narrow: bool
         if h.encap is not None:
             addr.append_text(_outer_lines(h, sep, encap))
         ttl = Text(str(h.ttl), style=CHANGE_STYLE if "ttl" in ch else "")
-        t.add_row(str(i), safe(h.point), h.direction, _ms(h.offset), ttl, addr, encap)
+        t.add_row(str(i), safe(h.point), h.direction, duration(h.offset), ttl, addr, encap)
         notes.append(f"{i:>2} ", style="dim")
         notes.append(safe(h.why) + "\n", style=ENCAP_STYLE if ch & {"encap", "decap"} else ("yellow" if ch else "dim"))
+    lost = [m for m in p.missing if m not in p.not_captured]
     for m in p.missing:
-        t.add_row("✗", Text(safe(m), style="red"), "", "", "", Text("not seen here", style="red"), "")
-    if p.missing:
-        notes.append(f" ✗ stopped after {safe(p.last_seen)}: not seen at {', '.join(safe(m) for m in p.missing)}\n",
+        if m in p.not_captured:
+            t.add_row("?", Text(safe(m), style="yellow"), "", "", "", Text("not capturing then", style="yellow"), "")
+        else:
+            t.add_row("✗", Text(safe(m), style="red"), "", "", "", Text("not seen here", style="red"), "")
+    if lost:
+        notes.append(f" ✗ stopped after {safe(p.last_seen)}: not seen at {', '.join(safe(m) for m in lost)}\n",
                      style="red")
+    if p.not_captured:
+        notes.append(f" ? last seen at {safe(p.last_seen)}; {', '.join(safe(m) for m in p.not_captured)} "
+                     "captured nothing at the time (a capture begun later or ended sooner): lost, or gone on "
+                     "unseen\n", style="yellow")
     notes.rstrip()
     t.caption = notes
     return t
@@ -281,6 +280,6 @@ def render_summary(trace: Trace, console: Console, flows: list[Flow]) -> None:
         st.add_column(col, overflow="fold")
     for s in trace.segments:
         st.add_row(safe(s.src), safe(s.dst), str(s.packets), Text(str(s.lost), style="red" if s.lost else ""),
-                   _ms(s.latency_median), _ms(s.latency_p99))
+                   duration(s.latency_median), duration(s.latency_p99))
     console.print(st)
     render_footer(trace, console)

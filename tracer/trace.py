@@ -8,7 +8,7 @@ from collections.abc import Iterable, Sequence
 from tracer.correlate import HTTP_STARTS, CaptureInput, Correlator, Options, Sighting, _Flow
 from tracer.decode import PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, fmt_ip, fmt_mac, tcp_flags_str
 from tracer.model import (
-    CapturePoint, Encapsulation, Flow, FlowSummary, Hop, Nat, PacketTrace, SegmentStats, Trace,
+    CapturePoint, Encapsulation, Flow, FlowSummary, Hop, Nat, PacketTrace, SegmentStats, Trace, duration,
 )
 from tracer.roles import INGRESS_RANK
 
@@ -40,6 +40,7 @@ def build_trace(c: Correlator) -> Trace:
     ways_cache: dict = {}
     named: dict[tuple, tuple[str, ...]] = {}   # a way by point indices -> by point ids
     masks_seen: dict[tuple, tuple] = {}        # (mask, way) -> what packets with that mask add up to
+    late: dict[tuple, int] = {}                # (node, after its end) -> packets that stopped before it uncaptured
     for f in flows:
         client = _client(f)
         ways = _ways(c, f, client, ways_cache)
@@ -55,7 +56,7 @@ def build_trace(c: Correlator) -> Trace:
         nat = _nat(c, f, client, ways)
         packets = ()
         if c.opts.keep_packets:
-            packets = tuple(_packet(c, rec, client, ways) for rec in f.records)
+            packets = tuple(_packet(c, rec, client, ways, u) for rec, u in zip(f.records, f.uncovered, strict=True))
         per_point: dict[str, int] = {}
         stopped: dict[str, int] = {}
         reached = 0
@@ -79,8 +80,16 @@ def build_trace(c: Correlator) -> Trace:
                     tot[0] += n
                     if lost:
                         tot[1] += n
+        not_captured = 0
+        for sender, unsure in f.unsure.items():
+            way = tuple(ways.get("request" if sender == client else "response", ()))
+            for (mask, uncovered, after), n in unsure.items():
+                nxt = _next_unseen(mask, way)
+                if nxt is not None and uncovered >> nxt & 1:
+                    not_captured += n
+                    late[(pts[nxt].node, after)] = late.get((pts[nxt].node, after), 0) + n
         summary = FlowSummary(packets=f.packets, reached_end=reached, per_point=per_point, way=way_ids,
-                              stopped=stopped)
+                              stopped=stopped, not_captured=not_captured)
         flows_out.append(Flow(client=endpoint(client), server=server, protocol=PROTO_NAMES.get(f.proto, str(f.proto)),
                               nat=nat, packets=packets, summary=summary, http=f.http))
     order = _point_order(c, all_ways)
@@ -103,7 +112,8 @@ def build_trace(c: Correlator) -> Trace:
     return Trace(
         points=points,
         clock_offsets={n: round(o, 6) for n, o in sorted(c.offsets.items(), key=lambda kv: c._node_rank(kv[0])) if n != ref},
-        flows=tuple(flows_out), reference_node=ref, segments=tuple(segments), warnings=tuple(c.warnings),
+        flows=tuple(flows_out), reference_node=ref, segments=tuple(segments),
+        warnings=(*c.warnings, *_late_warnings(c, late)),
         total_packets=c.total_frames, matched_packets=c.distinct,
     )
 
@@ -121,6 +131,31 @@ def _mask_info(pts, mask: int, way: tuple[int, ...]) -> tuple:
             stopped_at = pts[seen[-1]].id
     segs = tuple(((a, b), not mask >> b & 1) for a, b in zip(way, way[1:]) if mask >> a & 1)
     return ids, got_there, stopped_at, segs
+
+
+def _next_unseen(mask: int, way: tuple[int, ...]) -> int | None:
+    """The point of `way` right after the last one in `mask` (None: it reached the end, or
+    passed none of it)."""
+    last = max((k for k, p in enumerate(way) if mask >> p & 1), default=None)
+    return way[last + 1] if last is not None and last + 1 < len(way) else None
+
+
+def _late_warnings(c: Correlator, late: dict[tuple, int]) -> list[str]:
+    """Say which nodes' captures began later or ended sooner than the others', where packets
+    stopped before them then: what looks like loss there may be a capture not yet running."""
+    if not late:
+        return []
+    _, _, nodes = c._capture_window()
+    first = min(lo for lo, _ in nodes.values())
+    last = max(hi for _, hi in nodes.values())
+    out = []
+    for (node, after), n in sorted(late.items()):
+        lo, hi = nodes[node]
+        when = f"end {duration(last - hi)} before the last" if after else f"begin {duration(lo - first)} after the first"
+        out.append(f"{n} packet{'s' if n != 1 else ''} last seen before {node} went by while it captured nothing "
+                   f"(its captures {when}): lost there, or gone on unseen; capture on every node over the same "
+                   f"span to tell")
+    return out
 
 
 # ---- flows ----
@@ -324,7 +359,8 @@ def _point_order(c: Correlator, ways: list[tuple[str, ...]]) -> list[int]:
 
 # ---- packets and hops ----
 
-def _packet(c: Correlator, seq: list[Sighting], client: tuple, ways: dict[str, list[int]]) -> PacketTrace:
+def _packet(c: Correlator, seq: list[Sighting], client: tuple, ways: dict[str, list[int]],
+            uncovered: int = 0) -> PacketTrace:
     first = seq[0].frame
     direction = "request" if (first.ip_src, first.sport) == client else "response"
     hops = _hops(c, seq, direction)
@@ -332,10 +368,11 @@ def _packet(c: Correlator, seq: list[Sighting], client: tuple, ways: dict[str, l
     seen = {s.point for s in seq}
     start = way.index(seq[0].point) if seq[0].point in way else 0
     missing = tuple(c.points[p].id for p in way[start:] if p not in seen)
+    not_captured = tuple(c.points[p].id for p in way[start:] if p not in seen and uncovered >> p & 1)
     flags = tcp_flags_str(first.tcp_flags) if first.proto == PROTO_TCP else None
     return PacketTrace(direction=direction, tcp_flags=flags, ip_id=first.ip_id or 0,
                        payload_bytes=first.payload_len or 0, hops=hops, last_seen=c.points[seq[-1].point].id,
-                       missing=missing, summary=describe(first))
+                       missing=missing, not_captured=not_captured, summary=describe(first))
 
 
 def describe(fr) -> str:

@@ -311,7 +311,8 @@ def run(backend: FollowBackend, req: FollowRequest, *, out: TextIO, progress: Pr
             names = {way.src.pod.ip: way.src.pod.name, way.dst.pod.ip: way.dst.pod.name}
             areq = AnalyzeRequest(paths=(str(directory),), way=tuple(p.id for p in way.points), names=names,
                                   output=req.output, pcapng=req.pcapng,
-                                  flows=() if req.all_flows else own_flows(result), all_flows=req.all_flows)
+                                  flows=() if req.all_flows else own_flows(result), all_flows=req.all_flows,
+                                  captured_together=True)  # (every agent listened before curl, until its end)
             progress(None)
             run_analysis(areq, out, extra_json={"follow": follow_json(result, req)}, header=header(result, req))
     finally:
