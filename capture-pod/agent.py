@@ -1,11 +1,9 @@
 #!/usr/bin/env python3
 """tracer's capture agent: sniff a few interfaces of one node, each with a kernel BPF filter.
 
-Runs with nothing but the standard library and libpcap (the one scapy needs for its filters), as
-`python3 agent.py --run-id ID --capture IFACE=BPF [--capture ...]`, in a node's network namespace
-(the lab) or in a hostNetwork capture pod (Kubernetes, copied as /agent.py). libpcap compiles the
-filters through ctypes, as scapy's compile_filter does, without scapy's ~0.15 s of imports on the
-way to "ready"; scapy is only the fallback that knows more places to find libpcap.
+Runs with nothing but the standard library and scapy (with libpcap, which compiles the filters),
+as `python3 agent.py --run-id ID --capture IFACE=BPF [--capture ...]`, in a node's network
+namespace (the lab) or in a hostNetwork capture pod (Kubernetes, copied as /agent.py).
 
 Protocol over stdin/stdout (stdout carries JSON lines, some followed by raw bytes):
 
@@ -19,11 +17,14 @@ Protocol over stdin/stdout (stdout carries JSON lines, some followed by raw byte
   with --stream, after ready, also each frame as it is captured:
   -> {"event": "frame", "interface": IFACE, "time": T, "time_ns": NS, "linktype": L, "bytes": N}  + N bytes
 
-Why raw AF_PACKET sockets and not scapy's sniffers: the socket is created with protocol 0 (it
-receives nothing), the filter is attached, and only then is it bound to the interface: no
-unfiltered packet ever enters its queue, and "ready" means exactly that. recvmsg() gives the
-kernel's nanosecond timestamp (SO_TIMESTAMPNS), so hops microseconds apart on one node keep
-their order. One poll() loop serves all sockets, stdin and signals: no threads, no races.
+The sniffers are scapy's packet sockets (L2ListenSocket: both directions): scapy opens each
+with no receive buffer, attaches the filter libpcap compiled, binds it to the interface and
+flushes what came in meanwhile, so no unfiltered frame is ever read and "ready" means exactly
+that. The agent reads them itself, with recvmsg(): the kernel's timestamp in nanoseconds as it
+is (SO_TIMESTAMPNS; scapy's reader makes a float of it, and hops of one node a few hundred
+nanoseconds apart would tie), VLAN tags the NIC took off put back (PACKET_AUXDATA, as scapy
+does). scapy's RawPcapWriter writes the pcaps. One poll() loop serves all sockets, stdin and
+signals: no threads, no races.
 
 Draining: packet sockets queue each frame at once (no ring blocks as in libpcap without
 immediate mode), so on stop the agent reads every socket until it has been empty for --linger
@@ -31,7 +32,7 @@ seconds (what is still in flight on the node arrives meanwhile), then writes the
 sooner, when every TCP connection each socket has seen has ended there (FIN acknowledged both
 ways, or RST: the exchange's last packet is in), unless --no-early-stop.
 
-Standby: `agent.py [--run-id ID] --argv-from-stdin` starts, imports and loads libpcap, then
+Standby: `agent.py [--run-id ID] --argv-from-stdin` starts and imports scapy (~0.25 s), then
 reads its real arguments as one JSON list on a line of stdin (EOF instead: exit 0 at once) and
 goes on as if started with them; the command line only names the run in the process table. A
 launcher can so start it while it still works out what to capture.
@@ -41,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import io
 import json
 import os
 import select
@@ -49,21 +51,22 @@ import socket
 import struct
 import sys
 import time
+from types import SimpleNamespace
 
-ETH_P_ALL = 0x0003
 SOL_PACKET = 263
 PACKET_STATISTICS = 6
-SO_ATTACH_FILTER = 26
+PACKET_AUXDATA = 8
+TP_STATUS_VLAN_VALID, TP_STATUS_VLAN_TPID_VALID = 0x10, 0x40
 SO_TIMESTAMPNS = 35  # SCM_TIMESTAMPNS as well
 SO_RCVBUFFORCE = 33
 RCVBUF = 8 << 20  # room for bursts while the loop is busy elsewhere
 FRAME_BUFFER = 256 * 1024  # GRO can hand over one frame of up to 64 KiB (more with BIG TCP)
 DRAIN_MAX_SECONDS = 3.0
 _TIMESPEC = struct.Struct("@qq")
+_AUXDATA = struct.Struct("@IIIHHHH")  # struct tpacket_auxdata
+_ANCILLARY = socket.CMSG_SPACE(_TIMESPEC.size) + socket.CMSG_SPACE(_AUXDATA.size)
 _STATS = struct.Struct("@II")
-_PCAP_HEADER = struct.Struct("=IHHiIII")
-_PCAP_RECORD = struct.Struct("=IIII")
-PCAP_NANO_MAGIC = 0xA1B23C4D
+_VLAN = struct.Struct("!HH")
 
 
 class AgentError(Exception):
@@ -81,7 +84,8 @@ class Capture:
         self.bytes = 0
         self.dropped = 0
         self.linktype = _linktype(interface)
-        self.sock = _open_socket(interface, bpf, self.linktype)
+        self.sniffer = _open_sniffer(interface, bpf)
+        self.sock = self.sniffer.ins
         self.connections = Connections()
 
     def fileno(self) -> int:
@@ -92,18 +96,25 @@ class Capture:
         n = 0
         while True:
             try:
-                size, anc, flags, _ = self.sock.recvmsg_into([view], socket.CMSG_SPACE(_TIMESPEC.size))
+                size, anc, flags, _ = self.sock.recvmsg_into([view], _ANCILLARY)
             except (BlockingIOError, InterruptedError):
                 return n
-            sec = nsec = None
+            sec = nsec = tag = None
             for level, kind, data in anc:
                 if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(data) >= _TIMESPEC.size:
                     sec, nsec = _TIMESPEC.unpack_from(data)
+                elif level == SOL_PACKET and kind == PACKET_AUXDATA and len(data) >= _AUXDATA.size:
+                    status, _, _, _, _, tci, tpid = _AUXDATA.unpack_from(data)
+                    if tci or status & TP_STATUS_VLAN_VALID:  # a VLAN tag the NIC took off: put it back
+                        tag = _VLAN.pack(tpid if status & TP_STATUS_VLAN_TPID_VALID else 0x8100, tci)
             if sec is None:
                 ns = time.time_ns()
                 sec, nsec = divmod(ns, 1_000_000_000)
             data = bytes(view[:size])
             wirelen = size if not flags & socket.MSG_TRUNC else max(size, len(buf))
+            if tag is not None and self.linktype == LINKTYPE_ETHERNET and size >= 12:
+                data = data[:12] + tag + data[12:]
+                wirelen += 4
             self.frames.append((sec, nsec, data, wirelen))
             self.bytes += size
             self.connections.see(self.linktype, data)
@@ -119,12 +130,14 @@ class Capture:
             pass
 
     def pcap(self) -> bytes:
-        """A nanosecond pcap (magic 0xa1b23c4d, as scapy's RawPcapWriter(nano=True) writes it)."""
-        out = [_PCAP_HEADER.pack(PCAP_NANO_MAGIC, 2, 4, 0, 0, FRAME_BUFFER, self.linktype)]
+        """The frames as a nanosecond pcap (magic 0xa1b23c4d), written by scapy's RawPcapWriter."""
+        out = io.BytesIO()
+        writer = _scapy().RawPcapWriter(out, linktype=self.linktype, nano=True, sync=False, snaplen=FRAME_BUFFER)
+        writer.write_header(None)
         for sec, nsec, data, wirelen in self.frames:
-            out.append(_PCAP_RECORD.pack(sec, nsec, len(data), wirelen))
-            out.append(data)
-        return b"".join(out)
+            writer.write_packet(data, sec=sec, usec=nsec, caplen=len(data), wirelen=wirelen)
+        writer.flush()
+        return out.getvalue()
 
 
 # --- knowing when the exchange is over -------------------------------------------------------------
@@ -248,113 +261,62 @@ def _linktype(interface: str) -> int:
     return ARPHRD_LINKTYPES.get(arphrd, LINKTYPE_ETHERNET)
 
 
-_LIBPCAP: list = []  # [lib or None] once looked up
+_SCAPY: list = []  # [what the agent takes from scapy] once imported
 
 
-def _libpcap():
-    """libpcap through ctypes: compiling a filter needs it, not scapy's 0.15 s of imports.
+def _scapy() -> SimpleNamespace:
+    """scapy's packet socket and pcap writer, imported once (a standby agent does it while its
+    launcher still works out what to capture: it is most of the agent's way to "ready")."""
+    if not _SCAPY:
+        import logging
 
-    The usual sonames first: ctypes.util.find_library runs `ldconfig -p` (a process, ~10 ms),
-    only worth it when they all fail. Looked up once per process, whatever the captures."""
-    if _LIBPCAP:
-        return _LIBPCAP[0]
-    import ctypes
-
-    def candidates():
-        yield from ("libpcap.so.1", "libpcap.so.0.8", "libpcap.so")
-        import ctypes.util
-
-        yield ctypes.util.find_library("pcap")
-
-    lib = None
-    for name in filter(None, candidates()):
+        logging.getLogger("scapy.runtime").setLevel(logging.ERROR)  # (no import-time chatter on stderr)
         try:
-            lib = ctypes.CDLL(name)
-        except OSError:
-            continue
-        lib.pcap_open_dead.restype = ctypes.c_void_p
-        lib.pcap_open_dead.argtypes = [ctypes.c_int, ctypes.c_int]
-        lib.pcap_compile.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int, ctypes.c_uint32]
-        lib.pcap_geterr.restype = ctypes.c_char_p
-        lib.pcap_geterr.argtypes = [ctypes.c_void_p]
-        lib.pcap_close.argtypes = [ctypes.c_void_p]
-        lib.pcap_freecode.argtypes = [ctypes.c_void_p]
-        break
-    _LIBPCAP.append(lib)
-    return lib
+            from scapy.arch.linux import L2ListenSocket
+            from scapy.error import Scapy_Exception
+            from scapy.utils import RawPcapWriter
+        except ImportError as e:
+            raise AgentError(f"scapy is not available: {e}",
+                             hint="the agent needs python3 with scapy and libpcap (pip install scapy)") from None
+        _SCAPY.append(SimpleNamespace(L2ListenSocket=L2ListenSocket, RawPcapWriter=RawPcapWriter, Error=Scapy_Exception))
+    return _SCAPY[0]
 
 
-def compile_bpf(expr: str, linktype: int) -> bytes:
-    """The classic BPF program for `expr` as the kernel's struct sock_fprog wants it."""
-    import ctypes
-
-    class BpfProgram(ctypes.Structure):
-        _fields_ = [("bf_len", ctypes.c_uint), ("bf_insns", ctypes.c_void_p)]
-
-    lib = _libpcap()
-    if lib is None:  # scapy knows more places to look for libpcap
-        if sys.flags.no_site:  # started with -S (fast start): scapy lives in site-packages
-            import site
-
-            site.main()
-        from scapy.arch.common import compile_filter, free_filter
-        from scapy.error import Scapy_Exception
-
-        try:
-            prog = compile_filter(expr, linktype=linktype)
-        except (Scapy_Exception, ImportError, OSError) as e:
-            raise AgentError(f"cannot compile the BPF filter {expr!r}: {e}",
-                             hint="the agent needs libpcap (libpcap0.8 / libpcap) to compile filters") from None
-        insns = ctypes.string_at(prog.bf_insns, prog.bf_len * 8)
-        free_filter(prog)
-        return insns
-    handle = lib.pcap_open_dead(linktype, FRAME_BUFFER)
-    prog = BpfProgram()
+def _open_sniffer(interface: str, bpf: str):
+    """scapy's packet socket for one interface, listening to both directions with the kernel
+    filter attached before it is bound (scapy opens it with no receive buffer, attaches the
+    filter, binds, and flushes what came in between: no unfiltered frame is ever read), its
+    kernel timestamps in nanoseconds and its VLAN tags (auxiliary data) switched on. The
+    agent reads it itself (Capture.read_available): recvmsg gives the timestamp as the kernel
+    has it, where scapy's reader makes a float of it (a quarter of a microsecond apart, two
+    hops of one node would tie)."""
+    scapy = _scapy()
     try:
-        if lib.pcap_compile(handle, ctypes.byref(prog), expr.encode(), 1, 0xFFFFFFFF) != 0:
-            raise AgentError(f"cannot compile the BPF filter {expr!r}: {lib.pcap_geterr(handle).decode(errors='replace')}",
-                             hint="check the filter's syntax (man pcap-filter)")
-        return ctypes.string_at(prog.bf_insns, prog.bf_len * 8)
-    finally:
-        if prog.bf_insns:
-            lib.pcap_freecode(ctypes.byref(prog))
-        lib.pcap_close(handle)
-
-
-def _attach(sock: socket.socket, insns: bytes) -> None:
-    import ctypes
-
-    class SockFprog(ctypes.Structure):
-        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
-
-    buf = ctypes.create_string_buffer(insns, len(insns))
-    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, bytes(SockFprog(len(insns) // 8, ctypes.addressof(buf))))
-
-
-def _open_socket(interface: str, bpf: str, linktype: int) -> socket.socket:
-    insns = compile_bpf(bpf, linktype)
-    try:
-        sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)  # protocol 0: receives nothing yet
+        sniffer = scapy.L2ListenSocket(iface=interface, filter=bpf, promisc=False)
     except PermissionError:
         raise AgentError("no permission to open a packet socket", hint="the agent needs root or CAP_NET_RAW") from None
+    except scapy.Error as e:
+        raise AgentError(f"cannot compile the BPF filter {bpf!r}: {e}",
+                         hint="check the filter's syntax (man pcap-filter); the agent needs libpcap") from None
+    except OSError as e:
+        if e.errno == errno.ENODEV:
+            raise AgentError(f"no interface {interface!r} in this network namespace",
+                             hint="the way changed since discovery, or the agent runs in the wrong namespace") from None
+        raise
     try:
-        _attach(sock, insns)
+        sock = sniffer.ins
         try:
             sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RCVBUF)
         except OSError:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
         sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
-        try:
-            sock.bind((interface, ETH_P_ALL))  # from here on, filtered frames are queued
-        except OSError as e:
-            if e.errno == errno.ENODEV:
-                raise AgentError(f"no interface {interface!r} in this network namespace",
-                                 hint="the way changed since discovery, or the agent runs in the wrong namespace") from None
-            raise
         sock.setblocking(False)
-        return sock
+        # Reading the statistics resets them: what the kernel dropped so far came before the
+        # filter was attached (scapy's socket hears every interface until then, with no buffer).
+        sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, _STATS.size)
+        return sniffer
     except BaseException:
-        sock.close()
+        sniffer.close()
         raise
 
 
@@ -490,8 +452,7 @@ class Agent:
 
     def close(self) -> None:
         for c in self.captures:
-            if c.sock.fileno() != -1:
-                c.sock.close()
+            c.sniffer.close()
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -518,7 +479,7 @@ def argv_from_stdin() -> tuple[list[str] | None, bytes]:
     # A launcher may have left them blocked (the mask survives exec): until the agent takes
     # them over, they end it as they end any process.
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
-    _libpcap()  # the slow part of getting ready, done while the launcher is still busy
+    _scapy()  # the slow part of getting ready, done while the launcher is still busy
     data = b""
     while b"\n" not in data:
         chunk = os.read(0, 4096)

@@ -10,12 +10,13 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
 
 from tracer.follow.agent_protocol import AgentClient, AgentError, CaptureSpec, agent_argv
-from tracer.follow.lab_backend import LabFollowBackend
+from tracer.follow.lab_backend import LabAgentChannel, LabFollowBackend
 from tracer.pcapio import open_capture
 
 pytestmark = [pytest.mark.root]
@@ -231,3 +232,51 @@ def test_tcp_segment_finds_the_tcp_inside_vxlan():
     conns = mod.Connections()
     conns.see(mod.LINKTYPE_ETHERNET, vxlan_syn_frame())
     assert not conns.all_ended()
+
+
+# --- VLAN tags ------------------------------------------------------------------------------------
+
+@pytest.fixture
+def veth_pair():
+    """Two namespaces joined by a veth pair (v0 on both sides), removed whatever happens."""
+    from conftest import SESSION_PREFIX
+    from tracer.lab import netns
+
+    a, b = f"{SESSION_PREFIX}vla", f"{SESSION_PREFIX}vlb"
+    try:
+        for cmd in (["ip", "netns", "add", a], ["ip", "netns", "add", b],
+                    ["ip", "-n", a, "link", "add", "v0", "type", "veth", "peer", "name", "v0", "netns", b],
+                    ["ip", "-n", a, "link", "set", "v0", "up"], ["ip", "-n", b, "link", "set", "v0", "up"]):
+            subprocess.run(cmd, check=True)
+        yield a, b
+    finally:
+        netns.delete([a, b])
+
+
+def test_vlan_tags_the_kernel_took_off_are_put_back(veth_pair, tmp_path):
+    # A frame tagged VLAN 10 crosses the veth; the receiving kernel takes the tag off before any
+    # packet socket sees the frame (it keeps it beside it): tcpdump puts it back, so must the agent.
+    from scapy.layers.inet import IP, UDP
+    from scapy.layers.l2 import Dot1Q, Ether
+
+    a, b = veth_pair
+    frame = bytes(Ether(dst="02:00:00:00:00:02", src="02:00:00:00:00:01") / Dot1Q(vlan=10, prio=3)
+                  / IP(src="10.77.0.1", dst="10.77.0.2") / UDP(sport=4242, dport=9) / b"vlan")
+    agent_py = os.path.join(os.path.dirname(__file__), "..", "capture-pod", "agent.py")
+    stderr = tempfile.TemporaryFile()
+    proc = subprocess.Popen(["ip", "netns", "exec", b, sys.executable, agent_py,
+                             *agent_argv("t-vlan", [CaptureSpec(interface="v0", bpf="udp port 9")])],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr)
+    channel = LabAgentChannel(proc, stderr)
+    try:
+        agent = AgentClient(channel, b)
+        agent.wait_ready(20)
+        send = (f"import socket; s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW); s.bind(('v0', 0)); "
+                f"s.send(bytes.fromhex('{frame.hex()}'))")
+        subprocess.run(["ip", "netns", "exec", a, sys.executable, "-c", send], check=True)
+        cap = agent.stop_and_collect(10)["v0"]
+    finally:
+        channel.close()
+    (rec,) = frames(cap.pcap, tmp_path)
+    assert rec.data == frame  # the tag (priority 3, VLAN 10) where it was, every byte as sent
+    assert rec.orig_len == len(frame)

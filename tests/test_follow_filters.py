@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 from pathlib import Path
 from types import SimpleNamespace
@@ -33,13 +32,6 @@ def matches(pcap: Path, bpf: str) -> int:
     return sum(1 for line in out.stdout.splitlines() if line[:1].isdigit())  # inner headers get a line too
 
 
-def agent():
-    spec = importlib.util.spec_from_file_location("agent", Path(__file__).resolve().parents[1] / "capture-pod" / "agent.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_the_plan_is_each_node_s_points_in_the_order_of_the_way():
     plan = capture_plan(way(), 80)
     assert {n: [c.interface for c in cs] for n, cs in plan.items()} == {
@@ -54,12 +46,3 @@ def test_the_underlay_filter_keeps_exactly_the_flow_inside_the_vxlan(point):
     assert matches(pcap, underlay_filter(way(), 80)) == matches(pcap, "udp port 4789") == 12
     assert matches(pcap, underlay_filter(way(), 8080)) == 0  # another port of the same pods
     assert matches(pcap, underlay_filter(way(CURL, "172.18.104.15"), 80)) == 0  # another pod
-
-
-def test_the_agent_compiles_both_filters_with_libpcap():
-    a = agent()
-    for bpf in (underlay_filter(way(), 80), flow_filter(CURL, HTTPBIN, 80)):
-        prog = a.compile_bpf(bpf, a.LINKTYPE_ETHERNET)
-        assert len(prog) % 8 == 0 and len(prog) > 8
-    with pytest.raises(a.AgentError, match="cannot compile"):
-        a.compile_bpf("udp[", a.LINKTYPE_ETHERNET)

@@ -87,7 +87,7 @@ class LabFollowBackend:
     As the Kubernetes backend asks for a node's capture pod as soon as `pod()` finds a pod on it,
     `pod()` here starts the node's agent in standby (`agent.py --argv-from-stdin`): its Python
     starts and imports while discovery still runs, and `start_agent` then only hands it its
-    arguments. `python=None` is this interpreter with -S: the agent needs no site-packages.
+    arguments. `python=None` is this interpreter (whose site-packages have scapy).
     """
 
     name = "lab"
@@ -98,7 +98,7 @@ class LabFollowBackend:
         self.run_id = run_id
         """Names the standby agents in the process table, as --run-id names started ones."""
         self._discovery = lab.backend()
-        self._python = [sys.executable, "-S"] if python is None else [python]
+        self._python = [sys.executable] if python is None else [python]
         self._agent = agent
         self._standby_on = standby
         self._standby: dict[str, LabAgentChannel] = {}
