@@ -32,7 +32,7 @@ seconds (what is still in flight on the node arrives meanwhile), then writes the
 sooner, when every TCP connection each socket has seen has ended there (FIN acknowledged both
 ways, or RST: the exchange's last packet is in), unless --no-early-stop.
 
-Standby: `agent.py [--run-id ID] --argv-from-stdin` starts and imports scapy (~0.25 s), then
+Standby: `agent.py [--run-id ID] --argv-from-stdin` starts and imports scapy (~0.3 s), then
 reads its real arguments as one JSON list on a line of stdin (EOF instead: exit 0 at once) and
 goes on as if started with them; the command line only names the run in the process table. A
 launcher can so start it while it still works out what to capture.
@@ -58,6 +58,8 @@ PACKET_STATISTICS = 6
 PACKET_AUXDATA = 8
 TP_STATUS_VLAN_VALID, TP_STATUS_VLAN_TPID_VALID = 0x10, 0x40
 SO_TIMESTAMPNS = 35  # SCM_TIMESTAMPNS as well
+SO_ATTACH_FILTER = 26
+BPF_RET_K = 0x06
 SO_RCVBUFFORCE = 33
 RCVBUF = 8 << 20  # room for bursts while the loop is busy elsewhere
 FRAME_BUFFER = 256 * 1024  # GRO can hand over one frame of up to 64 KiB (more with BIG TCP)
@@ -84,7 +86,7 @@ class Capture:
         self.bytes = 0
         self.dropped = 0
         self.linktype = _linktype(interface)
-        self.sniffer = _open_sniffer(interface, bpf)
+        self.sniffer = _open_sniffer(interface, bpf, self.linktype)
         self.sock = self.sniffer.ins
         self.connections = Connections()
 
@@ -100,20 +102,20 @@ class Capture:
             except (BlockingIOError, InterruptedError):
                 return n
             sec = nsec = tag = None
+            wirelen = size if not flags & socket.MSG_TRUNC else max(size, len(buf))
             for level, kind, data in anc:
                 if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(data) >= _TIMESPEC.size:
                     sec, nsec = _TIMESPEC.unpack_from(data)
                 elif level == SOL_PACKET and kind == PACKET_AUXDATA and len(data) >= _AUXDATA.size:
-                    status, _, _, _, _, tci, tpid = _AUXDATA.unpack_from(data)
-                    if tci or status & TP_STATUS_VLAN_VALID:  # a VLAN tag the NIC took off: put it back
+                    status, wirelen, _, _, _, tci, tpid = _AUXDATA.unpack_from(data)  # (tp_len: on the wire)
+                    if tci or status & TP_STATUS_VLAN_VALID:  # a VLAN tag the kernel took off: put it back
                         tag = _VLAN.pack(tpid if status & TP_STATUS_VLAN_TPID_VALID else 0x8100, tci)
             if sec is None:
                 ns = time.time_ns()
                 sec, nsec = divmod(ns, 1_000_000_000)
             data = bytes(view[:size])
-            wirelen = size if not flags & socket.MSG_TRUNC else max(size, len(buf))
             if tag is not None and self.linktype == LINKTYPE_ETHERNET and size >= 12:
-                data = data[:12] + tag + data[12:]
+                data = (data[:12] + tag + data[12:])[:FRAME_BUFFER]
                 wirelen += 4
             self.frames.append((sec, nsec, data, wirelen))
             self.bytes += size
@@ -282,7 +284,26 @@ def _scapy() -> SimpleNamespace:
     return _SCAPY[0]
 
 
-def _open_sniffer(interface: str, bpf: str):
+def _whole_frames(sock: socket.socket, bpf: str, linktype: int) -> None:
+    """Put the same filter on again, keeping whole frames: scapy's is compiled for a snap length
+    of 65,535 bytes, which cuts GRO/GSO super-frames (up to 64 KiB of IP, more with BIG TCP)
+    silently (the kernel trims them before reading, so recvmsg() sees no MSG_TRUNC). The
+    replacement is atomic: no frame goes by unfiltered."""
+    from scapy.arch.common import compile_filter, free_filter
+    from scapy.libs.structures import sock_fprog
+
+    prog = compile_filter(bpf, linktype=linktype)
+    try:
+        for i in range(prog.bf_len):
+            insn = prog.bf_insns[i]
+            if insn.code == BPF_RET_K and insn.k:  # "accept, this many bytes"
+                insn.k = FRAME_BUFFER
+        sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, bytes(sock_fprog(prog.bf_len, prog.bf_insns)))
+    finally:
+        free_filter(prog)
+
+
+def _open_sniffer(interface: str, bpf: str, linktype: int):
     """scapy's packet socket for one interface, listening to both directions with the kernel
     filter attached before it is bound (scapy opens it with no receive buffer, attaches the
     filter, binds, and flushes what came in between: no unfiltered frame is ever read), its
@@ -291,6 +312,8 @@ def _open_sniffer(interface: str, bpf: str):
     has it, where scapy's reader makes a float of it (a quarter of a microsecond apart, two
     hops of one node would tie)."""
     scapy = _scapy()
+    gone = AgentError(f"no interface {interface!r} in this network namespace",
+                      hint="the way changed since discovery, or the agent runs in the wrong namespace")
     try:
         sniffer = scapy.L2ListenSocket(iface=interface, filter=bpf, promisc=False)
     except PermissionError:
@@ -298,12 +321,14 @@ def _open_sniffer(interface: str, bpf: str):
     except scapy.Error as e:
         raise AgentError(f"cannot compile the BPF filter {bpf!r}: {e}",
                          hint="check the filter's syntax (man pcap-filter); the agent needs libpcap") from None
+    except ValueError:  # (scapy's word for an interface it does not know)
+        raise gone from None
     except OSError as e:
         if e.errno == errno.ENODEV:
-            raise AgentError(f"no interface {interface!r} in this network namespace",
-                             hint="the way changed since discovery, or the agent runs in the wrong namespace") from None
+            raise gone from None
         raise
     try:
+        _whole_frames(sniffer.ins, bpf, linktype)
         sock = sniffer.ins
         try:
             sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RCVBUF)
@@ -496,12 +521,17 @@ def argv_from_stdin() -> tuple[list[str] | None, bytes]:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     stdin_rest = b""
+    out = Output(sys.stdout.buffer)
     if "--argv-from-stdin" in argv:  # the rest of the command line only names the run (ps)
-        argv, stdin_rest = argv_from_stdin()
+        try:
+            argv, stdin_rest = argv_from_stdin()
+        except AgentError as e:  # (scapy missing: said before the arguments come)
+            run_id = argv[argv.index("--run-id") + 1] if "--run-id" in argv[:-1] else ""
+            out.event("error", message=e.message, hint=e.hint, run_id=run_id)
+            return 1
         if argv is None:
             return 0
     args = parse_args(argv)
-    out = Output(sys.stdout.buffer)
     agent = Agent(args, out)
     agent._stdin_buf = stdin_rest
     try:

@@ -253,19 +253,23 @@ def veth_pair():
         netns.delete([a, b])
 
 
-def test_vlan_tags_the_kernel_took_off_are_put_back(veth_pair, tmp_path):
-    # A frame tagged VLAN 10 crosses the veth; the receiving kernel takes the tag off before any
-    # packet socket sees the frame (it keeps it beside it): tcpdump puts it back, so must the agent.
+@pytest.mark.parametrize("tags", ["802.1Q", "802.1ad+802.1Q"])
+def test_vlan_tags_the_kernel_took_off_are_put_back(veth_pair, tmp_path, tags):
+    # A tagged frame crosses the veth; the receiving kernel takes the (outer) tag off before any
+    # packet socket sees the frame (it keeps it beside it): tcpdump puts it back, so must the agent,
+    # with its own TPID (0x8100, or 0x88a8 for a QinQ service tag).
     from scapy.layers.inet import IP, UDP
-    from scapy.layers.l2 import Dot1Q, Ether
+    from scapy.layers.l2 import Dot1AD, Dot1Q, Ether
 
     a, b = veth_pair
-    frame = bytes(Ether(dst="02:00:00:00:00:02", src="02:00:00:00:00:01") / Dot1Q(vlan=10, prio=3)
+    vlan = Dot1Q(vlan=10, prio=3) if tags == "802.1Q" else Dot1AD(vlan=20) / Dot1Q(vlan=10)
+    frame = bytes(Ether(dst="02:00:00:00:00:02", src="02:00:00:00:00:01") / vlan
                   / IP(src="10.77.0.1", dst="10.77.0.2") / UDP(sport=4242, dport=9) / b"vlan")
     agent_py = os.path.join(os.path.dirname(__file__), "..", "capture-pod", "agent.py")
     stderr = tempfile.TemporaryFile()
     proc = subprocess.Popen(["ip", "netns", "exec", b, sys.executable, agent_py,
-                             *agent_argv("t-vlan", [CaptureSpec(interface="v0", bpf="udp port 9")])],
+                             *agent_argv("t-vlan", [CaptureSpec(interface="v0", bpf="vlan and udp port 9" if "ad" in tags
+                                                                 else "udp port 9")])],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr)
     channel = LabAgentChannel(proc, stderr)
     try:
@@ -280,3 +284,29 @@ def test_vlan_tags_the_kernel_took_off_are_put_back(veth_pair, tmp_path):
     (rec,) = frames(cap.pcap, tmp_path)
     assert rec.data == frame  # the tag (priority 3, VLAN 10) where it was, every byte as sent
     assert rec.orig_len == len(frame)
+
+
+def test_the_kernel_filter_keeps_whole_frames():
+    # libpcap compiled scapy's filter for 65,535 bytes: the kernel would cut GRO/BIG TCP
+    # super-frames to that before the agent reads them (no MSG_TRUNC: a silently short frame).
+    # The agent's filter, as the kernel holds it, accepts whole frames of up to FRAME_BUFFER.
+    import ctypes
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("agent", os.path.join(os.path.dirname(__file__), "..", "capture-pod", "agent.py"))
+    a = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(a)
+    sniffer = a._open_sniffer("lo", "udp port 9", a._linktype("lo"))
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        count = ctypes.c_uint(0)  # SO_GET_FILTER counts instructions, not bytes
+        assert libc.getsockopt(sniffer.ins.fileno(), 1, 26, None, ctypes.byref(count)) == 0
+        buf = ctypes.create_string_buffer(8 * count.value)
+        assert libc.getsockopt(sniffer.ins.fileno(), 1, 26, buf, ctypes.byref(count)) == 0
+    finally:
+        sniffer.close()
+    import struct
+
+    insns = [struct.unpack_from("=HBBI", buf.raw, i) for i in range(0, 8 * count.value, 8)]
+    accepts = [k for code, _, _, k in insns if code == 0x06 and k]
+    assert accepts and set(accepts) == {a.FRAME_BUFFER} and a.FRAME_BUFFER > 65535
