@@ -88,6 +88,8 @@ def test_save_then_analyze_shows_the_same_hops(lab, tmp_path):
     doc = follow_json(lab, "--save", str(saved))
     files = sorted(str(p.relative_to(saved)) for p in saved.rglob("*") if p.is_file())
     assert "path.json" in files and len([f for f in files if f.endswith(".pcap")]) == 6
+    # (the agents ran over the whole exchange: analyze need not wonder whether a point was capturing)
+    assert json.loads((saved / "path.json").read_text())["captured_together"] is True
     again = json.loads(run_tracer("analyze", str(saved), "-o", "json", store=lab.store, check=True).stdout)
     assert hop_view(again) == hop_view(doc)
     text = run_tracer("analyze", str(saved), store=lab.store, check=True).stdout

@@ -175,12 +175,12 @@ class _Flow:
         self.first_time = float("inf")
         """Capture time of its earliest packet (orders flows that tie on packets)."""
         self.unsure: dict[tuple, Counter] = {}
-        """Sender endpoint -> Counter((mask, uncovered, after)): packets that went by points
-        whose node was not capturing then (`uncovered`, a bitmask of points; `after`: its
-        capture had ended, else not yet begun): lost there or not, nobody can tell."""
-        self.uncovered: dict[int, int] | list[int] = {}
-        """Kept packets: id(sightings) -> their uncovered points, while reading; then, with the
-        records in order, a list of them beside the records."""
+        """Sender endpoint -> Counter((mask, before, after)): packets that missed points whose
+        node had captured nothing yet (`before`, a bitmask of points) or nothing more (`after`)
+        at the time: lost there, or gone by a capture not yet (no longer) running."""
+        self.uncovered: list[int] = []
+        """Kept packets (beside `records`, once run() has put them in order): the points each
+        missed whose node captured nothing at the time (a bitmask; see Correlator._uncovered)."""
 
     def absorb(self, other: _Flow) -> None:
         if other.first_time < self.first_time and other.first_sender is not None:
@@ -200,7 +200,6 @@ class _Flow:
         self.nat.extend(n for n in other.nat if n not in self.nat)
         for sender, counts in other.unsure.items():
             self.unsure.setdefault(sender, Counter()).update(counts)
-        self.uncovered.update(other.uncovered)
 
     def count_tallies(self) -> None:
         """Turn the shape tallies into masks, pairs and endpoint counts (once, after the last packet)."""
@@ -376,13 +375,14 @@ class Correlator:
                 pt.role = "pod-veth" if pt.node in self.opts.pods else infer_role(
                     pt.interface, encapsulated=st.encapsulated, frames=st.frames, calico_mac_seen=st.calico_mac)
             self._solve_offsets()
+            window = self._capture_window()  # (with every frame read and the final clock offsets)
             for flow in self.flows():
                 flow.count_tallies()
                 if self.opts.keep_packets:
                     # Put every kept packet in order once more, now with the final clock offsets,
                     # and the packets in the order they set out (they were kept as they were
                     # finalized: one that missed a point only when its window ran out).
-                    kept = sorted(((self._sightings(obs), flow.uncovered.get(id(obs), 0)) for obs in flow.records),
+                    kept = sorted(((self._sightings(obs), self._uncovered_now(obs, window)) for obs in flow.records),
                                   key=lambda r: self._set_out(r[0]))
                     flow.records = [seq for seq, _ in kept]
                     flow.uncovered = [u for _, u in kept]
@@ -567,7 +567,7 @@ class Correlator:
         self.distinct += len(done)
         full = (1 << len(self.points)) - 1
         check_windows = not self.opts.captured_together
-        window = self._capture_window()
+        window = self._capture_window() if check_windows else None
         for obs in done:
             # (a lone sighting's shape does not depend on arrival order)
             sig = tuple(map(_code, obs)) if in_order or len(obs) == 1 else ()
@@ -583,7 +583,8 @@ class Correlator:
                 if cur is None or d < cur:
                     samples[k] = d
                     self._solve_offsets()
-                    window = self._capture_window()
+                    if check_windows:
+                        window = self._capture_window()
             first = obs[shape.perm[0]]
             e = first[5]
             info = ends_info.get(e)
@@ -626,11 +627,10 @@ class Correlator:
             tally = shape.tally
             tallies[tally] = tallies.get(tally, 0) + 1
             if shape.mask != full and check_windows:  # did the points that missed it capture at the time?
-                uncovered, after = self._uncovered(obs, shape.mask, window)
-                if uncovered:
-                    flow.unsure.setdefault(sender, Counter())[(shape.mask, uncovered, after)] += 1
-                    if keep:
-                        flow.uncovered[id(obs)] = uncovered
+                # (judged with the clock offsets known by now; kept packets again at the end)
+                before, after = self._uncovered(obs, shape.mask, window)
+                if before or after:
+                    flow.unsure.setdefault(sender, Counter())[(shape.mask, before, after)] += 1
             for res, i, j in shape.res:
                 res.n += 1
                 if res.n >= res.next:
@@ -659,26 +659,38 @@ class Correlator:
             return float("-inf"), float("inf"), nodes
         return max(lo for lo, _ in nodes.values()), min(hi for _, hi in nodes.values()), nodes
 
-    def _uncovered(self, obs: list[tuple], mask: int, window: tuple) -> tuple[int, bool]:
-        """The points not in `mask` whose node was not capturing when this packet went by: its
-        captures began after the packet's last sighting or ended before its first (reference
-        clock). A bitmask of points (0 at once when the packet is inside the common window),
-        and whether a capture had ended (else none had begun)."""
+    def _uncovered(self, obs: list[tuple], mask: int, window: tuple) -> tuple[int, int]:
+        """The points not in `mask` whose node had captured nothing yet when this packet went by
+        (its first frame came after the packet's last sighting), and those whose node had
+        captured its last frame already (before the packet's first sighting), on the reference
+        clock: two bitmasks of points, (0, 0) at once when the packet is inside the window all
+        nodes were capturing in."""
         offs, points = self.offsets, self.points
         times = [o[0] - offs.get(points[o[1]].node, 0.0) for o in obs]
         lo, hi = min(times), max(times)
         if window[0] <= lo and hi <= window[1]:
-            return 0, False
+            return 0, 0
         nodes = window[2]
-        uncovered, after = 0, False
+        before = after = 0
         for i, p in enumerate(points):
             if mask >> i & 1 or p.node not in nodes:
                 continue
             start, end = nodes[p.node]
-            if hi < start or lo > end:
-                uncovered |= 1 << i
-                after = after or lo > end
-        return uncovered, after
+            if hi < start:
+                before |= 1 << i
+            elif lo > end:
+                after |= 1 << i
+        return before, after
+
+    def _uncovered_now(self, obs: list[tuple], window: tuple) -> int:
+        """_uncovered for a kept packet once everything is read: the points either way."""
+        if self.opts.captured_together:
+            return 0
+        mask = 0
+        for o in obs:
+            mask |= 1 << o[1]
+        before, after = self._uncovered(obs, mask, window)
+        return before | after
 
     def _flow_of(self, proto: int, obs: list[tuple]) -> _Flow:
         """The flow of a packet whose addresses or ports change on the way (NAT): one flow for all."""

@@ -68,8 +68,7 @@ def packet_table(p: PacketTrace, index: int, names: dict[str, str], narrow: bool
     title.append(safe(p.summary))
     seen = len(p.hops)
     total = seen + len(p.missing)
-    title.append(f"  ({seen}/{total} points)",
-                 style="green" if not p.missing else ("yellow" if len(p.not_captured) == len(p.missing) else "red"))
+    title.append(f"  ({seen}/{total} points)", style="green" if not p.missing else "red")
     t = Table(title=title, title_justify="left", show_edge=False, pad_edge=False, expand=False,
               caption_justify="left", box=box.SIMPLE_HEAD)
     for col, kw in (("#", {"justify": "right"}), ("point", {}), ("dir", {}), ("+time", {"justify": "right"}),
@@ -88,21 +87,18 @@ def packet_table(p: PacketTrace, index: int, names: dict[str, str], narrow: bool
         if h.encap is not None:
             addr.append_text(_outer_lines(h, sep, encap))
         ttl = Text(str(h.ttl), style=CHANGE_STYLE if "ttl" in ch else "")
-        t.add_row(str(i), safe(h.point), h.direction, duration(h.offset), ttl, addr, encap)
+        t.add_row(str(i), Text(safe(h.point)), h.direction, duration(h.offset), ttl, addr, encap)
         notes.append(f"{i:>2} ", style="dim")
         notes.append(safe(h.why) + "\n", style=ENCAP_STYLE if ch & {"encap", "decap"} else ("yellow" if ch else "dim"))
-    lost = [m for m in p.missing if m not in p.not_captured]
     for m in p.missing:
-        if m in p.not_captured:
-            t.add_row("?", Text(safe(m), style="yellow"), "", "", "", Text("not capturing then", style="yellow"), "")
-        else:
-            t.add_row("✗", Text(safe(m), style="red"), "", "", "", Text("not seen here", style="red"), "")
-    if lost:
-        notes.append(f" ✗ stopped after {safe(p.last_seen)}: not seen at {', '.join(safe(m) for m in lost)}\n",
+        unsure = " (nothing captured then)" if m in p.not_captured else ""
+        t.add_row("✗", Text(safe(m), style="red"), "", "", "", Text("not seen here" + unsure, style="red"), "")
+    if p.missing:
+        notes.append(f" ✗ stopped after {safe(p.last_seen)}: not seen at {', '.join(safe(m) for m in p.missing)}\n",
                      style="red")
     if p.not_captured:
-        notes.append(f" ? last seen at {safe(p.last_seen)}; {', '.join(safe(m) for m in p.not_captured)} "
-                     "captured nothing at the time (a capture begun later or ended sooner): lost, or gone on "
+        notes.append(f" ? {', '.join(safe(m) for m in p.not_captured)}: their node captured nothing at that time (a "
+                     "capture begun later or ended sooner?): if it was not capturing, the packet may have gone on "
                      "unseen\n", style="yellow")
     notes.rstrip()
     t.caption = notes
@@ -119,18 +115,20 @@ def lay_out(table: Table, console: Console) -> Text | None:
     if (table.box is not box.SIMPLE_HEAD or table.show_edge or table.pad_edge or table.padding != (0, 1, 0, 1)
             or not table.show_header or table.show_footer or table.row_styles or table.expand or table.width
             or table.title_justify != "left" or table.caption_justify != "left" or table.border_style
-            or table.style not in ("", "none") or any(r.style or r.end_section for r in table.rows)):
+            or table.style not in ("", "none") or table.show_lines or table.leading
+            or not isinstance(table.title, (Text, type(None))) or not isinstance(table.caption, (Text, type(None)))
+            or any(r.style or r.end_section for r in table.rows)):
         return None
     columns = []  # (column, its cells: each a list of lines (plain, style, spans))
     for c in table.columns:
         if (c.justify not in ("left", "right") or c.style or c.header_style or c.vertical != "top" or c.width
-                or c.max_width or not isinstance(c.header, str)):
+                or c.max_width or c.highlight or not isinstance(c.header, str) or _marked_up(c.header)):
             return None
         cells = []
         for x in c.cells:
-            if isinstance(x, str):
+            if isinstance(x, str) and not _marked_up(x):
                 cells.append([(line, "", ()) for line in x.split("\n")])
-            elif isinstance(x, Text):
+            elif isinstance(x, Text) and x.justify is None and x.overflow is None:
                 cells.append([(line.plain, line.style, line.spans) for line in x.split("\n", allow_blank=True)]
                              if "\n" in x.plain else [(x.plain, x.style, x.spans)])
             else:
@@ -195,6 +193,11 @@ def lay_out(table: Table, console: Console) -> Text | None:
             row([c[n] if n < len(c) else blank for c in cells])
     annotation(table.caption)
     return Text("".join(plain)[:-1], spans=spans)  # (every line ends in an unstyled "\n")
+
+
+def _marked_up(s: str) -> bool:
+    """Whether rich would read more than plain text in a str cell (markup, emoji codes)."""
+    return "[" in s or ":" in s
 
 
 def flow_header(f: Flow, index: int, names: dict[str, str]) -> Text:

@@ -83,11 +83,12 @@ def build_trace(c: Correlator) -> Trace:
         not_captured = 0
         for sender, unsure in f.unsure.items():
             way = tuple(ways.get("request" if sender == client else "response", ()))
-            for (mask, uncovered, after), n in unsure.items():
+            for (mask, before, after), n in unsure.items():
                 nxt = _next_unseen(mask, way)
-                if nxt is not None and uncovered >> nxt & 1:
+                if nxt is not None and (before | after) >> nxt & 1:
                     not_captured += n
-                    late[(pts[nxt].node, after)] = late.get((pts[nxt].node, after), 0) + n
+                    key = (pts[nxt].node, bool(after >> nxt & 1))
+                    late[key] = late.get(key, 0) + n
         summary = FlowSummary(packets=f.packets, reached_end=reached, per_point=per_point, way=way_ids,
                               stopped=stopped, not_captured=not_captured)
         flows_out.append(Flow(client=endpoint(client), server=server, protocol=PROTO_NAMES.get(f.proto, str(f.proto)),
@@ -152,9 +153,9 @@ def _late_warnings(c: Correlator, late: dict[tuple, int]) -> list[str]:
     for (node, after), n in sorted(late.items()):
         lo, hi = nodes[node]
         when = f"end {duration(last - hi)} before the last" if after else f"begin {duration(lo - first)} after the first"
-        out.append(f"{n} packet{'s' if n != 1 else ''} last seen before {node} went by while it captured nothing "
-                   f"(its captures {when}): lost there, or gone on unseen; capture on every node over the same "
-                   f"span to tell")
+        out.append(f"{n} packet{'s' if n != 1 else ''} stopped before {node} while it captured nothing (its "
+                   f"captures {when}): lost there, or gone by before its capture ran; capture on every node "
+                   f"over the same span to tell")
     return out
 
 

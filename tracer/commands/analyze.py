@@ -55,17 +55,29 @@ def command(paths, points, vxlan_ports, flows, all_flows, summary, output, pcapn
     """
     if not paths and not points:
         raise UsageError("no captures given", "pass capture files or a directory, e.g.: tracer analyze pcaps/http-get")
+    together = False
     if path_file is None:
         for p in paths:
             if os.path.isdir(p) and os.path.isfile(os.path.join(p, "path.json")):
                 path_file = os.path.join(p, "path.json")
+                together = _captured_together(path_file)
                 break
     way, names, named = _read_path_file(path_file) if path_file else ((), {}, {})
     named.update(_parse_ifnames(ifnames))
     req = AnalyzeRequest(paths=tuple(paths), points=tuple(points), vxlan_ports=tuple(vxlan_ports), flows=tuple(flows),
                          all_flows=all_flows, summary=summary, output=output, pcapng=pcapng, way=way, names=names,
-                         window=window, ifnames=named)
+                         window=window, ifnames=named, captured_together=together)
     run_analysis(req, sys.stdout)
+
+
+def _captured_together(path_file: str) -> bool:
+    """Whether the path.json beside the captures says they ran over the whole exchange
+    (`tracer follow --save` writes it so: its agents all listen before curl and until the end)."""
+    try:
+        with open(path_file) as f:
+            return json.load(f).get("captured_together") is True
+    except (OSError, ValueError, AttributeError):
+        return False  # (_read_path_file says what is wrong with it)
 
 
 def _parse_ifnames(specs: tuple[str, ...]) -> dict[tuple[str, int], str]:

@@ -285,7 +285,10 @@ def write_run_dir(directory: Path, way: Way, captures: dict[str, PointCapture]) 
         node, iface = point_id.split("/", 1)
         (directory / node).mkdir(exist_ok=True)
         (directory / node / f"{iface}.pcap").write_bytes(cap.pcap)
-    (directory / "path.json").write_text(json.dumps(way.to_dict(), indent=2) + "\n")
+    # (the agents listened on every point before the request and until its end: analyze may
+    # take a point that saw nothing of a packet as one it did not pass)
+    doc = {**way.to_dict(), "captured_together": True}
+    (directory / "path.json").write_text(json.dumps(doc, indent=2) + "\n")
 
 
 def check_save_dir(path: str | None) -> None:
