@@ -166,10 +166,10 @@ class _Flow:
         self.packets = 0
         self.http = False
         self.records: list = []
-        self.masks: dict[tuple, Counter] = {}   # sender endpoint -> Counter(bitmask of points)
-        self.pairs: dict[tuple, Counter] = {}   # sender endpoint -> Counter((point a, point b)) consecutive
+        self.masks: dict[tuple, dict] = {}   # sender endpoint -> {bitmask of points: packets}
+        self.pairs: dict[tuple, dict] = {}   # sender endpoint -> {(point a, point b) consecutive: packets}
         self.tallies: dict[tuple, dict] = {}  # sender endpoint -> {_Shape.tally: packets}; -> masks, pairs
-        self.endpoints_seen: Counter = Counter()
+        self.endpoints_seen: dict[tuple, int] = {}
         # (kind, (ip, port) before, (ip, port) after, point index where first seen translated)
         self.nat: list[tuple] = []
         self.first_time = float("inf")
@@ -203,14 +203,16 @@ class _Flow:
 
     def count_tallies(self) -> None:
         """Turn the shape tallies into masks, pairs and endpoint counts (once, after the last packet)."""
+        # (plain dicts: a Counter each, four a flow, cost more than the counting on big captures)
+        seen = self.endpoints_seen
         for sender, tallies in self.tallies.items():
-            masks = self.masks.setdefault(sender, Counter())
-            pairs = self.pairs.setdefault(sender, Counter())
-            self.endpoints_seen[sender] += sum(tallies.values())
+            masks = self.masks.setdefault(sender, {})
+            pairs = self.pairs.setdefault(sender, {})
+            seen[sender] = seen.get(sender, 0) + sum(tallies.values())
             for (mask, segs), n in tallies.items():
-                masks[mask] += n
+                masks[mask] = masks.get(mask, 0) + n
                 for seg in segs:
-                    pairs[seg] += n
+                    pairs[seg] = pairs.get(seg, 0) + n
 
 
 class _Reservoir:
