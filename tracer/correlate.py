@@ -429,32 +429,21 @@ class Correlator:
                     if evict_at == inf:
                         evict_at = ts + window
                     continue
-                if not rec[1] & bit:  # (the usual: the first record of this identity)
-                    rec[1] |= bit
-                    rec[2].append(o)
-                    if rec[1] == full:
-                        # Seen at every point there is: nothing more can come, finalize now (keeps memory low).
-                        if rec[4] is None:
-                            del pending[key]
-                        else:
-                            pending[key] = rec[4]
-                        finalize(rec[2])
-                        rec[2] = None
-                    continue
-                while True:
-                    if rec[4] is None:
-                        rec[4] = [ts, bit, [o], key, None]
-                        queue.append(rec[4])
-                        break
-                    rec = rec[4]
+                while True:  # the first record of this identity not seen here yet (the usual: the first)
                     if not rec[1] & bit:
                         rec[1] |= bit
                         rec[2].append(o)
                         if rec[1] == full:
+                            # Seen at every point there is: nothing more can come, finalize now (keeps memory low).
                             _unlink(pending, rec)
                             finalize(rec[2])
                             rec[2] = None
                         break
+                    if rec[4] is None:  # seen here by every record: another packet of the same identity
+                        rec[4] = [ts, bit, [o], key, None]
+                        queue.append(rec[4])
+                        break
+                    rec = rec[4]
         while queue:
             obs = queue.popleft()[2]
             if obs is not None:

@@ -114,7 +114,7 @@ def open_capture(path: str | os.PathLike) -> tuple[CaptureFile, Iterator[Record]
         if magic in (PCAP_MAGIC_US, PCAP_MAGIC_NS):
             cap = CaptureFile(path=path, format="pcap", byte_order=endian)
             if len(head) == 24:  # (else the reader warns and gives nothing)
-                _, vmaj, vmin, _, _, snaplen, network = struct.unpack_from(endian + "IHHiIII", head)
+                snaplen, network = struct.unpack_from(endian + "II", head, 16)
                 # The upper bits of the link-type field may carry the FCS length (pcap spec).
                 cap.interfaces.append(Interface(linktype=network & 0x03FFFFFF, snaplen=snaplen,
                                                 ts_div=1e9 if magic == PCAP_MAGIC_NS else 1e6))

@@ -41,12 +41,19 @@ def build_trace(c: Correlator) -> Trace:
     named: dict[tuple, tuple[str, ...]] = {}   # a way by point indices -> by point ids
     masks_seen: dict[tuple, tuple] = {}        # (mask, way) -> what packets with that mask add up to
     late: dict[tuple, int] = {}                # (node, after its end) -> packets that stopped before it uncaptured
+
+    def mask_info(mask: int, way: tuple[int, ...]) -> tuple:
+        info = masks_seen.get((mask, way))
+        if info is None:
+            info = masks_seen[(mask, way)] = _mask_info(pts, mask, way)
+        return info
+
     for f in flows:
         client = _client(f)
         ways = _ways(c, f, client, ways_cache)
-        way_ids = {}
+        way_ids, tuple_ways = {}, {}
         for d, w in ways.items():
-            w = tuple(w)
+            w = tuple_ways[d] = tuple(w)
             ids = named.get(w)
             if ids is None:
                 ids = named[w] = tuple(pts[i].id for i in w)
@@ -61,12 +68,9 @@ def build_trace(c: Correlator) -> Trace:
         stopped: dict[str, int] = {}
         reached = 0
         for sender, masks in f.masks.items():
-            way = tuple(ways.get("request" if sender == client else "response", ()))
+            way = tuple_ways.get("request" if sender == client else "response", ())
             for mask, n in masks.items():
-                info = masks_seen.get((mask, way))
-                if info is None:
-                    info = masks_seen[(mask, way)] = _mask_info(pts, mask, way)
-                ids, got_there, stopped_at, segs = info
+                ids, got_there, stopped_at, _, segs = mask_info(mask, way)
                 for pid in ids:
                     per_point[pid] = per_point.get(pid, 0) + n
                 if got_there:
@@ -82,9 +86,9 @@ def build_trace(c: Correlator) -> Trace:
                         tot[1] += n
         not_captured = 0
         for sender, unsure in f.unsure.items():
-            way = tuple(ways.get("request" if sender == client else "response", ()))
+            way = tuple_ways.get("request" if sender == client else "response", ())
             for (mask, before, after), n in unsure.items():
-                nxt = _next_unseen(mask, way)
+                nxt = mask_info(mask, way)[3]
                 if nxt is not None and (before | after) >> nxt & 1:
                     not_captured += n
                     key = (pts[nxt].node, bool(after >> nxt & 1))
@@ -121,24 +125,17 @@ def build_trace(c: Correlator) -> Trace:
 
 def _mask_info(pts, mask: int, way: tuple[int, ...]) -> tuple:
     """What the packets that passed the points in `mask` add up to, on `way`: the points' ids,
-    whether they reached its end, where they stopped if not, and each step of the way they
-    entered with whether they were lost on it."""
+    whether they reached its end, where they stopped if not and the point of the way they did
+    not reach (its index), and each step of the way they entered with whether they were lost on it."""
     ids = tuple(pts[i].id for i in range(len(pts)) if mask >> i & 1)
     got_there = bool(way) and bool(mask >> way[-1] & 1)
-    stopped_at = None
+    stopped_at = next_point = None
     if way and not got_there:
-        seen = [p for p in way if mask >> p & 1]
+        seen = [k for k, p in enumerate(way) if mask >> p & 1]
         if seen:
-            stopped_at = pts[seen[-1]].id
+            stopped_at, next_point = pts[way[seen[-1]]].id, way[seen[-1] + 1]
     segs = tuple(((a, b), not mask >> b & 1) for a, b in zip(way, way[1:]) if mask >> a & 1)
-    return ids, got_there, stopped_at, segs
-
-
-def _next_unseen(mask: int, way: tuple[int, ...]) -> int | None:
-    """The point of `way` right after the last one in `mask` (None: it reached the end, or
-    passed none of it)."""
-    last = max((k for k, p in enumerate(way) if mask >> p & 1), default=None)
-    return way[last + 1] if last is not None and last + 1 < len(way) else None
+    return ids, got_there, stopped_at, next_point, segs
 
 
 def _late_warnings(c: Correlator, late: dict[tuple, int]) -> list[str]:
@@ -368,8 +365,9 @@ def _packet(c: Correlator, seq: list[Sighting], client: tuple, ways: dict[str, l
     way = ways.get(direction, [])
     seen = {s.point for s in seq}
     start = way.index(seq[0].point) if seq[0].point in way else 0
-    missing = tuple(c.points[p].id for p in way[start:] if p not in seen)
-    not_captured = tuple(c.points[p].id for p in way[start:] if p not in seen and uncovered >> p & 1)
+    unseen = [p for p in way[start:] if p not in seen]
+    missing = tuple(c.points[p].id for p in unseen)
+    not_captured = tuple(c.points[p].id for p in unseen if uncovered >> p & 1)
     flags = tcp_flags_str(first.tcp_flags) if first.proto == PROTO_TCP else None
     return PacketTrace(direction=direction, tcp_flags=flags, ip_id=first.ip_id or 0,
                        payload_bytes=first.payload_len or 0, hops=hops, last_seen=c.points[seq[-1].point].id,
