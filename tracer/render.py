@@ -163,18 +163,17 @@ def lay_out(table: Table, console: Console) -> Text | None:
                 put("\n")
 
     def row(cells: list[tuple[str, str | Style, tuple[Span, ...]]], style: str = "") -> None:
+        """One line of the table; `style` (the header's) covers each cell's padding too."""
         for i, (c, (text, text_style, text_spans)) in enumerate(zip(table.columns, cells)):
-            pad = " " * (widths[i] - cell_len(text))
-            if style:  # the header: its style covers the padding too
-                put(" " if i else "", style)
-            elif i:
-                put(" ")
-            right = c.justify == "right"
-            # the justification's padding is the text's own (its style covers it), the edges' not
             start = at
-            put(pad + text if right else text + pad, text_style)
-            spans.extend(Span(start + len(pad) * right + sp.start, start + len(pad) * right + sp.end, sp.style)
-                         for sp in text_spans)
+            put(" " if i else "", style)
+            # the justification's padding is the text's own (its style covers it), the edges' not
+            pad = " " * (widths[i] - cell_len(text))
+            if c.justify == "right":
+                put(pad, text_style)
+            put(text, text_style, text_spans)
+            if c.justify != "right":
+                put(pad, text_style)
             if style:
                 spans.append(Span(start, at, style))
             put(" " if i < last else "", style)
