@@ -46,7 +46,7 @@ ONE_WAY_MAX = 0.01
 (with no traffic the other way to tell) the rest is put down to the nodes' clocks."""
 TIE_HOLD = 65536  # sightings of one instant _merge holds back at most, per stream
 _time, _code, _ends = itemgetter(0), itemgetter(CODE), itemgetter(5)
-FILL = RESERVOIR - 1  # below this a reservoir just appends
+MANY_WAYS = 64
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -128,7 +128,7 @@ class _Shape:
     shape, computed once: that is most of what makes the correlator fast.
     """
 
-    __slots__ = ("perm", "dirs", "steps", "mask", "segs", "tally", "res", "ties")
+    __slots__ = ("perm", "dirs", "steps", "mask", "segs", "tally", "sampler", "pairs", "ties")
 
     def __init__(self, perm: tuple[int, ...], dirs: tuple[str, ...], steps: list[tuple], obs: list[tuple]):
         self.perm = perm
@@ -146,8 +146,10 @@ class _Shape:
         """((point, next point), index, next index) for each step of the way."""
         self.tally = (mask, tuple(seg for seg, _, _ in self.segs))
         """What the flow counts of it: the points it passed and the steps between them."""
-        self.res: list[tuple] = []
-        """(latency reservoir, index, next index) per step of the way."""
+        self.sampler: _Sampler | None = None
+        """The latency sample of the packets that went this way (None: a lone sighting)."""
+        self.pairs: tuple[tuple[int, int], ...] = ()
+        """(index, next index) of each step of the way, in the order of the sampler's items."""
         self.ties: tuple[tuple[int, int], ...] = ()
         """Pairs whose order a tie of timestamps would turn (see Correlator.order)."""
 
@@ -215,40 +217,60 @@ class _Flow:
                     pairs[seg] = pairs.get(seg, 0) + n
 
 
-class _Reservoir:
-    """A bounded uniform sample: percentiles without memory growing with packet count.
+class _Sampler:
+    """A bounded uniform sample of the packets that went one way (one tuple of steps): each packet
+    taken gives the latencies of all its steps at once, so a packet costs one counter, not one a
+    step. Percentiles without memory growing with packet count (see Correlator.latency).
 
-    Li's Algorithm L: once the sample is full, the number of values to skip before the next one
-    that goes in is drawn directly, so most values cost a counter increment. The caller adds a
-    value x as `n += 1; if n >= next: take(x)` (inlined in Correlator._finalize_all).
+    Li's Algorithm L: once the sample is full, the number of packets to skip before the next one
+    that goes in is drawn directly, so most packets cost a counter increment. The caller adds a
+    packet as `n += 1; if n >= next: (append while below fill, else take)` (inlined in
+    Correlator._finalize_all).
     """
 
-    __slots__ = ("n", "items", "rng", "next", "w")
+    __slots__ = ("steps", "n", "items", "rng", "next", "w", "size", "fill")
 
-    def __init__(self, rng: random.Random):
+    def __init__(self, steps: tuple[tuple[int, int], ...], rng: random.Random, size: int):
+        self.steps = {seg: k for k, seg in enumerate(steps)}
+        """(point, next point) -> its place in each item."""
         self.n = 0
-        self.items: list[float] = []
+        self.items: list[tuple[float, ...]] = []
         self.rng = rng
         self.next = 0
         self.w = 1.0
+        self.size = size
+        self.fill = size - 1  # below this the caller just appends
 
-    def take(self, x: float) -> None:
-        """Value number n, when n >= next (the caller appends the first FILL itself)."""
-        rnd = self.rng.random
-        if len(self.items) < RESERVOIR:  # the last free place: the sample is full from here on
+    def take(self, x: tuple[float, ...]) -> None:
+        """Packet number n, when n >= next (the caller appends the first `fill` itself)."""
+        rnd, k = self.rng.random, self.size
+        if len(self.items) < k:  # the last free place: the sample is full from here on
             self.items.append(x)
-            self.w = math.exp(math.log(1.0 - rnd()) / RESERVOIR)
+            self.w = math.exp(math.log(1.0 - rnd()) / k)
         else:
-            self.items[int(rnd() * RESERVOIR)] = x
-            self.w *= math.exp(math.log(1.0 - rnd()) / RESERVOIR)
+            self.items[int(rnd() * k)] = x
+            self.w *= math.exp(math.log(1.0 - rnd()) / k)
         w = min(self.w, 1.0 - 1e-12)
         self.next = self.n + int(math.log(1.0 - rnd()) / math.log(1.0 - w)) + 1
 
-    def percentile(self, q: float, shift: float = 0.0) -> float | None:
-        if not self.items:
-            return None
-        s = sorted(self.items)
-        return s[min(len(s) - 1, int(q * len(s)))] + shift
+
+def _percentiles(samples: list[tuple[list[float], float]], qs: Iterable[float]) -> list[float]:
+    """Percentiles of the union of uniform samples, each (values, weight: packets each value
+    stands for). `s[int(q * len(s))]` of the sorted values when the weights are equal."""
+    if len({w for _, w in samples}) == 1:
+        s = sorted(v for vals, _ in samples for v in vals)
+        return [s[min(len(s) - 1, int(q * len(s)))] for q in qs]
+    s = sorted((v, w) for vals, w in samples for v in vals)
+    total = sum(w for _, w in s)
+    out = []
+    for q in qs:
+        cum, want = 0.0, q * total
+        for v, w in s:
+            cum += w
+            if cum > want:
+                break
+        out.append(v)
+    return out
 
 
 class Correlator:
@@ -263,8 +285,7 @@ class Correlator:
         self.flows_by_ck: dict[tuple, _Flow] = {}
         self.offset_samples: dict[tuple[str, str], float] = {}  # (node a, node b) -> min(t_b - t_a), a before b
         self.offsets: dict[str, float] = {}
-        self.segments: dict[tuple[int, int], _Reservoir] = {}
-        self.seg_raw: dict[tuple[int, int], tuple[str, str]] = {}
+        self.samplers: dict[tuple[tuple[int, int], ...], _Sampler] = {}  # steps of a way -> its latency sample
         self.rng = random.Random(4096)
         self.total_frames = 0
         self.distinct = 0
@@ -539,17 +560,30 @@ class Correlator:
             shape.ties = ties
             if not by_ttl or any(obs[i][0] == obs[j][0] for i, j in ties):
                 sig = ()
-        shape.res = [(self._reservoir(seg), i, j) for seg, i, j in shape.segs]
+        if shape.segs:
+            shape.sampler = self._sampler(shape.tally[1])
+            shape.pairs = tuple((i, j) for _, i, j in shape.segs)
         if sig:
             self._shapes[sig] = shape
         return shape
 
-    def _reservoir(self, seg: tuple[int, int]) -> _Reservoir:
-        res = self.segments.get(seg)
-        if res is None:
-            res = self.segments[seg] = _Reservoir(self.rng)
-            self.seg_raw[seg] = (self.points[seg[0]].node, self.points[seg[1]].node)
-        return res
+    def _sampler(self, steps: tuple[tuple[int, int], ...]) -> _Sampler:
+        sm = self.samplers.get(steps)
+        if sm is None:
+            # (a way's sample holds a tuple a packet: past the usual handful of ways, smaller ones)
+            size = RESERVOIR if len(self.samplers) < MANY_WAYS else RESERVOIR // 16
+            sm = self.samplers[steps] = _Sampler(steps, self.rng, size)
+        return sm
+
+    def latency(self, seg: tuple[int, int], qs: Iterable[float]) -> list[float] | None:
+        """Percentiles of the time from point a to point b (each on its own clock), from the
+        samples of every way that has that step; None if no packet went that way."""
+        samples = []
+        for sm in self.samplers.values():
+            k = sm.steps.get(seg)
+            if k is not None and sm.items:
+                samples.append(([it[k] for it in sm.items], sm.n / len(sm.items)))
+        return _percentiles(samples, qs) if samples else None
 
     def _finalize_all(self, done: Iterable[list[tuple]]) -> None:
         """Fold finished packets (each the list of its sightings), in order, into their flows."""
@@ -622,14 +656,15 @@ class Correlator:
                 before, after = self._uncovered(obs, shape.mask, window)
                 if before or after:
                     flow.unsure.setdefault(sender, Counter())[(shape.mask, before, after)] += 1
-            for res, i, j in shape.res:
-                res.n += 1
-                if res.n >= res.next:
-                    items = res.items
-                    if len(items) < FILL:
-                        items.append(obs[j][0] - obs[i][0])
+            sm = shape.sampler
+            if sm is not None:
+                sm.n += 1
+                if sm.n >= sm.next:
+                    lat = tuple([obs[j][0] - obs[i][0] for i, j in shape.pairs])
+                    if len(sm.items) < sm.fill:
+                        sm.items.append(lat)
                     else:
-                        res.take(obs[j][0] - obs[i][0])
+                        sm.take(lat)
 
     # ---- capture windows ----
 

@@ -105,12 +105,12 @@ def build_trace(c: Correlator) -> Trace:
     )
     segments = []
     for (a, b), (n, lost) in seg_totals.items():
-        res = c.segments.get((a, b))
         shift = c.offsets.get(pts[a].node, 0.0) - c.offsets.get(pts[b].node, 0.0)
+        median, p99 = c.latency((a, b), (0.5, 0.99)) or (None, None)
         segments.append(SegmentStats(
             src=pts[a].id, dst=pts[b].id, packets=n, lost=lost,
-            latency_median=res.percentile(0.5, shift) if res else None,
-            latency_p99=res.percentile(0.99, shift) if res else None))
+            latency_median=None if median is None else median + shift,
+            latency_p99=None if p99 is None else p99 + shift))
     rank = {i: k for k, i in enumerate(order)}
     segments.sort(key=lambda s: (rank[c.point_index[s.src]], rank[c.point_index[s.dst]]))
     ref = min(c.offsets, key=c._node_rank) if c.offsets else (pts[order[0]].node if order else None)
@@ -186,6 +186,8 @@ def _server(f: _Flow, client: tuple) -> str:
 def _nat(c: Correlator, f: _Flow, client: tuple, ways: dict[str, list[int]]) -> Nat | None:
     """The request's own translation: DNAT of its destination, or SNAT of its (the client's) source,
     where it shows first on the request's way (packets that missed a point show it later)."""
+    if not f.nat:
+        return None
     way = ways.get("request", [])
     def place(entry: tuple) -> int:
         return way.index(entry[3]) if entry[3] in way else len(way)
