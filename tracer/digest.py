@@ -32,6 +32,7 @@ CHUNK = 1 << 20
 MAX_IPS = 64
 
 _ports = struct.Struct("!HH").pack
+_tcp_key = struct.Struct("!HIIBI").pack  # IP ID, seq, ack, flags, payload length (see identity)
 # The two shapes nearly every frame of a Kubernetes capture has, each read with one unpack:
 # Ethernet / IPv4 (no options) / TCP: ethertype; version+IHL, length, id, fragment, TTL (the protocol byte
 # is checked before); TCP seq, ack, data offset, flags (the ports are read as bytes, with the addresses).
@@ -43,12 +44,18 @@ _VXLAN_TCP = struct.Struct("!12xH" "Bx4xH12x" "HH4x" "B7x" "12xH" "BxHHHBB10x" "
 
 
 def identity(fr: Frame):
-    """What stays the same for one packet at every point of its way (inner packet only)."""
+    """What stays the same for one packet at every point of its way (inner packet only).
+
+    A TCP segment's is its IP ID, sequence and acknowledgement numbers, flags and payload length
+    packed into bytes (_tcp_key: one object, cheap to hash, compare and send between processes);
+    the others' a tuple."""
     p = fr.proto
     if fr.fragment:
         return (p, fr.ip_id, -1, fr.payload_len, fr.ip_len)
     if p == PROTO_TCP:
-        return (fr.ip_id, fr.tcp_seq, fr.tcp_ack, fr.tcp_flags, fr.payload_len)
+        if fr.tcp_seq is None:  # (header cut short)
+            return (p, fr.ip_id, fr.ip_len)
+        return _tcp_key(fr.ip_id, fr.tcp_seq, fr.tcp_ack, fr.tcp_flags, fr.payload_len)
     if p == PROTO_UDP:
         off = fr.payload_offset
         return (p, fr.ip_id, fr.payload_len, fr.data[off:off + 24] if off >= 0 else b"")
@@ -142,7 +149,7 @@ def pcap_sightings(cap: CaptureFile, point: int, stats: PointStats, vxlan_ports:
     with open(cap.path, "rb") as f:
         f.seek(24)
         unpack_rec = struct.Struct(cap.byte_order + "IIII").unpack_from
-        eth_ip_tcp, vxlan_tcp = _ETH_IP_TCP.unpack_from, _VXLAN_TCP.unpack_from
+        eth_ip_tcp, vxlan_tcp, key = _ETH_IP_TCP.unpack_from, _VXLAN_TCP.unpack_from, _tcp_key
         vx = vxlan_ports
         rest = b""
         count = 0
@@ -200,7 +207,7 @@ def pcap_sightings(cap: CaptureFile, point: int, stats: PointStats, vxlan_ports:
                                 if e not in seen:
                                     seen.add(e)
                                     stats.saw(e[:4], e[4:8], buf[d:d + 6], buf[d + 6:d + 12])
-                                append((ts, point, (ipid, seq, ack, flags, plen), ttl, point | ttl << 16, e, 6, flags,
+                                append((ts, point, key(ipid, seq, ack, flags, plen), ttl, point | ttl << 16, e, 6, flags,
                                         (buf[po:po + 8] if po + 8 <= end else buf[po:end]) if plen else b"", None, bit))
                                 continue
                     # The same inside VXLAN (UDP to a VXLAN port, I flag): the inner packet's at 76:88.
@@ -221,7 +228,7 @@ def pcap_sightings(cap: CaptureFile, point: int, stats: PointStats, vxlan_ports:
                                     seen.add(e)
                                     stats.saw(e[:4], e[4:8], buf[d + 50:d + 56], buf[d + 56:d + 62])
                                 encap += 1
-                                append((ts, point, (ipid, seq, ack, flags, plen), ttl, tunneled | ttl << 16, e, 6, flags,
+                                append((ts, point, key(ipid, seq, ack, flags, plen), ttl, tunneled | ttl << 16, e, 6, flags,
                                         (buf[po:po + 8] if po + 8 <= end else buf[po:end]) if plen else b"", None, bit))
                                 continue
                     # Anything else: the full decoder.
