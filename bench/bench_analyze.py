@@ -4,10 +4,14 @@ Builds (once, cached in bench/out/) a six-point capture set of at least 1,000,00
 lab's real capture (bench/make_captures.py), then measures in the same run, RUNS times each:
 
   reference: tshark -T fields over every file (dissection only, no correlation)
-  tracer:    tracer analyze DIR --summary --output json (decode + correlate + summary)
+  tracer:    tracer analyze DIR --summary --output json (decode + correlate + summary), as it
+             runs by default (each big file read by a process of its own when there is more
+             than one CPU) and with --jobs 1 (everything in one process)
 
-and prints the medians, packets per second, the ratio (target: tracer >= 10x tshark) and
-tracer's peak memory (target: < 500 MB).
+and prints the medians, packets per second, the ratios (target: tracer >= 10x tshark) and
+tracer's peak memory (target: < 500 MB): the largest process (ru_maxrss), and all of tracer's
+processes together (the sum of their proportional set sizes, sampled every 50 ms in one more
+run of each mode).
 
     python bench/bench_analyze.py [--frames 1000000] [--runs 3]
 """
@@ -38,6 +42,29 @@ def timed(argv: list[str]) -> tuple[float, int]:
     return elapsed, max(peak, before) if peak > before else peak
 
 
+def pss_peak(argv: list[str]) -> int:
+    """Peak of the summed PSS (KiB) of a command's process and its children, sampled every 50 ms."""
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    peak = 0
+    while proc.poll() is None:
+        total = 0
+        pids = [proc.pid]
+        try:
+            with open(f"/proc/{proc.pid}/task/{proc.pid}/children") as f:
+                pids += [int(x) for x in f.read().split()]
+        except OSError:
+            pass
+        for pid in pids:
+            try:
+                with open(f"/proc/{pid}/smaps_rollup") as f:
+                    total += next(int(line.split()[1]) for line in f if line.startswith("Pss:"))
+            except (OSError, StopIteration):
+                pass
+        peak = max(peak, total)
+        time.sleep(0.05)
+    return peak
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--frames", type=int, default=1_000_000)
@@ -59,23 +86,30 @@ def main() -> None:
     out = subprocess.run(tracer_cmd, check=True, capture_output=True, text=True).stdout
     import json
     frames = json.loads(out)["summary"]["frames"]
-    ref, mine, peaks = [], [], []
+    modes = {"tracer analyze --summary": tracer_cmd, "  the same with --jobs 1": tracer_cmd + ["--jobs", "1"]}
+    ref: list[float] = []
+    mine: dict[str, list[float]] = {m: [] for m in modes}
+    peaks: dict[str, list[int]] = {m: [] for m in modes}
     for _ in range(args.runs):
         ref.append(timed(tshark_cmd)[0])
-        # ru_maxrss of RUSAGE_CHILDREN is the largest child so far: measure tracer in its own child.
-        probe = subprocess.run([sys.executable, "-c",
-                                "import resource,subprocess,sys,time;t=time.perf_counter();"
-                                "subprocess.run(sys.argv[1:],check=True,stdout=subprocess.DEVNULL);"
-                                "print(time.perf_counter()-t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)",
-                                *tracer_cmd], check=True, capture_output=True, text=True).stdout.split()
-        mine.append(float(probe[0]))
-        peaks.append(int(probe[1]))
-    r, m = statistics.median(ref), statistics.median(mine)
+        for mode, cmd in modes.items():
+            # ru_maxrss of RUSAGE_CHILDREN is the largest process so far: measure tracer in its own child.
+            probe = subprocess.run([sys.executable, "-c",
+                                    "import resource,subprocess,sys,time;t=time.perf_counter();"
+                                    "subprocess.run(sys.argv[1:],check=True,stdout=subprocess.DEVNULL);"
+                                    "print(time.perf_counter()-t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)",
+                                    *cmd], check=True, capture_output=True, text=True).stdout.split()
+            mine[mode].append(float(probe[0]))
+            peaks[mode].append(int(probe[1]))
+    r = statistics.median(ref)
     print(f"capture set: {data} ({len(files)} points, {frames} frames)")
     print(f"tshark -T fields (reference): median {r:.2f} s  = {frames / r:,.0f} frames/s   runs {[round(x, 2) for x in ref]}")
-    print(f"tracer analyze --summary:     median {m:.2f} s  = {frames / m:,.0f} frames/s   runs {[round(x, 2) for x in mine]}")
-    print(f"ratio tracer/tshark speed:    {r / m:.2f}x   (target >= 10x)")
-    print(f"tracer peak memory:           {max(peaks) / 1024:.0f} MB   (target < 500 MB)")
+    for mode, cmd in modes.items():
+        m = statistics.median(mine[mode])
+        print(f"{mode:<30}median {m:.2f} s  = {frames / m:,.0f} frames/s   runs {[round(x, 2) for x in mine[mode]]}")
+        print(f"{'':<30}ratio to tshark {r / m:.2f}x (target >= 10x); peak memory: largest process "
+              f"{max(peaks[mode]) / 1024:.0f} MB, all processes {pss_peak(cmd) / 1024:.0f} MB (target < 500 MB)")
+    print(f"CPUs: {len(os.sched_getaffinity(0))}")
 
 
 if __name__ == "__main__":

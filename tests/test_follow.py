@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ip_json, run_tracer, store_env
+from factories import children, cmdline, wait_for
 from tracer.lab import netns
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
@@ -175,26 +176,6 @@ def test_a_source_without_curl_is_a_clear_error_and_leaves_nothing(lab, tmp_path
 
 # --- Ctrl-C at every phase ------------------------------------------------------------------------
 
-def cmdline(pid: int) -> list[str]:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
-    except OSError:
-        return []
-
-
-def children(pid: int) -> list[int]:
-    out = []
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                ppid = int(Path(d, "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            if ppid == pid:
-                out.append(int(d.name))
-    return out
-
-
 def agents_of(tracer_pid: int) -> list[int]:
     return [p for p in children(tracer_pid) if any(a.endswith("agent.py") for a in cmdline(p))]
 
@@ -210,16 +191,6 @@ def processes_with(word: str) -> list[int]:
     me = os.getpid()
     return [int(d.name) for d in Path("/proc").iterdir()
             if d.name.isdigit() and int(d.name) != me and word in cmdline(int(d.name))]
-
-
-def wait_for(what, timeout: float = 10.0, step: float = 0.002):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = what()
-        if value:
-            return value
-        time.sleep(step)
-    raise AssertionError("timed out")
 
 
 @pytest.mark.parametrize("phase", ["agents starting", "request in flight", "collecting"])

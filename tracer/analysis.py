@@ -37,13 +37,15 @@ class AnalyzeRequest:
     captured_together: bool = False
     """Every capture ran over the whole exchange (tracer follow's agents): a packet a point
     did not see was not there, whenever the point's first and last frames came."""
+    jobs: int | None = None
+    """Processes reading capture files at once (Options.jobs)."""
 
 
 def correlate(req: AnalyzeRequest) -> tuple[Trace, Correlator]:
     inputs = list(req.inputs) + inputs_from_paths(req.paths, req.points)
     opts = Options(vxlan_ports=VXLAN_PORTS | frozenset(req.vxlan_ports), window=req.window,
                    keep_packets=not req.summary, way_hint=req.way, pods=frozenset((req.names or {}).values()),
-                   ifnames=dict(req.ifnames or {}), captured_together=req.captured_together)
+                   ifnames=dict(req.ifnames or {}), captured_together=req.captured_together, jobs=req.jobs)
     c = Correlator(inputs, opts).run()
     return build_trace(c), c
 

@@ -35,6 +35,7 @@ from tracer.digest import (
 from tracer.errors import CaptureFileError
 from tracer.pcapio import LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL2, open_capture
 from tracer.roles import INGRESS_RANK, infer_role, role_from_name
+from tracer.workers import Workers
 
 __all__ = ["CALICO_MAC", "HTTP_STARTS", "CaptureInput", "Correlator", "Options", "Sighting", "identity",
            "inputs_from_paths"]
@@ -80,6 +81,10 @@ class Options:
     ifnames: dict[tuple[str, int], str] = field(default_factory=dict)
     """(node, interface index) -> interface name, for the points of `tcpdump -i any` captures
     (else `if<index>`)."""
+    jobs: int | None = None
+    """Processes reading capture files at once, this one included: 1 reads every file here;
+    None: big pcap files (summary mode) each in a process of its own when there is more than
+    one CPU (tracer.workers)."""
     captured_together: bool = False
     """Every capture ran over the whole exchange: no packet went by a point not capturing.
     Else a point's node is taken to capture from the first frame of any of its points to the
@@ -294,6 +299,7 @@ class Correlator:
         self._keep = self.opts.keep_packets
         self._sorted = True
         """Every file so far in time order: sightings arrive in time order (shapes may be shared)."""
+        self._workers = Workers(self.opts.jobs)
 
     # ---- reading ----
 
@@ -314,6 +320,10 @@ class Correlator:
         if (not self.opts.keep_packets and self.opts.fast and cap.format == "pcap" and cap.interfaces
                 and cap.interfaces[0].linktype == LINKTYPE_ETHERNET):
             records.close()
+            if self._workers.wants(inp.path):
+                pidx = self._point(inp.node, inp.interface, inp.path)
+                return self._workers.read(cap, pidx, self.points[pidx].stats, self.opts.vxlan_ports,
+                                          lambda w: self.warnings.append(f"{inp.path}: {w}"))
             return self._read_fast(inp, cap)
         return self._read(inp, cap, records)
 
@@ -391,7 +401,10 @@ class Correlator:
 
     def run(self) -> Correlator:
         with no_cyclic_gc():
-            self._loop()
+            try:
+                self._loop()
+            finally:
+                self._workers.close()
             self.total_frames = sum(p.stats.frames for p in self.points)
             for pt in self.points:
                 st = pt.stats

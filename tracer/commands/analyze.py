@@ -33,7 +33,11 @@ from tracer.errors import UsageError
                    "--path-file names the way's own). Repeatable.")
 @click.option("--window", type=click.FloatRange(0.01), default=10.0, show_default=True, metavar="SECONDS",
               help="How long a packet waits for its sightings at other points; raise it if node clocks differ more.")
-def command(paths, points, vxlan_ports, flows, all_flows, summary, output, pcapng, path_file, ifnames, window):
+@click.option("--jobs", "-j", type=click.IntRange(1), default=None, metavar="N",
+              help="Processes reading capture files at once, this one included (--summary reads each pcap "
+                   "file in a process of its own; 1: all in one). Default: every big pcap file in its own "
+                   "when there is more than one CPU.")
+def command(paths, points, vxlan_ports, flows, all_flows, summary, output, pcapng, path_file, ifnames, window, jobs):
     """Follow each packet across saved captures, offline.
 
     PATHS are capture files (pcap or pcapng) or directories laid out as
@@ -66,7 +70,7 @@ def command(paths, points, vxlan_ports, flows, all_flows, summary, output, pcapn
     named.update(_parse_ifnames(ifnames))
     req = AnalyzeRequest(paths=tuple(paths), points=tuple(points), vxlan_ports=tuple(vxlan_ports), flows=tuple(flows),
                          all_flows=all_flows, summary=summary, output=output, pcapng=pcapng, way=way, names=names,
-                         window=window, ifnames=named, captured_together=together)
+                         window=window, ifnames=named, captured_together=together, jobs=jobs)
     run_analysis(req, sys.stdout)
 
 
