@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass
 from typing import TextIO
@@ -14,6 +15,10 @@ from tracer.model import Flow, Trace
 from tracer.trace import build_trace
 
 AUTO_SUMMARY_PACKETS = 400  # more packets than this in the shown flows: the summary view
+AUTO_SUMMARY_BYTES = 16 << 20
+"""Captures this big (together) shown without --flow: the summary view, worked out as --summary
+does from the start (keeping every packet's hops of ~100,000 frames takes ~200 MB and a decode
+of every frame in full, only to show the summary in the end)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -44,10 +49,24 @@ class AnalyzeRequest:
 def correlate(req: AnalyzeRequest) -> tuple[Trace, Correlator]:
     inputs = list(req.inputs) + inputs_from_paths(req.paths, req.points)
     opts = Options(vxlan_ports=VXLAN_PORTS | frozenset(req.vxlan_ports), window=req.window,
-                   keep_packets=not req.summary, way_hint=req.way, pods=frozenset((req.names or {}).values()),
+                   keep_packets=not (req.summary or _big(req, inputs)), way_hint=req.way, pods=frozenset((req.names or {}).values()),
                    ifnames=dict(req.ifnames or {}), captured_together=req.captured_together, jobs=req.jobs)
     c = Correlator(inputs, opts).run()
     return build_trace(c), c
+
+
+def _big(req: AnalyzeRequest, inputs: list[CaptureInput]) -> bool:
+    """Whether the text view will be the summary anyway: big captures, no flows chosen, no
+    merged pcapng (which comments every packet's hops)."""
+    if req.output != "text" or req.flows or req.pcapng:
+        return False
+    size = 0
+    for i in inputs:
+        try:
+            size += os.path.getsize(i.path)
+        except OSError:
+            pass  # (the correlator says what is wrong with it)
+    return size >= AUTO_SUMMARY_BYTES
 
 
 def select_flows(trace: Trace, specs: tuple[str, ...], all_flows: bool) -> list[Flow]:
@@ -100,10 +119,11 @@ def _run_analysis(req: AnalyzeRequest, out: TextIO, extra_json: dict | None, hea
         console.print(f"{len(hidden)} other flow{'s' if len(hidden) != 1 else ''} ({n} packets) in the captures"
                       " not shown (--all-flows)", style="dim")
     from tracer import render
-    n = sum(len(f.packets) for f in shown)
-    if req.summary or n > AUTO_SUMMARY_PACKETS:
+    n = sum(f.summary.packets if f.summary and not f.packets else len(f.packets) for f in shown)
+    if req.summary or not c.opts.keep_packets or n > AUTO_SUMMARY_PACKETS:
         if not req.summary:
-            console.print(f"{n} packets in the selected flows: showing the summary (--flow N for one flow's hops)",
+            why = "" if c.opts.keep_packets else f"{c.total_frames} frames in the captures, "
+            console.print(f"{why}{n} packets in the selected flows: showing the summary (--flow N for one flow's hops)",
                           style="dim")
         render.render_summary(trace, console, shown)
     else:

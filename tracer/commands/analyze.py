@@ -34,9 +34,9 @@ from tracer.errors import UsageError
 @click.option("--window", type=click.FloatRange(0.01), default=10.0, show_default=True, metavar="SECONDS",
               help="How long a packet waits for its sightings at other points; raise it if node clocks differ more.")
 @click.option("--jobs", "-j", type=click.IntRange(1), default=None, metavar="N",
-              help="Processes reading capture files at once, this one included (--summary reads each pcap "
-                   "file in a process of its own; 1: all in one). Default: every big pcap file in its own "
-                   "when there is more than one CPU.")
+              help="Processes reading capture files at once, this one included; 1: all in this one. Default: "
+                   "for the summary, each pcap file of 4 MiB or more in a process of its own when there is "
+                   "more than one CPU.")
 def command(paths, points, vxlan_ports, flows, all_flows, summary, output, pcapng, path_file, ifnames, window, jobs):
     """Follow each packet across saved captures, offline.
 
@@ -48,6 +48,10 @@ def command(paths, points, vxlan_ports, flows, all_flows, summary, output, pcapn
     A `tcpdump -i any` capture holds every interface of a node: name it <node>.pcap or
     <node>/any.pcap and each interface in it is a point of its own, <node>/<interface>
     (named by --path-file or --ifname, else if<index>).
+
+    The view is each packet's hops in the HTTP flows (or those --flow chooses); the summary
+    (flows, loss and latency per segment) when there are more than 400 such packets, or when
+    the captures add up to 16 MiB or more and no --flow is given.
 
     \b
     Examples:

@@ -1,0 +1,45 @@
+"""The text view of big captures is the summary (as the issue asks), worked out as --summary
+works it out when the captures are big, and the hops whenever flows are chosen."""
+
+from __future__ import annotations
+
+from factories import SAMPLES, analyze_json, run_cli
+from tracer import analysis
+
+HTTP_GET = str(SAMPLES / "http-get")
+
+
+def frames_and_http_packets(capsys) -> tuple[int, int]:
+    d = analyze_json(capsys, HTTP_GET, "--summary")
+    return d["summary"]["frames"], sum(f["summary"]["packets"] for f in d["flows"] if f["http"])
+
+
+def test_big_captures_are_summarized_from_the_start(capsys, monkeypatch):
+    monkeypatch.setattr(analysis, "AUTO_SUMMARY_BYTES", 1)
+    kept = []
+    correlate = analysis.correlate
+    monkeypatch.setattr(analysis, "correlate", lambda req: kept.append(c := correlate(req)) or c)
+    frames, packets = frames_and_http_packets(capsys)
+    code, out, err = run_cli(capsys, "analyze", HTTP_GET)
+    assert code == 0, err
+    note, rest = out.split("\n", 1)
+    assert note == (f"{frames} frames in the captures, {packets} packets in the selected flows: showing the summary"
+                    " (--flow N for one flow's hops)")
+    assert kept[0][1].opts.keep_packets is False
+    code, summary, err = run_cli(capsys, "analyze", HTTP_GET, "--summary")
+    assert rest == summary
+
+
+def test_chosen_flows_of_big_captures_show_their_hops(capsys, monkeypatch):
+    monkeypatch.setattr(analysis, "AUTO_SUMMARY_BYTES", 1)
+    code, out, err = run_cli(capsys, "analyze", HTTP_GET, "--flow", "1")
+    assert code == 0, err
+    assert "showing the summary" not in out and "hop" in out and "VXLAN" in out
+
+
+def test_small_captures_with_many_packets_are_summarized_too(capsys, monkeypatch):
+    monkeypatch.setattr(analysis, "AUTO_SUMMARY_PACKETS", 5)
+    _, packets = frames_and_http_packets(capsys)
+    code, out, err = run_cli(capsys, "analyze", HTTP_GET)
+    assert code == 0, err
+    assert out.startswith(f"{packets} packets in the selected flows: showing the summary")
