@@ -59,10 +59,21 @@ def test_warnings_and_statistics_come_back(capsys, forks, tmp_path):
     eth1 = d / "worker2" / "eth1.pcap"
     eth1.write_bytes(eth1.read_bytes()[:-30])  # the last frame cut short
     alone = summary(capsys, d, "--jobs", "1")
-    together = summary(capsys, d, "--jobs", "3")
-    assert len(forks) == 2
+    together = summary(capsys, d, "--jobs", "16")
+    assert str(eth1) in forks
     assert together == alone
     assert "worker2/eth1.pcap: file cut short in packet" in together
+
+
+@pytest.mark.parametrize("scenario", [s for s in SCENARIOS if s != "any-http-get"])
+def test_some_files_here_some_in_workers(capsys, monkeypatch, forks, scenario):
+    """The default: only the big files in workers, the others read here, in between."""
+    alone = summary(capsys, SAMPLES / scenario, "--jobs", "1")
+    sizes = sorted(p.stat().st_size for p in (SAMPLES / scenario).glob("*/*.pcap"))
+    monkeypatch.setattr(workers, "cpus", lambda: 2)
+    monkeypatch.setattr(workers, "MIN_BYTES", sizes[-1])  # (the biggest: the underlay NICs, VXLAN)
+    assert summary(capsys, SAMPLES / scenario) == alone
+    assert 0 < len(forks) < len(sizes)
 
 
 def test_small_files_stay_in_this_process_by_default(capsys, forks, monkeypatch):
@@ -112,13 +123,15 @@ def test_close_kills_and_reaps_what_is_left(tmp_path):
 
 def blocked_analyze(tmp_path) -> tuple[subprocess.Popen, int]:
     """tracer analyze --summary -j 2 on a pcap that is a named pipe: tracer reads its header, its
-    worker then blocks opening it again. Returns the process and its worker's pid."""
+    worker then blocks opening it again. Returns the process (the leader of a process group of
+    its own, as in a terminal) and its worker's pid."""
     node = tmp_path / "worker1"
     node.mkdir()
     fifo = node / "eth1.pcap"
     os.mkfifo(fifo)
     proc = subprocess.Popen([sys.executable, "-m", "tracer", "analyze", str(tmp_path), "--summary", "-o", "json",
-                             "-j", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+                             "-j", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                            start_new_session=True)
     header = bytes.fromhex("4d3cb2a1020004000000000000000000ffff000001000000")  # pcap, ns, Ethernet
     writer = threading.Thread(target=lambda: fifo.write_bytes(header), daemon=True)
     writer.start()
@@ -130,7 +143,7 @@ def blocked_analyze(tmp_path) -> tuple[subprocess.Popen, int]:
 def test_ctrl_c_ends_tracer_and_its_workers(tmp_path):
     proc, worker = blocked_analyze(tmp_path)
     try:
-        proc.send_signal(signal.SIGINT)
+        os.killpg(proc.pid, signal.SIGINT)  # (as a terminal sends it: to tracer and its workers)
         out, err = proc.communicate(timeout=20)
     finally:
         proc.kill()
@@ -155,3 +168,25 @@ def _zombie(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] == "Z"
     except OSError:
         return False
+
+
+def test_no_process_to_be_had_reads_here(capsys, monkeypatch):
+    alone = summary(capsys, SAMPLES / "http-get", "--jobs", "1")
+    fds = len(os.listdir("/proc/self/fd"))
+
+    def fork():
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(os, "fork", fork)
+    assert summary(capsys, SAMPLES / "http-get", "--jobs", "8") == alone
+    assert len(os.listdir("/proc/self/fd")) == fds  # (the pipes closed again)
+
+
+def test_a_bad_file_after_a_forked_one_leaves_nothing_open(capsys, forks, tmp_path):
+    shutil.copytree(SAMPLES / "http-get" / "worker1", tmp_path / "worker1")
+    (tmp_path / "worker1" / "zz.pcap").write_text("not a capture\n")  # opened after the others
+    fds = sorted(os.listdir("/proc/self/fd"))
+    code, out, err = run_cli(capsys, "analyze", str(tmp_path), "--summary", "-o", "json", "-j", "8")
+    assert code == 3 and "zz.pcap" in err
+    assert len(forks) == 3
+    assert sorted(os.listdir("/proc/self/fd")) == fds and children(os.getpid()) == []

@@ -320,17 +320,19 @@ class Correlator:
         if (not self.opts.keep_packets and self.opts.fast and cap.format == "pcap" and cap.interfaces
                 and cap.interfaces[0].linktype == LINKTYPE_ETHERNET):
             records.close()
-            if self._workers.wants(inp.path):
-                pidx = self._point(inp.node, inp.interface, inp.path)
-                return self._workers.read(cap, pidx, self.points[pidx].stats, self.opts.vxlan_ports,
-                                          lambda w: self.warnings.append(f"{inp.path}: {w}"))
-            return self._read_fast(inp, cap)
-        return self._read(inp, cap, records)
+            # (its point now, read here or not: a worker needs its index from the start)
+            pidx = self._point(inp.node, inp.interface, inp.path)
+            stats, vx = self.points[pidx].stats, self.opts.vxlan_ports
 
-    def _read_fast(self, inp: CaptureInput, cap) -> Iterator[list[tuple]]:
-        pidx = self._point(inp.node, inp.interface, inp.path)
-        yield from pcap_sightings(cap, pidx, self.points[pidx].stats, self.opts.vxlan_ports,
-                                  lambda w: self.warnings.append(f"{inp.path}: {w}"))
+            def warn(w: str) -> None:
+                self.warnings.append(f"{inp.path}: {w}")
+
+            if self._workers.wants(inp.path):
+                batches = self._workers.read(cap, pidx, stats, vx, warn)
+                if batches is not None:
+                    return batches
+            return pcap_sightings(cap, pidx, stats, vx, warn)
+        return self._read(inp, cap, records)
 
     def _read(self, inp: CaptureInput, cap, records) -> Iterator[list[tuple]]:
         vxlan_ports = self.opts.vxlan_ports

@@ -21,6 +21,7 @@ import os
 import signal
 import struct
 from collections.abc import Callable, Iterator
+from typing import BinaryIO
 
 from tracer.digest import MAX_IPS, PointStats, pcap_sightings
 from tracer.errors import TracerError
@@ -58,6 +59,8 @@ class Workers:
         self.sized = jobs is None
         """Only files of MIN_BYTES or more (when nobody asked for a number of jobs)."""
         self.pids: list[int] = []
+        self.pipes: dict[int, BinaryIO] = {}
+        """Worker pid -> the reading end of its pipe (closed by `close` if not read to its end)."""
 
     def wants(self, path: str) -> bool:
         """Whether to read this file in a process of its own."""
@@ -69,56 +72,71 @@ class Workers:
             return False
 
     def read(self, cap: CaptureFile, point: int, stats: PointStats, vxlan_ports: frozenset[int],
-             warn: Callable[[str], None]) -> Iterator[list[tuple]]:
+             warn: Callable[[str], None]) -> Iterator[list[tuple]] | None:
         """Start a process reading `cap` as tracer.digest.pcap_sightings would; its batches.
+        None if no process can be started now (no more pipes or processes): read it here then.
 
         The process starts at once (so that every file is being read while the first ones are
         merged); `stats` is kept up to date from it as pcap_sightings keeps it."""
-        r, w = os.pipe()
+        _prepare()  # (what the worker needs, loaded here: nothing to import after the fork)
+        try:
+            r, w = os.pipe()
+        except OSError:
+            return None
         try:
             import fcntl
             fcntl.fcntl(w, F_SETPIPE_SZ, _PIPE_BYTES)
         except OSError:
             pass  # (a smaller pipe only means less read-ahead)
         parent = os.getpid()
-        pid = os.fork()
-        if pid == 0:  # the worker: never returns
-            os.close(r)
-            _work(parent, w, cap, point, vxlan_ports)
-        os.close(w)
-        self.pids.append(pid)
-        return self._batches(pid, r, cap.path, stats, warn)
+        inherited = [f.fileno() for f in self.pipes.values()]
+        # Ctrl-C held until the worker is known (and the worker ignores it before it can act on it)
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, _HELD)
+        try:
+            try:
+                pid = os.fork()
+            except OSError:
+                os.close(r)
+                os.close(w)
+                return None
+            if pid == 0:  # the worker: never returns
+                _work(parent, r, w, inherited, cap, point, vxlan_ports)
+            os.close(w)
+            self.pids.append(pid)
+            self.pipes[pid] = os.fdopen(r, "rb", buffering=_PIPE_BYTES)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
+        return self._batches(pid, cap.path, stats, warn)
 
-    def _batches(self, pid: int, fd: int, path: str, stats: PointStats,
-                 warn: Callable[[str], None]) -> Iterator[list[tuple]]:
+    def _batches(self, pid: int, path: str, stats: PointStats, warn: Callable[[str], None]) -> Iterator[list[tuple]]:
         import pickle
 
-        with os.fdopen(fd, "rb", buffering=_PIPE_BYTES) as f:
-            read, loads, header = f.read, pickle.loads, _HEADER.unpack
-            while True:
-                head = read(_HEADER.size)
-                size, kind = header(head) if len(head) == _HEADER.size else (0, 0)
-                data = read(size) if size else b""
-                if not size or len(data) < size:  # (no message is empty: it ended before or while sending)
-                    raise WorkerError(f"{path}: the process reading it ended unexpectedly ({self._reap(pid)})",
-                                      "run again; if it recurs, pass --jobs 1 to read every file in one process")
-                msg = loads(data)
-                if kind == _BATCH:
-                    batch, first, last = msg
-                    if first < stats.first:
-                        stats.first = first
-                    if last > stats.last:
-                        stats.last = last
-                    yield batch
-                elif kind == _END:
-                    _absorb(stats, msg[0])
-                    for w in msg[1]:
-                        warn(w)
-                    break
-                else:
-                    self._reap(pid)
-                    raise WorkerError(f"{path}: reading it failed in its process:\n{msg}",
-                                      "run again with --jobs 1 to read every file in one process")
+        f = self.pipes[pid]
+        read, loads, header = f.read, pickle.loads, _HEADER.unpack
+        while True:
+            head = read(_HEADER.size)
+            size, kind = header(head) if len(head) == _HEADER.size else (0, 0)
+            data = read(size) if size else b""
+            if not size or len(data) < size:  # (no message is empty: it ended before or while sending)
+                raise WorkerError(f"{path}: the process reading it ended unexpectedly ({self._reap(pid)})",
+                                  "run again; if it recurs, pass --jobs 1 to read every file in one process")
+            msg = loads(data)
+            if kind == _BATCH:
+                batch, first, last = msg
+                if first < stats.first:
+                    stats.first = first
+                if last > stats.last:
+                    stats.last = last
+                yield batch
+            elif kind == _END:
+                _absorb(stats, msg[0])
+                for w in msg[1]:
+                    warn(w)
+                break
+            else:
+                self._reap(pid)
+                raise WorkerError(f"{path}: reading it failed in its process:\n{msg}",
+                                  "run again with --jobs 1 to read every file in one process")
         self._reap(pid)
 
     def _reap(self, pid: int) -> str:
@@ -126,22 +144,51 @@ class Workers:
         try:
             _, status = os.waitpid(pid, 0)
         except ChildProcessError:
+            status = None
+        self.pids.remove(pid)
+        f = self.pipes.pop(pid, None)
+        if f is not None:
+            f.close()
+        if status is None:
             return "already reaped"
-        finally:
-            if pid in self.pids:
-                self.pids.remove(pid)
         if os.WIFSIGNALED(status):
             return f"killed by signal {os.WTERMSIG(status)}"
         return f"exit status {os.waitstatus_to_exitcode(status)}"
 
     def close(self) -> None:
-        """Kill and reap every worker still there (after an error, Ctrl-C or an unfinished read)."""
-        for pid in list(self.pids):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            self._reap(pid)
+        """Kill and reap every worker still there (after an error, Ctrl-C or an unfinished read).
+        A second Ctrl-C waits until that is done."""
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, _HELD)
+        try:
+            for pid in self.pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            for pid in list(self.pids):
+                self._reap(pid)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+
+_HELD = {signal.SIGINT, signal.SIGTERM}
+_LIBC = None
+
+
+def _prepare() -> None:
+    """Load what a worker uses (modules, libc for prctl) in the parent, before any fork: a forked
+    child of a process with threads must not import or dlopen (their locks may be held)."""
+    global _LIBC
+    import ctypes
+    import importlib
+
+    for name in ("io", "pickle", "traceback"):
+        importlib.import_module(name)
+    if _LIBC is None:
+        try:
+            _LIBC = ctypes.CDLL(None, use_errno=True)
+        except OSError:
+            _LIBC = False
 
 
 def _absorb(stats: PointStats, state: tuple) -> None:
@@ -159,21 +206,26 @@ def _absorb(stats: PointStats, state: tuple) -> None:
     stats.last = max(stats.last, last)
 
 
-def _work(parent: int, fd: int, cap: CaptureFile, point: int, vxlan_ports: frozenset[int]) -> None:
+def _work(parent: int, r: int, fd: int, inherited: list[int], cap: CaptureFile, point: int,
+          vxlan_ports: frozenset[int]) -> None:
     """The worker process's whole life: read, send, leave (os._exit: none of the parent's exit
-    handlers, no flush of its buffers)."""
-    import io
-    import pickle
-
+    handlers, no flush of its buffers). Starts with Ctrl-C and SIGTERM held (see Workers.read)."""
     code = 1
     try:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the parent decides
+        # Ctrl-C reaches the whole process group: the parent decides (and kills this one)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _HELD)
+        for other in (r, *inherited):  # (the other pipes' reading ends are the parent's business)
+            os.close(other)
         _die_with(parent)
         os.nice(10)  # the parent, which all workers feed, is the one to keep busy
-        out = os.fdopen(fd, "wb", buffering=0)
+        import io
+        import pickle
+
+        out = os.fdopen(fd, "wb")
         stats = PointStats()
         said: list[str] = []
-
         buf = io.BytesIO()
 
         def send(kind: int, msg: object) -> None:
@@ -185,7 +237,9 @@ def _work(parent: int, fd: int, cap: CaptureFile, point: int, vxlan_ports: froze
             p.fast = True
             p.dump(msg)
             data = buf.getvalue()
-            out.write(_HEADER.pack(len(data), kind) + data)
+            out.write(_HEADER.pack(len(data), kind))
+            out.write(data)
+            out.flush()  # (a buffered writer: all of it, however the pipe takes it)
 
         try:
             for batch in pcap_sightings(cap, point, stats, vxlan_ports, said.append):
@@ -207,11 +261,7 @@ def _work(parent: int, fd: int, cap: CaptureFile, point: int, vxlan_ports: froze
 
 def _die_with(parent: int) -> None:
     """Be killed when the parent dies, even by SIGKILL (Linux)."""
-    try:
-        import ctypes
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
+    if _LIBC:
+        _LIBC.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
     if os.getppid() != parent:  # it died before that took effect
         os._exit(1)
