@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TextIO
 
@@ -44,6 +46,8 @@ class AnalyzeRequest:
     did not see was not there, whenever the point's first and last frames came."""
     jobs: int | None = None
     """Processes reading capture files at once (Options.jobs)."""
+    progress: Callable[[float | None], None] | None = None
+    """Told the share of the captures read so far while reading, then None (see ReadingProgress)."""
 
 
 def correlate(req: AnalyzeRequest) -> tuple[Trace, Correlator]:
@@ -51,7 +55,7 @@ def correlate(req: AnalyzeRequest) -> tuple[Trace, Correlator]:
     opts = Options(vxlan_ports=VXLAN_PORTS | frozenset(req.vxlan_ports), window=req.window,
                    keep_packets=not (req.summary or _big(req, inputs)), way_hint=req.way, pods=frozenset((req.names or {}).values()),
                    ifnames=dict(req.ifnames or {}), captured_together=req.captured_together, jobs=req.jobs)
-    c = Correlator(inputs, opts).run()
+    c = Correlator(inputs, opts, req.progress).run()
     return build_trace(c), c
 
 
@@ -99,7 +103,11 @@ def run_analysis(req: AnalyzeRequest, out: TextIO = sys.stdout, extra_json: dict
 
 
 def _run_analysis(req: AnalyzeRequest, out: TextIO, extra_json: dict | None, header) -> Trace:
-    trace, c = correlate(req)
+    try:
+        trace, c = correlate(req)
+    finally:
+        if req.progress is not None:
+            req.progress(None)
     shown = select_flows(trace, req.flows, req.all_flows)
     if req.pcapng:
         write_pcapng(c, trace, req.pcapng)
@@ -129,6 +137,34 @@ def _run_analysis(req: AnalyzeRequest, out: TextIO, extra_json: dict | None, hea
     else:
         render.render_hops(trace, console, shown, req.names or {})
     return trace
+
+
+class ReadingProgress:
+    """`reading captures: 42% (3 s)` on a terminal, from DELAY seconds on, updated in place;
+    at 100% what comes next; wiped when the analysis is done (called with None)."""
+
+    DELAY = 1.0
+
+    def __init__(self, stream: TextIO):
+        self.stream = stream
+        self.start = time.monotonic()
+        self.shown = ""  # what the line says now
+
+    def __call__(self, share: float | None) -> None:
+        if share is None:
+            if self.shown:
+                self.stream.write("\r\x1b[K")
+                self.stream.flush()
+                self.shown = ""
+            return
+        elapsed = time.monotonic() - self.start
+        if elapsed >= self.DELAY:
+            what = f"reading captures: {share:4.0%}" if share < 1.0 else "captures read, following the packets"
+            text = f"\r\x1b[K{what} ({elapsed:.0f} s)"
+            if text != self.shown:
+                self.stream.write(text)
+                self.stream.flush()
+                self.shown = text
 
 
 def _with_flows(trace: Trace, flows: list[Flow]) -> Trace:

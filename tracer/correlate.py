@@ -20,6 +20,7 @@ import gc
 import math
 import os
 import random
+import time
 from bisect import bisect_left, bisect_right
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
@@ -45,6 +46,7 @@ RESERVOIR = 4096
 ONE_WAY_MAX = 0.01
 """Seconds the fastest of a flow's crossings from one capture point to the next may take before
 (with no traffic the other way to tell) the rest is put down to the nodes' clocks."""
+PROGRESS_EVERY = 0.2  # seconds
 TIE_HOLD = 65536  # sightings of one instant _merge holds back at most, per stream
 _time, _code, _ends = itemgetter(0), itemgetter(CODE), itemgetter(5)
 MANY_WAYS = 64
@@ -281,9 +283,14 @@ def _percentiles(samples: list[tuple[list[float], float]], qs: Iterable[float]) 
 class Correlator:
     """Feed it capture inputs; `run()` returns the internal result that `build_trace` turns into a model."""
 
-    def __init__(self, inputs: Iterable[CaptureInput], options: Options | None = None):
+    def __init__(self, inputs: Iterable[CaptureInput], options: Options | None = None,
+                 progress: Callable[[float], None] | None = None):
+        """`progress`, if given, is told the share of the captures' bytes read so far, every
+        PROGRESS_EVERY seconds while reading."""
         self.inputs = list(inputs)
         self.opts = options or Options()
+        self._progress = progress
+        self._caps: list = []  # (pcapio.CaptureFile of each input, once opened: their `read`)
         self.points: list[_Point] = []
         self.point_index: dict[str, int] = {}
         self.warnings: list[str] = []
@@ -317,6 +324,7 @@ class Correlator:
     def _open(self, inp: CaptureInput) -> Iterator[list[tuple]]:
         """Open one input (refusing what is not a capture) and return its batches of sightings."""
         cap, records = open_capture(inp.path)
+        self._caps.append(cap)
         if (not self.opts.keep_packets and self.opts.fast and cap.format == "pcap" and cap.interfaces
                 and cap.interfaces[0].linktype == LINKTYPE_ETHERNET):
             records.close()
@@ -341,6 +349,7 @@ class Correlator:
         split: dict[int, dict[int, int]] = {}  # file interface -> {interface index -> point} (tcpdump -i any)
         multi = None
         batch: list[tuple] = []
+        taken, overhead = 24, (16 if cap.format == "pcap" else 32)  # (record headers: for progress)
         try:
             for rec in records:
                 i = rec.interface
@@ -362,6 +371,7 @@ class Correlator:
                             by_iface.append(self._point(inp.node, name, inp.path))
                         else:
                             by_iface.append(self._point(inp.node, inp.interface, inp.path))
+                taken += len(rec.data) + overhead
                 fr = decode(cap.interfaces[i].linktype, rec.data, rec.orig_len, vxlan_ports)
                 pidx = by_iface[i]
                 if pidx < 0:  # a whole node's capture: the frame's own interface is the point
@@ -373,6 +383,7 @@ class Correlator:
                 if e is not None:
                     batch.append(from_frame(rec.time, pidx, fr, e, keep))
                     if len(batch) >= 1024:
+                        cap.read[0] = taken
                         yield batch
                         batch = []
             if batch:
@@ -440,7 +451,13 @@ class Correlator:
         finalize = done.append
         inf = float("inf")
         evict_at = inf
+        progress, caps, due = self._progress, self._caps, 0.0
+        if progress is not None:
+            total = max(1, sum(_size(c.path) for c in caps))
         for batch in _merge(streams, self._out_of_order):
+            if progress is not None and (now := time.monotonic()) >= due:
+                due = now + PROGRESS_EVERY
+                progress(min(1.0, sum(c.read[0] for c in caps) / total))
             if done:
                 self._finalize_all(done)
                 done.clear()
@@ -480,6 +497,8 @@ class Correlator:
                         queue.append(rec[4])
                         break
                     rec = rec[4]
+        if progress is not None:
+            progress(1.0)
         while queue:
             obs = queue.popleft()[2]
             if obs is not None:
@@ -839,6 +858,13 @@ def no_cyclic_gc() -> Iterator[None]:
     finally:
         if enabled:
             gc.enable()
+
+
+def _size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
 
 
 def _unlink(pending: dict, rec: list) -> None:

@@ -142,13 +142,15 @@ def pcap_sightings(cap: CaptureFile, point: int, stats: PointStats, vxlan_ports:
 
     `cap` is the file as pcapio.open_capture opened it (which refuses what is not a capture and
     read the header); reading problems become warnings worded as pcapio words them, given to
-    `warn` when the file is done.
+    `warn` when the file is done. `cap.read` follows how far it has read.
     """
     assert cap.format == "pcap" and cap.interfaces and cap.interfaces[0].linktype == LINKTYPE_ETHERNET
     div = cap.interfaces[0].ts_div
     with open(cap.path, "rb") as f:
         f.seek(24)
         unpack_rec = struct.Struct(cap.byte_order + "IIII").unpack_from
+        read = cap.read
+        read[0] = 24
         eth_ip_tcp, vxlan_tcp, key = _ETH_IP_TCP.unpack_from, _VXLAN_TCP.unpack_from, _tcp_key
         vx = vxlan_ports
         rest = b""
@@ -161,6 +163,7 @@ def pcap_sightings(cap: CaptureFile, point: int, stats: PointStats, vxlan_ports:
         try:
             while True:
                 chunk = f.read(CHUNK)
+                read[0] += len(chunk)
                 if not chunk:
                     if len(rest) >= 16:
                         incl = unpack_rec(rest, 0)[2]

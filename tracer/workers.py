@@ -106,11 +106,13 @@ class Workers:
             self.pipes[pid] = os.fdopen(r, "rb", buffering=_PIPE_BYTES)
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, held)
-        return self._batches(pid, cap.path, stats, warn)
+        return self._batches(pid, cap, stats, warn)
 
-    def _batches(self, pid: int, path: str, stats: PointStats, warn: Callable[[str], None]) -> Iterator[list[tuple]]:
+    def _batches(self, pid: int, cap: CaptureFile, stats: PointStats,
+                 warn: Callable[[str], None]) -> Iterator[list[tuple]]:
         import pickle
 
+        path = cap.path
         f = self.pipes[pid]
         read, loads, header = f.read, pickle.loads, _HEADER.unpack
         while True:
@@ -122,7 +124,7 @@ class Workers:
                                   "run again; if it recurs, pass --jobs 1 to read every file in one process")
             msg = loads(data)
             if kind == _BATCH:
-                batch, first, last = msg
+                batch, first, last, cap.read[0] = msg
                 if first < stats.first:
                     stats.first = first
                 if last > stats.last:
@@ -243,7 +245,7 @@ def _work(parent: int, r: int, fd: int, inherited: list[int], cap: CaptureFile, 
 
         try:
             for batch in pcap_sightings(cap, point, stats, vxlan_ports, said.append):
-                send(_BATCH, (batch, stats.first, stats.last))
+                send(_BATCH, (batch, stats.first, stats.last, cap.read[0]))
             send(_END, ((stats.frames, stats.undecoded, stats.encapsulated, stats.calico_mac, stats.ips,
                          stats.first, stats.last), said))
             code = 0

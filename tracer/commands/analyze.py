@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from tracer.analysis import AnalyzeRequest, run_analysis
+from tracer.analysis import AnalyzeRequest, ReadingProgress, run_analysis
 from tracer.errors import UsageError
 
 
@@ -74,7 +74,8 @@ def command(paths, points, vxlan_ports, flows, all_flows, summary, output, pcapn
     named.update(_parse_ifnames(ifnames))
     req = AnalyzeRequest(paths=tuple(paths), points=tuple(points), vxlan_ports=tuple(vxlan_ports), flows=tuple(flows),
                          all_flows=all_flows, summary=summary, output=output, pcapng=pcapng, way=way, names=names,
-                         window=window, ifnames=named, captured_together=together, jobs=jobs)
+                         window=window, ifnames=named, captured_together=together, jobs=jobs,
+                         progress=ReadingProgress(sys.stderr) if sys.stderr.isatty() else None)
     run_analysis(req, sys.stdout)
 
 

@@ -1,0 +1,73 @@
+"""Progress while reading big captures: the share read, told as reading goes, by every reader
+(in-process fast reader, worker processes, the full decoder), and its line on a terminal."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+
+import pytest
+
+from factories import SAMPLES, run_cli
+from tracer import analysis, correlate, digest
+from tracer.correlate import Correlator, Options, inputs_from_paths
+
+
+@pytest.mark.parametrize("scenario,jobs,summary", [
+    ("http-get", 1, True),          # the fast reader, here
+    ("http-get", 8, True),          # the fast reader, in workers
+    ("http-get", 1, False),         # the full decoder (every packet kept)
+    ("any-http-get", 1, True),      # tcpdump -i any: Linux cooked frames, the full decoder
+])
+def test_the_share_read_grows_to_all(monkeypatch, scenario, jobs, summary):
+    monkeypatch.setattr(digest, "CHUNK", 512)       # many batches from small files
+    monkeypatch.setattr(correlate, "PROGRESS_EVERY", 0)  # told after each
+    told: list[float] = []
+    inputs = inputs_from_paths([str(SAMPLES / scenario)])
+    Correlator(inputs, Options(keep_packets=not summary, jobs=jobs), told.append).run()
+    assert told[-1] == 1.0
+    assert told == sorted(told) and all(0 <= x <= 1 for x in told)
+    if summary and scenario == "http-get":  # (the full decoder's batches are 1024 sightings: one here)
+        assert len({x for x in told if x < 1}) >= 5
+
+
+def test_the_share_counts_every_file(monkeypatch, tmp_path):
+    """Two copies of the sample: half-way through the bytes when the first copy is done."""
+    monkeypatch.setattr(correlate, "PROGRESS_EVERY", 0)
+    for name in ("a", "b"):
+        shutil.copytree(SAMPLES / "http-get" / "worker1", tmp_path / name)
+    told: list[float] = []
+    inputs = inputs_from_paths([str(tmp_path / "a" / "eth1.pcap")]) + inputs_from_paths([str(tmp_path / "b" / "eth1.pcap")])
+    Correlator(inputs, Options(keep_packets=True), told.append).run()
+    assert told[0] <= 0.5 and told[-1] == 1.0
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_the_line_on_a_terminal(monkeypatch):
+    line = analysis.ReadingProgress(term := Terminal())
+    line(0.5)
+    assert term.getvalue() == ""  # (nothing in the first second)
+    monkeypatch.setattr(analysis.ReadingProgress, "DELAY", 0)
+    line(0.42)
+    line(1.0)
+    line(1.0)  # (the same line is not written again)
+    line(None)
+    assert term.getvalue() == ("\r\x1b[Kreading captures:  42% (0 s)"
+                               "\r\x1b[Kcaptures read, following the packets (0 s)\r\x1b[K")
+
+
+def test_analyze_shows_it_on_a_terminal_only(capsys, monkeypatch):
+    monkeypatch.setattr(analysis.ReadingProgress, "DELAY", 0)
+    monkeypatch.setattr(digest, "CHUNK", 512)
+    code, out, err = run_cli(capsys, "analyze", str(SAMPLES / "http-get"), "--summary", "-o", "json")
+    assert code == 0 and err == "" and json.loads(out)["schema"] == "tracer.trace/v1"
+    import sys
+    monkeypatch.setattr(type(sys.stderr), "isatty", lambda self: True, raising=False)
+    code, out, err = run_cli(capsys, "analyze", str(SAMPLES / "http-get"), "--summary", "-o", "json")
+    assert code == 0 and json.loads(out)["schema"] == "tracer.trace/v1"
+    assert "reading captures:" in err and err.endswith("\r\x1b[K")  # (wiped before the result)
