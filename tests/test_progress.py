@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 
-from factories import SAMPLES, run_cli
+from factories import SAMPLES, run_cli, wait_for
 from tracer import analysis, correlate, digest
 from tracer.correlate import Correlator, Options, inputs_from_paths
 
@@ -33,14 +33,17 @@ def test_the_share_read_grows_to_all(monkeypatch, scenario, jobs, summary):
 
 
 def test_the_share_counts_every_file(monkeypatch, tmp_path):
-    """Two copies of the sample: half-way through the bytes when the first copy is done."""
+    """Two copies of a file, read in step: a share of both together (one file's bytes out of
+    one file's size would be twice as much)."""
+    monkeypatch.setattr(digest, "CHUNK", 512)
     monkeypatch.setattr(correlate, "PROGRESS_EVERY", 0)
     for name in ("a", "b"):
         shutil.copytree(SAMPLES / "http-get" / "worker1", tmp_path / name)
+    size = (tmp_path / "a" / "eth1.pcap").stat().st_size
     told: list[float] = []
     inputs = inputs_from_paths([str(tmp_path / "a" / "eth1.pcap")]) + inputs_from_paths([str(tmp_path / "b" / "eth1.pcap")])
-    Correlator(inputs, Options(keep_packets=True), told.append).run()
-    assert told[0] <= 0.5 and told[-1] == 1.0
+    Correlator(inputs, Options(keep_packets=False, jobs=1), told.append).run()
+    assert told[0] == pytest.approx(2 * (24 + 512) / (2 * size)) and told[-1] == 1.0
 
 
 class Terminal(io.StringIO):
@@ -58,7 +61,27 @@ def test_the_line_on_a_terminal(monkeypatch):
     line(1.0)  # (the same line is not written again)
     line(None)
     assert term.getvalue() == ("\r\x1b[Kreading captures:  42% (0 s)"
-                               "\r\x1b[Kcaptures read, following the packets (0 s)\r\x1b[K")
+                               "\r\x1b[Kcaptures read, working out the flows (0 s)\r\x1b[K")
+
+
+def test_after_reading_the_seconds_go_on(monkeypatch):
+    """The flows and the view can take a while after the last byte is read: the line says so and
+    its seconds go on (a thread redraws it) until the result is shown."""
+    clock = iter(range(0, 10_000))
+    monkeypatch.setattr(analysis.time, "monotonic", lambda: float(next(clock)))
+    monkeypatch.setattr(analysis.ReadingProgress, "TICK", 0.001)
+    line = analysis.ReadingProgress(term := Terminal())
+    line(0.995)  # (not yet all: says 99%)
+    line(1.0)
+    wait_for(lambda: "(5 s)" in term.getvalue())
+    line(None)
+    text = term.getvalue()
+    assert text.startswith("\r\x1b[Kreading captures:  99% (1 s)\r\x1b[Kcaptures read, working out the flows (2 s)")
+    assert text.endswith("\r\x1b[K") and line.ticker is None
+    settled = term.getvalue()
+    import time
+    time.sleep(0.05)
+    assert term.getvalue() == settled  # (stopped)
 
 
 def test_analyze_shows_it_on_a_terminal_only(capsys, monkeypatch):

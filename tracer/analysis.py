@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -103,21 +104,28 @@ def run_analysis(req: AnalyzeRequest, out: TextIO = sys.stdout, extra_json: dict
 
 
 def _run_analysis(req: AnalyzeRequest, out: TextIO, extra_json: dict | None, header) -> Trace:
+    done = req.progress or (lambda share: None)  # (called with None: the progress line wiped)
     try:
-        trace, c = correlate(req)
+        return _show(req, out, extra_json, header, done)
     finally:
-        if req.progress is not None:
-            req.progress(None)
+        done(None)
+
+
+def _show(req: AnalyzeRequest, out: TextIO, extra_json: dict | None, header, done: Callable[[None], None]) -> Trace:
+    trace, c = correlate(req)
     shown = select_flows(trace, req.flows, req.all_flows)
     if req.pcapng:
         write_pcapng(c, trace, req.pcapng)
     if req.output == "json":
         if req.flows:
             trace = _with_flows(trace, shown)
-        out.write(dumps(trace, summary=req.summary, extra=extra_json) + "\n")
+        text = dumps(trace, summary=req.summary, extra=extra_json)
+        done(None)
+        out.write(text + "\n")
         return trace
     from rich.console import Console  # (not needed for --output json)
 
+    done(None)
     console = Console(file=out, highlight=False, soft_wrap=False, width=_width(out))
     if header is not None:
         console.print(header)
@@ -141,30 +149,53 @@ def _run_analysis(req: AnalyzeRequest, out: TextIO, extra_json: dict | None, hea
 
 class ReadingProgress:
     """`reading captures: 42% (3 s)` on a terminal, from DELAY seconds on, updated in place;
-    at 100% what comes next; wiped when the analysis is done (called with None)."""
+    once everything is read (share 1), what comes next, its seconds ticking; wiped when the
+    result is about to be shown (called with None). Nothing it writes can fail the analysis."""
 
     DELAY = 1.0
+    TICK = 0.5  # seconds between redraws after reading, while nothing else calls
 
     def __init__(self, stream: TextIO):
         self.stream = stream
         self.start = time.monotonic()
         self.shown = ""  # what the line says now
+        self.lock = threading.Lock()
+        self.ticker: threading.Thread | None = None
+        self.stop = threading.Event()
 
     def __call__(self, share: float | None) -> None:
         if share is None:
-            if self.shown:
-                self.stream.write("\r\x1b[K")
-                self.stream.flush()
-                self.shown = ""
+            if self.ticker is not None:
+                self.stop.set()
+                self.ticker.join()
+                self.ticker = None
+            self._write("")
             return
+        self._draw(share)
+        if share >= 1.0 and self.ticker is None:
+            self.ticker = threading.Thread(target=self._tick, name="tracer-progress", daemon=True)
+            self.ticker.start()
+
+    def _tick(self) -> None:
+        while not self.stop.wait(self.TICK):
+            self._draw(1.0)
+
+    def _draw(self, share: float) -> None:
         elapsed = time.monotonic() - self.start
         if elapsed >= self.DELAY:
-            what = f"reading captures: {share:4.0%}" if share < 1.0 else "captures read, following the packets"
-            text = f"\r\x1b[K{what} ({elapsed:.0f} s)"
-            if text != self.shown:
-                self.stream.write(text)
+            what = f"reading captures: {int(share * 100):3d}%" if share < 1.0 else "captures read, working out the flows"
+            self._write(f"{what} ({elapsed:.0f} s)")
+
+    def _write(self, text: str) -> None:
+        with self.lock:
+            if text == self.shown:
+                return
+            try:
+                self.stream.write("\r\x1b[K" + text)
                 self.stream.flush()
-                self.shown = text
+            except (OSError, ValueError):
+                pass  # (a terminal gone: the analysis goes on)
+            self.shown = text
 
 
 def _with_flows(trace: Trace, flows: list[Flow]) -> Trace:

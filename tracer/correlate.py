@@ -386,6 +386,7 @@ class Correlator:
                         cap.read[0] = taken
                         yield batch
                         batch = []
+            cap.read[0] = taken
             if batch:
                 yield batch
         finally:

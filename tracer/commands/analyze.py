@@ -35,8 +35,8 @@ from tracer.errors import UsageError
               help="How long a packet waits for its sightings at other points; raise it if node clocks differ more.")
 @click.option("--jobs", "-j", type=click.IntRange(1), default=None, metavar="N",
               help="Processes reading capture files at once, this one included; 1: all in this one. Default: "
-                   "for the summary, each pcap file of 4 MiB or more in a process of its own when there is "
-                   "more than one CPU.")
+                   "for the summary, each pcap file of Ethernet frames of 4 MiB or more in a process of its own "
+                   "when there is more than one CPU.")
 def command(paths, points, vxlan_ports, flows, all_flows, summary, output, pcapng, path_file, ifnames, window, jobs):
     """Follow each packet across saved captures, offline.
 
@@ -51,7 +51,8 @@ def command(paths, points, vxlan_ports, flows, all_flows, summary, output, pcapn
 
     The view is each packet's hops in the HTTP flows (or those --flow chooses); the summary
     (flows, loss and latency per segment) when there are more than 400 such packets, or when
-    the captures add up to 16 MiB or more and no --flow is given.
+    the captures add up to 16 MiB or more and neither --flow nor --pcapng is given. On a
+    terminal, a line on stderr tells how far the reading of big captures has got.
 
     \b
     Examples:
@@ -75,8 +76,13 @@ def command(paths, points, vxlan_ports, flows, all_flows, summary, output, pcapn
     req = AnalyzeRequest(paths=tuple(paths), points=tuple(points), vxlan_ports=tuple(vxlan_ports), flows=tuple(flows),
                          all_flows=all_flows, summary=summary, output=output, pcapng=pcapng, way=way, names=names,
                          window=window, ifnames=named, captured_together=together, jobs=jobs,
-                         progress=ReadingProgress(sys.stderr) if sys.stderr.isatty() else None)
+                         progress=ReadingProgress(sys.stderr) if _terminal(sys.stderr) else None)
     run_analysis(req, sys.stdout)
+
+
+def _terminal(stream) -> bool:
+    """A terminal that can take a line redrawn in place."""
+    return stream.isatty() and os.environ.get("TERM") != "dumb"
 
 
 def _captured_together(path_file: str) -> bool:
