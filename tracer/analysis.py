@@ -13,6 +13,7 @@ from typing import TextIO
 
 from tracer.correlate import CaptureInput, Correlator, Options, inputs_from_paths, no_cyclic_gc
 from tracer.decode import VXLAN_PORTS
+from tracer.errors import NotFoundError
 from tracer.jsonout import dumps
 from tracer.model import Flow, Trace
 from tracer.trace import build_trace
@@ -75,14 +76,15 @@ def _big(req: AnalyzeRequest, inputs: list[CaptureInput]) -> bool:
 
 
 def select_flows(trace: Trace, specs: tuple[str, ...], all_flows: bool) -> list[Flow]:
-    """--flow specs if given; else the HTTP flows; else every flow."""
+    """--flow specs if given; else the HTTP flows and those with packets that stopped on the way
+    (a flow whose SYN was dropped never shows HTTP); else every flow."""
     flows = list(trace.flows)
     if specs:
         return [f for i, f in enumerate(flows, 1) if any(_matches(f, i, s) for s in specs)]
     if all_flows:
         return flows
-    http = [f for f in flows if f.http]
-    return http or flows
+    chosen = [f for f in flows if f.http or (f.summary is not None and f.summary.stopped)]
+    return chosen or flows
 
 
 def _matches(f: Flow, index: int, spec: str) -> bool:
@@ -114,6 +116,10 @@ def _run_analysis(req: AnalyzeRequest, out: TextIO, extra_json: dict | None, hea
 def _show(req: AnalyzeRequest, out: TextIO, extra_json: dict | None, header, done: Callable[[None], None]) -> Trace:
     trace, c = correlate(req)
     shown = select_flows(trace, req.flows, req.all_flows)
+    if req.flows and not shown and trace.flows and req.output == "text":
+        n = len(trace.flows)
+        raise NotFoundError(f"no flow matches --flow {' '.join(req.flows)}: the captures hold {n:,} flow{'s' if n != 1 else ''}",
+                            "--summary lists them with their numbers; --flow takes a number, an IP, IP:PORT or a port")
     if req.pcapng:
         write_pcapng(c, trace, req.pcapng)
     if req.output == "json":
@@ -129,17 +135,19 @@ def _show(req: AnalyzeRequest, out: TextIO, extra_json: dict | None, header, don
     console = Console(file=out, highlight=False, soft_wrap=False, width=_width(out))
     if header is not None:
         console.print(header)
-    if req.flows and len(shown) < len(trace.flows):
-        hidden = [f for f in trace.flows if f not in shown]
+    if len(shown) < len(trace.flows):
+        ids = {id(f) for f in shown}
+        hidden = [f for f in trace.flows if id(f) not in ids]
         n = sum(f.summary.packets if f.summary else len(f.packets) for f in hidden)
-        console.print(f"{len(hidden)} other flow{'s' if len(hidden) != 1 else ''} ({n} packets) in the captures"
-                      " not shown (--all-flows)", style="dim")
+        why = "" if req.flows else ", neither HTTP nor with packets that stopped,"
+        console.print(f"{len(hidden):,} other flow{'s' if len(hidden) != 1 else ''} ({n:,} packets){why} in the "
+                      "captures not shown (--all-flows)", style="dim")
     from tracer import render
     n = sum(f.summary.packets if f.summary and not f.packets else len(f.packets) for f in shown)
     if req.summary or not c.opts.keep_packets or n > AUTO_SUMMARY_PACKETS:
         if not req.summary:
-            why = "" if c.opts.keep_packets else f"{c.total_frames} frames in the captures, "
-            console.print(f"{why}{n} packets in the selected flows: showing the summary (--flow N for one flow's hops)",
+            why = "" if c.opts.keep_packets else f"{c.total_frames:,} frames in the captures, "
+            console.print(f"{why}{n:,} packets in the selected flows: showing the summary (--flow N for one flow's hops)",
                           style="dim")
         render.render_summary(trace, console, shown)
     else:

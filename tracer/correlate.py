@@ -420,6 +420,12 @@ class Correlator:
             finally:
                 self._workers.close()
             self.total_frames = sum(p.stats.frames for p in self.points)
+            mixed = [pt for pt in self.points if len({os.path.dirname(os.path.abspath(f)) for f in pt.files}) > 1]
+            if mixed:
+                self.warnings.append(
+                    f"{len(mixed)} point{'s are' if len(mixed) > 1 else ' is'} read from files in different directories "
+                    f"(as {mixed[0].id}: {', '.join(mixed[0].files)}): captures of different runs taken as one? "
+                    f"Analyze one capture set at a time, or name points apart with --point NAME=FILE")
             for pt in self.points:
                 st = pt.stats
                 pt.role = "pod-veth" if pt.node in self.opts.pods else infer_role(

@@ -233,8 +233,9 @@ def render_hops(trace: Trace, console: Console, flows: list[Flow], names: dict[s
     names = names or {}
     if not flows:
         console.print("No IP flows found in these captures.", style="yellow")
-    for fi, f in enumerate(flows, 1):
-        console.print(flow_header(f, fi, names))
+    number = flow_numbers(trace)
+    for f in flows:
+        console.print(flow_header(f, number[id(f)], names))
         for pi, p in enumerate(f.packets, 1):
             table = packet_table(p, pi, names, narrow=console.width < NARROW)
             laid_out = lay_out(table, console)
@@ -248,12 +249,17 @@ def render_hops(trace: Trace, console: Console, flows: list[Flow], names: dict[s
     render_footer(trace, console)
 
 
+def flow_numbers(trace: Trace) -> dict[int, int]:
+    """id(flow) -> its number in the whole trace, as --flow N takes it (whatever is shown)."""
+    return {id(f): i for i, f in enumerate(trace.flows, 1)}
+
+
 def render_footer(trace: Trace, console: Console) -> None:
     pts = Table(title="capture points", title_justify="left", show_edge=False, pad_edge=False)
     for col in ("point", "role", "frames", "undecoded"):
         pts.add_column(col, overflow="fold")
     for p in trace.points:
-        pts.add_row(safe(p.id), p.role, str(p.packets), str(p.undecoded) if p.undecoded else "")
+        pts.add_row(safe(p.id), p.role, f"{p.packets:,}", f"{p.undecoded:,}")
     console.print(pts)
     if trace.clock_offsets:
         offs = ", ".join(f"{safe(n)} {(o if abs(o) >= 5e-7 else 0.0):+.6f}s" for n, o in trace.clock_offsets.items())
@@ -263,25 +269,27 @@ def render_footer(trace: Trace, console: Console) -> None:
 
 
 def render_summary(trace: Trace, console: Console, flows: list[Flow]) -> None:
-    console.print(Text(f"{trace.total_packets} frames at {len(trace.points)} points, {trace.matched_packets} distinct "
-                       f"packets in {len(trace.flows)} flow{'s' if len(trace.flows) != 1 else ''}", style="bold"))
-    ft = Table(title="flows", title_justify="left", show_edge=False, pad_edge=False)
+    console.print(Text(f"{trace.total_packets:,} frames at {len(trace.points)} points, {trace.matched_packets:,} distinct "
+                       f"packets in {len(trace.flows):,} flow{'s' if len(trace.flows) != 1 else ''}", style="bold"))
+    ft = Table(title="flows (those with packets that stopped first)", title_justify="left", show_edge=False,
+               pad_edge=False)
     for col in ("#", "proto", "client", "server", "NAT", "packets", "reached end", "stopped at"):
         ft.add_column(col, overflow="fold")
-    for i, f in enumerate(flows[:50], 1):
+    number = flow_numbers(trace)
+    for f in sorted(flows, key=lambda f: not (f.summary and f.summary.stopped))[:50]:
         s = f.summary
-        stopped = ", ".join(f"{safe(p)}: {n}" for p, n in (s.stopped.items() if s else []))
-        ft.add_row(str(i), f.protocol, safe(f.client), safe(f.server),
-                   f"{f.nat.kind} {f.nat.original}" if f.nat else "", str(s.packets if s else 0),
-                   str(s.reached_end if s else 0), Text(stopped, style="red") if stopped else "")
+        stopped = ", ".join(f"{safe(p)}: {n:,}" for p, n in (s.stopped.items() if s else []))
+        ft.add_row(str(number[id(f)]), f.protocol, safe(f.client), safe(f.server),
+                   f"{f.nat.kind} {f.nat.original}" if f.nat else "", f"{s.packets if s else 0:,}",
+                   f"{s.reached_end if s else 0:,}", Text(stopped, style="red") if stopped else "")
     console.print(ft)
     if len(flows) > 50:
-        console.print(f"... and {len(flows) - 50} more flows (--output json lists all)", style="dim")
+        console.print(f"... and {len(flows) - 50:,} more flows (--output json lists all)", style="dim")
     st = Table(title="segments (consecutive points of the ways)", title_justify="left", show_edge=False, pad_edge=False)
     for col in ("from", "to", "packets", "lost", "latency median", "p99"):
         st.add_column(col, overflow="fold")
     for s in trace.segments:
-        st.add_row(safe(s.src), safe(s.dst), str(s.packets), Text(str(s.lost), style="red" if s.lost else ""),
+        st.add_row(safe(s.src), safe(s.dst), f"{s.packets:,}", Text(f"{s.lost:,}", style="red" if s.lost else ""),
                    duration(s.latency_median), duration(s.latency_p99))
     console.print(st)
     render_footer(trace, console)

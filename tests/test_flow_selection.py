@@ -1,0 +1,66 @@
+"""Which flows the text view shows, how it numbers them, and what it says of the others."""
+
+from __future__ import annotations
+
+from factories import CURL, HTTPBIN, SAMPLES, eth, ipv4, pcap_bytes, run_cli, tcp, udp
+
+DNS = "10.152.183.10"
+
+
+def two_flows(tmp_path):
+    """worker1/eth1 and worker2/eth1, each seeing a DNS query (flow 1, no HTTP) and an HTTP GET
+    (flow 2), one routing step apart."""
+    for node, ttl, t0 in (("worker1", 64, 1700000000.0), ("worker2", 63, 1700000000.0005)):
+        frames = [eth("0a:58:ac:12:a6:8b", "ee:ee:ee:ee:ee:ee", 0x0800,
+                      ipv4(CURL, DNS, 17, udp(5353, 53, b"\x12\x34" + b"\x00" * 30), ttl=ttl, ip_id=7)),
+                  eth("0a:58:ac:12:a6:8b", "ee:ee:ee:ee:ee:ee", 0x0800,
+                      ipv4(CURL, HTTPBIN, 6, tcp(40000, 80, seq=5, ack=9, flags=0x18, payload=b"GET / HTTP/1.1\r\n\r\n"),
+                           ttl=ttl, ip_id=8))]
+        (tmp_path / node).mkdir()
+        (tmp_path / node / "eth1.pcap").write_bytes(pcap_bytes(frames, times=[t0, t0 + 0.001]))
+    return tmp_path
+
+
+def numbers(capsys, path) -> dict[str, int]:
+    """Protocol -> flow number, from the JSON (the order flows are numbered in)."""
+    code, out, err = run_cli(capsys, "analyze", str(path), "-o", "json")
+    import json
+    return {f["protocol"]: i for i, f in enumerate(json.loads(out)["flows"], 1)}
+
+
+def test_a_flow_left_out_is_said(capsys, tmp_path):
+    n = numbers(capsys, two_flows(tmp_path))
+    code, out, err = run_cli(capsys, "analyze", str(tmp_path))
+    assert code == 0, err
+    assert "1 other flow (1 packets), neither HTTP nor with packets that stopped, in the captures not shown " \
+           "(--all-flows)" in out
+    # numbered as in the whole capture, as --flow takes it, whatever is shown
+    assert f"Flow {n['tcp']}: TCP" in out and f"Flow {n['udp']}:" not in out
+    code, out, err = run_cli(capsys, "analyze", str(tmp_path), "--all-flows")
+    assert f"Flow {n['udp']}: UDP" in out and f"Flow {n['tcp']}: TCP" in out and "not shown" not in out
+
+
+def test_flows_that_lost_packets_are_shown_beside_http(capsys):
+    # http-get's request, and vxlan-drop's connection whose SYNs were dropped on worker2 (no HTTP)
+    code, out, err = run_cli(capsys, "analyze", str(SAMPLES / "http-get"), str(SAMPLES / "vxlan-drop"))
+    assert code == 0, err
+    assert out.count("Flow ") == 2 and "stopped on the way" in out and "not shown" not in out
+
+
+def test_a_flow_that_is_not_there(capsys, tmp_path):
+    code, out, err = run_cli(capsys, "analyze", str(two_flows(tmp_path)), "--flow", "9")
+    assert code == 4 and out == ""
+    assert "no flow matches --flow 9: the captures hold 2 flows" in err and "hint:" in err
+    n = numbers(capsys, tmp_path)
+    code, out, err = run_cli(capsys, "analyze", str(tmp_path), "--flow", str(n["udp"]))
+    assert code == 0 and f"Flow {n['udp']}: UDP" in out and "1 other flow (1 packets) in the captures not shown" in out
+
+
+def test_capture_sets_mixed_are_warned_of(capsys):
+    code, out, err = run_cli(capsys, "analyze", str(SAMPLES / "http-get"), str(SAMPLES / "vxlan-drop"))
+    assert code == 0
+    assert ("warning: 8 points are read from files in different directories (as curl/eth0: "
+            f"{SAMPLES / 'http-get' / 'curl' / 'eth0.pcap'}, {SAMPLES / 'vxlan-drop' / 'curl' / 'eth0.pcap'}): captures "
+            "of different runs taken as one?") in out.replace("\n", " ")
+    code, out, err = run_cli(capsys, "analyze", str(SAMPLES / "http-get"))
+    assert "different directories" not in out
