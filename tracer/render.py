@@ -274,7 +274,8 @@ def render_summary(trace: Trace, console: Console, flows: list[Flow]) -> None:
     ft = Table(title="flows (those with packets that stopped first)", title_justify="left", show_edge=False,
                pad_edge=False)
     for col in ("#", "proto", "client", "server", "NAT", "packets", "reached end", "stopped at"):
-        ft.add_column(col, overflow="fold")
+        # (addresses whole; the rest folds first on a narrow terminal)
+        ft.add_column(col, overflow="fold", no_wrap=col in ("client", "server"))
     number = flow_numbers(trace)
     for f in sorted(flows, key=lambda f: not (f.summary and f.summary.stopped))[:50]:
         s = f.summary
@@ -285,9 +286,10 @@ def render_summary(trace: Trace, console: Console, flows: list[Flow]) -> None:
     console.print(ft)
     if len(flows) > 50:
         console.print(f"... and {len(flows) - 50:,} more flows (--output json lists all)", style="dim")
-    st = Table(title="segments (consecutive points of the ways)", title_justify="left", show_edge=False, pad_edge=False)
-    for col in ("from", "to", "packets", "lost", "latency median", "p99"):
-        st.add_column(col, overflow="fold")
+    st = Table(title="segments (consecutive points of the ways), latency: median and 99th percentile",
+               title_justify="left", show_edge=False, pad_edge=False)
+    for col in ("from", "to", "packets", "lost", "median", "p99"):
+        st.add_column(col, overflow="fold", no_wrap=col in ("from", "to"))
     for s in trace.segments:
         st.add_row(safe(s.src), safe(s.dst), f"{s.packets:,}", Text(f"{s.lost:,}", style="red" if s.lost else ""),
                    duration(s.latency_median), duration(s.latency_p99))
