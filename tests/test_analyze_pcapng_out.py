@@ -75,3 +75,14 @@ def test_merged_file_interfaces_and_frames_are_the_originals(tmp_path, capsys):
 def test_unwritable_pcapng_path_is_refused(tmp_path, capsys):
     code, _, err = run_cli(capsys, "analyze", str(SAMPLES / "http-get"), "--pcapng", str(tmp_path / "no" / "x.pcapng"))
     assert code == 3 and err.startswith("tracer: ") and "hint:" in err and "Traceback" not in err
+
+
+def test_summary_with_pcapng_writes_every_hop_too(tmp_path, capsys):
+    full = tmp_path / "full.pcapng"
+    summary = tmp_path / "summary.pcapng"
+    run_cli(capsys, "analyze", str(SAMPLES / "http-get"), "--pcapng", str(full))
+    code, out, err = run_cli(capsys, "analyze", str(SAMPLES / "http-get"), "--summary", "--pcapng", str(summary))
+    assert code == 0
+    assert f"tracer: wrote {summary}: 96 frames of 8 points" in err
+    fields = ("-T", "fields", "-e", "frame.interface_name", "-e", "frame.comment")
+    assert tshark_lines(summary, *fields) == tshark_lines(full, *fields) and len(tshark_lines(full, *fields)) == 96

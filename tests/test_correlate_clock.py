@@ -5,11 +5,12 @@ measures the shift as worker2's clock offset.
 
 from __future__ import annotations
 
+import re
 import shutil
 
 import pytest
 
-from factories import SAMPLES, analyze_json, editcap, needs_editcap
+from factories import SAMPLES, analyze_json, editcap, needs_editcap, run_cli
 
 SHIFTED_NODES = ("worker2", "httpbin")
 
@@ -73,3 +74,12 @@ def test_one_clock_gets_no_made_up_offset(capsys, scenario):
             t0 = p["hops"][0]["time"]
             assert [h["offset"] for h in p["hops"]] == [pytest.approx(h["time"] - t0, abs=1e-9) for h in p["hops"]]
             assert all(b["offset"] >= a["offset"] for a, b in zip(p["hops"], p["hops"][1:]))  # (µs pcaps tie)
+
+
+@needs_editcap
+def test_the_text_view_says_which_clocks_were_corrected(tmp_path, capsys):
+    code, out, _ = run_cli(capsys, "analyze", str(SAMPLES / "http-get"))
+    assert "clocks: every hop in order by its capture's clock (no offsets between nodes to correct)" in out
+    code, out, _ = run_cli(capsys, "analyze", str(shifted_copy(tmp_path, "http-get", 2.0)))
+    m = re.search(r"clock offsets against worker1 \(estimated from the traffic\): worker2 ([+-][0-9.]+)s", out)
+    assert m and float(m.group(1)) == pytest.approx(2.0, abs=0.005)

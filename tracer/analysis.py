@@ -55,7 +55,7 @@ class AnalyzeRequest:
 def correlate(req: AnalyzeRequest) -> tuple[Trace, Correlator]:
     inputs = list(req.inputs) + inputs_from_paths(req.paths, req.points)
     opts = Options(vxlan_ports=VXLAN_PORTS | frozenset(req.vxlan_ports), window=req.window,
-                   keep_packets=not (req.summary or _big(req, inputs)), way_hint=req.way, pods=frozenset((req.names or {}).values()),
+                   keep_packets=bool(req.pcapng) or not (req.summary or _big(req, inputs)), way_hint=req.way, pods=frozenset((req.names or {}).values()),
                    ifnames=dict(req.ifnames or {}), captured_together=req.captured_together, jobs=req.jobs)
     c = Correlator(inputs, opts, req.progress).run()
     return build_trace(c), c
@@ -121,7 +121,10 @@ def _show(req: AnalyzeRequest, out: TextIO, extra_json: dict | None, header, don
         raise NotFoundError(f"no flow matches --flow {' '.join(req.flows)}: the captures hold {n:,} flow{'s' if n != 1 else ''}",
                             "--summary lists them with their numbers; --flow takes a number, an IP, IP:PORT or a port")
     if req.pcapng:
-        write_pcapng(c, trace, req.pcapng)
+        n = write_pcapng(c, trace, req.pcapng)
+        done(None)
+        print(f"tracer: wrote {req.pcapng}: {n:,} frames of {len(trace.points)} points, the point as the frame's "
+              "interface, its hop as its comment (columns frame.interface_name and frame.comment)", file=sys.stderr)
     if req.output == "json":
         if req.flows:
             trace = _with_flows(trace, shown)
@@ -215,11 +218,12 @@ def _width(out: TextIO) -> int | None:
     return None if getattr(out, "isatty", lambda: False)() else 200
 
 
-def write_pcapng(c: Correlator, trace: Trace, path: str) -> None:
-    """Every sighting of every kept packet, commented `flow F packet P hop H/N ...`."""
+def write_pcapng(c: Correlator, trace: Trace, path: str) -> int:
+    """Every sighting of every kept packet, commented `flow F packet P hop H/N ...`; how many."""
     from tracer.pcapng_out import PcapngWriter
     from tracer.trace import describe
     w = PcapngWriter(path)
+    n = 0
     for fi, f in enumerate(c.flows(), 1):  # numbered as in trace.flows
         for pi, seq in enumerate(f.records, 1):
             first = seq[0].frame
@@ -233,4 +237,6 @@ def write_pcapng(c: Correlator, trace: Trace, path: str) -> None:
                 point = c.points[s.point].id
                 w.add(point, fr.linktype, s.time, fr.data, fr.orig_len,
                       f"flow {fi} packet {pi} hop {hi}/{len(seq)} {what}{note}", s.direction)
+                n += 1
     w.close()
+    return n

@@ -261,7 +261,9 @@ def render_footer(trace: Trace, console: Console) -> None:
     for p in trace.points:
         pts.add_row(safe(p.id), p.role, f"{p.packets:,}", f"{p.undecoded:,}")
     console.print(pts)
-    if trace.clock_offsets:
+    if trace.clock_offsets and all(abs(o) < 5e-7 for o in trace.clock_offsets.values()):
+        console.print("clocks: every hop in order by its capture's clock (no offsets between nodes to correct)")
+    elif trace.clock_offsets:
         offs = ", ".join(f"{safe(n)} {(o if abs(o) >= 5e-7 else 0.0):+.6f}s" for n, o in trace.clock_offsets.items())
         console.print(f"clock offsets against {safe(trace.reference_node)} (estimated from the traffic): {offs}")
     for w in trace.warnings:
