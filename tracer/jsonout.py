@@ -52,10 +52,8 @@ def trace_to_dict(t: Trace, *, summary: bool = False, extra: dict | None = None)
                     "undecoded": p.undecoded, "files": list(p.files)} for p in t.points],
         "clock_offsets": t.clock_offsets,
         "reference_node": t.reference_node,
-        "flows": [_flow(f, summary) for f in t.flows],
-        "warnings": list(t.warnings),
     }
-    if summary:
+    if summary:  # (before the flows, as the warnings: what to know first, however many flows follow)
         d["summary"] = {
             "flows": len(t.flows),
             "frames": t.total_packets,
@@ -63,6 +61,8 @@ def trace_to_dict(t: Trace, *, summary: bool = False, extra: dict | None = None)
             "reached_end": sum(f.summary.reached_end for f in t.flows if f.summary),
             "segments": [dataclasses.asdict(s) for s in t.segments],
         }
+    d["warnings"] = list(t.warnings)
+    d["flows"] = [_flow(f, summary) for f in t.flows]
     if extra:
         d.update(extra)
     return d
