@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from factories import SAMPLES, analyze_json, path_doc
+from factories import SAMPLES, analyze_json, needs_tshark, path_doc, tshark_lines
 
 TTLS = [64, 64, 63, 63, 63, 63, 62, 62]
 SERVICE = "10.152.183.50"
@@ -201,3 +201,19 @@ def test_summary_json(capsys, scenario, reached, stopped):
         for a, b in zip(way, way[1:]):
             assert segs[(a, b)]["packets"] == 7 and segs[(a, b)]["lost"] == 0
             assert segs[(b, a)]["packets"] == 5 and segs[(b, a)]["lost"] == 0
+
+
+@needs_tshark
+@pytest.mark.parametrize("scenario", ["http-get", "vxlan-drop", "clusterip-dnat"])
+def test_retransmissions_are_those_tshark_finds(capsys, scenario):
+    """tshark's TCP analysis of the client pod's own capture is the independent view."""
+    lines = tshark_lines(SAMPLES / scenario / "curl" / "eth0.pcap", "-Y", "tcp.analysis.retransmission",
+                         "-T", "fields", "-e", "ip.id")
+    theirs = {int(x, 16) for x in lines}
+    d = analyze_json(capsys, str(SAMPLES / scenario))
+    packets = [p for f in d["flows"] for p in f["packets"]]
+    ours = {p["ip_id"] for p in packets if p["retransmission"]}
+    assert ours == theirs
+    assert all(p["summary"].endswith("(retransmission)") == p["retransmission"] for p in packets)
+    if scenario == "vxlan-drop":
+        assert len(ours) == 1  # its second SYN

@@ -221,13 +221,11 @@ def _width(out: TextIO) -> int | None:
 def write_pcapng(c: Correlator, trace: Trace, path: str) -> int:
     """Every sighting of every kept packet, commented `flow F packet P hop H/N ...`; how many."""
     from tracer.pcapng_out import PcapngWriter
-    from tracer.trace import describe
     w = PcapngWriter(path)
     n = 0
     for fi, f in enumerate(c.flows(), 1):  # numbered as in trace.flows
         for pi, seq in enumerate(f.records, 1):
-            first = seq[0].frame
-            what = describe(first)
+            what = trace.flows[fi - 1].packets[pi - 1].summary  # (describe()'s words, retransmission marked)
             for hi, s in enumerate(seq, 1):
                 fr = s.frame
                 note = ""

@@ -96,6 +96,8 @@ class PacketTrace:
     begin later or end sooner): the packet may have passed them unseen."""
     summary: str = ""
     """Short description, e.g. `SYN 10.1.38.203:56312 -> 10.1.201.77:80`."""
+    retransmission: bool = False
+    """A TCP segment sent again: same direction, sequence number and payload as an earlier one."""
 
 
 @dataclass(frozen=True, kw_only=True)

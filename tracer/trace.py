@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 from collections.abc import Iterable, Sequence
 
 from tracer.correlate import HTTP_STARTS, CaptureInput, Correlator, Options, Sighting, _Flow
@@ -63,7 +64,8 @@ def build_trace(c: Correlator) -> Trace:
         nat = _nat(c, f, client, ways)
         packets = ()
         if c.opts.keep_packets:
-            packets = tuple(_packet(c, rec, client, ways, u) for rec, u in zip(f.records, f.uncovered, strict=True))
+            packets = _retransmissions(
+                [_packet(c, rec, client, ways, u) for rec, u in zip(f.records, f.uncovered, strict=True)], f.records)
         per_point: dict[str, int] = {}
         stopped: dict[str, int] = {}
         reached = 0
@@ -374,6 +376,23 @@ def _packet(c: Correlator, seq: list[Sighting], client: tuple, ways: dict[str, l
     return PacketTrace(direction=direction, tcp_flags=flags, ip_id=first.ip_id or 0,
                        payload_bytes=first.payload_len or 0, hops=hops, last_seen=c.points[seq[-1].point].id,
                        missing=missing, not_captured=not_captured, summary=describe(first))
+
+
+def _retransmissions(packets: list[PacketTrace], records: list[list[Sighting]]) -> tuple[PacketTrace, ...]:
+    """Mark each TCP segment that carries what an earlier one of its direction carried: the same
+    sequence number and payload length, with data or SYN/FIN/RST (a pure ACK repeats its
+    sequence number without being sent again)."""
+    sent = set()
+    out = []
+    for p, rec in zip(packets, records, strict=True):
+        fr = rec[0].frame
+        if fr.proto == PROTO_TCP and fr.tcp_seq is not None and (fr.payload_len or fr.tcp_flags & 0x07):
+            key = (p.direction, fr.tcp_seq, fr.payload_len, fr.tcp_flags & 0x07)
+            if key in sent:
+                p = replace(p, retransmission=True, summary=p.summary + " (retransmission)")
+            sent.add(key)
+        out.append(p)
+    return tuple(out)
 
 
 def describe(fr) -> str:
