@@ -64,3 +64,16 @@ def test_capture_sets_mixed_are_warned_of(capsys):
             "of different runs taken as one?") in out.replace("\n", " ")
     code, out, err = run_cli(capsys, "analyze", str(SAMPLES / "http-get"))
     assert "different directories" not in out
+
+
+def test_warnings_come_before_the_flows(capsys, tmp_path):
+    import shutil
+    d = tmp_path / "cut"
+    shutil.copytree(SAMPLES / "http-get", d)
+    eth1 = d / "worker2" / "eth1.pcap"
+    eth1.write_bytes(eth1.read_bytes()[:-30])
+    for extra in ((), ("--summary",)):
+        code, out, err = run_cli(capsys, "analyze", str(d), *extra)
+        assert code == 0
+        first_flow = out.index("Flow 1:") if not extra else out.index("flows (")
+        assert -1 < out.index("warning: ") < first_flow and "file cut short in packet" in out[:first_flow]

@@ -231,6 +231,7 @@ def summary_line(f: Flow) -> Text:
 
 def render_hops(trace: Trace, console: Console, flows: list[Flow], names: dict[str, str] | None = None) -> None:
     names = names or {}
+    render_warnings(trace, console)
     if not flows:
         console.print("No IP flows found in these captures.", style="yellow")
     number = flow_numbers(trace)
@@ -266,11 +267,17 @@ def render_footer(trace: Trace, console: Console) -> None:
     elif trace.clock_offsets:
         offs = ", ".join(f"{safe(n)} {(o if abs(o) >= 5e-7 else 0.0):+.6f}s" for n, o in trace.clock_offsets.items())
         console.print(f"clock offsets against {safe(trace.reference_node)} (estimated from the traffic): {offs}")
+
+
+def render_warnings(trace: Trace, console: Console) -> None:
+    """First, before the flows: what they say (a file cut short, a capture begun late) bears on
+    what follows."""
     for w in trace.warnings:
         console.print(Text(f"warning: {safe(w)}", style="yellow"))
 
 
 def render_summary(trace: Trace, console: Console, flows: list[Flow]) -> None:
+    render_warnings(trace, console)
     console.print(Text(f"{trace.total_packets:,} frames at {len(trace.points)} points, {trace.matched_packets:,} distinct "
                        f"packets in {len(trace.flows):,} flow{'s' if len(trace.flows) != 1 else ''}", style="bold"))
     ft = Table(title="flows (those with packets that stopped first)", title_justify="left", show_edge=False,
