@@ -20,7 +20,7 @@ from tracer.errors import UsageError
               help="Also decode UDP PORT as VXLAN (4789 and 8472 always are).")
 @click.option("--flow", "flows", multiple=True, metavar="SPEC",
               help="Show only flows matching SPEC: an IP, IP:PORT, a port or a flow number. Repeatable.")
-@click.option("--all-flows", is_flag=True, help="Show every flow, not only the HTTP ones.")
+@click.option("--all-flows", is_flag=True, help="Show every flow, not only the HTTP ones and those that lost packets.")
 @click.option("--summary", is_flag=True, help="Flows, packets per point, loss and latency per segment, no hops.")
 @click.option("--output", "-o", type=click.Choice(["text", "json"]), default="text", show_default=True,
               help="json: the tracer.trace/v1 document on stdout.")
@@ -49,8 +49,10 @@ def command(paths, points, vxlan_ports, flows, all_flows, summary, output, pcapn
     <node>/any.pcap and each interface in it is a point of its own, <node>/<interface>
     (named by --path-file or --ifname, else if<index>).
 
-    The view is each packet's hops in the HTTP flows (or those --flow chooses); the summary
-    (flows, loss and latency per segment) when there are more than 400 such packets, or when
+    The view is each packet's hops in the HTTP flows and those with packets that stopped on
+    the way (or those --flow chooses, or --all-flows); flows are numbered as --flow takes them.
+    It is the summary (flows, loss and latency per segment) when there are more than 400 such
+    packets, or when
     the captures add up to 16 MiB or more and neither --flow nor --pcapng is given. On a
     terminal, a line on stderr tells how far the reading of big captures has got.
 
