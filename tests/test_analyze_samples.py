@@ -214,6 +214,6 @@ def test_retransmissions_are_those_tshark_finds(capsys, scenario):
     packets = [p for f in d["flows"] for p in f["packets"]]
     ours = {p["ip_id"] for p in packets if p["retransmission"]}
     assert ours == theirs
-    assert all(p["summary"].endswith("(retransmission)") == p["retransmission"] for p in packets)
+    assert not any("retransmission" in p["summary"] for p in packets)  # (the summary's words as they were)
     if scenario == "vxlan-drop":
         assert len(ours) == 1  # its second SYN

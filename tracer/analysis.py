@@ -48,6 +48,8 @@ class AnalyzeRequest:
     did not see was not there, whenever the point's first and last frames came."""
     jobs: int | None = None
     """Processes reading capture files at once (Options.jobs)."""
+    strict_flows: bool = False
+    """--flow that matches no flow is an error (tracer analyze; follow shows what it has)."""
     progress: Callable[[float | None], None] | None = None
     """Told the share of the captures read so far while reading, then None (see ReadingProgress)."""
 
@@ -89,7 +91,9 @@ def select_flows(trace: Trace, specs: tuple[str, ...], all_flows: bool) -> list[
 
 def _matches(f: Flow, index: int, spec: str) -> bool:
     spec = spec.strip()
-    if spec.isdigit() and int(spec) == index and len(spec) < 4:
+    if spec.startswith("#") and spec[1:].isdigit():  # a flow's number, however big
+        return int(spec[1:]) == index
+    if spec.isdigit() and int(spec) == index and len(spec) < 4:  # (4 digits and more: a port)
         return True
     addrs = [f.client, f.server] + ([f.nat.original, f.nat.translated] if f.nat else [])
     for a in addrs:
@@ -116,14 +120,16 @@ def _run_analysis(req: AnalyzeRequest, out: TextIO, extra_json: dict | None, hea
 def _show(req: AnalyzeRequest, out: TextIO, extra_json: dict | None, header, done: Callable[[None], None]) -> Trace:
     trace, c = correlate(req)
     shown = select_flows(trace, req.flows, req.all_flows)
-    if req.flows and not shown and trace.flows and req.output == "text":
+    if req.flows and not shown and trace.flows and req.output == "text" and req.strict_flows:
         n = len(trace.flows)
         raise NotFoundError(f"no flow matches --flow {' '.join(req.flows)}: the captures hold {n:,} flow{'s' if n != 1 else ''}",
                             "--summary lists them with their numbers; --flow takes a number, an IP, IP:PORT or a port")
     if req.pcapng:
         n = write_pcapng(c, trace, req.pcapng)
         done(None)
-        print(f"tracer: wrote {req.pcapng}: {n:,} frames of {len(trace.points)} points, the point as the frame's "
+        k = len(trace.points)
+        print(f"tracer: wrote {req.pcapng}: {n:,} frame{'s' if n != 1 else ''} of {k} point{'s' if k != 1 else ''}, "
+              "the point as the frame's "
               "interface, its hop as its comment (columns frame.interface_name and frame.comment)", file=sys.stderr)
     if req.output == "json":
         if req.flows:
@@ -142,9 +148,12 @@ def _show(req: AnalyzeRequest, out: TextIO, extra_json: dict | None, header, don
         ids = {id(f) for f in shown}
         hidden = [f for f in trace.flows if id(f) not in ids]
         n = sum(f.summary.packets if f.summary else len(f.packets) for f in hidden)
-        why = "" if req.flows else ", neither HTTP nor with packets that stopped,"
+        # (tracer follow's own --flow is its run's connections: --all-flows shows the others)
+        by_user = req.flows and req.strict_flows
+        why = " not matching --flow" if by_user else ("" if req.flows else ", neither HTTP nor with packets that stopped,")
+        how = "" if by_user else " (--all-flows)"
         console.print(f"{len(hidden):,} other flow{'s' if len(hidden) != 1 else ''} ({n:,} packets){why} in the "
-                      "captures not shown (--all-flows)", style="dim")
+                      f"captures not shown{how}", style="dim")
     from tracer import render
     n = sum(f.summary.packets if f.summary and not f.packets else len(f.packets) for f in shown)
     if req.summary or not c.opts.keep_packets or n > AUTO_SUMMARY_PACKETS:
@@ -225,7 +234,8 @@ def write_pcapng(c: Correlator, trace: Trace, path: str) -> int:
     n = 0
     for fi, f in enumerate(c.flows(), 1):  # numbered as in trace.flows
         for pi, seq in enumerate(f.records, 1):
-            what = trace.flows[fi - 1].packets[pi - 1].summary  # (describe()'s words, retransmission marked)
+            p = trace.flows[fi - 1].packets[pi - 1]
+            what = p.summary + (" (retransmission)" if p.retransmission else "")
             for hi, s in enumerate(seq, 1):
                 fr = s.frame
                 note = ""

@@ -65,7 +65,7 @@ def packet_table(p: PacketTrace, index: int, names: dict[str, str], narrow: bool
     point names folded, so that no column (TTL!) is cut."""
     arrow = "→" if p.direction == "request" else "←"
     title = Text(f"{arrow} packet {index}: ", style="bold")
-    title.append(safe(p.summary))
+    title.append(safe(p.summary) + (" (retransmission)" if p.retransmission else ""))
     seen = len(p.hops)
     total = seen + len(p.missing)
     title.append(f"  ({seen}/{total} points)", style="green" if not p.missing else "red")
@@ -233,7 +233,9 @@ def render_hops(trace: Trace, console: Console, flows: list[Flow], names: dict[s
     names = names or {}
     render_warnings(trace, console)
     if not flows:
-        console.print("No IP flows found in these captures.", style="yellow")
+        n = len(trace.flows)
+        console.print(f"None of the {n} flow{'s' if n != 1 else ''} in the captures is the one asked for." if n else
+                      "No IP flows found in these captures.", style="yellow")
     number = flow_numbers(trace)
     for f in flows:
         console.print(flow_header(f, number[id(f)], names))
@@ -283,8 +285,7 @@ def render_summary(trace: Trace, console: Console, flows: list[Flow]) -> None:
     ft = Table(title="flows (those with packets that stopped first)", title_justify="left", show_edge=False,
                pad_edge=False)
     for col in ("#", "proto", "client", "server", "NAT", "packets", "reached end", "stopped at"):
-        # (addresses whole; the rest folds first on a narrow terminal)
-        ft.add_column(col, overflow="fold", no_wrap=col in ("client", "server"))
+        ft.add_column(col, overflow="fold")
     number = flow_numbers(trace)
     for f in sorted(flows, key=lambda f: not (f.summary and f.summary.stopped))[:50]:
         s = f.summary
@@ -298,7 +299,7 @@ def render_summary(trace: Trace, console: Console, flows: list[Flow]) -> None:
     st = Table(title="segments (consecutive points of the ways), latency: median and 99th percentile",
                title_justify="left", show_edge=False, pad_edge=False)
     for col in ("from", "to", "packets", "lost", "median", "p99"):
-        st.add_column(col, overflow="fold", no_wrap=col in ("from", "to"))
+        st.add_column(col, overflow="fold")
     for s in trace.segments:
         st.add_row(safe(s.src), safe(s.dst), f"{s.packets:,}", Text(f"{s.lost:,}", style="red" if s.lost else ""),
                    duration(s.latency_median), duration(s.latency_p99))

@@ -379,18 +379,29 @@ def _packet(c: Correlator, seq: list[Sighting], client: tuple, ways: dict[str, l
 
 
 def _retransmissions(packets: list[PacketTrace], records: list[list[Sighting]]) -> tuple[PacketTrace, ...]:
-    """Mark each TCP segment that carries what an earlier one of its direction carried: the same
-    sequence number and payload length, with data or SYN/FIN/RST (a pure ACK repeats its
-    sequence number without being sent again)."""
-    sent = set()
+    """Mark each TCP segment sent again, as Wireshark's TCP analysis does: data, SYN or FIN that
+    begins before the end of what its direction already sent. Not: a keep-alive (one byte or
+    none, just before that end), the same IP packet seen twice (same IP ID and sequence number),
+    a reset. Packets come in the order they set out."""
+    nxt: dict[str, int] = {}  # direction -> end of what it sent, as sequence number
+    seen: set[tuple] = set()
     out = []
     for p, rec in zip(packets, records, strict=True):
         fr = rec[0].frame
-        if fr.proto == PROTO_TCP and fr.tcp_seq is not None and (fr.payload_len or fr.tcp_flags & 0x07):
-            key = (p.direction, fr.tcp_seq, fr.payload_len, fr.tcp_flags & 0x07)
-            if key in sent:
-                p = replace(p, retransmission=True, summary=p.summary + " (retransmission)")
-            sent.add(key)
+        flags = fr.tcp_flags or 0
+        if fr.proto == PROTO_TCP and fr.tcp_seq is not None and not flags & 0x04:  # (RST)
+            seq, n = fr.tcp_seq, fr.payload_len or 0
+            end = (seq + n + (flags & 0x02 and 1) + (flags & 0x01 and 1)) & 0xFFFFFFFF
+            if end != seq:  # (carries something: data, SYN or FIN)
+                last = nxt.get(p.direction)
+                again = (p.direction, seq, fr.ip_id) in seen
+                before = last is not None and (last - seq) & 0xFFFFFFFF < 0x80000000 and last != seq
+                keepalive = n <= 1 and not flags & 0x03 and last is not None and (last - seq) & 0xFFFFFFFF == 1
+                if before and not again and not keepalive:
+                    p = replace(p, retransmission=True)
+                seen.add((p.direction, seq, fr.ip_id))
+                if last is None or (end - last) & 0xFFFFFFFF < 0x80000000:
+                    nxt[p.direction] = end
         out.append(p)
     return tuple(out)
 

@@ -19,7 +19,8 @@ from tracer.errors import UsageError
 @click.option("--vxlan-port", "vxlan_ports", multiple=True, type=click.IntRange(1, 65535), metavar="PORT",
               help="Also decode UDP PORT as VXLAN (4789 and 8472 always are).")
 @click.option("--flow", "flows", multiple=True, metavar="SPEC",
-              help="Show only flows matching SPEC: an IP, IP:PORT, a port or a flow number. Repeatable.")
+              help="Show only flows matching SPEC: an IP, IP:PORT, a port, a flow number (#1501; up to 999 "
+                   "also without #). Repeatable.")
 @click.option("--all-flows", is_flag=True, help="Show every flow, not only the HTTP ones and those that lost packets.")
 @click.option("--summary", is_flag=True, help="Flows, packets per point, loss and latency per segment, no hops.")
 @click.option("--output", "-o", type=click.Choice(["text", "json"]), default="text", show_default=True,
@@ -77,7 +78,7 @@ def command(paths, points, vxlan_ports, flows, all_flows, summary, output, pcapn
     named.update(_parse_ifnames(ifnames))
     req = AnalyzeRequest(paths=tuple(paths), points=tuple(points), vxlan_ports=tuple(vxlan_ports), flows=tuple(flows),
                          all_flows=all_flows, summary=summary, output=output, pcapng=pcapng, way=way, names=names,
-                         window=window, ifnames=named, captured_together=together, jobs=jobs,
+                         window=window, ifnames=named, captured_together=together, jobs=jobs, strict_flows=True,
                          progress=ReadingProgress(sys.stderr) if _terminal(sys.stderr) else None)
     run_analysis(req, sys.stdout)
 
