@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 import threading
 import time
@@ -11,7 +10,7 @@ from dataclasses import dataclass
 from typing import TextIO
 
 
-from tracer.correlate import CaptureInput, Correlator, Options, inputs_from_paths, no_cyclic_gc
+from tracer.correlate import CaptureInput, Correlator, Options, inputs_from_paths, no_cyclic_gc, total_size
 from tracer.decode import VXLAN_PORTS
 from tracer.errors import NotFoundError
 from tracer.jsonout import dumps
@@ -56,9 +55,10 @@ class AnalyzeRequest:
 
 def correlate(req: AnalyzeRequest) -> tuple[Trace, Correlator]:
     inputs = list(req.inputs) + inputs_from_paths(req.paths, req.points)
-    opts = Options(vxlan_ports=VXLAN_PORTS | frozenset(req.vxlan_ports), window=req.window,
-                   keep_packets=bool(req.pcapng) or not (req.summary or _big(req, inputs)), way_hint=req.way, pods=frozenset((req.names or {}).values()),
-                   ifnames=dict(req.ifnames or {}), captured_together=req.captured_together, jobs=req.jobs)
+    keep = bool(req.pcapng) or not (req.summary or _big(req, inputs))  # (a merged pcapng comments every packet)
+    opts = Options(vxlan_ports=VXLAN_PORTS | frozenset(req.vxlan_ports), window=req.window, keep_packets=keep,
+                   way_hint=req.way, pods=frozenset((req.names or {}).values()), ifnames=dict(req.ifnames or {}),
+                   captured_together=req.captured_together, jobs=req.jobs)
     c = Correlator(inputs, opts, req.progress).run()
     return build_trace(c), c
 
@@ -68,13 +68,7 @@ def _big(req: AnalyzeRequest, inputs: list[CaptureInput]) -> bool:
     merged pcapng (which comments every packet's hops)."""
     if req.output != "text" or req.flows or req.pcapng:
         return False
-    size = 0
-    for i in inputs:
-        try:
-            size += os.path.getsize(i.path)
-        except OSError:
-            pass  # (the correlator says what is wrong with it)
-    return size >= AUTO_SUMMARY_BYTES
+    return total_size(i.path for i in inputs) >= AUTO_SUMMARY_BYTES
 
 
 def select_flows(trace: Trace, specs: tuple[str, ...], all_flows: bool) -> list[Flow]:
@@ -234,8 +228,7 @@ def write_pcapng(c: Correlator, trace: Trace, path: str) -> int:
     n = 0
     for fi, f in enumerate(c.flows(), 1):  # numbered as in trace.flows
         for pi, seq in enumerate(f.records, 1):
-            p = trace.flows[fi - 1].packets[pi - 1]
-            what = p.summary + (" (retransmission)" if p.retransmission else "")
+            what = trace.flows[fi - 1].packets[pi - 1].headline
             for hi, s in enumerate(seq, 1):
                 fr = s.frame
                 note = ""

@@ -383,10 +383,10 @@ class Correlator:
                 if e is not None:
                     batch.append(from_frame(rec.time, pidx, fr, e, keep))
                     if len(batch) >= 1024:
-                        cap.read[0] = taken
+                        cap.read = taken
                         yield batch
                         batch = []
-            cap.read[0] = taken
+            cap.read = taken
             if batch:
                 yield batch
         finally:
@@ -460,11 +460,11 @@ class Correlator:
         evict_at = inf
         progress, caps, due = self._progress, self._caps, 0.0
         if progress is not None:
-            total = max(1, sum(_size(c.path) for c in caps))
+            total = max(1, total_size(c.path for c in caps))
         for batch in _merge(streams, self._out_of_order):
             if progress is not None and (now := time.monotonic()) >= due:
                 due = now + PROGRESS_EVERY
-                progress(min(1.0, sum(c.read[0] for c in caps) / total))
+                progress(min(1.0, sum(c.read for c in caps) / total))
             if done:
                 self._finalize_all(done)
                 done.clear()
@@ -867,11 +867,15 @@ def no_cyclic_gc() -> Iterator[None]:
             gc.enable()
 
 
-def _size(path: str) -> int:
-    try:
-        return os.path.getsize(path)
-    except OSError:
-        return 0
+def total_size(paths: Iterable[str]) -> int:
+    """Bytes of the files together (those that cannot be read count 0: reading them says why)."""
+    size = 0
+    for path in paths:
+        try:
+            size += os.path.getsize(path)
+        except OSError:
+            pass
+    return size
 
 
 def _unlink(pending: dict, rec: list) -> None:

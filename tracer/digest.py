@@ -149,8 +149,7 @@ def pcap_sightings(cap: CaptureFile, point: int, stats: PointStats, vxlan_ports:
     with open(cap.path, "rb") as f:
         f.seek(24)
         unpack_rec = struct.Struct(cap.byte_order + "IIII").unpack_from
-        read = cap.read
-        read[0] = 24
+        cap.read = 24
         eth_ip_tcp, vxlan_tcp, key = _ETH_IP_TCP.unpack_from, _VXLAN_TCP.unpack_from, _tcp_key
         vx = vxlan_ports
         rest = b""
@@ -163,7 +162,7 @@ def pcap_sightings(cap: CaptureFile, point: int, stats: PointStats, vxlan_ports:
         try:
             while True:
                 chunk = f.read(CHUNK)
-                read[0] += len(chunk)
+                cap.read += len(chunk)
                 if not chunk:
                     if len(rest) >= 16:
                         incl = unpack_rec(rest, 0)[2]

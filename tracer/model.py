@@ -97,7 +97,13 @@ class PacketTrace:
     summary: str = ""
     """Short description, e.g. `SYN 10.1.38.203:56312 -> 10.1.201.77:80`."""
     retransmission: bool = False
-    """A TCP segment sent again: same direction, sequence number and payload as an earlier one."""
+    """A TCP segment sent again: data, SYN or FIN beginning before the end of what its direction
+    had sent (Wireshark's rule; not a keep-alive, not the same IP packet seen twice, not a RST)."""
+
+    @property
+    def headline(self) -> str:
+        """The summary as the views and the merged pcapng's comments give it."""
+        return self.summary + " (retransmission)" if self.retransmission else self.summary
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -83,9 +83,8 @@ class CaptureFile:
     """Section and packet comments (packet comments only if `keep_comments`)."""
     byte_order: str = "<"
     """pcap: the byte order of the headers ("<" little, ">" big endian)."""
-    read: list[int] = field(default_factory=lambda: [0])
-    """About how many bytes of the file its reader has taken in so far (for progress; a list,
-    to be shared)."""
+    read: int = 0
+    """About how many bytes of the file its reader has taken in so far (for progress)."""
 
 
 def open_capture(path: str | os.PathLike) -> tuple[CaptureFile, Iterator[Record]]:

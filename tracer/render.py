@@ -65,7 +65,7 @@ def packet_table(p: PacketTrace, index: int, names: dict[str, str], narrow: bool
     point names folded, so that no column (TTL!) is cut."""
     arrow = "→" if p.direction == "request" else "←"
     title = Text(f"{arrow} packet {index}: ", style="bold")
-    title.append(safe(p.summary) + (" (retransmission)" if p.retransmission else ""))
+    title.append(safe(p.headline))
     seen = len(p.hops)
     total = seen + len(p.missing)
     title.append(f"  ({seen}/{total} points)", style="green" if not p.missing else "red")

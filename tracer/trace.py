@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import replace
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 
 from tracer.correlate import HTTP_STARTS, CaptureInput, Correlator, Options, Sighting, _Flow
 from tracer.decode import PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, fmt_ip, fmt_mac, tcp_flags_str
@@ -391,12 +391,12 @@ def _retransmissions(packets: list[PacketTrace], records: list[list[Sighting]]) 
         flags = fr.tcp_flags or 0
         if fr.proto == PROTO_TCP and fr.tcp_seq is not None and not flags & 0x04:  # (RST)
             seq, n = fr.tcp_seq, fr.payload_len or 0
-            end = (seq + n + (flags & 0x02 and 1) + (flags & 0x01 and 1)) & 0xFFFFFFFF
+            end = (seq + n + bool(flags & 0x02) + bool(flags & 0x01)) & 0xFFFFFFFF  # (SYN and FIN count one)
             if end != seq:  # (carries something: data, SYN or FIN)
                 last = nxt.get(p.direction)
                 again = (p.direction, seq, fr.ip_id) in seen
                 before = last is not None and (last - seq) & 0xFFFFFFFF < 0x80000000 and last != seq
-                keepalive = n <= 1 and not flags & 0x03 and last is not None and (last - seq) & 0xFFFFFFFF == 1
+                keepalive = n == 1 and not flags & 0x03 and last is not None and (last - seq) & 0xFFFFFFFF == 1
                 if before and not again and not keepalive:
                     p = replace(p, retransmission=True)
                 seen.add((p.direction, seq, fr.ip_id))

@@ -124,7 +124,7 @@ class Workers:
                                   "run again; if it recurs, pass --jobs 1 to read every file in one process")
             msg = loads(data)
             if kind == _BATCH:
-                batch, first, last, cap.read[0] = msg
+                batch, first, last, cap.read = msg
                 if first < stats.first:
                     stats.first = first
                 if last > stats.last:
@@ -245,7 +245,7 @@ def _work(parent: int, r: int, fd: int, inherited: list[int], cap: CaptureFile, 
 
         try:
             for batch in pcap_sightings(cap, point, stats, vxlan_ports, said.append):
-                send(_BATCH, (batch, stats.first, stats.last, cap.read[0]))
+                send(_BATCH, (batch, stats.first, stats.last, cap.read))
             send(_END, ((stats.frames, stats.undecoded, stats.encapsulated, stats.calico_mac, stats.ips,
                          stats.first, stats.last), said))
             code = 0

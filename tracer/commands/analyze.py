@@ -53,9 +53,8 @@ def command(paths, points, vxlan_ports, flows, all_flows, summary, output, pcapn
     The view is each packet's hops in the HTTP flows and those with packets that stopped on
     the way (or those --flow chooses, or --all-flows); flows are numbered as --flow takes them.
     It is the summary (flows, loss and latency per segment) when there are more than 400 such
-    packets, or when
-    the captures add up to 16 MiB or more and neither --flow nor --pcapng is given. On a
-    terminal, a line on stderr tells how far the reading of big captures has got.
+    packets, or when the captures add up to 16 MiB or more and neither --flow nor --pcapng is
+    given. On a terminal, a line on stderr tells how far the reading of big captures has got.
 
     \b
     Examples:
@@ -67,14 +66,12 @@ def command(paths, points, vxlan_ports, flows, all_flows, summary, output, pcapn
     """
     if not paths and not points:
         raise UsageError("no captures given", "pass capture files or a directory, e.g.: tracer analyze pcaps/http-get")
-    together = False
     if path_file is None:
         for p in paths:
             if os.path.isdir(p) and os.path.isfile(os.path.join(p, "path.json")):
                 path_file = os.path.join(p, "path.json")
-                together = _captured_together(path_file)
                 break
-    way, names, named = _read_path_file(path_file) if path_file else ((), {}, {})
+    way, names, named, together = _read_path_file(path_file) if path_file else ((), {}, {}, False)
     named.update(_parse_ifnames(ifnames))
     req = AnalyzeRequest(paths=tuple(paths), points=tuple(points), vxlan_ports=tuple(vxlan_ports), flows=tuple(flows),
                          all_flows=all_flows, summary=summary, output=output, pcapng=pcapng, way=way, names=names,
@@ -88,16 +85,6 @@ def _terminal(stream) -> bool:
     return stream.isatty() and os.environ.get("TERM") != "dumb"
 
 
-def _captured_together(path_file: str) -> bool:
-    """Whether the path.json beside the captures says they ran over the whole exchange
-    (`tracer follow --save` writes it so: its agents all listen before curl and until the end)."""
-    try:
-        with open(path_file) as f:
-            return json.load(f).get("captured_together") is True
-    except (OSError, ValueError, AttributeError):
-        return False  # (_read_path_file says what is wrong with it)
-
-
 def _parse_ifnames(specs: tuple[str, ...]) -> dict[tuple[str, int], str]:
     out = {}
     for spec in specs:
@@ -109,9 +96,11 @@ def _parse_ifnames(specs: tuple[str, ...]) -> dict[tuple[str, int], str]:
     return out
 
 
-def _read_path_file(path: str) -> tuple[tuple[str, ...], dict[str, str], dict[tuple[str, int], str]]:
-    """The request's way, the pods' names and the way's interfaces by (node, index) from a
-    `tracer path --output json` document."""
+def _read_path_file(path: str) -> tuple[tuple[str, ...], dict[str, str], dict[tuple[str, int], str], bool]:
+    """The request's way, the pods' names, the way's interfaces by (node, index) from a
+    `tracer path --output json` document, and whether it says its captures ran over the whole
+    exchange (`tracer follow --save` writes it so: its agents all listen before curl and until
+    the end)."""
     try:
         with open(path) as f:
             doc = json.load(f)
@@ -131,4 +120,4 @@ def _read_path_file(path: str) -> tuple[tuple[str, ...], dict[str, str], dict[tu
         way = (f"{src['name']}/eth0",) + way
     if isinstance(dst, dict) and dst.get("name"):
         way = way + (f"{dst['name']}/eth0",)
-    return way, names, ifnames
+    return way, names, ifnames, doc.get("captured_together") is True
