@@ -273,9 +273,9 @@ def render_footer(trace: Trace, console: Console) -> None:
 
 def render_warnings(trace: Trace, console: Console) -> None:
     """First, before the flows: what they say (a file cut short, a capture begun late) bears on
-    what follows."""
+    what follows. Not wrapped by us: a file's path in a warning stays whole, to be copied."""
     for w in trace.warnings:
-        console.print(Text(f"warning: {safe(w)}", style="yellow"))
+        console.print(Text(f"warning: {safe(w)}", style="yellow"), soft_wrap=True)
 
 
 def render_summary(trace: Trace, console: Console, flows: list[Flow]) -> None:
