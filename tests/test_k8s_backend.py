@@ -146,8 +146,9 @@ def test_capture_pods_have_the_spec_and_go_with_close(standin: StandIn) -> None:
 
 def test_start_agent_streams_through_the_capture_pod(standin: StandIn, backend: KubernetesBackend) -> None:
     # Until the agent's own tests run here, a stand-in agent: the protocol's shape over the same path.
+    # (Text then bytes: flushed between, or without PYTHONUNBUFFERED the bytes come first.)
     standin_agent = ("import sys; l = sys.stdin.readline(); sys.stdout.write('{\"event\":\"done\",\"got\":%r}\\n' % l);"
-                     " sys.stdout.buffer.write(bytes(range(256)))")
+                     " sys.stdout.flush(); sys.stdout.buffer.write(bytes(range(256)))")
     stream = ExecStream(backend.cluster, namespace=CAPTURE_NAMESPACE, pod=backend.capture_pods.ready("worker1"),
                         container=None, argv=["python3", "-c", standin_agent], stdin=True)
     from tracer.k8s import ExecChannel
