@@ -11,9 +11,10 @@ lab's real capture (bench/make_captures.py), then measures in the same run, RUNS
 and prints the medians, packets per second, the ratios (target: tracer >= 10x tshark) and
 tracer's peak memory (target: < 500 MB): the largest process (ru_maxrss), and all of tracer's
 processes together (the sum of their proportional set sizes, sampled every 50 ms in one more
-run of each mode).
+run of each mode). With --pcapng, also the same set rewritten as pcapng by editcap (what
+Wireshark and dumpcap save), in the same runs.
 
-    python bench/bench_analyze.py [--frames 1000000] [--runs 3]
+    python bench/bench_analyze.py [--frames 1000000] [--runs 3] [--pcapng]
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--frames", type=int, default=1_000_000)
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--pcapng", action="store_true", help="also time the same set as pcapng files")
     args = ap.parse_args()
     data = os.path.join(HERE, "out", f"six-point-{args.frames}")
     if not os.path.isdir(data):
@@ -87,6 +89,16 @@ def main() -> None:
     import json
     frames = json.loads(out)["summary"]["frames"]
     modes = {"tracer analyze --summary": tracer_cmd, "  the same with --jobs 1": tracer_cmd + ["--jobs", "1"]}
+    if args.pcapng:
+        ng = data + "-pcapng"
+        for f in files:
+            dst = os.path.join(ng, os.path.relpath(f, data))[:-len(".pcap")] + ".pcapng"
+            if not os.path.exists(dst):
+                os.makedirs(os.path.dirname(dst), exist_ok=True)
+                subprocess.run(["editcap", "-F", "pcapng", f, dst + ".part"], check=True)
+                os.rename(dst + ".part", dst)
+        ng_cmd = [sys.executable, "-m", "tracer", "analyze", ng, "--summary", "--output", "json"]
+        modes |= {"  the same set as pcapng": ng_cmd, "  pcapng with --jobs 1": ng_cmd + ["--jobs", "1"]}
     ref: list[float] = []
     mine: dict[str, list[float]] = {m: [] for m in modes}
     peaks: dict[str, list[int]] = {m: [] for m in modes}

@@ -34,7 +34,7 @@ from tracer.digest import (
     split_ends,
 )
 from tracer.errors import CaptureFileError
-from tracer.pcapio import LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL2, open_capture
+from tracer.pcapio import LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL2, open_capture, pcapng_head, resume_records
 from tracer.roles import INGRESS_RANK, infer_role, role_from_name
 from tracer.workers import Workers
 
@@ -325,31 +325,57 @@ class Correlator:
         """Open one input (refusing what is not a capture) and return its batches of sightings."""
         cap, records = open_capture(inp.path)
         self._caps.append(cap)
-        if (not self.opts.keep_packets and self.opts.fast and cap.format == "pcap" and cap.interfaces
-                and cap.interfaces[0].linktype == LINKTYPE_ETHERNET):
-            records.close()
+        if not self.opts.keep_packets and self.opts.fast and (
+                cap.format == "pcap" and cap.interfaces and cap.interfaces[0].linktype == LINKTYPE_ETHERNET
+                or cap.format == "pcapng" and pcapng_head(cap)):
             # (its point now, read here or not: a worker needs its index from the start)
-            pidx = self._point(inp.node, inp.interface, inp.path)
-            stats, vx = self.points[pidx].stats, self.opts.vxlan_ports
+            pidx = self._iface_point(inp, cap, 0, False)
+            if pidx is not None:
+                records.close()
+                stats, vx = self.points[pidx].stats, self.opts.vxlan_ports
 
-            def warn(w: str) -> None:
-                self.warnings.append(f"{inp.path}: {w}")
+                def warn(w: str) -> None:
+                    self.warnings.append(f"{inp.path}: {w}")
 
-            if self._workers.wants(inp.path):
-                batches = self._workers.read(cap, pidx, stats, vx, warn)
-                if batches is not None:
-                    return batches
-            return pcap_sightings(cap, pidx, stats, vx, warn)
+                batches = self._workers.read(cap, pidx, stats, vx, warn) if self._workers.wants(inp.path) else None
+                if batches is None:
+                    batches = pcap_sightings(cap, pidx, stats, vx, warn)
+                return self._read_on(inp, cap, batches, pidx) if cap.format == "pcapng" else batches
         return self._read(inp, cap, records)
 
-    def _read(self, inp: CaptureInput, cap, records) -> Iterator[list[tuple]]:
+    def _read_on(self, inp: CaptureInput, cap, batches: Iterator[list[tuple]], pidx: int) -> Iterator[list[tuple]]:
+        """A pcapng file's fast batches, then what the general reader makes of the rest of it when
+        the fast reader left some (cap.resume): another interface, a corrupt or cut-short block."""
+        yield from batches
+        if cap.resume is not None:
+            yield from self._read(inp, cap, resume_records(cap), [pidx], cap.resume[0])
+
+    def _iface_point(self, inp: CaptureInput, cap, i: int, multi: bool) -> int | None:
+        """The point of a file's interface `i` (None: a whole node's capture, a point per frame's
+        interface). `multi`: whether the file described more than one interface before its first
+        packet."""
+        iface = cap.interfaces[i]
+        name = iface.name or ""
+        if inp.split_node is not None and name in ("", "any") and _whole_node(inp.path, i, iface):
+            return None
+        if inp.forced or not name:
+            return self._point(inp.node, inp.interface, inp.path)
+        if "/" in name:
+            node, _, ifname = name.partition("/")
+            return self._point(node, ifname, inp.path)
+        return self._point(inp.node, name if multi else inp.interface, inp.path)
+
+    def _read(self, inp: CaptureInput, cap, records, by_iface: list[int] | None = None,
+              taken: int = 24) -> Iterator[list[tuple]]:
+        """The general reader's batches (every frame decoded). `by_iface`, `taken`: the points of
+        the interfaces and the bytes read by a reader that began the file (see _read_on)."""
         vxlan_ports = self.opts.vxlan_ports
         keep = self.opts.keep_packets
-        by_iface: list[int] = []
+        multi = None if by_iface is None else False
+        by_iface = [] if by_iface is None else by_iface
         split: dict[int, dict[int, int]] = {}  # file interface -> {interface index -> point} (tcpdump -i any)
-        multi = None
         batch: list[tuple] = []
-        taken, overhead = 24, (16 if cap.format == "pcap" else 32)  # (record headers: for progress)
+        overhead = 16 if cap.format == "pcap" else 32  # (record headers: for progress)
         try:
             for rec in records:
                 i = rec.interface
@@ -357,20 +383,10 @@ class Correlator:
                     if multi is None:
                         multi = len(cap.interfaces) > 1
                     while len(by_iface) <= i:
-                        iface = cap.interfaces[len(by_iface)]
-                        name = iface.name or ""
-                        if inp.split_node is not None and name in ("", "any") and _whole_node(inp.path, len(by_iface), iface):
+                        pidx = self._iface_point(inp, cap, len(by_iface), multi)
+                        if pidx is None:
                             split[len(by_iface)] = {}
-                            by_iface.append(-1)
-                        elif inp.forced or not name:
-                            by_iface.append(self._point(inp.node, inp.interface, inp.path))
-                        elif "/" in name:
-                            node, _, ifname = name.partition("/")
-                            by_iface.append(self._point(node, ifname, inp.path))
-                        elif multi:
-                            by_iface.append(self._point(inp.node, name, inp.path))
-                        else:
-                            by_iface.append(self._point(inp.node, inp.interface, inp.path))
+                        by_iface.append(-1 if pidx is None else pidx)
                 taken += len(rec.data) + overhead
                 fr = decode(cap.interfaces[i].linktype, rec.data, rec.orig_len, vxlan_ports)
                 pidx = by_iface[i]

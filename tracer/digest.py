@@ -12,10 +12,11 @@ payload (to spot HTTP), `frame` the decoded Frame when the caller keeps packets,
 1 << point.
 
 `from_frame` makes one from a decoded Frame. `pcap_sightings` makes them straight from the bytes
-of a classic pcap file of Ethernet frames for the shapes a Kubernetes capture is mostly made of
-(Ethernet / IPv4 / TCP, and the same inside VXLAN) without building a Frame, and hands
-every other frame to the full decoder: both give equal sightings for the same bytes
-(tests/test_digest.py). This is what makes `tracer analyze --summary` fast.
+of a classic pcap file of Ethernet frames (or a pcapng file of one Ethernet interface) for the
+shapes a Kubernetes capture is mostly made of (Ethernet / IPv4 / TCP, and the same inside VXLAN)
+without building a Frame, and hands every other frame to the full decoder: both give equal
+sightings for the same bytes (tests/test_digest.py). This is what makes `tracer analyze --summary`
+fast.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import struct
 from collections.abc import Callable, Iterator
 
 from tracer.decode import GENEVE_PORT, PROTO_TCP, PROTO_UDP, Frame, decode
-from tracer.pcapio import LINKTYPE_ETHERNET, MAX_RECORD, CaptureFile
+from tracer.pcapio import LINKTYPE_ETHERNET, MAX_RECORD, PCAPNG_SHB, CaptureFile
 
 T, P, KEY, TTL, CODE, ENDS, PROTO, FLAGS, HEAD, FRAME, BIT = range(11)
 CALICO_MAC = b"\xee" * 6
@@ -138,18 +139,28 @@ class PointStats:
 
 def pcap_sightings(cap: CaptureFile, point: int, stats: PointStats, vxlan_ports: frozenset[int],
                    warn: Callable[[str], None]) -> Iterator[list[tuple]]:
-    """Batches of sightings (one per MiB read), in file order, of a classic pcap file of Ethernet frames.
+    """Batches of sightings (one per MiB read), in file order, of a classic pcap file of Ethernet
+    frames, or of a pcapng file of one Ethernet interface.
 
     `cap` is the file as pcapio.open_capture opened it (which refuses what is not a capture and
-    read the header); reading problems become warnings worded as pcapio words them, given to
-    `warn` when the file is done. `cap.read` follows how far it has read.
+    read the header; for pcapng, pcapio.pcapng_head found the section, the interface and the
+    first packet block, `cap.start`). Reading problems of a pcap file become warnings worded as
+    pcapio words them, given to `warn` when the file is done. In a pcapng file, whatever is not an
+    enhanced packet block of that interface or a block without packets (another section or
+    interface, other packet blocks, a corrupt or cut-short block) ends this reader: `cap.resume`
+    says where, for pcapio.resume_records to read on from there. `cap.read` follows how far it
+    has read.
     """
-    assert cap.format == "pcap" and cap.interfaces and cap.interfaces[0].linktype == LINKTYPE_ETHERNET
-    div = cap.interfaces[0].ts_div
+    ng = cap.format == "pcapng"
+    assert (ng or cap.format == "pcap") and cap.interfaces and cap.interfaces[0].linktype == LINKTYPE_ETHERNET
+    div, units, off = cap.interfaces[0].ts_div, cap.interfaces[0].ts_units, cap.interfaces[0].ts_offset
     with open(cap.path, "rb") as f:
-        f.seek(24)
+        f.seek(cap.start)
         unpack_rec = struct.Struct(cap.byte_order + "IIII").unpack_from
-        cap.read = 24
+        # pcapng: block type, length; enhanced packet block: interface, timestamp, lengths
+        unpack_epb, unpack_block = struct.Struct(cap.byte_order + "7I").unpack_from, struct.Struct(cap.byte_order + "II").unpack_from
+        cap.read = base = cap.start  # (base: the offset in the file of the buffer's first byte)
+        least = 12 if ng else 16  # (the smallest block, record header)
         eth_ip_tcp, vxlan_tcp, key = _ETH_IP_TCP.unpack_from, _VXLAN_TCP.unpack_from, _tcp_key
         vx = vxlan_ports
         rest = b""
@@ -164,6 +175,10 @@ def pcap_sightings(cap: CaptureFile, point: int, stats: PointStats, vxlan_ports:
                 chunk = f.read(CHUNK)
                 cap.read += len(chunk)
                 if not chunk:
+                    if ng:
+                        if rest:  # (what is not a whole block: pcapio says how it ends)
+                            cap.resume = (base, count)
+                        return
                     if len(rest) >= 16:
                         incl = unpack_rec(rest, 0)[2]
                         said.append(f"file cut short in packet {count + 1} ({len(rest) - 16} of {incl} bytes)")
@@ -172,7 +187,7 @@ def pcap_sightings(cap: CaptureFile, point: int, stats: PointStats, vxlan_ports:
                     return
                 buf = rest + chunk if rest else chunk
                 n = len(buf)
-                if n >= 16 and not count:  # the file's first frame
+                if n >= 16 and not count and not ng:  # the file's first frame
                     sec, frac = unpack_rec(buf, 0)[:2]
                     stats.first = min(stats.first, sec + frac / div)
                 huge = n > MAX_RECORD  # (only then can a corrupt length still fit in the buffer)
@@ -180,22 +195,48 @@ def pcap_sightings(cap: CaptureFile, point: int, stats: PointStats, vxlan_ports:
                 batch: list[tuple] = []
                 append = batch.append
                 dropped = 0  # records of this chunk not in the batch (not IP)
-                while pos + 16 <= n:
-                    sec, frac, incl, orig = unpack_rec(buf, pos)
-                    d = pos + 16
-                    end = d + incl
-                    if end > n or huge and incl > MAX_RECORD:
-                        if incl > MAX_RECORD:
-                            count += len(batch) + dropped
-                            if pos:
-                                stats.last = max(stats.last, ts)
-                            said.append(f"corrupt record after {count} packets (length {incl}); stopped reading there")
-                            if batch:
-                                yield batch
-                            return
-                        break
-                    pos = end
-                    ts = sec + frac / div
+                ts = stats.last
+                stop = False  # (pcapng: a block for pcapio)
+                while pos + least <= n:
+                    if ng:
+                        if pos + 28 <= n:
+                            btype, blen, ifid, hi, lo, incl, orig = unpack_epb(buf, pos)
+                        else:
+                            btype, blen = unpack_block(buf, pos)
+                            if btype == 6:
+                                break  # (the rest of its header is in the next chunk)
+                            ifid = -1
+                        if btype != 6 or ifid or blen < 32 or blen & 3 or incl > blen - 32 or blen > MAX_RECORD:
+                            if btype in (PCAPNG_SHB, 1, 2, 3, 6) or blen < 12 or blen & 3 or blen > MAX_RECORD:
+                                stop = True
+                                break
+                            if pos + blen > n:
+                                break
+                            pos += blen  # statistics, names, custom blocks: no packets
+                            continue
+                        if pos + blen > n:
+                            break
+                        d = pos + 28
+                        end = d + incl
+                        pos += blen
+                        sec, frac = divmod(hi << 32 | lo, units)
+                        ts = sec + frac / div + off  # (as pcapio's _ng_time)
+                    else:
+                        sec, frac, incl, orig = unpack_rec(buf, pos)
+                        d = pos + 16
+                        end = d + incl
+                        if end > n or huge and incl > MAX_RECORD:
+                            if incl > MAX_RECORD:
+                                count += len(batch) + dropped
+                                if pos:
+                                    stats.last = max(stats.last, ts)
+                                said.append(f"corrupt record after {count} packets (length {incl}); stopped reading there")
+                                if batch:
+                                    yield batch
+                                return
+                            break
+                        pos = end
+                        ts = sec + frac / div
                     # Ethernet / IPv4 without options / TCP, not a fragment: (addresses, ports) at 26:38.
                     if incl >= 48 and buf[d + 23] == 6:
                         et, vihl, total, ipid, frag, ttl, seq, ack, doff, flags = eth_ip_tcp(buf, d)
@@ -241,12 +282,18 @@ def pcap_sightings(cap: CaptureFile, point: int, stats: PointStats, vxlan_ports:
                         append(from_frame(ts, point, fr, e, False))
                     else:
                         dropped += 1  # not IP: counted, not followed
+                if ng and not count and batch:  # (a first frame that is not IP: add_frame saw it)
+                    stats.first = min(stats.first, batch[0][0])
                 rest = buf[pos:]
                 count += len(batch) + dropped
-                if pos:
-                    stats.last = max(stats.last, ts)
+                stats.last = max(stats.last, ts)
+                if stop:
+                    cap.resume = (base + pos, count)
                 if batch:
                     yield batch
+                if stop:
+                    return
+                base += pos
         finally:
             stats.frames += count - slow  # the fast ones (add_frame counted the others)
             stats.encapsulated += encap

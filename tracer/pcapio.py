@@ -67,6 +67,8 @@ class Interface:
     """Bytes captured at most per frame (0: unlimited)."""
     ts_div: float = 1e6
     """Timestamp units per second."""
+    ts_units: int = 1_000_000
+    """The same as an int (pcapng: a timestamp is split into seconds and units with it)."""
     ts_offset: int = 0
     """Seconds to add to every timestamp (pcapng if_tsoffset)."""
 
@@ -82,9 +84,15 @@ class CaptureFile:
     comments: list[str] = field(default_factory=list)
     """Section and packet comments (packet comments only if `keep_comments`)."""
     byte_order: str = "<"
-    """pcap: the byte order of the headers ("<" little, ">" big endian)."""
+    """The byte order of the headers ("<" little, ">" big endian); pcapng: of the first section
+    (known once `pcapng_head` has read it)."""
     read: int = 0
     """About how many bytes of the file its reader has taken in so far (for progress)."""
+    start: int = 24
+    """Where the first record is (pcapng: the first packet block, once `pcapng_head` found it)."""
+    resume: tuple[int, int] | None = None
+    """Set by a fast reader (tracer.digest) that met what it leaves to this module's reader: the
+    offset of that block and how many packets came before it (see `resume_records`)."""
 
 
 def open_capture(path: str | os.PathLike) -> tuple[CaptureFile, Iterator[Record]]:
@@ -119,7 +127,8 @@ def open_capture(path: str | os.PathLike) -> tuple[CaptureFile, Iterator[Record]
                 snaplen, network = struct.unpack_from(endian + "II", head, 16)
                 # The upper bits of the link-type field may carry the FCS length (pcap spec).
                 cap.interfaces.append(Interface(linktype=network & 0x03FFFFFF, snaplen=snaplen,
-                                                ts_div=1e9 if magic == PCAP_MAGIC_NS else 1e6))
+                                                ts_div=1e9 if magic == PCAP_MAGIC_NS else 1e6,
+                                                ts_units=10**9 if magic == PCAP_MAGIC_NS else 10**6))
             return cap, _pcap_records(f, head, endian, cap)
     f.close()
     raise CaptureFileError(
@@ -169,13 +178,12 @@ def _pcap_records(f: BinaryIO, head: bytes, endian: str, cap: CaptureFile) -> It
             pos = end
 
 
-def _pcapng_records(f: BinaryIO, head: bytes, cap: CaptureFile) -> Iterator[Record]:
-    """Blocks are read one at a time; a block's length field bounds every read."""
+def _pcapng_records(f: BinaryIO, head: bytes, cap: CaptureFile, endian: str = "<", count: int = 0,
+                    first: bool = True) -> Iterator[Record]:
+    """Blocks are read one at a time; a block's length field bounds every read. (`endian`,
+    `count`, `first`: where a reader that began elsewhere in the file left off.)"""
     with f:
         pending = head
-        endian = "<"
-        count = 0
-        first = True
         while True:
             hdr = pending[:8] if len(pending) >= 8 else pending + f.read(8 - len(pending))
             pending = pending[8:] if len(pending) >= 8 else b""
@@ -237,7 +245,7 @@ def _pcapng_records(f: BinaryIO, head: bytes, cap: CaptureFile) -> Iterator[Reco
                     continue
                 iface = cap.interfaces[ifid]
                 count += 1
-                yield Record(((ts_hi << 32) | ts_lo) / iface.ts_div + iface.ts_offset, ifid, content[20:20 + caplen], orig)
+                yield Record(_ng_time(ts_hi << 32 | ts_lo, iface), ifid, content[20:20 + caplen], orig)
             elif btype == 3:  # Simple Packet Block: interface 0, no timestamp
                 if not cap.interfaces or len(content) < 4:
                     cap.warnings.append("simple packet block without an interface skipped")
@@ -256,8 +264,61 @@ def _pcapng_records(f: BinaryIO, head: bytes, cap: CaptureFile) -> Iterator[Reco
                     continue
                 iface = cap.interfaces[ifid]
                 count += 1
-                yield Record(((ts_hi << 32) | ts_lo) / iface.ts_div + iface.ts_offset, ifid, content[20:20 + caplen], orig)
+                yield Record(_ng_time(ts_hi << 32 | ts_lo, iface), ifid, content[20:20 + caplen], orig)
             # Name resolution, statistics, custom and unknown blocks carry no packets.
+
+
+def _ng_time(ts: int, iface: Interface) -> float:
+    """A pcapng timestamp in seconds: whole seconds plus the fraction, as a classic pcap's (more
+    exact than ts / ts_div, and what tracer.digest's fast reader computes too)."""
+    sec, frac = divmod(ts, iface.ts_units)
+    return sec + frac / iface.ts_div + iface.ts_offset
+
+
+def pcapng_head(cap: CaptureFile) -> bool:
+    """Whether a pcapng file starts as one section with one Ethernet interface (what a capture of
+    one interface is). If so, its byte order, interface and section comments are in `cap` and
+    `cap.start` is where its first packet block is: tracer.digest's fast reader begins there.
+    Anything else at the start (several interfaces, another link type, no packet in the first
+    64 KiB) is for the general reader (`open_capture`)."""
+    with open(cap.path, "rb") as f:
+        data = f.read(1 << 16)
+    if len(data) < 12 or struct.unpack_from("<I", data)[0] != PCAPNG_SHB:
+        return False
+    endian = next((e for e in "<>" if struct.unpack_from(e + "I", data, 8)[0] == PCAPNG_BOM), None)
+    if endian is None:
+        return False
+    pos, ifaces, comments = 0, [], []
+    while True:
+        if pos + 12 > len(data):
+            return False
+        btype, blen = struct.unpack_from(endian + "II", data, pos)
+        if blen < 12 or blen % 4 or pos + blen > len(data) or (btype == PCAPNG_SHB and pos):
+            return False
+        content = data[pos + 8:pos + blen - 4]
+        if btype == PCAPNG_SHB:
+            _collect_comments(content, 16, endian, comments)
+        elif btype == 1:
+            ifaces.append(_parse_idb(content, endian))
+        elif btype in (2, 3, 6):
+            break
+        pos += blen
+    if len(ifaces) != 1 or ifaces[0].linktype != LINKTYPE_ETHERNET:
+        return False
+    cap.interfaces[:] = ifaces
+    cap.byte_order, cap.start = endian, pos
+    cap.comments.extend(comments)
+    return True
+
+
+def resume_records(cap: CaptureFile) -> Iterator[Record]:
+    """The records of a pcapng file from where a fast reader stopped (`cap.resume`), read by the
+    general reader with the section and interfaces `pcapng_head` found; its warnings counted on
+    from the packets before."""
+    offset, count = cap.resume
+    f = open(cap.path, "rb")
+    f.seek(offset)
+    return _pcapng_records(f, b"", cap, endian=cap.byte_order, count=count, first=False)
 
 
 def _iter_options(content: bytes, start: int, endian: str) -> Iterator[tuple[int, bytes]]:
@@ -287,7 +348,8 @@ def _parse_idb(content: bytes, endian: str) -> Interface:
             iface.name = value.rstrip(b"\0").decode("utf-8", "replace")
         elif code == 9 and value:  # if_tsresol
             v = value[0]
-            iface.ts_div = float(2 ** (v & 0x7F)) if v & 0x80 else float(10 ** v)
+            iface.ts_units = 2 ** (v & 0x7F) if v & 0x80 else 10 ** v
+            iface.ts_div = float(iface.ts_units)
         elif code == 14 and len(value) >= 8:  # if_tsoffset
             iface.ts_offset = struct.unpack_from(endian + "q", value)[0]
     return iface
