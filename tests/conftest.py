@@ -23,6 +23,15 @@ from tracer.lab import Lab, StateStore, down, exercise, up
 from tracer.lab import netns
 from tracer.lab.state import stop_process
 
+# What the tests assert is tracer's own output, not the caller's terminal settings or proxies:
+# rich honours these (colour forced on pipes, a width), the kubernetes client the proxies (the
+# stand-in API server is on 127.0.0.1). Subprocesses inherit the cleaned environment.
+for _var in ("FORCE_COLOR", "NO_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE", "COLUMNS", "LINES",
+             "http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+    os.environ.pop(_var, None)
+if os.environ.get("TERM", "dumb") == "dumb":
+    os.environ["TERM"] = "xterm"  # (progress lines are off on a dumb terminal; tests look at them)
+
 SESSION_PREFIX = f"trt{secrets.token_hex(3)}-"
 SESSION_STATE_DIR = Path(tempfile.mkdtemp(prefix="tracer-test-state-"))
 

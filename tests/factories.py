@@ -7,6 +7,7 @@ files are written the same way, in every format pcapio reads.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import struct
 import subprocess
@@ -20,7 +21,10 @@ from tracer.cli import main
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "pcaps"
 SCENARIOS = ("http-get", "vxlan-drop", "clusterip-dnat", "any-http-get")
-PUBLIC = Path("/work/shared/pcaps-public")
+# Third-party captures, read where they are (../shared/pcaps-public beside the checkout; this
+# machine's /work/shared when the checkout is elsewhere; TRACER_PUBLIC_PCAPS to name another place).
+PUBLIC = next((p for p in (Path(os.environ.get("TRACER_PUBLIC_PCAPS", ROOT.parent / "shared" / "pcaps-public")),
+                           Path("/work/shared/pcaps-public")) if p.is_dir()), ROOT.parent / "shared" / "pcaps-public")
 PUBLIC_FILES = sorted(p for p in PUBLIC.glob("*") if p.suffix in (".pcap", ".pcapng")) if PUBLIC.is_dir() else []
 
 needs_tshark = pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark is not installed")

@@ -6,7 +6,7 @@ tshark's habit of trying the lower port first does not turn any of them into ano
 up here as missing inner layers, to be forced with `-d udp.srcport==P,vxlan`).
 
 For every frame of the lab's sample captures and of the public captures in
-/work/shared/pcaps-public/, the fields tracer decodes must equal tshark's dissection of the same
+../shared/pcaps-public/ (tests/factories.PUBLIC), the fields tracer decodes must equal tshark's dissection of the same
 bytes: Ethernet and IP addresses of every layer (outer ones first), TTLs, the inner IP ID and
 protocol, ports, TCP seq and flags, VXLAN/Geneve VNIs. tshark lists repeated fields outer layer
 first (`-E occurrence=a`), the order in which tracer peels tunnels into `Frame.tunnels`.

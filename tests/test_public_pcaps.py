@@ -1,6 +1,6 @@
 """Robustness: real public captures and broken inputs through `tracer analyze`.
 
-Each file in /work/shared/pcaps-public/ must decode (exit 0 and a view) or be refused with one
+Each file in ../shared/pcaps-public/ (tests/factories.PUBLIC) must decode (exit 0 and a view) or be refused with one
 line and a hint (non-zero exit, no traceback); broken inputs give one clear line, a hint and the
 exit code of `tracer.errors.ExitCode`.
 """
