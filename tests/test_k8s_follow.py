@@ -130,6 +130,9 @@ def test_ctrl_c_at_each_phase_leaves_no_capture_pod_or_agent(standin: StandIn, p
     finally:
         if proc.poll() is None:
             proc.kill()
+    if phase == "collecting" and proc.returncode == 0:  # (as in test_follow: collecting is quick)
+        assert standin.pods(CAPTURE_NAMESPACE) == []
+        pytest.skip("the run finished before the signal came")
     assert proc.returncode == 130, (phase, err)
     assert "interrupted" in err and "Traceback" not in err
     assert standin.pods(CAPTURE_NAMESPACE) == [], phase

@@ -52,6 +52,9 @@ class Terminal(io.StringIO):
 
 
 def test_the_line_on_a_terminal(monkeypatch):
+    # (a clock that stands still and no redraw in between: the same text however busy the machine)
+    monkeypatch.setattr(analysis.time, "monotonic", lambda: 1000.0)
+    monkeypatch.setattr(analysis.ReadingProgress, "TICK", 3600)
     line = analysis.ReadingProgress(term := Terminal())
     line(0.5)
     assert term.getvalue() == ""  # (nothing in the first second)
