@@ -119,6 +119,17 @@ def test_mutated_frames_give_the_same_sighting_either_way(seed, edits, cut):
         os.unlink(name)
 
 
+def test_a_file_going_back_in_time_has_the_same_first_and_last_either_way(tmp_path, monkeypatch):
+    # (the point's capture window: its earliest and latest frame, not its first and last record)
+    import tracer.digest as digest
+    monkeypatch.setattr(digest, "CHUNK", 256)  # (several chunks)
+    t = 1_700_000_000.0
+    p = tmp_path / "x.pcap"
+    p.write_bytes(pcap_bytes([SEEDS[i % len(SEEDS)] for i in range(8)], times=[t + d for d in (10, 0, 5, 20, 3, 7, 1, 2)]))
+    same(p)
+    assert fast(p)[1].first == t and fast(p)[1].last == t + 20
+
+
 # --- a synthetic capture set ----------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

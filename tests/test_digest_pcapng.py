@@ -173,7 +173,7 @@ def frame(seed: int, n: int) -> bytes:
     return bytes(data)
 
 
-BLOCKS = st.sampled_from(["epb", "epb", "epb", "epb-comment", "epb-last", "epb-bad-ifid", "epb-cut", "isb", "nrb", "custom",
+BLOCKS = st.sampled_from(["epb", "epb", "epb", "epb-comment", "epb-last", "epb-late", "epb-bad-ifid", "epb-cut", "isb", "nrb", "custom",
                           "spb", "opb", "shb", "shb-other-order", "idb", "idb-named", "idb-sll", "tiny", "corrupt"])
 
 
@@ -189,7 +189,9 @@ def build(kinds: list[str], e: str, tsresol: int | None, tail: int) -> bytes:
     for n, k in enumerate(kinds):
         ticks += 1234567
         f = frame(n, n)
-        if k == "epb-last":
+        if k == "epb-late":
+            out.append(epb(e, 0, ticks - 5_000_000, f))  # back in time
+        elif k == "epb-last":
             out.append(epb(e, ifaces - 1, ticks, f))  # the interface described last
         elif k in ("epb", "epb-comment"):
             out.append(epb(e, 0, ticks, f, k == "epb-comment"))
@@ -226,16 +228,17 @@ def build(kinds: list[str], e: str, tsresol: int | None, tail: int) -> bytes:
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(kinds=st.lists(BLOCKS, max_size=14), e=st.sampled_from("<>"), tsresol=st.sampled_from([None, 9, 0x80 | 20]),
-       tail=st.sampled_from([0, 0, 1, 4, 13, 40]), chunk=st.sampled_from([64, 100, 256, 1 << 20]))
+       tail=st.sampled_from([0, 0, 1, 4, 13, 40]), chunk=st.sampled_from([64, 100, 256, 1 << 20]),
+       lead=st.sampled_from([["epb"], ["epb"], []]))
 def test_any_block_sequence_reads_as_the_general_reader_reads_it(tmp_path_factory, monkeypatch, kinds, e, tsresol,
-                                                                 tail, chunk):
+                                                                 tail, chunk, lead):
     path = tmp_path_factory.mktemp("blocks") / "node" / "eth0.pcapng"
     path.parent.mkdir()
-    path.write_bytes(build(["epb", *kinds], e, tsresol, tail))  # (a first packet: the fast reader's file)
+    path.write_bytes(build(lead + kinds, e, tsresol, tail))  # (mostly a first packet: the fast reader's file)
     monkeypatch.setattr(digest, "CHUNK", chunk)
     cap, records = open_capture(path)
     records.close()
-    if pcapng_head(cap):  # (not if that first packet is cut short)
+    if pcapng_head(cap):  # (not if the first packet block is not a sound one of the interface)
         resumed = same(path).resume is not None
         # the fast reader leaves nothing it can take to the general reader, wherever chunks end
         assert not resumed or tail or not TAKEN.issuperset(kinds)
@@ -278,3 +281,37 @@ def test_a_second_interface_named_as_a_point_is_that_point(tmp_path):
     assert doc == summary([str(p)], False)
     assert [(pt["id"], pt["packets"]) for pt in doc["points"]] == [("n1/eth0", 3), ("node/other", 1)]
     assert any("unknown interface 2" in w for w in doc["warnings"])
+
+
+def test_a_file_whose_first_packet_block_is_not_the_fast_readers_gets_the_general_readers_points(tmp_path):
+    # The first packet for an interface not described (skipped), then a second interface: the
+    # general reader names the points after the interfaces, as there are two when its first
+    # packet comes (a fast reader that took the file would have made it one point).
+    t, e = 1_700_000_000 * 10 ** 6, "<"
+    for first in (epb(e, 5, t, frame(1, 1)), epb(e, 0, t, frame(1, 1))[:20] + struct.pack(e + "I", 999) +
+                  epb(e, 0, t, frame(1, 1))[24:],  # (a captured length past the block's end)
+                  _block(e, 2, b"\0" * 4)):  # (an obsolete packet block too short to hold a packet)
+        p = tmp_path / "n1" / "cap.pcapng"
+        p.parent.mkdir(exist_ok=True)
+        p.write_bytes(shb(e) + idb(e, name="eth0") + first + idb(e, name="eth1") + epb(e, 0, t + 10, frame(1, 2))
+                      + epb(e, 1, t + 20, frame(2, 3)))
+        cap, records = open_capture(p)
+        records.close()
+        assert not pcapng_head(cap)
+        doc = summary([str(p)], True)
+        assert doc == summary([str(p)], False)
+        assert sorted((pt["id"], pt["packets"]) for pt in doc["points"]) == [("n1/eth0", 1), ("n1/eth1", 1)]
+
+
+def test_no_file_is_left_open(tmp_path):
+    import gc
+    import warnings
+    p = tmp_path / "n" / "x.pcapng"
+    p.parent.mkdir()
+    p.write_bytes(build(["epb", "epb", "idb-named", "epb-last"], "<", None, 0))  # (fast, then the general reader)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        for fast_path in (True, False):
+            summary([str(p), str(SAMPLES / "http-get")], fast_path)
+        gc.collect()
+    assert [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)] == []

@@ -328,19 +328,20 @@ class Correlator:
         if not self.opts.keep_packets and self.opts.fast and (
                 cap.format == "pcap" and cap.interfaces and cap.interfaces[0].linktype == LINKTYPE_ETHERNET
                 or cap.format == "pcapng" and pcapng_head(cap)):
-            # (its point now, read here or not: a worker needs its index from the start)
+            # (its point now, read here or not: a worker needs its index from the start; never
+            # a whole node's, which only Linux cooked frames can be)
             pidx = self._iface_point(inp, cap, 0, False)
-            if pidx is not None:
-                records.close()
-                stats, vx = self.points[pidx].stats, self.opts.vxlan_ports
+            assert pidx is not None
+            records.close()
+            stats, vx = self.points[pidx].stats, self.opts.vxlan_ports
 
-                def warn(w: str) -> None:
-                    self.warnings.append(f"{inp.path}: {w}")
+            def warn(w: str) -> None:
+                self.warnings.append(f"{inp.path}: {w}")
 
-                batches = self._workers.read(cap, pidx, stats, vx, warn) if self._workers.wants(inp.path) else None
-                if batches is None:
-                    batches = pcap_sightings(cap, pidx, stats, vx, warn)
-                return self._read_on(inp, cap, batches, pidx) if cap.format == "pcapng" else batches
+            batches = self._workers.read(cap, pidx, stats, vx, warn) if self._workers.wants(inp.path) else None
+            if batches is None:
+                batches = pcap_sightings(cap, pidx, stats, vx, warn)
+            return self._read_on(inp, cap, batches, pidx) if cap.format == "pcapng" else batches
         return self._read(inp, cap, records)
 
     def _read_on(self, inp: CaptureInput, cap, batches: Iterator[list[tuple]], pidx: int) -> Iterator[list[tuple]]:
@@ -399,10 +400,10 @@ class Correlator:
                 if e is not None:
                     batch.append(from_frame(rec.time, pidx, fr, e, keep))
                     if len(batch) >= 1024:
-                        cap.read = taken
+                        cap.read = max(cap.read, taken)  # (a fast reader before may have read ahead)
                         yield batch
                         batch = []
-            cap.read = taken
+            cap.read = max(cap.read, taken)
             if batch:
                 yield batch
         finally:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable, Iterator
+from operator import itemgetter
 
 from tracer.decode import GENEVE_PORT, PROTO_TCP, PROTO_UDP, Frame, decode
 from tracer.pcapio import LINKTYPE_ETHERNET, MAX_RECORD, PCAPNG_SHB, CaptureFile
@@ -137,6 +138,18 @@ class PointStats:
         return e
 
 
+_time = itemgetter(T)
+
+
+def _span(stats: PointStats, batch: list[tuple]) -> None:
+    """The batch's earliest and latest times into the point's first and last (frames that are
+    not IP went through add_frame, which did the same), whatever order the file is in."""
+    if batch:
+        times = list(map(_time, batch))
+        stats.first = min(stats.first, min(times))
+        stats.last = max(stats.last, max(times))
+
+
 def pcap_sightings(cap: CaptureFile, point: int, stats: PointStats, vxlan_ports: frozenset[int],
                    warn: Callable[[str], None]) -> Iterator[list[tuple]]:
     """Batches of sightings (one per MiB read), in file order, of a classic pcap file of Ethernet
@@ -187,15 +200,11 @@ def pcap_sightings(cap: CaptureFile, point: int, stats: PointStats, vxlan_ports:
                     return
                 buf = rest + chunk if rest else chunk
                 n = len(buf)
-                if n >= 16 and not count and not ng:  # the file's first frame
-                    sec, frac = unpack_rec(buf, 0)[:2]
-                    stats.first = min(stats.first, sec + frac / div)
                 huge = n > MAX_RECORD  # (only then can a corrupt length still fit in the buffer)
                 pos = 0
                 batch: list[tuple] = []
                 append = batch.append
                 dropped = 0  # records of this chunk not in the batch (not IP)
-                ts = stats.last
                 stop = False  # (pcapng: a block for pcapio)
                 while pos + least <= n:
                     if ng:
@@ -228,8 +237,7 @@ def pcap_sightings(cap: CaptureFile, point: int, stats: PointStats, vxlan_ports:
                         if end > n or huge and incl > MAX_RECORD:
                             if incl > MAX_RECORD:
                                 count += len(batch) + dropped
-                                if pos:
-                                    stats.last = max(stats.last, ts)
+                                _span(stats, batch)
                                 said.append(f"corrupt record after {count} packets (length {incl}); stopped reading there")
                                 if batch:
                                     yield batch
@@ -282,11 +290,9 @@ def pcap_sightings(cap: CaptureFile, point: int, stats: PointStats, vxlan_ports:
                         append(from_frame(ts, point, fr, e, False))
                     else:
                         dropped += 1  # not IP: counted, not followed
-                if ng and not count and batch:  # (a first frame that is not IP: add_frame saw it)
-                    stats.first = min(stats.first, batch[0][0])
                 rest = buf[pos:]
                 count += len(batch) + dropped
-                stats.last = max(stats.last, ts)
+                _span(stats, batch)
                 if stop:
                     cap.resume = (base + pos, count)
                 if batch:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO, NamedTuple
 
@@ -67,10 +67,14 @@ class Interface:
     """Bytes captured at most per frame (0: unlimited)."""
     ts_div: float = 1e6
     """Timestamp units per second."""
-    ts_units: int = 1_000_000
-    """The same as an int (pcapng: a timestamp is split into seconds and units with it)."""
+    ts_units: int = 0
+    """The same as an int (pcapng: a timestamp is split into seconds and units with it); 0: ts_div's."""
     ts_offset: int = 0
     """Seconds to add to every timestamp (pcapng if_tsoffset)."""
+
+    def __post_init__(self):
+        if not self.ts_units:
+            self.ts_units = int(self.ts_div)
 
 
 @dataclass(kw_only=True)
@@ -95,7 +99,7 @@ class CaptureFile:
     offset of that block and how many packets came before it (see `resume_records`)."""
 
 
-def open_capture(path: str | os.PathLike) -> tuple[CaptureFile, Iterator[Record]]:
+def open_capture(path: str | os.PathLike) -> tuple[CaptureFile, Iterable[Record]]:
     """Open a pcap or pcapng file; return its description and an iterator of its records.
 
     Raises CaptureFileError with a hint when the file is not a capture at all. A file cut short
@@ -118,7 +122,7 @@ def open_capture(path: str | os.PathLike) -> tuple[CaptureFile, Iterator[Record]
     magic_le = struct.unpack_from("<I", head)[0]
     if magic_le == PCAPNG_SHB:
         cap = CaptureFile(path=path, format="pcapng")
-        return cap, _pcapng_records(f, head, cap)
+        return cap, _Records(f, _pcapng_records(f, head, cap))
     for endian in "<>":
         magic = struct.unpack_from(endian + "I", head)[0]
         if magic in (PCAP_MAGIC_US, PCAP_MAGIC_NS):
@@ -127,14 +131,28 @@ def open_capture(path: str | os.PathLike) -> tuple[CaptureFile, Iterator[Record]
                 snaplen, network = struct.unpack_from(endian + "II", head, 16)
                 # The upper bits of the link-type field may carry the FCS length (pcap spec).
                 cap.interfaces.append(Interface(linktype=network & 0x03FFFFFF, snaplen=snaplen,
-                                                ts_div=1e9 if magic == PCAP_MAGIC_NS else 1e6,
-                                                ts_units=10**9 if magic == PCAP_MAGIC_NS else 10**6))
-            return cap, _pcap_records(f, head, endian, cap)
+                                                ts_div=1e9 if magic == PCAP_MAGIC_NS else 1e6))
+            return cap, _Records(f, _pcap_records(f, head, endian, cap))
     f.close()
     raise CaptureFileError(
         f"{path}: not a pcap or pcapng file (starts with {head[:4].hex()})",
         "save captures with 'tcpdump -w FILE' or Wireshark's pcap/pcapng formats; gzip'ed files must be unpacked first",
     )
+
+
+class _Records:
+    """A file's records (iterate over it), and `close()` to be done with the file, also when
+    none was read."""
+
+    def __init__(self, f: BinaryIO, records: Iterator[Record]):
+        self._f, self._records = f, records
+
+    def __iter__(self) -> Iterator[Record]:
+        return self._records  # (the generator itself: nothing between it and the caller's loop)
+
+    def close(self) -> None:
+        self._records.close()
+        self._f.close()
 
 
 def _pcap_records(f: BinaryIO, head: bytes, endian: str, cap: CaptureFile) -> Iterator[Record]:
@@ -277,10 +295,12 @@ def _ng_time(ts: int, iface: Interface) -> float:
 
 def pcapng_head(cap: CaptureFile) -> bool:
     """Whether a pcapng file starts as one section with one Ethernet interface (what a capture of
-    one interface is). If so, its byte order, interface and section comments are in `cap` and
-    `cap.start` is where its first packet block is: tracer.digest's fast reader begins there.
-    Anything else at the start (several interfaces, another link type, no packet in the first
-    64 KiB) is for the general reader (`open_capture`)."""
+    one interface is) and its first packet block is a sound enhanced packet block of it. If so,
+    its byte order, interface and section comments are in `cap` and `cap.start` is where that
+    block is: tracer.digest's fast reader begins there, and takes at least that packet (so that
+    the points are those the general reader would make of the file). Anything else at the
+    start (several interfaces, another link type or packet block, no packet in the first 64 KiB)
+    is for the general reader (`open_capture`)."""
     with open(cap.path, "rb") as f:
         data = f.read(1 << 16)
     if len(data) < 12 or struct.unpack_from("<I", data)[0] != PCAPNG_SHB:
@@ -293,6 +313,13 @@ def pcapng_head(cap: CaptureFile) -> bool:
         if pos + 12 > len(data):
             return False
         btype, blen = struct.unpack_from(endian + "II", data, pos)
+        if btype in (2, 3, 6):  # the first packet block (only its header need be here)
+            if btype != 6 or blen < 32 or blen % 4 or blen > MAX_RECORD or pos + 28 > len(data):
+                return False
+            ifid, incl = struct.unpack_from(endian + "I8xI", data, pos + 8)
+            if ifid or incl > blen - 32:
+                return False
+            break
         if blen < 12 or blen % 4 or pos + blen > len(data) or (btype == PCAPNG_SHB and pos):
             return False
         content = data[pos + 8:pos + blen - 4]
@@ -300,8 +327,6 @@ def pcapng_head(cap: CaptureFile) -> bool:
             _collect_comments(content, 16, endian, comments)
         elif btype == 1:
             ifaces.append(_parse_idb(content, endian))
-        elif btype in (2, 3, 6):
-            break
         pos += blen
     if len(ifaces) != 1 or ifaces[0].linktype != LINKTYPE_ETHERNET:
         return False
