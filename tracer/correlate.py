@@ -79,7 +79,8 @@ class Options:
     pods: frozenset[str] = frozenset()
     """Names of pods whose own interfaces were captured as points `<pod>/<interface>`."""
     fast: bool = True
-    """Summary mode: read pcap files of Ethernet frames with tracer.digest's fast path."""
+    """Summary mode: read pcap files of Ethernet frames (and pcapng files of one Ethernet
+    interface) with tracer.digest's fast path."""
     ifnames: dict[tuple[str, int], str] = field(default_factory=dict)
     """(node, interface index) -> interface name, for the points of `tcpdump -i any` captures
     (else `if<index>`)."""

@@ -36,8 +36,8 @@ from tracer.errors import UsageError
               help="How long a packet waits for its sightings at other points; raise it if node clocks differ more.")
 @click.option("--jobs", "-j", type=click.IntRange(1), default=None, metavar="N",
               help="Processes reading capture files at once, this one included; 1: all in this one. Default: "
-                   "for the summary, each pcap file of Ethernet frames of 4 MiB or more in a process of its own "
-                   "when there is more than one CPU.")
+                   "for the summary, each file of 4 MiB or more of Ethernet frames (pcap, or pcapng of one "
+                   "interface) in a process of its own when there is more than one CPU.")
 def command(paths, points, vxlan_ports, flows, all_flows, summary, output, pcapng, path_file, ifnames, window, jobs):
     """Follow each packet across saved captures, offline.
 
