@@ -137,7 +137,11 @@ def _show(req: AnalyzeRequest, out: TextIO, extra_json: dict | None, header, don
     done(None)
     console = Console(file=out, highlight=False, soft_wrap=False, width=_width(out))
     if header is not None:
-        console.print(header)
+        from rich.console import Group
+        from rich.text import Text
+        for part in header.renderables if isinstance(header, Group) else [header]:
+            # a line marked not to be wrapped (one with a path to copy) is left whole to the terminal
+            console.print(part, soft_wrap=isinstance(part, Text) and bool(part.no_wrap))
     if len(shown) < len(trace.flows):
         ids = {id(f) for f in shown}
         hidden = [f for f in trace.flows if id(f) not in ids]

@@ -403,6 +403,6 @@ def header(r: FollowResult, req: FollowRequest):
     if r.way.same_node:
         lines.append(Text(f"  both pods run on {safe(s.node)}: no tunnel, the way is their two veths", style="yellow"))
     if req.save:
-        lines.append(Text(f"  saved to {safe(req.save)} (tracer analyze {safe(req.save)})", style="dim"))
+        lines.append(Text(f"  saved to {safe(req.save)} (tracer analyze {safe(req.save)})", style="dim", no_wrap=True))
     lines.append(Text(""))
     return Group(*lines)
