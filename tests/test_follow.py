@@ -97,6 +97,12 @@ def test_save_then_analyze_shows_the_same_hops(lab, tmp_path):
     assert "(curl)" in text and "(httpbin)" in text
 
 
+def test_the_saved_to_line_keeps_a_long_path_whole(lab, tmp_path):
+    saved = tmp_path / ("run-" + "x" * 150)  # (past the 200 columns of a view that is not a terminal)
+    text = run_tracer("follow", "curl", "httpbin", "--save", str(saved), store=lab.store, check=True).stdout
+    assert f"  saved to {saved} (tracer analyze {saved})" in text.splitlines()
+
+
 def test_text_view_names_the_pods_and_gives_the_curl_result_and_a_summary(lab):
     out = run_tracer("follow", "curl", "httpbin", store=lab.store, check=True).stdout
     assert "request 1: HTTP 200 in" in out
@@ -121,29 +127,37 @@ def test_a_refused_port_is_still_traced(lab):
 
 
 def test_only_the_runs_own_connections_are_shown_the_others_are_counted(lab):
-    # A connection between the same pods that is still going when the follow starts (its answer
-    # comes two seconds late) puts packets into the captures: the view is about the run's own
-    # request, named by curl's source port, and says what else it saw.
+    # Another connection between the same pods, begun once the run's own request is in flight
+    # (so that the captures are running, however long the agents took to start), puts packets
+    # into the captures: the view is about the run's own request, named by curl's source port,
+    # and says what else it saw.
     curl, httpbin = lab.pod("curl"), lab.pod("httpbin")
-    def other():
-        return subprocess.Popen(lab.argv("curl", ["curl", "-s", "-o", "/dev/null", f"http://{httpbin.ip}/delay/2"]))
-    bg = other()
-    try:
-        time.sleep(0.3)
-        doc = follow_json(lab, "--path", "/delay/2")
-        bg.wait(10)
-        bg = other()
-        time.sleep(0.3)
-        text = run_tracer("follow", "curl", "httpbin", "--path", "/delay/2", store=lab.store, check=True).stdout
-    finally:
-        if bg.poll() is None:
-            bg.terminate()
-        bg.wait(10)
+
+    def follow_beside_another(*args: str) -> str:
+        proc = subprocess.Popen([sys.executable, "-m", "tracer", "follow", "curl", "httpbin", "--path", "/delay/2",
+                                 *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=store_env(lab.store))
+        bg = None
+        try:
+            wait_for(lambda: any("curl" in cmdline(c) for c in children(proc.pid)), timeout=60)
+            bg = subprocess.Popen(lab.argv("curl", ["curl", "-s", "-o", "/dev/null", f"http://{httpbin.ip}/delay/1"]))
+            out, err = proc.communicate(timeout=60)
+            assert bg.wait(10) == 0
+        finally:
+            for p in (proc, bg):
+                if p is not None and p.poll() is None:
+                    p.kill()
+                    p.wait(10)
+        assert proc.returncode == 0, err
+        return out
+
+    doc = json.loads(follow_beside_another("-o", "json"))
+    text = follow_beside_another()
     c = doc["follow"]["curl"][0]
     assert c["status"] == 200 and isinstance(c["local_port"], int)
     assert [f["client"] for f in doc["flows"]] == [f"{curl.ip}:{c['local_port']}"]
     assert doc["flows"][0]["packets"][0]["tcp_flags"] == "S"
-    # the late answer of the other connection was captured too: the points count it
+    # the other connection was captured too: the points count it
     assert sum(p["packets"] for p in doc["points"]) > 6 * len(doc["flows"][0]["packets"])
     assert "1 other flow (" in text and "not shown (--all-flows)" in text
 
