@@ -74,6 +74,18 @@ SCENARIOS = (
         setup=(("worker2", ("iptables", "-A", "INPUT", "-p", "udp", "--dport", "4789", "-j", "DROP")),),
     ),
     Scenario(
+        name="policy-drop",
+        description=(
+            "An egress policy of pod curl as Calico enforces it, on curl's node (iptables FORWARD "
+            "DROP of TCP to port 80 coming in from curl's host veth): the SYN and its retransmission "
+            "reach worker1/cali35e3a5cb80b and no point after it; curl gives up after 2 s."
+        ),
+        url="http://172.18.104.14:80/get",
+        max_time=2.0,
+        setup=(("worker1", ("iptables", "-A", "FORWARD", "-i", "cali35e3a5cb80b", "-p", "tcp", "--dport", "80",
+                            "-j", "DROP")),),
+    ),
+    Scenario(
         name="clusterip-dnat",
         description=(
             f"curl -> ClusterIP {CLUSTER_IP}:80, DNAT-ed by a kube-proxy-like rule on worker1 to "

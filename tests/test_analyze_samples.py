@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from factories import SAMPLES, analyze_json, needs_tshark, path_doc, tshark_lines
+from factories import SAMPLES, analyze_json, needs_tshark, path_doc, run_cli, tshark_lines
 
 TTLS = [64, 64, 63, 63, 63, 63, 62, 62]
 SERVICE = "10.152.183.50"
@@ -156,6 +156,48 @@ def test_vxlan_drop_stops_after_worker2_nic(capsys):
     assert {p["id"]: p["packets"] for p in d["points"]}["worker2/vxlan.calico"] == 0
 
 
+def test_policy_drop_stops_after_the_clients_veth(capsys):
+    # An egress policy of pod curl (iptables FORWARD DROP on worker1, as Calico enforces it): the
+    # SYNs came out of the pod into worker1 and went no further.
+    doc = path_doc("policy-drop")
+    d = analyze_json(capsys, str(SAMPLES / "policy-drop"))
+    way = request_way(doc)
+    [flow] = d["flows"]
+    assert [p["tcp_flags"] for p in flow["packets"]] == ["S", "S"]
+    for p in flow["packets"]:
+        assert [h["point"] for h in p["hops"]] == way[:2] and way[1] == f"worker1/{doc['src']['host_veth']}"
+        assert [h["ttl"] for h in p["hops"]] == TTLS[:2]
+        assert [(h["eth_src"], h["eth_dst"]) for h in p["hops"]] == [e["eth"] for e in expected_request_hops(doc)[:2]]
+        assert p["last_seen"] == way[1] and p["missing"] == way[2:]
+    assert [p["retransmission"] for p in flow["packets"]] == [False, True]
+
+
+@pytest.mark.parametrize("scenario,seen,missing", [
+    # the rest of the node's way in after its NIC (whose pod is beyond: path.json would say)
+    ("vxlan-drop", slice(0, 5), slice(5, 7)),
+    # the node's way out after the client's veth (where to then: path.json would say)
+    ("policy-drop", slice(0, 2), slice(2, 4)),
+])
+def test_a_drop_shows_without_path_json_from_the_points_roles(capsys, tmp_path, scenario, seen, missing):
+    import shutil
+    d = shutil.copytree(SAMPLES / scenario, tmp_path / scenario, ignore=shutil.ignore_patterns("path.json"))
+    way = request_way(path_doc(scenario))
+    doc = analyze_json(capsys, str(d))
+    for p in doc["flows"][0]["packets"]:
+        assert [h["point"] for h in p["hops"]] == way[seen]
+        assert p["last_seen"] == way[seen][-1] and p["missing"] == way[missing]
+    code, out, err = run_cli(capsys, "analyze", str(d))
+    assert code == 0 and f"stopped after {way[seen][-1]}: not seen at {', '.join(way[missing])}" in out
+
+
+@pytest.mark.parametrize("scenario", ["http-get", "clusterip-dnat", "any-http-get"])
+def test_without_path_json_nothing_is_said_to_stop_that_did_not(capsys, tmp_path, scenario):
+    import shutil
+    d = shutil.copytree(SAMPLES / scenario, tmp_path / scenario, ignore=shutil.ignore_patterns("path.json"))
+    doc = analyze_json(capsys, str(d))
+    assert doc["flows"] and all(p["missing"] == [] for f in doc["flows"] for p in f["packets"])
+
+
 def test_clusterip_dnat(capsys):
     doc = path_doc("clusterip-dnat")
     d = analyze_json(capsys, str(SAMPLES / "clusterip-dnat"))
@@ -182,6 +224,7 @@ def test_clusterip_dnat(capsys):
 @pytest.mark.parametrize("scenario,reached,stopped", [
     ("http-get", 12, {}),
     ("vxlan-drop", 0, {"worker2/eth1": 2}),
+    ("policy-drop", 0, {"worker1/cali35e3a5cb80b": 2}),
     ("clusterip-dnat", 12, {}),
 ])
 def test_summary_json(capsys, scenario, reached, stopped):
@@ -194,9 +237,10 @@ def test_summary_json(capsys, scenario, reached, stopped):
     assert d["flows"][0]["summary"]["stopped"] == stopped
     segs = {(s["src"], s["dst"]): s for s in d["summary"]["segments"]}
     way = request_way(path_doc(scenario))
-    if scenario == "vxlan-drop":
-        assert segs[("worker2/eth1", "worker2/vxlan.calico")]["lost"] == 2
-        assert all(s["lost"] == 0 for k, s in segs.items() if k[0] != "worker2/eth1")
+    if scenario in ("vxlan-drop", "policy-drop"):
+        last = next(iter(stopped))
+        assert segs[(last, way[way.index(last) + 1])]["lost"] == 2
+        assert all(s["lost"] == 0 for k, s in segs.items() if k[0] != last)
     else:
         for a, b in zip(way, way[1:]):
             assert segs[(a, b)]["packets"] == 7 and segs[(a, b)]["lost"] == 0

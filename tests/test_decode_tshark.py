@@ -151,7 +151,7 @@ def test_public_captures_agree_with_tshark(path):
 
 def test_every_file_was_compared():
     """The parametrization above must not silently shrink to nothing."""
-    assert len(SAMPLE_FILES) == 26  # 3 scenarios x 8 points + 2 tcpdump -i any files
+    assert len(SAMPLE_FILES) == 34  # 4 scenarios x 8 points + 2 tcpdump -i any files
     assert len(PUBLIC_FILES) == 15
 
 
