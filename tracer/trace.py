@@ -243,7 +243,7 @@ def _ways(c: Correlator, f: _Flow, client: tuple, cache: dict | None = None) -> 
             if "response" in ways:
                 ways["response"] = _merge(ways["response"], list(reversed(hint)))
     elif "request" in ways:
-        ways["request"] = _extend_by_role(c, ways["request"], f, client, answered="response" in ways)
+        ways["request"] = _extend_by_role(c, ways["request"], f)
     if cache is not None:
         cache[key] = {d: tuple(w) for d, w in ways.items()}
         if quick is not None:
@@ -325,37 +325,28 @@ def _merge(base: list[int], other: Sequence[int]) -> list[int]:
     return out
 
 
-def _extend_by_role(c: Correlator, way: list[int], f: _Flow, client: tuple, answered: bool) -> list[int]:
-    """The points a request that stopped must have passed next, from the roles of the node it
-    was last seen on (no path.json to say so):
-
-    - on the way in to that node (underlay -> tunnel -> bridge -> pod veth): the points further in
-      than the last one it reached there. A dropped VXLAN packet shows as lost after the NIC.
-    - last seen at a pod veth where it entered its node (no point of the node before it), and
-      never answered: it came out of a pod there, so the node's way out (bridge -> tunnel ->
-      underlay) comes next, unless another pod veth of that node has carried the other end's
-      address (a pod of the same node; one answered, as DNS by a node-local CoreDNS, got there).
-      A packet that an egress policy drops shows as lost after the client's veth.
-    """
+def _extend_by_role(c: Correlator, way: list[int], f: _Flow) -> list[int]:
+    """Points of the last node the flow reached that it never reached there but lie further in
+    (underlay -> tunnel -> bridge -> pod veth), when it came into that node from the wire. A
+    dropped VXLAN packet shows as lost after the NIC. (One that came out of a pod there was on
+    its way out, wherever it went: its way on is for path.json to say.)"""
     if not way:
         return way
     pts = c.points
     last = pts[way[-1]]
-    ends = {ck[1][0] for ck in f.cks} | {ck[2][0] for ck in f.cks}
-    here = [(i, p) for i, p in enumerate(pts) if i not in way and p.node == last.node]
-    if last.role == "pod-veth" and not answered and not any(pts[i].node == last.node for i in way[:-1]):
-        if any(p.role == "pod-veth" and p.ips & (ends - {client[0]}) for _, p in here):
-            return way
-        out = sorted(((INGRESS_RANK[p.role], i) for i, p in here if p.role in ("bridge", "tunnel", "underlay")),
-                     reverse=True)
-        return way + [i for _, i in out]
+    first_here = next(pts[i] for i in way if pts[i].node == last.node)
+    if first_here.role in ("pod-veth", "bridge"):
+        return way
+    server_ips = {ck[1][0] for ck in f.cks} | {ck[2][0] for ck in f.cks}
     rank = INGRESS_RANK.get(last.role, 4)
     extra = []
-    for i, p in here:
+    for i, p in enumerate(pts):
+        if i in way or p.node != last.node:
+            continue
         r = INGRESS_RANK.get(p.role, 4)
         if r <= rank or r == 4:
             continue
-        if p.role == "pod-veth" and p.ips and not (p.ips & ends):
+        if p.role == "pod-veth" and p.ips and not (p.ips & server_ips):
             continue  # another pod's veth
         extra.append((r, i))
     return way + [i for _, i in sorted(extra)]
