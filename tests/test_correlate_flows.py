@@ -141,3 +141,34 @@ def test_a_nat_packet_joins_two_flows_and_later_packets_of_both_count_in_the_joi
         assert flow["summary"]["packets"] == 5
     else:
         assert len(flow["packets"]) == 5
+
+
+@pytest.mark.parametrize("summary", [False, True])
+def test_a_pod_s_connection_out_of_the_cluster_is_snat_not_the_reply_s_dnat(tmp_path, capsys, summary):
+    # curl -> 93.184.216.34:80, masqueraded on worker1's eth0 (source 10.0.2.15). The reply's
+    # destination is put back to curl there: that is the SNAT undone, not a DNAT of the request,
+    # and the server is the outside address, not curl.
+    ext, node, gw, nic = "93.184.216.34", "10.0.2.15", "52:54:00:12:35:02", "52:54:00:00:00:01"
+    t = 1700000000.0
+    cali, eth0 = [], []
+    for k, (flags, out) in enumerate(((0x02, True), (0x12, False), (0x10, True))):
+        when = t + k * 0.01
+        if out:
+            seq, ack = 1000 + (k > 0), (5001 if k else 0)
+            cali.append((when, eth(CURL_MAC, CALI, 0x0800, ipv4(CURL, ext, 6, tcp(40000, 80, flags=flags, seq=seq, ack=ack),
+                                                                 ip_id=k))))
+            eth0.append((when + 0.001, eth(nic, gw, 0x0800, ipv4(node, ext, 6, tcp(40000, 80, flags=flags, seq=seq, ack=ack),
+                                                                  ttl=63, ip_id=k))))
+        else:
+            eth0.append((when, eth(gw, nic, 0x0800, ipv4(ext, node, 6, tcp(80, 40000, flags=flags, seq=5000, ack=1001),
+                                                          ttl=50, ip_id=99))))
+            cali.append((when + 0.001, eth(CALI, CURL_MAC, 0x0800, ipv4(ext, CURL, 6, tcp(80, 40000, flags=flags, seq=5000,
+                                                                                          ack=1001), ttl=49, ip_id=99))))
+    (tmp_path / "worker1").mkdir()
+    for name, recs in (("cali35e3a5cb80b", cali), ("eth0", eth0)):
+        (tmp_path / "worker1" / f"{name}.pcap").write_bytes(pcap_bytes([f for _, f in recs], times=[s for s, _ in recs]))
+    doc = analyze_json(capsys, str(tmp_path), *(["--summary"] if summary else []))
+    [flow] = doc["flows"]
+    assert (flow["client"], flow["server"]) == (f"{CURL}:40000", f"{ext}:80")
+    assert flow["nat"] == {"original": f"{CURL}:40000", "translated": f"{node}:40000", "kind": "snat",
+                           "point": "worker1/eth0"}

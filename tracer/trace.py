@@ -174,7 +174,7 @@ def _client(f: _Flow) -> tuple:
 
 def _server(f: _Flow, client: tuple) -> str:
     for kind, before, after, _p in f.nat:
-        if kind == "dnat" and before[0] != client[0]:
+        if kind == "dnat" and before[0] != client[0] and after[0] != client[0]:  # (not a reply's un-SNAT)
             return endpoint(after)
     for proto, a, b in f.cks:
         if a == client:
@@ -193,8 +193,9 @@ def _nat(c: Correlator, f: _Flow, client: tuple, ways: dict[str, list[int]]) -> 
     way = ways.get("request", [])
     def place(entry: tuple) -> int:
         return way.index(entry[3]) if entry[3] in way else len(way)
-    for kind, test in (("dnat", lambda before: before != client), ("snat", lambda before: before == client)):
-        found = [n for n in f.nat if n[0] == kind and test(n[1])]
+    # (a reply's destination put back to the client, where the request's source was SNAT-ed, is no DNAT)
+    for kind, test in (("dnat", lambda n: n[1] != client and n[2] != client), ("snat", lambda n: n[1] == client)):
+        found = [n for n in f.nat if n[0] == kind and test(n)]
         if found:
             _, before, after, p = min(found, key=place)  # (min keeps the first of equals)
             return Nat(original=endpoint(before), translated=endpoint(after), kind=kind, point=c.points[p].id)
