@@ -61,8 +61,9 @@ NARROW = 100
 def packet_table(p: PacketTrace, index: int, names: dict[str, str], narrow: bool = False) -> Table:
     """One row per hop: addresses stacked (L2 over L3) so that a hop fits a projector's width;
     what changed is highlighted in the row and said in a numbered note under the table.
-    `narrow` (a terminal under 100 columns): each source over its destination too, and long
-    point names folded, so that no column (TTL!) is cut."""
+    `narrow` (a terminal under 100 columns): each source over its destination too, and each
+    point's node over its interface (the row is as high anyway), long names folded, so that no
+    column (TTL!) is cut."""
     arrow = "→" if p.direction == "request" else "←"
     title = Text(f"{arrow} packet {index}: ", style="bold")
     title.append(safe(p.headline))
@@ -87,12 +88,12 @@ def packet_table(p: PacketTrace, index: int, names: dict[str, str], narrow: bool
         if h.encap is not None:
             addr.append_text(_outer_lines(h, sep, encap))
         ttl = Text(str(h.ttl), style=CHANGE_STYLE if "ttl" in ch else "")
-        t.add_row(str(i), Text(safe(h.point)), h.direction, duration(h.offset), ttl, addr, encap)
+        t.add_row(str(i), Text(_point_name(h.point, narrow)), h.direction, duration(h.offset), ttl, addr, encap)
         notes.append(f"{i:>2} ", style="dim")
         notes.append(safe(h.why) + "\n", style=ENCAP_STYLE if ch & {"encap", "decap"} else ("yellow" if ch else "dim"))
     for m in p.missing:
         unsure = " (nothing captured then)" if m in p.not_captured else ""
-        t.add_row("✗", Text(safe(m), style="red"), "", "", "", Text("not seen here" + unsure, style="red"), "")
+        t.add_row("✗", Text(_point_name(m, narrow), style="red"), "", "", "", Text("not seen here" + unsure, style="red"), "")
     if p.missing:
         notes.append(f" ✗ stopped after {safe(p.last_seen)}: not seen at {', '.join(safe(m) for m in p.missing)}\n",
                      style="red")
@@ -103,6 +104,11 @@ def packet_table(p: PacketTrace, index: int, names: dict[str, str], narrow: bool
     notes.rstrip()
     t.caption = notes
     return t
+
+
+def _point_name(point: str, narrow: bool) -> str:
+    """A point's id as its hop row shows it: `node/interface`, narrow over two lines."""
+    return safe(point).replace("/", "/\n", 1) if narrow else safe(point)
 
 
 def lay_out(table: Table, console: Console) -> Text | None:
