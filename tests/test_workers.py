@@ -92,7 +92,7 @@ def fifo_capture(tmp_path) -> CaptureFile:
     """A capture 'file' that is a named pipe nobody writes: its worker blocks opening it."""
     path = tmp_path / "eth1.pcap"
     os.mkfifo(path)
-    return CaptureFile(path=str(path), format="pcap", interfaces=[Interface(linktype=1, ts_div=1e9)])
+    return CaptureFile(path=str(path), format="pcap", interfaces=[Interface(linktype=1, ts_units=10**9)])
 
 
 def test_a_worker_that_vanishes_is_an_error_not_a_hang(tmp_path):

@@ -65,16 +65,15 @@ class Interface:
     """pcapng if_name, if the file gives one."""
     snaplen: int = 0
     """Bytes captured at most per frame (0: unlimited)."""
-    ts_div: float = 1e6
-    """Timestamp units per second."""
-    ts_units: int = 0
-    """The same as an int (pcapng: a timestamp is split into seconds and units with it); 0: ts_div's."""
+    ts_units: int = 1_000_000
+    """Timestamp units per second (pcapng: a timestamp is split into seconds and units with it)."""
     ts_offset: int = 0
     """Seconds to add to every timestamp (pcapng if_tsoffset)."""
 
-    def __post_init__(self):
-        if not self.ts_units:
-            self.ts_units = int(self.ts_div)
+    @property
+    def ts_div(self) -> float:
+        """ts_units as a float: what a timestamp's fraction is divided by."""
+        return float(self.ts_units)
 
 
 @dataclass(kw_only=True)
@@ -131,7 +130,7 @@ def open_capture(path: str | os.PathLike) -> tuple[CaptureFile, Iterable[Record]
                 snaplen, network = struct.unpack_from(endian + "II", head, 16)
                 # The upper bits of the link-type field may carry the FCS length (pcap spec).
                 cap.interfaces.append(Interface(linktype=network & 0x03FFFFFF, snaplen=snaplen,
-                                                ts_div=1e9 if magic == PCAP_MAGIC_NS else 1e6))
+                                                ts_units=10**9 if magic == PCAP_MAGIC_NS else 10**6))
             return cap, _Records(f, _pcap_records(f, head, endian, cap))
     f.close()
     raise CaptureFileError(
@@ -374,7 +373,6 @@ def _parse_idb(content: bytes, endian: str) -> Interface:
         elif code == 9 and value:  # if_tsresol
             v = value[0]
             iface.ts_units = 2 ** (v & 0x7F) if v & 0x80 else 10 ** v
-            iface.ts_div = float(iface.ts_units)
         elif code == 14 and len(value) >= 8:  # if_tsoffset
             iface.ts_offset = struct.unpack_from(endian + "q", value)[0]
     return iface
