@@ -60,8 +60,8 @@ def build_trace(c: Correlator) -> Trace:
                 ids = named[w] = tuple(pts[i].id for i in w)
             way_ids[d] = ids
             all_ways.append(ids)
-        server = _server(f, client)
         nat = _nat(c, f, client, ways)
+        server = _server(f, client, nat)
         packets = ()
         if c.opts.keep_packets:
             packets = _retransmissions(
@@ -172,10 +172,10 @@ def _client(f: _Flow) -> tuple:
     return f.first_sender
 
 
-def _server(f: _Flow, client: tuple) -> str:
-    for kind, before, after, _p in f.nat:
-        if kind == "dnat" and before[0] != client[0] and after[0] != client[0]:  # (not a reply's un-SNAT)
-            return endpoint(after)
+def _server(f: _Flow, client: tuple, nat: Nat | None) -> str:
+    """Where the request went: what its DNAT made of its destination, else the other end."""
+    if nat is not None and nat.kind == "dnat":
+        return nat.translated
     for proto, a, b in f.cks:
         if a == client:
             return endpoint(b)
