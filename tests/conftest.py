@@ -97,3 +97,18 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             stop_process(proc)
     netns.delete(netns.with_prefix(SESSION_PREFIX))
     shutil.rmtree(SESSION_STATE_DIR, ignore_errors=True)
+
+
+@pytest.fixture
+def forks(monkeypatch):
+    """The files tracer.workers.Workers.read gave to a process of its own (each a real fork)."""
+    from tracer.workers import Workers
+    started = []
+    read = Workers.read
+
+    def counting(self, cap, *args):
+        started.append(cap.path)
+        return read(self, cap, *args)
+
+    monkeypatch.setattr(Workers, "read", counting)
+    return started

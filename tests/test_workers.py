@@ -20,20 +20,6 @@ from tracer.pcapio import CaptureFile, Interface
 from tracer.workers import Workers, WorkerError
 
 
-@pytest.fixture
-def forks(monkeypatch):
-    """How many workers Workers.read started (each a real fork)."""
-    started = []
-    read = Workers.read
-
-    def counting(self, cap, *args):
-        started.append(cap.path)
-        return read(self, cap, *args)
-
-    monkeypatch.setattr(Workers, "read", counting)
-    return started
-
-
 def summary(capsys, path, *args: str) -> str:
     code, out, err = run_cli(capsys, "analyze", str(path), "--summary", "-o", "json", *args)
     assert code == 0, err
