@@ -80,9 +80,13 @@ def test_unwritable_pcapng_path_is_refused(tmp_path, capsys):
 def test_summary_with_pcapng_writes_every_hop_too(tmp_path, capsys):
     full = tmp_path / "full.pcapng"
     summary = tmp_path / "summary.pcapng"
-    run_cli(capsys, "analyze", str(SAMPLES / "http-get"), "--pcapng", str(full))
+    code, out, err = run_cli(capsys, "analyze", str(SAMPLES / "http-get"), "--pcapng", str(full))
+    assert code == 0, err
     code, out, err = run_cli(capsys, "analyze", str(SAMPLES / "http-get"), "--summary", "--pcapng", str(summary))
     assert code == 0
     assert f"tracer: wrote {summary}: 96 frames of 8 points" in err
     fields = ("-T", "fields", "-e", "frame.interface_name", "-e", "frame.comment")
     assert tshark_lines(summary, *fields) == tshark_lines(full, *fields) and len(tshark_lines(full, *fields)) == 96
+    # the frames themselves too: the same bytes at the same times on the same interfaces
+    frames = [[(r.interface, r.time, r.data) for r in open_capture(f)[1]] for f in (summary, full)]
+    assert frames[0] == frames[1]

@@ -130,11 +130,10 @@ def test_ctrl_c_at_each_phase_leaves_no_capture_pod_or_agent(standin: StandIn, p
     finally:
         if proc.poll() is None:
             proc.kill()
-    if phase == "collecting" and proc.returncode == 0:  # (as in test_follow: collecting is quick)
-        assert standin.pods(CAPTURE_NAMESPACE) == []
-        pytest.skip("the run finished before the signal came")
-    assert proc.returncode == 130, (phase, err)
-    assert "interrupted" in err and "Traceback" not in err
+    finished = phase == "collecting" and proc.returncode == 0  # (as in test_follow: collecting is quick)
+    if not finished:
+        assert proc.returncode == 130, (phase, err)
+        assert "interrupted" in err and "Traceback" not in err
     assert standin.pods(CAPTURE_NAMESPACE) == [], phase
     # What ran in the capture pods (agents, ip, cat) is gone with them; the curl in the app pod
     # is not tracer's to kill (its --max-time ends it), as with kubectl exec.

@@ -102,7 +102,7 @@ def test_a_default_terminal_cuts_nothing(scenario, kind, width, monkeypatch):
     wide = view(scenario, kind)
     # (a point's node over its interface there: each name whole, none folded)
     for word in ("TTL", "dir", "64", "63", "62", "ee:ee:ee:ee:ee:ee", "VXLAN 4096", "172.18.104.14", "worker2/",
-                 "cali35e3a5cb80b", "cali4a3c027cd7f", "vxlan.calico", "outer MAC", "outer IP"):
+                 "eth0", "eth1", "cali35e3a5cb80b", "cali4a3c027cd7f", "vxlan.calico", "outer MAC", "outer IP"):
         assert text.count(word) == wide.count(word), word
     # each outer header's label stands on the line of its first address
     lines = text.splitlines()

@@ -159,12 +159,15 @@ def _zombie(pid: int) -> bool:
 def test_no_process_to_be_had_reads_here(capsys, monkeypatch):
     alone = summary(capsys, SAMPLES / "http-get", "--jobs", "1")
     fds = len(os.listdir("/proc/self/fd"))
+    tried = []
 
     def fork():
+        tried.append(1)
         raise BlockingIOError(11, "Resource temporarily unavailable")
 
     monkeypatch.setattr(os, "fork", fork)
     assert summary(capsys, SAMPLES / "http-get", "--jobs", "8") == alone
+    assert len(tried) == 8  # (each of the 8 files asked for a process, got none, was read here)
     assert len(os.listdir("/proc/self/fd")) == fds  # (the pipes closed again)
 
 
