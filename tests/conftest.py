@@ -11,6 +11,7 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -31,6 +32,11 @@ for _var in ("FORCE_COLOR", "NO_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE", "CO
     os.environ.pop(_var, None)
 if os.environ.get("TERM", "dumb") == "dumb":
     os.environ["TERM"] = "xterm"  # (progress lines are off on a dumb terminal; tests look at them)
+# A run started in the background by a shell without job control (nohup, `cmd &` in a script)
+# begins with Ctrl-C ignored, and every process it starts inherits that: the tests that press
+# Ctrl-C on tracer would see nothing happen. Handled here, the children start with it as usual.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 SESSION_PREFIX = f"trt{secrets.token_hex(3)}-"
 SESSION_STATE_DIR = Path(tempfile.mkdtemp(prefix="tracer-test-state-"))
