@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import glob
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -33,14 +32,11 @@ TSHARK_FIELDS = ["frame.time_epoch", "eth.src", "eth.dst", "ip.src", "ip.dst", "
                  "tcp.dstport", "tcp.seq_raw", "tcp.flags", "vxlan.vni"]
 
 
-def timed(argv: list[str]) -> tuple[float, int]:
-    """Wall seconds and peak RSS (KiB) of one command run to completion."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+def timed(argv: list[str]) -> float:
+    """Wall seconds of one command run to completion."""
     t0 = time.perf_counter()
     subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    elapsed = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return elapsed, max(peak, before) if peak > before else peak
+    return time.perf_counter() - t0
 
 
 def pss_peak(argv: list[str]) -> int:
@@ -103,7 +99,7 @@ def main() -> None:
     mine: dict[str, list[float]] = {m: [] for m in modes}
     peaks: dict[str, list[int]] = {m: [] for m in modes}
     for _ in range(args.runs):
-        ref.append(timed(tshark_cmd)[0])
+        ref.append(timed(tshark_cmd))
         for mode, cmd in modes.items():
             # ru_maxrss of RUSAGE_CHILDREN is the largest process so far: measure tracer in its own child.
             probe = subprocess.run([sys.executable, "-c",
