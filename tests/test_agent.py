@@ -218,13 +218,19 @@ def test_without_tcp_the_drain_waits_for_quiet(lab, backend):
     assert time.monotonic() - t >= 0.5
 
 
-def test_tcp_segment_finds_the_tcp_inside_vxlan():
+def agent_module():
+    """capture-pod/agent.py as a module (it is a script, not part of the package)."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("agent_under_test", os.path.join(
         os.path.dirname(__file__), "..", "capture-pod", "agent.py"))
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
+    return mod
+
+
+def test_tcp_segment_finds_the_tcp_inside_vxlan():
+    mod = agent_module()
     from factories import vxlan_syn_frame
 
     seg = mod.tcp_segment(mod.LINKTYPE_ETHERNET, vxlan_syn_frame())
@@ -291,11 +297,8 @@ def test_the_kernel_filter_keeps_whole_frames():
     # super-frames to that before the agent reads them (no MSG_TRUNC: a silently short frame).
     # The agent's filter, as the kernel holds it, accepts whole frames of up to FRAME_BUFFER.
     import ctypes
-    import importlib.util
 
-    spec = importlib.util.spec_from_file_location("agent", os.path.join(os.path.dirname(__file__), "..", "capture-pod", "agent.py"))
-    a = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(a)
+    a = agent_module()
     sniffer = a._open_sniffer("lo", "udp port 9", a._linktype("lo"))
     try:
         libc = ctypes.CDLL(None, use_errno=True)
