@@ -20,7 +20,7 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from tracer.decode import decode  # noqa: E402
-from tracer.pcapio import open_capture  # noqa: E402
+from tracer.capture.pcapio import open_capture  # noqa: E402
 
 SAMPLE = os.path.join(os.path.dirname(__file__), "..", "pcaps", "http-get")
 SIX = ("worker1/cali35e3a5cb80b", "worker1/vxlan.calico", "worker1/eth1",

@@ -24,8 +24,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tracer.discover import discover
-from tracer.lab import Lab, StateStore, down, exercise, up
+from tracer.cluster.discover.readers import discover
+from tracer.cluster.lab import Lab, StateStore, down, exercise, up
 
 HERE = Path(__file__).resolve().parent
 CLUSTER_IP = "10.152.183.50"

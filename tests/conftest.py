@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from tracer.lab import Lab, StateStore, down, exercise, up
-from tracer.lab import netns
-from tracer.lab.state import stop_process
+from tracer.cluster.lab import Lab, StateStore, down, exercise, up
+from tracer.cluster.lab import netns
+from tracer.cluster.lab.state import stop_process
 
 # What the tests assert is tracer's own output, not the caller's terminal settings or proxies:
 # rich honours these (colour forced on pipes, a width), the kubernetes client the proxies (the
@@ -107,8 +107,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 @pytest.fixture
 def forks(monkeypatch):
-    """The files tracer.workers.Workers.read gave to a process of its own (each a real fork)."""
-    from tracer.workers import Workers
+    """The files tracer.capture.workers.Workers.read gave to a process of its own (each a real fork)."""
+    from tracer.capture.workers import Workers
     started = []
     read = Workers.read
 

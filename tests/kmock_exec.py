@@ -40,7 +40,7 @@ import aiohttp.web
 import attrs
 import kmock
 
-from tracer.lab import Lab
+from tracer.cluster.lab import Lab
 
 REPO = Path(__file__).resolve().parent.parent
 AGENT = REPO / "capture-pod" / "agent.py"

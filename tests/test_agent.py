@@ -15,9 +15,9 @@ import time
 
 import pytest
 
-from tracer.follow.agent_protocol import AgentClient, AgentError, CaptureSpec, agent_argv
-from tracer.follow.lab_backend import LabAgentChannel, LabFollowBackend
-from tracer.pcapio import open_capture
+from tracer.cluster.agents import AgentClient, AgentError, CaptureSpec, agent_argv
+from tracer.cluster.lab.backend import LabAgentChannel, LabFollowBackend
+from tracer.capture.pcapio import open_capture
 
 pytestmark = [pytest.mark.root]
 
@@ -246,7 +246,7 @@ def test_tcp_segment_finds_the_tcp_inside_vxlan():
 def veth_pair():
     """Two namespaces joined by a veth pair (v0 on both sides), removed whatever happens."""
     from conftest import SESSION_PREFIX
-    from tracer.lab import netns
+    from tracer.cluster.lab import netns
 
     a, b = f"{SESSION_PREFIX}vla", f"{SESSION_PREFIX}vlb"
     try:

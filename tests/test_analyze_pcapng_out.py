@@ -10,7 +10,7 @@ import re
 import pytest
 
 from factories import SAMPLES, analyze_json, needs_tshark, run_cli, sample_files, tshark_lines
-from tracer.pcapio import open_capture
+from tracer.capture.pcapio import open_capture
 
 pytestmark = [pytest.mark.tshark, needs_tshark]
 

@@ -4,7 +4,7 @@ works it out when the captures are big, and the hops whenever flows are chosen."
 from __future__ import annotations
 
 from factories import SAMPLES, analyze_json, run_cli
-from tracer import analysis
+from tracer.app import analyze as analysis
 
 HTTP_GET = str(SAMPLES / "http-get")
 

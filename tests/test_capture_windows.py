@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from factories import SAMPLES, analyze_json, editcap, needs_editcap, run_cli
-from tracer.analysis import AnalyzeRequest, correlate
+from tracer.app.analyze import AnalyzeRequest, correlate
 
 pytestmark = needs_editcap
 

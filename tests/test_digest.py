@@ -1,4 +1,4 @@
-"""The summary fast path (tracer.digest.pcap_sightings) sees exactly what the full decoder sees.
+"""The summary fast path (tracer.capture.fastpath.pcap_sightings) sees exactly what the full decoder sees.
 
 `tracer analyze --summary` reads classic pcap files of Ethernet frames without building a Frame
 per packet. Everything it finds must be what the general path (decode() per frame) finds: frame
@@ -17,12 +17,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from factories import CURL_MAC, PUBLIC, SAMPLES, eth, inner_syn, ipv4, pcap_bytes, tcp, udp, vxlan, vxlan_syn_frame
-from tracer.correlate import Correlator, Options, inputs_from_paths
+from tracer.correlate.engine import Correlator, Options, inputs_from_paths
 from tracer.decode import VXLAN_PORTS, decode
-from tracer.digest import PointStats, from_frame, pcap_sightings
-from tracer.jsonout import dumps
-from tracer.pcapio import LINKTYPE_ETHERNET, CaptureFile, open_capture, pcapng_head, resume_records
-from tracer.trace import build_trace
+from tracer.capture.fastpath import PointStats, from_frame, pcap_sightings
+from tracer.render.jsondoc import dumps
+from tracer.capture.pcapio import LINKTYPE_ETHERNET, CaptureFile, open_capture, pcapng_head, resume_records
+from tracer.correlate.describe import build_trace
 
 def _ethernet_pcap(p: Path) -> bool:
     cap, records = open_capture(p)
@@ -136,7 +136,7 @@ def test_mutated_frames_give_the_same_sighting_either_way(seed, edits, cut):
 
 def test_a_file_going_back_in_time_has_the_same_first_and_last_either_way(tmp_path, monkeypatch):
     # (the point's capture window: its earliest and latest frame, not its first and last record)
-    import tracer.digest as digest
+    import tracer.capture.fastpath as digest
     monkeypatch.setattr(digest, "CHUNK", 256)  # (several chunks)
     t = 1_700_000_000.0
     p = tmp_path / "x.pcap"
@@ -241,7 +241,7 @@ def test_sightings_at_the_same_instant_keep_the_files_order_wherever_batches_end
 
 
 def test_a_big_summary_is_written_a_flow_a_line_with_the_same_content_and_key_order(synthetic, monkeypatch):
-    import tracer.jsonout as jsonout
+    import tracer.render.jsondoc as jsonout
     c = Correlator(inputs_from_paths([synthetic]), Options(keep_packets=False)).run()
     trace = build_trace(c)
     monkeypatch.setattr(jsonout, "COMPACT_FLOWS", 100)
@@ -254,7 +254,7 @@ def test_a_big_summary_is_written_a_flow_a_line_with_the_same_content_and_key_or
 
 def test_the_merge_does_not_hold_a_whole_file_of_one_instant(monkeypatch):
     # pcapng simple packet blocks carry no time: every frame of such a file is at 0.0.
-    import tracer.correlate as correlate
+    import tracer.correlate.engine as correlate
     monkeypatch.setattr(correlate, "TIE_HOLD", 50)
     def stream(tag: int, batches: int):
         for b in range(batches):

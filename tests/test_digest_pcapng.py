@@ -1,6 +1,6 @@
 """The summary fast path on pcapng files: what the general reader finds, block for block.
 
-A pcapng file of one Ethernet interface is read by tracer.digest's fast reader from its first
+A pcapng file of one Ethernet interface is read by tracer.capture.fastpath's fast reader from its first
 packet block on. Whatever that reader does not take (another section, another interface, a
 simple or obsolete packet block, a corrupt or cut-short block) it leaves to pcapio's general
 reader from that block on (pcapio.resume_records). Both ways must give the same sightings,
@@ -21,8 +21,8 @@ from hypothesis import strategies as st
 
 from factories import PUBLIC_FILES, SAMPLES, SCENARIOS, _block, _opt, editcap, needs_editcap, run_cli, sll_frame
 from test_digest import SEEDS, fast, same, summary
-from tracer import digest
-from tracer.pcapio import open_capture, pcapng_head
+from tracer.capture import fastpath as digest
+from tracer.capture.pcapio import open_capture, pcapng_head
 
 
 def _without_files(doc: dict, base: Path) -> dict:

@@ -127,7 +127,7 @@ def test_follow_shows_what_it_has_when_its_flow_is_not_there(tmp_path):
     """tracer follow passes its own connection as --flow: not captured is not an error there
     (its header, the curl result, still comes first)."""
     import io
-    from tracer.analysis import AnalyzeRequest, run_analysis
+    from tracer.app.analyze import AnalyzeRequest, run_analysis
     out = io.StringIO()
     run_analysis(AnalyzeRequest(paths=(str(two_flows(tmp_path)),), flows=("10.9.9.9",)), out, header="curl: 200 OK")
     text = out.getvalue()

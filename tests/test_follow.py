@@ -18,7 +18,7 @@ import pytest
 
 from conftest import ip_json, run_tracer, store_env
 from factories import children, cmdline, wait_for
-from tracer.lab import netns
+from tracer.cluster.lab import netns
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 

@@ -17,10 +17,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from factories import PUBLIC, SAMPLES, geneve, gre, eth, inner_syn, ipv4, udp, vxlan_syn_frame, NODE1, NODE2
-from tracer.analysis import AnalyzeRequest, run_analysis
+from tracer.app.analyze import AnalyzeRequest, run_analysis
 from tracer.decode import Frame, decode
 from tracer.errors import TracerError
-from tracer.pcapio import LINKTYPE_NAMES, open_capture
+from tracer.capture.pcapio import LINKTYPE_NAMES, open_capture
 
 LINKTYPES = sorted(LINKTYPE_NAMES) + [147, 65535]  # every decoded link type and two it does not know
 FUZZ = settings(max_examples=300, deadline=500, suppress_health_check=[HealthCheck.too_slow])

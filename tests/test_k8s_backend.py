@@ -16,12 +16,12 @@ from typing import Any
 import pytest
 
 from kmock_exec import CAPTURE_NAMESPACE, NODES, V4, V5, StandIn
-from tracer.discover import discover
+from tracer.cluster.discover.readers import discover
 from tracer.errors import ClusterError, NotFoundError
-from tracer.follow.k8s_backend import KubernetesBackend, make_backend
-from tracer.k8s import Cluster, ExecStream, run
-from tracer.k8s.capture import MANAGED_BY, RUN_ID
-from tracer.lab import Lab
+from tracer.cluster.k8s.backend import KubernetesBackend, make_backend
+from tracer.cluster.k8s import Cluster, ExecStream, run
+from tracer.cluster.k8s.capture_pods import MANAGED_BY, RUN_ID
+from tracer.cluster.lab import Lab
 
 pytestmark = pytest.mark.root
 
@@ -151,7 +151,7 @@ def test_start_agent_streams_through_the_capture_pod(standin: StandIn, backend: 
                      " sys.stdout.flush(); sys.stdout.buffer.write(bytes(range(256)))")
     stream = ExecStream(backend.cluster, namespace=CAPTURE_NAMESPACE, pod=backend.capture_pods.ready("worker1"),
                         container=None, argv=["python3", "-c", standin_agent], stdin=True)
-    from tracer.k8s import ExecChannel
+    from tracer.cluster.k8s import ExecChannel
 
     channel = ExecChannel(stream)
     try:

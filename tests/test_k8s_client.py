@@ -13,9 +13,9 @@ import yaml
 from kubernetes.client.rest import ApiException
 
 from tracer.errors import ClusterError, NotFoundError, PermissionError_, UsageError
-from tracer.follow.k8s_backend import AGENT
-from tracer.k8s import Cluster, api_error, api_errors, exit_status
-from tracer.k8s.capture import DEFAULT_NAMESPACE, MANAGED_BY, RUN_ID, manifest, pod_name
+from tracer.cluster.k8s.backend import AGENT
+from tracer.cluster.k8s import Cluster, api_error, api_errors, exit_status
+from tracer.cluster.k8s.capture_pods import DEFAULT_NAMESPACE, MANAGED_BY, RUN_ID, manifest, pod_name
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -141,7 +141,7 @@ def test_a_file_that_is_no_kubeconfig_is_a_usage_error(tmp_path: Path, text: str
 
 
 def test_follow_with_an_unreachable_api_server_says_so_not_what_cleanup_then_could_not_do(tmp_path: Path) -> None:
-    from tracer.follow.k8s_backend import make_backend
+    from tracer.cluster.k8s.backend import make_backend
 
     with pytest.raises(ClusterError) as e:
         make_backend(kubeconfig=str(kubeconfig(tmp_path / "config")))

@@ -21,7 +21,7 @@ import pytest
 
 from conftest import run_tracer
 from kmock_exec import CAPTURE_NAMESPACE, StandIn
-from tracer.lab import Lab
+from tracer.cluster.lab import Lab
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -158,8 +158,8 @@ needs_cluster = pytest.mark.skipif(not os.environ.get("KUBECONFIG"), reason="no 
 @needs_cluster
 def test_discover_on_a_real_cluster() -> None:
     """`discover` through the backend on the exercise's pods (manifests/exercise/pods.yaml applied)."""
-    from tracer.discover import discover
-    from tracer.follow.k8s_backend import make_backend
+    from tracer.cluster.discover.readers import discover
+    from tracer.cluster.k8s.backend import make_backend
 
     backend = make_backend(capture_image=os.environ.get("TRACER_CAPTURE_IMAGE"))
     try:

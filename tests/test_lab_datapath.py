@@ -8,7 +8,7 @@ import ipaddress
 import pytest
 
 from conftest import ip_json, ns_run, run_tracer
-from tracer.lab import Lab
+from tracer.cluster.lab import Lab
 
 pytestmark = pytest.mark.root
 

@@ -10,8 +10,8 @@ import pytest
 
 from conftest import leftovers, run_tracer, store_env
 from tracer.errors import LabError, NotFoundError
-from tracer.lab import Lab, StateStore, calico_vxlan, exercise, netns, up
-from tracer.lab.state import process_start_time
+from tracer.cluster.lab import Lab, StateStore, calico_vxlan, exercise, netns, up
+from tracer.cluster.lab.state import process_start_time
 
 pytestmark = pytest.mark.root
 

@@ -12,7 +12,7 @@ import random
 import pytest
 
 from factories import SAMPLES, SCENARIOS, analyze_json
-from tracer.correlate import _percentiles, _Sampler
+from tracer.correlate.engine import _percentiles, _Sampler
 
 
 def feed(sm: _Sampler, values) -> None:

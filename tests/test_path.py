@@ -9,9 +9,9 @@ from collections.abc import Iterator
 import pytest
 
 from conftest import ip_json, make_store, ns_run, run_tracer
-from tracer.discover import discover
-from tracer.lab import Lab, down, exercise, up
-from tracer.lab.topology import PodSpec, pod_mac
+from tracer.cluster.discover.readers import discover
+from tracer.cluster.lab import Lab, down, exercise, up
+from tracer.cluster.lab.topology import PodSpec, pod_mac
 
 pytestmark = pytest.mark.root
 

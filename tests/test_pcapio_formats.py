@@ -15,7 +15,7 @@ from factories import (
     SAMPLES, analyze_json, editcap, needs_editcap, pcap_bytes, pcapng_bytes, sll2_frame, sll_frame,
 )
 from tracer.decode import decode, fmt_mac
-from tracer.pcapio import (
+from tracer.capture.pcapio import (
     LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL, LINKTYPE_LINUX_SLL2, LINKTYPE_RAW, open_capture,
 )
 

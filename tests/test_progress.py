@@ -10,8 +10,10 @@ import shutil
 import pytest
 
 from factories import SAMPLES, run_cli, wait_for
-from tracer import analysis, correlate, digest
-from tracer.correlate import Correlator, Options, inputs_from_paths
+from tracer.app import analyze as analysis
+from tracer.capture import fastpath as digest
+from tracer.correlate import engine as correlate
+from tracer.correlate.engine import Correlator, Options, inputs_from_paths
 
 
 @pytest.mark.parametrize("scenario,jobs,summary", [

@@ -16,8 +16,8 @@ import pytest
 from rich.console import Console
 
 from factories import SAMPLES
-from tracer import render
-from tracer.analysis import AnalyzeRequest, correlate, select_flows
+from tracer.render import hops as render
+from tracer.app.analyze import AnalyzeRequest, correlate, select_flows
 from tracer.commands.analyze import _read_path_file
 
 GOLDEN = Path(__file__).parent / "golden"

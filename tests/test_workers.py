@@ -1,4 +1,4 @@
-"""Reading pcap files in processes of their own (tracer.workers): the same result as in one
+"""Reading pcap files in processes of their own (tracer.capture.workers): the same result as in one
 process, and nothing left behind when a worker fails, vanishes, or tracer is interrupted."""
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ import threading
 import pytest
 
 from factories import ROOT, SAMPLES, SCENARIOS, children, run_cli, wait_for
-from tracer import digest, workers
+from tracer.capture import fastpath as digest, workers
 from tracer.decode import VXLAN_PORTS
-from tracer.digest import PointStats
-from tracer.pcapio import CaptureFile, Interface
-from tracer.workers import Workers, WorkerError
+from tracer.capture.fastpath import PointStats
+from tracer.capture.pcapio import CaptureFile, Interface
+from tracer.capture.workers import Workers, WorkerError
 
 
 def summary(capsys, path, *args: str) -> str:

@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from tracer.analysis import AnalyzeRequest, ReadingProgress, run_analysis
+from tracer.app.analyze import AnalyzeRequest, ReadingProgress, run_analysis
 from tracer.errors import UsageError
 
 

@@ -43,13 +43,13 @@ def choose_backend(backend, kubeconfig, context, capture_image, capture_namespac
 def make_backend(backend, kubeconfig, context, namespace, capture_image, capture_namespace, run_id):
     """The FollowBackend the options pick (see --backend)."""
     if choose_backend(backend, kubeconfig, context, capture_image, capture_namespace) == "lab":
-        from tracer.follow.lab_backend import LabFollowBackend
-        from tracer.lab import Lab, require_root
+        from tracer.cluster.lab.backend import LabFollowBackend
+        from tracer.cluster.lab import Lab, require_root
 
         require_root("follow")
         return LabFollowBackend(Lab.load(), run_id=run_id)
     try:
-        from tracer.follow.k8s_backend import make_backend as make_k8s
+        from tracer.cluster.k8s.backend import make_backend as make_k8s
     except ImportError:
         raise UsageError("the Kubernetes backend is not available yet", hint="use --backend lab") from None
     return make_k8s(kubeconfig=kubeconfig, context=context, namespace=namespace, capture_image=capture_image,
@@ -57,7 +57,7 @@ def make_backend(backend, kubeconfig, context, namespace, capture_image, capture
 
 
 def _lab_up() -> bool:
-    from tracer.lab import StateStore
+    from tracer.cluster.lab import StateStore
 
     return StateStore.from_env().load() is not None
 
@@ -101,16 +101,16 @@ def command(src, dst, port, url_path, count, save, output, pcapng, all_flows, li
         url_path = "/" + url_path
     run_id = os.urandom(4).hex()
     with run_backend(src, dst, run_id, backend, kubeconfig, context, namespace, capture_image, capture_namespace) as fb:
-        from tracer.follow.run import FollowRequest
+        from tracer.app.follow import FollowRequest
 
         req = FollowRequest(src=src, dst=dst, port=port, path=url_path, count=count, timeout=timeout, save=save,
                             output=output, pcapng=pcapng, all_flows=all_flows, run_id=run_id)
         if live:
-            from tracer.follow.live import watch
+            from tracer.app.watch import watch
 
             watch(fb, req, iterations=iterations)
             return
-        from tracer.follow.run import run
+        from tracer.app.follow import run
 
         with _status() as progress:
             run(fb, req, out=sys.stdout, progress=progress, timings_file=timings_file)
@@ -120,7 +120,7 @@ def command(src, dst, port, url_path, count, save, output, pcapng, all_flows, li
 def run_backend(src: str, dst: str, run_id: str, *backend_args) -> Iterator:
     """The backend of a follow or watch run (make_backend's options), SIGTERM taken as Ctrl-C,
     closed whatever happens (idempotent: the run closes it itself; this covers what comes before)."""
-    from tracer.follow.signals import sigterm_interrupts
+    from tracer.app.signals import sigterm_interrupts
 
     with sigterm_interrupts():
         fb = make_backend(*backend_args, run_id)

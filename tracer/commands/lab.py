@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from tracer.lab import Lab, StateStore, down, exercise, require_root, up
+from tracer.cluster.lab import Lab, StateStore, down, exercise, require_root, up
 
 
 @click.group()

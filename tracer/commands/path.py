@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from tracer.commands.follow import backend_options, choose_backend
-from tracer.discover import Way, discover
+from tracer.cluster.discover.readers import Way, discover
 
 
 @click.command()
@@ -34,7 +34,7 @@ def command(src: str, dst: str, output: str, backend, kubeconfig, context, names
       tracer path curl httpbin --kubeconfig ~/.kube/config -n default
     """
     if choose_backend(backend, kubeconfig, context, capture_image, capture_namespace) == "lab":
-        from tracer.lab import Lab, require_root
+        from tracer.cluster.lab import Lab, require_root
 
         require_root("path")  # reading other namespaces needs root
         way = discover(Lab.load().backend(), src, dst)
@@ -48,8 +48,8 @@ def command(src: str, dst: str, output: str, backend, kubeconfig, context, names
 
 
 def _discover_on_kubernetes(src: str, dst: str, **options) -> Way:
-    from tracer.follow.k8s_backend import make_backend
-    from tracer.follow.signals import sigterm_interrupts, uninterrupted
+    from tracer.cluster.k8s.backend import make_backend
+    from tracer.app.signals import sigterm_interrupts, uninterrupted
 
     with sigterm_interrupts():
         backend = make_backend(**options)

@@ -27,8 +27,8 @@ def command(src, dst, port, url_path, timeout, backend, kubeconfig, context, nam
     """
     run_id = os.urandom(4).hex()
     with run_backend(src, dst, run_id, backend, kubeconfig, context, namespace, capture_image, capture_namespace) as fb:
-        from tracer.follow.live import watch
-        from tracer.follow.run import FollowRequest
+        from tracer.app.watch import watch
+        from tracer.app.follow import FollowRequest
 
         req = FollowRequest(src=src, dst=dst, port=port, timeout=timeout, run_id=run_id,
                             path=url_path if url_path.startswith("/") else "/" + url_path)

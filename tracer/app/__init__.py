@@ -1,0 +1,1 @@
+"""Use cases: analyze, follow, watch, path. They return model values; they never print."""

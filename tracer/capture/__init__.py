@@ -1,0 +1,1 @@
+"""Captures: reading pcap and pcapng files into sightings, fast, in parallel."""

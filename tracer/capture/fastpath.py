@@ -1,0 +1,307 @@
+"""Sightings: what the correlator keeps of one frame, and the fast way to get them from pcap bytes.
+
+A sighting is a plain tuple (one per frame, so no object, no attribute lookups):
+
+    (time, point, identity, ttl, code, ends, proto, tcp_flags, head, frame, bit)
+
+`identity` is `correlate.identity` of the innermost packet, `ttl` its TTL, `code` the point, the
+TTL and how many encapsulations were peeled in one int (point | ttl << 16 | tunnels << 24: what
+orders a packet's sightings, compared at once), `ends` its addresses and ports as bytes (source
+IP, destination IP, then source and destination port when the protocol has ports), `head` the first 8 bytes of its
+payload (to spot HTTP), `frame` the decoded Frame when the caller keeps packets, else None, `bit`
+1 << point.
+
+`from_frame` makes one from a decoded Frame. `pcap_sightings` makes them straight from the bytes
+of a classic pcap file of Ethernet frames (or a pcapng file of one Ethernet interface) for the
+shapes a Kubernetes capture is mostly made of (Ethernet / IPv4 / TCP, and the same inside VXLAN)
+without building a Frame, and hands every other frame to the full decoder: both give equal
+sightings for the same bytes (tests/test_digest.py). This is what makes `tracer analyze --summary`
+fast.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Iterator
+from operator import itemgetter
+
+from tracer.decode import GENEVE_PORT, PROTO_TCP, PROTO_UDP, Frame, decode
+from tracer.capture.pcapio import LINKTYPE_ETHERNET, MAX_RECORD, PCAPNG_SHB, CaptureFile
+
+T, P, KEY, TTL, CODE, ENDS, PROTO, FLAGS, HEAD, FRAME, BIT = range(11)
+CALICO_MAC = b"\xee" * 6
+CHUNK = 1 << 20
+MAX_IPS = 64
+
+_ports = struct.Struct("!HH").pack
+_tcp_key = struct.Struct("!HIIBI").pack  # IP ID, seq, ack, flags, payload length (see identity)
+# The two shapes nearly every frame of a Kubernetes capture has, each read with one unpack:
+# Ethernet / IPv4 (no options) / TCP: ethertype; version+IHL, length, id, fragment, TTL (the protocol byte
+# is checked before); TCP seq, ack, data offset, flags (the ports are read as bytes, with the addresses).
+_ETH_IP_TCP = struct.Struct("!12xH" "BxHHHB11x" "4xIIBB")
+# Ethernet / IPv4 / UDP / VXLAN / Ethernet / IPv4 / TCP: the outer ethertype, version+IHL, fragment, UDP
+# ports, the VXLAN flags; then the inner ethertype and the inner IPv4 and TCP fields as above, with the
+# inner protocol.
+_VXLAN_TCP = struct.Struct("!12xH" "Bx4xH12x" "HH4x" "B7x" "12xH" "BxHHHBB10x" "4xIIBB")
+
+
+def identity(fr: Frame):
+    """What stays the same for one packet at every point of its way (inner packet only).
+
+    A TCP segment's is its IP ID, sequence and acknowledgement numbers, flags and payload length
+    packed into bytes (_tcp_key: one object, cheap to hash, compare and send between processes);
+    the others' a tuple."""
+    p = fr.proto
+    if fr.fragment:
+        return (p, fr.ip_id, -1, fr.payload_len, fr.ip_len)
+    if p == PROTO_TCP:
+        if fr.tcp_seq is None:  # (header cut short)
+            return (p, fr.ip_id, fr.ip_len)
+        return _tcp_key(fr.ip_id, fr.tcp_seq, fr.tcp_ack, fr.tcp_flags, fr.payload_len)
+    if p == PROTO_UDP:
+        off = fr.payload_offset
+        return (p, fr.ip_id, fr.payload_len, fr.data[off:off + 24] if off >= 0 else b"")
+    return (p, fr.ip_id, fr.ip_len, fr.icmp_type, fr.icmp_code, fr.icmp_id, fr.icmp_seq)
+
+
+def ends_of(fr: Frame) -> bytes:
+    e = fr.ip_src + fr.ip_dst
+    return e + _ports(fr.sport, fr.dport) if fr.sport is not None and fr.dport is not None else e
+
+
+def from_frame(ts: float, point: int, fr: Frame, ends: bytes, keep: bool) -> tuple:
+    """The sighting of a decoded IP frame (PointStats.add_frame gives its ends)."""
+    po = fr.payload_offset
+    head = fr.data[po:po + 8] if fr.payload_len and po >= 0 else b""
+    return (ts, point, identity(fr), fr.ttl, point | fr.ttl << 16 | len(fr.tunnels) << 24, ends, fr.proto,
+            fr.tcp_flags, head, fr if keep else None, 1 << point)
+
+
+def split_ends(e: bytes) -> tuple[tuple, tuple]:
+    """`ends` back to ((source ip, port), (destination ip, port)); port None without ports."""
+    n = len(e)
+    if n in (12, 36):
+        h = (n - 4) // 2
+        sp, dp = struct.unpack_from("!HH", e, 2 * h)
+        return (e[:h], sp), (e[h:2 * h], dp)
+    h = n // 2
+    return (e[:h], None), (e[h:], None)
+
+
+class PointStats:
+    """What a point's frames tell about it, gathered while reading (see correlate._Point).
+
+    The inner IPs (the first 64) and whether Calico's MAC ee:ee:ee:ee:ee:ee shows up are looked
+    at on the first frame of each address/port pair at the point (and on every non-IP frame):
+    what they tell does not change from one packet of a flow to the next.
+    """
+
+    __slots__ = ("frames", "undecoded", "encapsulated", "calico_mac", "ips", "ends", "first", "last")
+
+    def __init__(self):
+        self.frames = self.undecoded = self.encapsulated = 0
+        self.first = float("inf")
+        self.last = float("-inf")
+        """Times of the point's first and last frames (its own clock): when it was capturing.
+        Kept up to date as the reader reads ahead: `last` is never behind what has been merged."""
+        self.calico_mac = False
+        self.ips: set[bytes] = set()
+        self.ends: set[bytes] = set()
+
+    def saw(self, src: bytes, dst: bytes, mac_a: bytes | None, mac_b: bytes | None) -> None:
+        """The first frame of a new address/port pair: its inner IPs and MACs."""
+        if len(self.ips) < MAX_IPS:
+            self.ips.add(src)
+            self.ips.add(dst)
+        if not self.calico_mac and (mac_a == CALICO_MAC or mac_b == CALICO_MAC):
+            self.calico_mac = True
+
+    def add_frame(self, fr: Frame, time: float) -> bytes | None:
+        """Count a decoded frame; its `ends` if it is an IP packet the correlator follows, else None."""
+        self.frames += 1
+        if time < self.first:
+            self.first = time
+        if time > self.last:
+            self.last = time
+        if fr.tunnels:
+            self.encapsulated += 1
+        if fr.undecoded is not None and fr.arp is None:
+            self.undecoded += 1
+        if fr.ip_src is None or fr.proto is None:
+            if not self.calico_mac and (fr.eth_src == CALICO_MAC or fr.eth_dst == CALICO_MAC):
+                self.calico_mac = True
+            return None
+        e = ends_of(fr)
+        if e not in self.ends:
+            self.ends.add(e)
+            self.saw(fr.ip_src, fr.ip_dst, fr.eth_src, fr.eth_dst)
+        return e
+
+
+_time = itemgetter(T)
+
+
+def _span(stats: PointStats, batch: list[tuple]) -> None:
+    """The batch's earliest and latest times into the point's first and last (frames that are
+    not IP went through add_frame, which did the same), whatever order the file is in."""
+    if batch:
+        times = list(map(_time, batch))
+        stats.first = min(stats.first, min(times))
+        stats.last = max(stats.last, max(times))
+
+
+def pcap_sightings(cap: CaptureFile, point: int, stats: PointStats, vxlan_ports: frozenset[int],
+                   warn: Callable[[str], None]) -> Iterator[list[tuple]]:
+    """Batches of sightings (one per MiB read), in file order, of a classic pcap file of Ethernet
+    frames, or of a pcapng file of one Ethernet interface.
+
+    `cap` is the file as pcapio.open_capture opened it (which refuses what is not a capture and
+    read the header; for pcapng, pcapio.pcapng_head found the section, the interface and the
+    first packet block, `cap.start`). Reading problems of a pcap file become warnings worded as
+    pcapio words them, given to `warn` when the file is done. In a pcapng file, whatever is not an
+    enhanced packet block of that interface or a block without packets (another section or
+    interface, other packet blocks, a corrupt or cut-short block) ends this reader: `cap.resume`
+    says where, for pcapio.resume_records to read on from there. `cap.read` follows how far it
+    has read.
+    """
+    ng = cap.format == "pcapng"
+    assert (ng or cap.format == "pcap") and cap.interfaces and cap.interfaces[0].linktype == LINKTYPE_ETHERNET
+    div, units, off = cap.interfaces[0].ts_div, cap.interfaces[0].ts_units, cap.interfaces[0].ts_offset
+    with open(cap.path, "rb") as f:
+        f.seek(cap.start)
+        unpack_rec = struct.Struct(cap.byte_order + "IIII").unpack_from
+        # pcapng: block type, length; enhanced packet block: interface, timestamp, lengths
+        unpack_epb, unpack_block = struct.Struct(cap.byte_order + "7I").unpack_from, struct.Struct(cap.byte_order + "II").unpack_from
+        cap.read = base = cap.start  # (base: the offset in the file of the buffer's first byte)
+        least = 12 if ng else 16  # (the smallest block, record header)
+        eth_ip_tcp, vxlan_tcp, key = _ETH_IP_TCP.unpack_from, _VXLAN_TCP.unpack_from, _tcp_key
+        vx = vxlan_ports
+        rest = b""
+        count = 0
+        slow = encap = 0
+        said: list[str] = []
+        tunneled = point | 1 << 24
+        bit = 1 << point
+        seen = stats.ends
+        try:
+            while True:
+                chunk = f.read(CHUNK)
+                cap.read += len(chunk)
+                if not chunk:
+                    if ng:
+                        if rest:  # (what is not a whole block: pcapio says how it ends)
+                            cap.resume = (base, count)
+                        return
+                    if len(rest) >= 16:
+                        incl = unpack_rec(rest, 0)[2]
+                        said.append(f"file cut short in packet {count + 1} ({len(rest) - 16} of {incl} bytes)")
+                    elif rest:
+                        said.append(f"file cut short in a record header after {count} packets")
+                    return
+                buf = rest + chunk if rest else chunk
+                n = len(buf)
+                huge = n > MAX_RECORD  # (only then can a corrupt length still fit in the buffer)
+                pos = 0
+                batch: list[tuple] = []
+                append = batch.append
+                dropped = 0  # records of this chunk not in the batch (not IP)
+                stop = False  # (pcapng: a block for pcapio)
+                while pos + least <= n:
+                    if ng:
+                        if pos + 28 <= n:
+                            btype, blen, ifid, hi, lo, incl, orig = unpack_epb(buf, pos)
+                        else:
+                            btype, blen = unpack_block(buf, pos)
+                            if btype == 6:
+                                break  # (the rest of its header is in the next chunk)
+                            ifid = -1
+                        if btype != 6 or ifid or blen < 32 or blen & 3 or incl > blen - 32 or blen > MAX_RECORD:
+                            if btype in (PCAPNG_SHB, 1, 2, 3, 6) or blen < 12 or blen & 3 or blen > MAX_RECORD:
+                                stop = True
+                                break
+                            if pos + blen > n:
+                                break
+                            pos += blen  # statistics, names, custom blocks: no packets
+                            continue
+                        if pos + blen > n:
+                            break
+                        d = pos + 28
+                        end = d + incl
+                        pos += blen
+                        sec, frac = divmod(hi << 32 | lo, units)
+                        ts = sec + frac / div + off  # (as pcapio's _ng_time)
+                    else:
+                        sec, frac, incl, orig = unpack_rec(buf, pos)
+                        d = pos + 16
+                        end = d + incl
+                        if end > n or huge and incl > MAX_RECORD:
+                            if incl > MAX_RECORD:
+                                count += len(batch) + dropped
+                                _span(stats, batch)
+                                said.append(f"corrupt record after {count} packets (length {incl}); stopped reading there")
+                                if batch:
+                                    yield batch
+                                return
+                            break
+                        pos = end
+                        ts = sec + frac / div
+                    # Ethernet / IPv4 without options / TCP, not a fragment: (addresses, ports) at 26:38.
+                    if incl >= 48 and buf[d + 23] == 6:
+                        et, vihl, total, ipid, frag, ttl, seq, ack, doff, flags = eth_ip_tcp(buf, d)
+                        if et == 0x0800 and vihl == 0x45 and total and not frag & 0x3FFF:
+                            po = d + 34 + ((doff >> 2) & 60)
+                            if po <= end:
+                                plen = total + d + 14 - po
+                                if plen < 0:
+                                    plen = 0
+                                e = buf[d + 26:d + 38]
+                                if e not in seen:
+                                    seen.add(e)
+                                    stats.saw(e[:4], e[4:8], buf[d:d + 6], buf[d + 6:d + 12])
+                                append((ts, point, key(ipid, seq, ack, flags, plen), ttl, point | ttl << 16, e, 6, flags,
+                                        (buf[po:po + 8] if po + 8 <= end else buf[po:end]) if plen else b"", None, bit))
+                                continue
+                    # The same inside VXLAN (UDP to a VXLAN port, I flag): the inner packet's at 76:88.
+                    # (The tail repeats the one above on purpose: a call per frame would cost a tenth.)
+                    elif incl >= 98 and buf[d + 23] == 17:
+                        (et, vihl, frag, usport, udport, vxflags, iet, ivihl, total,
+                         ipid, ifrag, ttl, proto, seq, ack, doff, flags) = vxlan_tcp(buf, d)
+                        if (et == 0x0800 and vihl == 0x45 and not frag & 0x3FFF and iet == 0x0800 and ivihl == 0x45
+                                and proto == 6 and total and not ifrag & 0x3FFF and vxflags & 0x08
+                                and (udport in vx or (usport in vx and udport != GENEVE_PORT))):
+                            po = d + 84 + ((doff >> 2) & 60)
+                            if po <= end:
+                                plen = total + d + 64 - po
+                                if plen < 0:
+                                    plen = 0
+                                e = buf[d + 76:d + 88]
+                                if e not in seen:
+                                    seen.add(e)
+                                    stats.saw(e[:4], e[4:8], buf[d + 50:d + 56], buf[d + 56:d + 62])
+                                encap += 1
+                                append((ts, point, key(ipid, seq, ack, flags, plen), ttl, tunneled | ttl << 16, e, 6, flags,
+                                        (buf[po:po + 8] if po + 8 <= end else buf[po:end]) if plen else b"", None, bit))
+                                continue
+                    # Anything else: the full decoder.
+                    slow += 1
+                    fr = decode(LINKTYPE_ETHERNET, buf[d:end], orig, vx)
+                    e = stats.add_frame(fr, ts)
+                    if e is not None:
+                        append(from_frame(ts, point, fr, e, False))
+                    else:
+                        dropped += 1  # not IP: counted, not followed
+                rest = buf[pos:]
+                count += len(batch) + dropped
+                _span(stats, batch)
+                if stop:
+                    cap.resume = (base + pos, count)
+                if batch:
+                    yield batch
+                if stop:
+                    return
+                base += pos
+        finally:
+            stats.frames += count - slow  # the fast ones (add_frame counted the others)
+            stats.encapsulated += encap
+            for w in said:  # at the end, as the general reader gives a file's warnings
+                warn(w)

@@ -1,0 +1,122 @@
+"""`tracer follow` on a Kubernetes cluster: pods by the API, nodes through capture pods.
+
+`pod()` finds a running pod in the namespace and already asks for a capture pod on its node
+(discovery and the agents need one on both nodes: both start at once instead of one after the
+other). `exec_pod` runs in the pod's app container; `exec_node` and `start_agent` run in the
+node's capture pod (hostNetwork: `ip -j`, `bridge -j fdb`, /proc/sys/net see the node).
+`close()` ends the agents' streams and deletes this run's capture pods, even while Ctrl-C is
+pressed again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import signal
+import threading
+from collections.abc import Iterator, Sequence
+
+from tracer.cluster.discover.readers import ExecResult, PodRef
+from tracer.errors import TracerError
+from tracer.cluster.k8s import exec as k8s_exec
+from tracer.cluster.k8s.capture_pods import DEFAULT_DEADLINE, DEFAULT_IMAGE, DEFAULT_NAMESPACE, CapturePods
+from tracer.cluster.k8s.client import Cluster
+
+AGENT = ["python3", "/agent.py"]
+"""How the capture image runs the agent (capture-pod/Dockerfile)."""
+
+
+def make_backend(*, kubeconfig: str | None = None, context: str | None = None, namespace: str | None = None,
+                 capture_image: str | None = None, capture_namespace: str | None = None,
+                 run_id: str | None = None, deadline: int = DEFAULT_DEADLINE) -> KubernetesBackend:
+    """The Kubernetes FollowBackend for one run; sweeps capture pods earlier runs left behind."""
+    cluster = Cluster(kubeconfig=kubeconfig, context=context, namespace=namespace)
+    backend = KubernetesBackend(cluster, capture_image=capture_image or DEFAULT_IMAGE,
+                                capture_namespace=capture_namespace or DEFAULT_NAMESPACE,
+                                run_id=run_id or secrets.token_hex(4), deadline=deadline)
+    try:
+        backend.capture_pods.sweep()
+    except BaseException:
+        with contextlib.suppress(TracerError):  # (the first error is the one to tell)
+            backend.close()
+        raise
+    return backend
+
+
+class KubernetesBackend:
+    """A `FollowBackend` over the Kubernetes API (exec websockets and capture pods)."""
+
+    name = "kubernetes"
+
+    def __init__(self, cluster: Cluster, *, capture_image: str, capture_namespace: str, run_id: str,
+                 deadline: int = DEFAULT_DEADLINE):
+        self.cluster = cluster
+        self.run_id = run_id
+        self.capture_pods = CapturePods(cluster, run_id=run_id, namespace=capture_namespace,
+                                        image=capture_image, deadline=deadline)
+        self._containers: dict[tuple[str, str], str] = {}
+        self._channels: list[k8s_exec.ExecChannel] = []
+        self._lock = threading.Lock()
+        self._closed = False
+
+    @property
+    def namespace(self) -> str:
+        return self.cluster.namespace
+
+    def pod(self, name: str) -> PodRef:
+        target = self.cluster.pod(name)
+        self._containers[(target.ref.namespace, target.ref.name)] = target.container
+        self.capture_pods.request(target.ref.node)
+        return target.ref
+
+    def exec_pod(self, pod: PodRef, argv: Sequence[str]) -> ExecResult:
+        container = self._containers.get((pod.namespace, pod.name))
+        # No timeout of our own (as on the lab): what runs here (curl --max-time) bounds itself,
+        # and Ctrl-C ends the stream.
+        return k8s_exec.run(self.cluster, namespace=pod.namespace, pod=pod.name, container=container, argv=argv,
+                            timeout=None)
+
+    def exec_node(self, node: str, argv: Sequence[str]) -> ExecResult:
+        name = self.capture_pods.ready(node)
+        return k8s_exec.run(self.cluster, namespace=self.capture_pods.namespace, pod=name, container=None, argv=argv)
+
+    def start_agent(self, node: str, argv: Sequence[str]) -> k8s_exec.ExecChannel:
+        name = self.capture_pods.ready(node)
+        stream = k8s_exec.ExecStream(self.cluster, namespace=self.capture_pods.namespace, pod=name,
+                                     container=None, argv=[*AGENT, *argv], stdin=True)
+        channel = k8s_exec.ExecChannel(stream)
+        with self._lock:
+            self._channels.append(channel)
+        return channel
+
+    def close(self) -> None:
+        """End the agents' streams, delete the capture pods. Idempotent; a second Ctrl-C waits."""
+        with _interrupts_deferred():
+            with self._lock:
+                if self._closed:
+                    return
+                self._closed = True
+                channels, self._channels = self._channels, []
+            for channel in channels:
+                with contextlib.suppress(TracerError, OSError):
+                    channel.close()
+            try:
+                self.capture_pods.close()
+            finally:
+                self.cluster.close()
+
+
+@contextlib.contextmanager
+def _interrupts_deferred() -> Iterator[None]:
+    """Hold SIGINT while cleaning up (main thread only) and raise it afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: pending.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if pending and previous is signal.default_int_handler:
+            raise KeyboardInterrupt

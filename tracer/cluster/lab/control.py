@@ -1,0 +1,311 @@
+"""Bring a lab up and down, and reach into a running one (the API `follow` builds on).
+
+`up` is generic: it checks, journals and creates the namespaces, starts the pods' apps and
+waits for them; the wiring itself is the CNI mode's builder module (`BUILDERS`).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from tracer.cluster.discover.readers import ExecResult, PodRef
+from tracer.errors import LabError, NotFoundError, PermissionError_, UsageError
+from tracer.cluster.lab import netns
+from tracer.cluster.lab.state import LabState, ProcessRecord, StateStore, process_start_time, stop_process
+from tracer.cluster.lab.topology import CALI_MAC, CALICO_VXLAN, Names, Topology
+
+# CNI mode -> module with `build(topology, names)`. Flannel or IPIP would be one more line.
+BUILDERS = {CALICO_VXLAN: "tracer.cluster.lab.calico_vxlan"}
+HTTP_PORT = 80
+NETNS_AWARE = ("ip", "bridge")
+"""Tools that enter a named network namespace themselves (-n), without `ip netns exec`."""
+HTTPBIN_READY_TIMEOUT = 20.0
+
+Progress = Callable[[str], None]
+
+
+def require_root(command: str) -> None:
+    """`command` is what the user ran, e.g. "lab up" or "follow" (on the lab)."""
+    if os.geteuid() != 0:
+        raise PermissionError_(
+            f"tracer {command} needs root to work with the lab's network namespaces", hint=f"sudo tracer {command} ..."
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class LabNode:
+    """A node of the running lab."""
+
+    name: str
+    netns: str
+    """Network namespace the node's commands run in."""
+    underlay_ip: str
+    underlay_nic: str
+    underlay_mac: str
+    block: str
+    tunnel_device: str
+    tunnel_ip: str
+    tunnel_mac: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class LabPod:
+    """A pod of the running lab."""
+
+    name: str
+    namespace: str
+    """Kubernetes namespace (always `default` in the lab)."""
+    node: str
+    ip: str
+    mac: str
+    """MAC of the pod's eth0."""
+    netns: str
+    host_veth: str
+    """The `cali...` end of the pod's veth on its node."""
+    host_veth_mac: str
+    app: str
+
+    def ref(self) -> PodRef:
+        return PodRef(name=self.name, namespace=self.namespace, node=self.node, ip=self.ip)
+
+
+class Lab:
+    """A running lab, read from its state file; look up pods and nodes, run commands in them."""
+
+    def __init__(self, state: LabState, store: StateStore):
+        self.state = state
+        self.store = store
+        self.names = Names(prefix=state.prefix)
+        topo = state.topology
+        self.nodes = tuple(
+            LabNode(
+                name=n.name, netns=self.names.netns(n.name), underlay_ip=n.underlay_ip,
+                underlay_nic=topo.underlay_nic, underlay_mac=n.underlay_mac, block=n.block,
+                tunnel_device=topo.tunnel_device, tunnel_ip=n.tunnel_ip, tunnel_mac=n.tunnel_mac,
+            )
+            for n in topo.nodes
+        )
+        self.pods = tuple(
+            LabPod(
+                name=p.name, namespace=p.namespace, node=p.node, ip=p.ip, mac=p.mac,
+                netns=self.names.netns(p.name), host_veth=p.host_veth, host_veth_mac=CALI_MAC, app=p.app,
+            )
+            for p in topo.pods
+        )
+
+    @classmethod
+    def load(cls, store: StateStore | None = None) -> Lab:
+        """The lab recorded in the state (TRACER_LAB_PREFIX / TRACER_STATE_DIR); NotFoundError if none."""
+        store = store or StateStore.from_env()
+        state = store.load()
+        if state is None:
+            raise NotFoundError(f"no lab is up (prefix {store.prefix!r})", hint="run: tracer lab up")
+        return cls(state, store)
+
+    @property
+    def topology(self) -> Topology:
+        return self.state.topology
+
+    def pod(self, name: str) -> LabPod:
+        for pod in self.pods:
+            if pod.name == name:
+                return pod
+        raise NotFoundError(f"no pod {name!r} in the lab", hint="pods: " + ", ".join(p.name for p in self.pods))
+
+    def node(self, name: str) -> LabNode:
+        for node in self.nodes:
+            if node.name == name:
+                return node
+        raise NotFoundError(f"no node {name!r} in the lab", hint="nodes: " + ", ".join(n.name for n in self.nodes))
+
+    def netns(self, name: str) -> str:
+        """Namespace of a pod or node, by name."""
+        for item in (*self.pods, *self.nodes):
+            if item.name == name:
+                return item.netns
+        raise NotFoundError(
+            f"no pod or node {name!r} in the lab",
+            hint="pods: " + ", ".join(p.name for p in self.pods) + "; nodes: " + ", ".join(n.name for n in self.nodes),
+        )
+
+    def argv(self, name: str, argv: Sequence[str]) -> list[str]:
+        """The command line that runs `argv` inside the pod's or node's namespace."""
+        return netns.exec_argv(self.netns(name), argv)
+
+    def exec(self, name: str, argv: Sequence[str], *, input: bytes | None = None, timeout: float | None = 30) -> ExecResult:
+        """Run `argv` in a pod's or node's namespace; return its exit code and output."""
+        try:
+            proc = subprocess.run(self.argv(name, argv), input=input, capture_output=True, timeout=timeout)
+        except subprocess.TimeoutExpired as e:
+            raise LabError(f"{' '.join(argv)} in {name} did not finish within {timeout} s") from e
+        return ExecResult(returncode=proc.returncode, stdout=proc.stdout, stderr=proc.stderr)
+
+    def popen(self, name: str, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen:
+        """Start `argv` in a pod's or node's namespace (e.g. a tcpdump); the caller ends it."""
+        return subprocess.Popen(self.argv(name, argv), **kwargs)
+
+    def backend(self) -> LabBackend:
+        return LabBackend(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        topo = self.topology
+        return {
+            "schema": "tracer.lab/v1",
+            "up": True,
+            "prefix": self.state.prefix,
+            "cni": topo.cni,
+            "complete": self.state.complete,
+            "state": str(self.store.path),
+            "vni": topo.vni,
+            "udp_port": topo.udp_port,
+            "mtu": topo.mtu,
+            "nodes": [vars(n) | {"up": netns.exists(n.netns)} for n in self.nodes],
+            "pods": [vars(p) | {"pid": self._pid_of(p.netns)} for p in self.pods],
+        }
+
+    def _pid_of(self, ns: str) -> int | None:
+        return next((p.pid for p in self.state.processes if p.netns == ns and p.alive()), None)
+
+
+@dataclass(frozen=True)
+class LabBackend:
+    """The lab as a `tracer.cluster.discover.readers.Backend`: pods and nodes are namespaces."""
+
+    lab: Lab
+
+    def pod(self, name: str) -> PodRef:
+        return self.lab.pod(name).ref()
+
+    def exec_pod(self, pod: PodRef, argv: Sequence[str]) -> ExecResult:
+        return self.lab.exec(pod.name, argv)
+
+    def exec_node(self, node: str, argv: Sequence[str]) -> ExecResult:
+        lab_node = self.lab.node(node)
+        if argv and argv[0] in NETNS_AWARE:  # `ip -n NS ...`: the same, one process fewer
+            proc = subprocess.run([argv[0], "-n", lab_node.netns, *argv[1:]], capture_output=True, timeout=30)
+            return ExecResult(returncode=proc.returncode, stdout=proc.stdout, stderr=proc.stderr)
+        return self.lab.exec(lab_node.name, argv)
+
+
+def up(topology: Topology, *, store: StateStore | None = None, progress: Progress = lambda _: None) -> Lab:
+    """Build the lab in the kernel; on any failure tear down what was built, then raise."""
+    require_root("lab up")
+    store = store or StateStore.from_env()
+    if store.load() is not None:
+        raise LabError(
+            f"a lab is already up (prefix {store.prefix!r}, state {store.path})",
+            hint="tracer lab down   (or use another TRACER_LAB_PREFIX for a second lab)",
+        )
+    if topology.cni not in BUILDERS:
+        raise UsageError(f"no lab builder for CNI mode {topology.cni!r}", hint="modes: " + ", ".join(BUILDERS))
+    names = Names(prefix=store.prefix)
+    wanted = names.all(topology)
+    if taken := [n for n in wanted if netns.exists(n)]:
+        raise LabError(
+            f"network namespace {taken[0]} exists, but no lab state records it",
+            hint=f"tracer leaves it alone: remove it yourself (ip netns del {taken[0]}) or set TRACER_LAB_PREFIX",
+        )
+    builder = importlib.import_module(BUILDERS[topology.cni])
+    state = LabState(prefix=store.prefix, topology=topology)
+    try:
+        progress("creating network namespaces")
+        state.namespaces = wanted
+        store.save(state)  # journal first: `down` can clean up even if this process dies
+        netns.add(wanted)
+        progress("starting httpbin")  # early: gunicorn's start is the slowest part
+        for pod in topology.pods:
+            if pod.app == "httpbin":
+                state.processes.append(_start_httpbin(names.netns(pod.name), store.log_path(pod.name)))
+                store.save(state)
+        progress(f"wiring {topology.cni}")
+        builder.build(topology, names)
+        progress("waiting for httpbin")
+        lab = Lab(state, store)
+        _wait_for_httpbin(lab)
+        progress("checking curl -> httpbin")
+        _check_data_path(lab)
+        state.complete = True
+        store.save(state)
+    except BaseException:
+        _teardown(state, store)
+        raise
+    return lab
+
+
+def down(store: StateStore | None = None) -> LabState | None:
+    """Remove what the state lists (processes by PID, then namespaces); None if no lab is up."""
+    require_root("lab down")
+    store = store or StateStore.from_env()
+    state = store.load()
+    if state is not None:
+        _teardown(state, store)
+    return state
+
+
+def _teardown(state: LabState, store: StateStore) -> None:
+    for proc in state.processes:
+        stop_process(proc)
+    netns.delete(state.namespaces)
+    store.remove(state)
+
+
+def _start_httpbin(ns: str, log_path: Any) -> ProcessRecord:
+    argv = netns.exec_argv(ns, [
+        sys.executable, "-m", "gunicorn", "--bind", f"0.0.0.0:{HTTP_PORT}", "--workers", "1",
+        "--access-logfile", "-", "--error-logfile", "-", "httpbin:app",
+    ])
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+    start = process_start_time(proc.pid)
+    if start is None:
+        raise LabError(f"httpbin in {ns} exited at once", hint=f"see {log_path}")
+    return ProcessRecord(pid=proc.pid, start_time=start, netns=ns, argv=tuple(argv), log=str(log_path))
+
+
+def _http_status(lab: Lab, client: str, url: str, max_time: float) -> str:
+    res = lab.exec(client, ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", str(max_time), url])
+    return res.stdout.decode().strip()
+
+
+def _wait_for_httpbin(lab: Lab) -> None:
+    deadline = time.monotonic() + HTTPBIN_READY_TIMEOUT
+    for proc in lab.state.processes:
+        pod = next(p for p in lab.pods if p.netns == proc.netns)
+        while _http_status(lab, pod.name, f"http://127.0.0.1:{HTTP_PORT}/status/200", 1) != "200":
+            if not proc.alive():
+                raise LabError(f"httpbin in pod {pod.name} exited", hint=f"see {proc.log}: {_tail(proc.log)}")
+            if time.monotonic() > deadline:
+                raise LabError(
+                    f"httpbin in pod {pod.name} did not answer within {HTTPBIN_READY_TIMEOUT:.0f} s",
+                    hint=f"see {proc.log}",
+                )
+            time.sleep(0.05)
+
+
+def _check_data_path(lab: Lab) -> None:
+    """One real request from the client pod to every httpbin pod: the lab is only up if it works."""
+    clients = [p for p in lab.pods if p.app == "curl"]
+    for client in clients[:1]:
+        for server in (p for p in lab.pods if p.app == "httpbin"):
+            status = _http_status(lab, client.name, f"http://{server.ip}:{HTTP_PORT}/status/200", 3)
+            if status != "200":
+                raise LabError(
+                    f"the lab is wired, but {client.name} -> {server.name} ({server.ip}) got no HTTP 200 ({status or 'no answer'})",
+                    hint="this is a bug in tracer's lab; please report it with `uname -r`",
+                )
+
+
+def _tail(path: str, lines: int = 3) -> str:
+    try:
+        with open(path, errors="replace") as f:
+            return " | ".join(f.read().strip().splitlines()[-lines:])
+    except OSError:
+        return ""

@@ -1,0 +1,149 @@
+"""The lab's state on disk, so that `down`, `status` and `exec` work from a new process.
+
+The state is a journal as much as a record: `up` writes each namespace and process into it
+*before* creating it, so `down` can remove what a crashed `up` left, and nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tracer.cluster.lab.topology import Topology
+
+DEFAULT_PREFIX = "tracer-"
+DEFAULT_STATE_DIR = "/run/tracer"
+SCHEMA = "tracer.labstate/v1"
+
+
+def prefix_from_env() -> str:
+    return os.environ.get("TRACER_LAB_PREFIX") or DEFAULT_PREFIX
+
+
+def state_dir_from_env() -> Path:
+    return Path(os.environ.get("TRACER_STATE_DIR") or DEFAULT_STATE_DIR)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProcessRecord:
+    """A process the lab started (e.g. gunicorn serving httpbin in a pod)."""
+
+    pid: int
+    start_time: int
+    """Start time in clock ticks since boot (/proc/PID/stat field 22): tells a reused PID apart."""
+    netns: str
+    argv: tuple[str, ...]
+    log: str
+
+    def alive(self) -> bool:
+        return process_start_time(self.pid) == self.start_time
+
+
+@dataclass(kw_only=True)
+class LabState:
+    """Everything `up` made: mutable while `up` runs, then saved as the lab's record."""
+
+    prefix: str
+    topology: Topology
+    namespaces: list[str] = field(default_factory=list)
+    processes: list[ProcessRecord] = field(default_factory=list)
+    created: float = field(default_factory=time.time)
+    complete: bool = False
+    """False while `up` is still building (or if it died half-way)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": SCHEMA,
+            "prefix": self.prefix,
+            "created": self.created,
+            "complete": self.complete,
+            "namespaces": self.namespaces,
+            "processes": [asdict(p) for p in self.processes],
+            "topology": self.topology.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LabState:
+        return cls(
+            prefix=data["prefix"],
+            topology=Topology.from_dict(data["topology"]),
+            namespaces=list(data["namespaces"]),
+            processes=[ProcessRecord(**{**p, "argv": tuple(p["argv"])}) for p in data["processes"]],
+            created=data["created"],
+            complete=data["complete"],
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class StateStore:
+    """Where one lab's state lives: `<state dir>/<prefix>lab.json`, one lab per prefix."""
+
+    prefix: str
+    directory: Path
+
+    @classmethod
+    def from_env(cls) -> StateStore:
+        return cls(prefix=prefix_from_env(), directory=state_dir_from_env())
+
+    @property
+    def path(self) -> Path:
+        return self.directory / f"{self.prefix}lab.json"
+
+    def log_path(self, name: str) -> Path:
+        return self.directory / f"{self.prefix}{name}.log"
+
+    def load(self) -> LabState | None:
+        try:
+            return LabState.from_dict(json.loads(self.path.read_text()))
+        except FileNotFoundError:
+            return None
+
+    def save(self, state: LabState) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state.to_dict(), indent=2))
+        tmp.replace(self.path)
+
+    def remove(self, state: LabState) -> None:
+        for proc in state.processes:
+            Path(proc.log).unlink(missing_ok=True)
+        self.path.unlink(missing_ok=True)
+
+
+def process_start_time(pid: int) -> int | None:
+    """Start time of a running process, None when there is none (or only a zombie)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    # The command name (field 2) may hold spaces; fields after its closing paren are plain.
+    fields = stat.rsplit(")", 1)[1].split()
+    return None if fields[0] in ("Z", "X") else int(fields[19])
+
+
+def stop_process(proc: ProcessRecord, *, timeout: float = 5.0) -> None:
+    """End a process the lab started, by PID (SIGTERM, then SIGKILL to its session)."""
+    if not proc.alive():
+        return
+    os.kill(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        _reap(proc.pid)
+        if not proc.alive():
+            return
+        time.sleep(0.02)
+    # It was started in its own session: its process group holds only what it forked.
+    os.killpg(proc.pid, signal.SIGKILL)
+    _reap(proc.pid)
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass

@@ -1,0 +1,47 @@
+"""The seam between `tracer follow`'s orchestration and where it runs (the lab or Kubernetes).
+
+Both backends implement `FollowBackend`; the orchestration (tracer/follow/run.py) knows only this.
+A capture agent (capture-pod/agent.py: standard library + scapy) runs on each node with
+hostNetwork and speaks the line/frame protocol in tracer/follow/agent_protocol.py over its
+stdin/stdout, which both backends carry as raw bytes (lab: a pipe to a process in the node's
+namespace; Kubernetes: a binary exec stream into a capture pod pinned to the node).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from tracer.cluster.discover.readers import Backend, ExecResult, PodRef
+
+__all__ = ["AgentChannel", "Backend", "ExecResult", "FollowBackend", "PodRef"]
+
+
+class AgentChannel(Protocol):
+    """A running capture agent: its stdin and stdout as byte streams, and its end."""
+
+    def write(self, data: bytes) -> None:
+        """Send bytes to the agent's stdin (e.g. b"stop\\n")."""
+
+    def read(self, n: int, timeout: float) -> bytes:
+        """Up to n bytes of the agent's stdout; b"" at EOF; raises TimeoutError after timeout seconds."""
+
+    def close(self) -> None:
+        """End the agent (if still running) and release the channel. Idempotent."""
+
+    def exit_status(self) -> int | None:
+        """The agent's exit code once it has ended, else None."""
+
+
+class FollowBackend(Backend, Protocol):
+    """Discovery's Backend (pod, exec_pod, exec_node) plus what follow needs on top."""
+
+    name: str
+    """"lab" or "kubernetes" (shown to the user)."""
+
+    def start_agent(self, node: str, argv: Sequence[str]) -> AgentChannel:
+        """Start the capture agent on `node` with these arguments (after the agent program itself)."""
+
+    def close(self) -> None:
+        """Remove everything this backend started for the run (agents, capture pods). Idempotent,
+        safe to call from `finally` and after Ctrl-C at any moment."""

@@ -1,1 +1,0 @@
-"""`tracer follow`: capture on every hop of the way while a request flies, then correlate."""

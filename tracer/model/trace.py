@@ -1,0 +1,183 @@
+"""The trace model: what tracer found, as plain frozen values (render and JSON know only these).
+
+The inner packet is the identity of a packet across capture points; the tunnel that carries it
+at a point is an optional nested `Encapsulation` of that hop (as in hubble's flows).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+SCHEMA = "tracer.trace/v1"
+ROLES = ("pod-veth", "bridge", "tunnel", "underlay", "unknown")
+
+
+@dataclass(frozen=True, kw_only=True)
+class CapturePoint:
+    """A place where packets were captured: one interface of one node."""
+
+    id: str
+    """`node/interface`, e.g. `worker1/eth1`."""
+    node: str
+    """The node (or pod) whose network namespace holds the interface."""
+    interface: str
+    """Interface name, e.g. `cali8d1f2b0a6c3`, `vxlan.calico`, `eth1`."""
+    role: str = "unknown"
+    """pod-veth | bridge | tunnel | underlay | unknown (see `tracer.correlate.roles`)."""
+    packets: int = 0
+    """Frames read at this point."""
+    undecoded: int = 0
+    """Frames that could not be decoded down to an IP packet (ARP, LLDP, cut short, ...)."""
+    files: tuple[str, ...] = ()
+    """Capture files this point was read from."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Encapsulation:
+    """The tunnel around the inner packet at one hop (outer headers)."""
+
+    type: str
+    """vxlan | geneve | ipip | gre | erspan"""
+    vni: int | None
+    """VXLAN/Geneve network identifier, GRE key or ERSPAN session."""
+    outer_eth_src: str | None
+    outer_eth_dst: str | None
+    outer_ip_src: str
+    outer_ip_dst: str
+    udp_sport: int | None
+    udp_dport: int | None
+    bytes_added: int
+    """Bytes the encapsulation adds on the wire (50 for VXLAN over IPv4)."""
+    outer_ttl: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Hop:
+    """One sighting of a packet at one capture point, with what changed since the previous hop."""
+
+    point: str
+    """Capture point id (`node/interface`)."""
+    time: float
+    """Capture timestamp (the node's own clock, seconds since the epoch)."""
+    offset: float
+    """Seconds since the packet's first hop, node clock offsets corrected."""
+    direction: str
+    """in | out | ?: into the node through this interface, or out of it."""
+    eth_src: str | None
+    eth_dst: str | None
+    ip_src: str
+    ip_dst: str
+    sport: int | None
+    dport: int | None
+    ttl: int
+    encap: Encapsulation | None
+    changes: tuple[str, ...] = ()
+    """What changed against the previous hop: mac, ttl, encap, decap, dnat, snat, ..."""
+    why: str = ""
+    """One sentence: why it changed (routing, VXLAN, kube-proxy, ...)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class PacketTrace:
+    """One packet followed across the capture points, hops in the order of its way."""
+
+    direction: str
+    """request (client -> server) | response"""
+    tcp_flags: str | None
+    ip_id: int
+    payload_bytes: int
+    hops: tuple[Hop, ...]
+    last_seen: str
+    """The last point on the way that saw the packet."""
+    missing: tuple[str, ...] = ()
+    """Points on the way (after the first sighting) that did not see it."""
+    not_captured: tuple[str, ...] = ()
+    """Those of `missing` whose node was not capturing when the packet went by (its captures
+    begin later or end sooner): the packet may have passed them unseen."""
+    summary: str = ""
+    """Short description, e.g. `SYN 10.1.38.203:56312 -> 10.1.201.77:80`."""
+    retransmission: bool = False
+    """A TCP segment sent again: data, SYN or FIN beginning before the end of what its direction
+    had sent (Wireshark's rule; not a keep-alive, not the same IP packet seen twice, not a RST)."""
+
+    @property
+    def headline(self) -> str:
+        """The summary as the views and the merged pcapng's comments give it."""
+        return self.summary + " (retransmission)" if self.retransmission else self.summary
+
+
+@dataclass(frozen=True, kw_only=True)
+class Nat:
+    original: str
+    """`ip:port` as the client addressed it (DNAT) or as the client sent it (SNAT)."""
+    translated: str
+    kind: str = "dnat"
+    """dnat | snat"""
+    point: str = ""
+    """The first point at which the translated address was seen."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class SegmentStats:
+    """Between two consecutive points of a way: how many packets crossed and how fast."""
+
+    src: str
+    dst: str
+    packets: int
+    lost: int
+    latency_median: float | None
+    latency_p99: float | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class FlowSummary:
+    packets: int
+    """Packets of this flow (each counted once, however many points saw it)."""
+    reached_end: int
+    """Packets seen at the last point of their way."""
+    per_point: dict[str, int] = field(default_factory=dict)
+    way: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    """The ordered points of each direction (request, response)."""
+    stopped: dict[str, int] = field(default_factory=dict)
+    """Point -> packets whose last sighting was there although the way goes on."""
+    not_captured: int = 0
+    """Of the stopped packets, those whose next point's node was not capturing then: they may
+    have gone on unseen (captures started at different times)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Flow:
+    client: str
+    server: str
+    protocol: str
+    nat: Nat | None
+    packets: tuple[PacketTrace, ...] = ()
+    summary: FlowSummary | None = None
+    http: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class Trace:
+    """Everything tracer found in one set of captures."""
+
+    points: tuple[CapturePoint, ...]
+    clock_offsets: dict[str, float]
+    """Node -> seconds its clock is ahead of the reference node (the first node); estimated from traffic."""
+    flows: tuple[Flow, ...]
+    reference_node: str | None = None
+    segments: tuple[SegmentStats, ...] = ()
+    warnings: tuple[str, ...] = ()
+    total_packets: int = 0
+    matched_packets: int = 0
+    """Distinct packets (identities) found."""
+
+
+def duration(seconds: float | None) -> str:
+    """A time difference as the views write it: 14µs, 2.31ms, 1.250s."""
+    if seconds is None:
+        return "-"
+    if abs(seconds) < 1e-3:
+        return f"{seconds * 1e6:.0f}µs"
+    if abs(seconds) < 1:
+        return f"{seconds * 1e3:.2f}ms"
+    return f"{seconds:.3f}s"
