@@ -35,7 +35,7 @@ from tracer.capture.fastpath import (
 )
 from tracer.errors import CaptureFileError
 from tracer.capture.pcapio import LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL2, open_capture, pcapng_head, resume_records
-from tracer.correlate.roles import INGRESS_RANK, infer_role, role_from_name
+from tracer.capture.roles import INGRESS_RANK, infer_role, role_from_name
 from tracer.capture.workers import Workers
 
 __all__ = ["CALICO_MAC", "HTTP_STARTS", "CaptureInput", "Correlator", "Options", "Sighting", "identity",

@@ -23,7 +23,7 @@ class CapturePoint:
     interface: str
     """Interface name, e.g. `cali8d1f2b0a6c3`, `vxlan.calico`, `eth1`."""
     role: str = "unknown"
-    """pod-veth | bridge | tunnel | underlay | unknown (see `tracer.correlate.roles`)."""
+    """pod-veth | bridge | tunnel | underlay | unknown (see `tracer.capture.roles`)."""
     packets: int = 0
     """Frames read at this point."""
     undecoded: int = 0
