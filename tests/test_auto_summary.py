@@ -26,7 +26,7 @@ def test_big_captures_are_summarized_from_the_start(capsys, monkeypatch):
     note, rest = out.split("\n", 1)
     assert note == (f"{frames} frames in the captures, {packets} packets in the selected flows: showing the summary"
                     " (--flow N for one flow's hops)")
-    assert [c.opts.keep_packets for _, c in kept] == [False]
+    assert [c.options.keep_packets for _, c in kept] == [False]
     code, summary, err = run_cli(capsys, "analyze", HTTP_GET, "--summary")
     assert rest == summary
 

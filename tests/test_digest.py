@@ -17,9 +17,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from factories import CURL_MAC, PUBLIC, SAMPLES, eth, inner_syn, ipv4, pcap_bytes, tcp, udp, vxlan, vxlan_syn_frame
-from tracer.correlate.engine import Correlator, Options, inputs_from_paths
+from tracer.capture.inputs import inputs_from_paths
+from tracer.correlate.engine import CorrelationOptions, Correlator
 from tracer.decode import VXLAN_PORTS, decode
-from tracer.capture.fastpath import PointStats, from_frame, pcap_sightings
+from tracer.capture.fastpath import pcap_sightings
+from tracer.capture.sightings import PointStats, from_frame
 from tracer.render.jsondoc import dumps
 from tracer.capture.pcapio import LINKTYPE_ETHERNET, CaptureFile, open_capture, pcapng_head, resume_records
 from tracer.correlate.describe import build_trace
@@ -35,7 +37,7 @@ ETHERNET_PCAPS = sorted(p for p in list(SAMPLES.rglob("*.pcap")) + list(PUBLIC.g
 
 def fast(path: Path) -> tuple[list[tuple], PointStats, list[str], CaptureFile]:
     """The fast reader's sightings of a file, then (a pcapng file it left part of) the general
-    reader's from where it stopped, as Correlator._read_on does; all as point 0."""
+    reader's from where it stopped, as CaptureSet._read_on does; all as point 0."""
     stats, warnings = PointStats(), []
     cap, records = open_capture(path)
     records.close()
@@ -86,7 +88,7 @@ def test_every_frame_of_a_real_capture_gives_the_same_sighting(path):
 
 
 def summary(paths: list[str], fast_path: bool) -> dict:
-    c = Correlator(inputs_from_paths(paths), Options(keep_packets=False, fast=fast_path)).run()
+    c = Correlator(inputs_from_paths(paths), CorrelationOptions(keep_packets=False, fast=fast_path)).run()
     return json.loads(dumps(build_trace(c), summary=True))
 
 
@@ -170,11 +172,10 @@ def shared_and_alone(path: Path) -> tuple[dict, dict, Correlator]:
     and the first run's correlator."""
     docs, first = [], None
     for cache in (True, False):
-        c = Correlator(inputs_from_paths([str(path)]), Options(keep_packets=False))
+        c = Correlator(inputs_from_paths([str(path)]), CorrelationOptions(keep_packets=False))
         if not cache:
-            c._shapes = _NoCache()
-        c.run()
-        docs.append(json.loads(dumps(build_trace(c), summary=True)))
+            c.order.shapes = _NoCache()
+        docs.append(json.loads(dumps(build_trace(c.run()), summary=True)))
         first = first or c
     return docs[0], docs[1], first
 
@@ -200,7 +201,7 @@ def test_shared_shapes_give_what_each_packet_alone_gives_also_with_ties(syntheti
     _coarse_copy(synthetic, tmp_path, resolution)
     shared, alone, c = shared_and_alone(tmp_path)
     assert shared == alone
-    assert len(c._shapes) >= (0 if resolution >= 1e-3 else 2)
+    assert len(c.order.shapes) >= (0 if resolution >= 1e-3 else 2)
 
 
 def test_a_file_out_of_time_order_turns_the_shortcuts_off_and_changes_nothing(synthetic, tmp_path):
@@ -215,7 +216,7 @@ def test_a_file_out_of_time_order_turns_the_shortcuts_off_and_changes_nothing(sy
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_bytes(pcap_bytes([d for _, d in recs], nanos=True, times=[t for t, _ in recs]))
     shared, alone, c = shared_and_alone(tmp_path)
-    assert not c._sorted
+    assert not c.in_order
     assert shared == alone and shared["summary"]["frames"] == 30024
 
 
@@ -242,7 +243,7 @@ def test_sightings_at_the_same_instant_keep_the_files_order_wherever_batches_end
 
 def test_a_big_summary_is_written_a_flow_a_line_with_the_same_content_and_key_order(synthetic, monkeypatch):
     import tracer.render.jsondoc as jsonout
-    c = Correlator(inputs_from_paths([synthetic]), Options(keep_packets=False)).run()
+    c = Correlator(inputs_from_paths([synthetic]), CorrelationOptions(keep_packets=False)).run()
     trace = build_trace(c)
     monkeypatch.setattr(jsonout, "COMPACT_FLOWS", 100)
     text = jsonout.dumps(trace, summary=True)
@@ -254,13 +255,13 @@ def test_a_big_summary_is_written_a_flow_a_line_with_the_same_content_and_key_or
 
 def test_the_merge_does_not_hold_a_whole_file_of_one_instant(monkeypatch):
     # pcapng simple packet blocks carry no time: every frame of such a file is at 0.0.
-    import tracer.correlate.engine as correlate
-    monkeypatch.setattr(correlate, "TIE_HOLD", 50)
+    import tracer.correlate.merge as merge
+    monkeypatch.setattr(merge, "TIE_HOLD", 50)
     def stream(tag: int, batches: int):
         for b in range(batches):
             yield [(0.0, tag, b, i) for i in range(20)]
     out, biggest = [], 0
-    for batch in correlate._merge([stream(0, 30), stream(1, 30)], lambda: None):
+    for batch in merge.merge_batches([stream(0, 30), stream(1, 30)], lambda: None):
         biggest = max(biggest, len(batch))
         out.extend(batch)
     assert len(out) == 1200 and sorted(out) == sorted((0.0, t, b, i) for t in (0, 1) for b in range(30) for i in range(20))

@@ -127,8 +127,11 @@ def test_follow_shows_what_it_has_when_its_flow_is_not_there(tmp_path):
     """tracer follow passes its own connection as --flow: not captured is not an error there
     (its header, the curl result, still comes first)."""
     import io
-    from tracer.app.analyze import AnalyzeRequest, run_analysis
+    from rich.text import Text
+
+    from tracer.app.analyze import AnalyzeRequest, analyze
+    from tracer.render.analysis import show
     out = io.StringIO()
-    run_analysis(AnalyzeRequest(paths=(str(two_flows(tmp_path)),), flows=("10.9.9.9",)), out, header="curl: 200 OK")
+    show(analyze(AnalyzeRequest(paths=(str(two_flows(tmp_path)),), flows=("10.9.9.9",))), out, header=Text("curl: 200 OK"))
     text = out.getvalue()
     assert text.startswith("curl: 200 OK") and "None of the 2 flows in the captures is the one asked for." in text

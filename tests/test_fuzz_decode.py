@@ -17,7 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from factories import PUBLIC, SAMPLES, geneve, gre, eth, inner_syn, ipv4, udp, vxlan_syn_frame, NODE1, NODE2
-from tracer.app.analyze import AnalyzeRequest, run_analysis
+from tracer.app.analyze import AnalyzeRequest, analyze
+from tracer.render.analysis import show
 from tracer.decode import Frame, decode
 from tracer.errors import TracerError
 from tracer.capture.pcapio import LINKTYPE_NAMES, open_capture
@@ -120,7 +121,8 @@ def analyze_bytes(data: bytes, suffix: str) -> None:
             f.write(data)
         for summary in (False, True):
             try:
-                run_analysis(AnalyzeRequest(paths=(path,), all_flows=True, summary=summary, output="json"), io.StringIO())
+                show(analyze(AnalyzeRequest(paths=(path,), all_flows=True, summary=summary, output="json")), io.StringIO(),
+                     output="json", summary=summary)
             except TracerError as e:
                 assert e.message and e.exit_code != 0
 

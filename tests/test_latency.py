@@ -12,11 +12,11 @@ import random
 import pytest
 
 from factories import SAMPLES, SCENARIOS, analyze_json
-from tracer.correlate.engine import _percentiles, _Sampler
+from tracer.correlate.latency import Sampler, percentiles
 
 
-def feed(sm: _Sampler, values) -> None:
-    """What Correlator._finalize_all does for each packet of the sampler's way."""
+def feed(sm: Sampler, values) -> None:
+    """What the engine's _finalize_all does for each packet of the sampler's way."""
     for v in values:
         sm.n += 1
         if sm.n >= sm.next:
@@ -49,25 +49,25 @@ def test_summary_latency_is_that_of_the_hops(capsys, scenario):
 
 
 def test_sample_is_uniform_past_its_size():
-    sm = _Sampler(((0, 1),), random.Random(1), 256)
+    sm = Sampler(((0, 1),), random.Random(1), 256)
     feed(sm, ((float(i),) for i in range(100_000)))
     assert sm.n == 100_000 and len(sm.items) == 256
     vals = sorted(v for (v,) in sm.items)
     # a sample that kept the first values (or the last) would be far off; a uniform one of 256
     # has its median within a few thousand of 50,000 and spans nearly the whole range
-    assert 40_000 < _percentiles([(vals, sm.n / 256)], (0.5,))[0] < 60_000
+    assert 40_000 < percentiles([(vals, sm.n / 256)], (0.5,))[0] < 60_000
     assert vals[0] < 2_000 and vals[-1] > 98_000
 
 
 def test_union_of_ways_is_weighted_by_their_packets():
     # way A: 100,000 packets of latency 1 ms, sampled down to 64; way B: 50 packets of 9 ms, all kept
-    a = _Sampler(((0, 1), (1, 2)), random.Random(2), 64)
-    b = _Sampler(((0, 1),), random.Random(3), 64)
+    a = Sampler(((0, 1), (1, 2)), random.Random(2), 64)
+    b = Sampler(((0, 1),), random.Random(3), 64)
     feed(a, ((0.001, 0.5),) * 100_000)
     feed(b, ((0.009,),) * 50)
     samples = [([it[a.steps[(0, 1)]] for it in a.items], a.n / len(a.items)), ([it[0] for it in b.items], 1.0)]
-    median, p99, top = _percentiles(samples, (0.5, 0.99, 0.9999))
+    median, p99, top = percentiles(samples, (0.5, 0.99, 0.9999))
     assert median == p99 == 0.001  # 50 of 100,050: not 1% (unweighted, 50 of 114 would be)
     assert top == 0.009
     # equal weights: exactly the sorted sample's value at int(q * n)
-    assert _percentiles([([3.0, 1.0], 1.0), ([2.0, 4.0], 1.0)], (0.5, 0.99)) == [3.0, 4.0]
+    assert percentiles([([3.0, 1.0], 1.0), ([2.0, 4.0], 1.0)], (0.5, 0.99)) == [3.0, 4.0]

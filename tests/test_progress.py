@@ -10,10 +10,11 @@ import shutil
 import pytest
 
 from factories import SAMPLES, run_cli, wait_for
-from tracer.app import analyze as analysis
 from tracer.capture import fastpath as digest
 from tracer.correlate import engine as correlate
-from tracer.correlate.engine import Correlator, Options, inputs_from_paths
+from tracer.capture.inputs import inputs_from_paths
+from tracer.correlate.engine import CorrelationOptions, Correlator
+from tracer.render import progress as progress_line
 
 
 @pytest.mark.parametrize("scenario,jobs,summary", [
@@ -27,7 +28,7 @@ def test_the_share_read_grows_to_all(monkeypatch, scenario, jobs, summary):
     monkeypatch.setattr(correlate, "PROGRESS_EVERY", 0)  # told after each
     told: list[float] = []
     inputs = inputs_from_paths([str(SAMPLES / scenario)])
-    Correlator(inputs, Options(keep_packets=not summary, jobs=jobs), told.append).run()
+    Correlator(inputs, CorrelationOptions(keep_packets=not summary, jobs=jobs), told.append).run()
     assert told[-1] == 1.0
     assert told == sorted(told) and all(0 <= x <= 1 for x in told)
     if summary and scenario == "http-get":  # (the full decoder's batches are 1024 sightings: one here)
@@ -44,7 +45,7 @@ def test_the_share_counts_every_file(monkeypatch, tmp_path):
     size = (tmp_path / "a" / "eth1.pcap").stat().st_size
     told: list[float] = []
     inputs = inputs_from_paths([str(tmp_path / "a" / "eth1.pcap")]) + inputs_from_paths([str(tmp_path / "b" / "eth1.pcap")])
-    Correlator(inputs, Options(keep_packets=False, jobs=1), told.append).run()
+    Correlator(inputs, CorrelationOptions(keep_packets=False, jobs=1), told.append).run()
     assert told[0] == pytest.approx(2 * (24 + 512) / (2 * size)) and told[-1] == 1.0
 
 
@@ -55,12 +56,12 @@ class Terminal(io.StringIO):
 
 def test_the_line_on_a_terminal(monkeypatch):
     # (a clock that stands still and no redraw in between: the same text however busy the machine)
-    monkeypatch.setattr(analysis.time, "monotonic", lambda: 1000.0)
-    monkeypatch.setattr(analysis.ReadingProgress, "TICK", 3600)
-    line = analysis.ReadingProgress(term := Terminal())
+    monkeypatch.setattr(progress_line.time, "monotonic", lambda: 1000.0)
+    monkeypatch.setattr(progress_line.ReadingProgress, "TICK", 3600)
+    line = progress_line.ReadingProgress(term := Terminal())
     line(0.5)
     assert term.getvalue() == ""  # (nothing in the first second)
-    monkeypatch.setattr(analysis.ReadingProgress, "DELAY", 0)
+    monkeypatch.setattr(progress_line.ReadingProgress, "DELAY", 0)
     line(0.42)
     line(1.0)
     line(1.0)  # (the same line is not written again)
@@ -73,9 +74,9 @@ def test_after_reading_the_seconds_go_on(monkeypatch):
     """The flows and the view can take a while after the last byte is read: the line says so and
     its seconds go on (a thread redraws it) until the result is shown."""
     clock = iter(range(0, 10_000))
-    monkeypatch.setattr(analysis.time, "monotonic", lambda: float(next(clock)))
-    monkeypatch.setattr(analysis.ReadingProgress, "TICK", 0.001)
-    line = analysis.ReadingProgress(term := Terminal())
+    monkeypatch.setattr(progress_line.time, "monotonic", lambda: float(next(clock)))
+    monkeypatch.setattr(progress_line.ReadingProgress, "TICK", 0.001)
+    line = progress_line.ReadingProgress(term := Terminal())
     line(0.995)  # (not yet all: says 99%)
     line(1.0)
     wait_for(lambda: "(5 s)" in term.getvalue())
@@ -90,7 +91,7 @@ def test_after_reading_the_seconds_go_on(monkeypatch):
 
 
 def test_analyze_shows_it_on_a_terminal_only(capsys, monkeypatch):
-    monkeypatch.setattr(analysis.ReadingProgress, "DELAY", 0)
+    monkeypatch.setattr(progress_line.ReadingProgress, "DELAY", 0)
     monkeypatch.setattr(digest, "CHUNK", 512)
     code, out, err = run_cli(capsys, "analyze", str(SAMPLES / "http-get"), "--summary", "-o", "json")
     assert code == 0 and err == "" and json.loads(out)["schema"] == "tracer.trace/v1"

@@ -17,6 +17,8 @@ from rich.console import Console
 
 from factories import SAMPLES
 from tracer.render import hops as render
+from tracer.render import summary as summary_view
+from tracer.render.text import safe
 from tracer.app.analyze import AnalyzeRequest, correlate, select_flows
 from tracer.commands.analyze import _read_path_file
 
@@ -35,7 +37,7 @@ def view(scenario: str, kind: str, width: int = 100) -> str:
     out = StringIO()
     console = Console(file=out, width=width, color_system=None, highlight=False, soft_wrap=False)
     if kind == "summary":
-        render.render_summary(trace, console, shown)
+        summary_view.render_summary(trace, console, shown)
     else:
         render.render_hops(trace, console, shown, names)
     return out.getvalue()
@@ -85,7 +87,7 @@ def test_hop_view_fits_100_columns(scenario, monkeypatch):
 
 def test_untrusted_names_are_escaped():
     """Control characters in names (a pod named by someone else) never reach the terminal raw."""
-    assert render.safe("evil\x1b[2Jpod\n") == "evil\\x1b[2Jpod\\x0a"
+    assert safe("evil\x1b[2Jpod\n") == "evil\\x1b[2Jpod\\x0a"
 
 
 @pytest.mark.parametrize("width", [80, 90])

@@ -15,7 +15,7 @@ import pytest
 from factories import ROOT, SAMPLES, SCENARIOS, children, run_cli, wait_for
 from tracer.capture import fastpath as digest, workers
 from tracer.decode import VXLAN_PORTS
-from tracer.capture.fastpath import PointStats
+from tracer.capture.sightings import PointStats
 from tracer.capture.pcapio import CaptureFile, Interface
 from tracer.capture.workers import Workers, WorkerError
 

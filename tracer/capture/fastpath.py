@@ -1,22 +1,13 @@
-"""Sightings: what the correlator keeps of one frame, and the fast way to get them from pcap bytes.
+"""The fast reader: sightings straight from the bytes of a pcap file of Ethernet frames (or a
+pcapng file of one Ethernet interface), without building a Frame, for the shapes a Kubernetes
+capture is mostly made of (Ethernet / IPv4 / TCP, and the same inside VXLAN); every other frame
+goes to the full decoder. Both give equal sightings for the same bytes (tests/test_digest.py).
+This is what makes `tracer analyze --summary` fast.
 
-A sighting is a plain tuple (one per frame, so no object, no attribute lookups):
-
-    (time, point, identity, ttl, code, ends, proto, tcp_flags, head, frame, bit)
-
-`identity` is `correlate.identity` of the innermost packet, `ttl` its TTL, `code` the point, the
-TTL and how many encapsulations were peeled in one int (point | ttl << 16 | tunnels << 24: what
-orders a packet's sightings, compared at once), `ends` its addresses and ports as bytes (source
-IP, destination IP, then source and destination port when the protocol has ports), `head` the first 8 bytes of its
-payload (to spot HTTP), `frame` the decoded Frame when the caller keeps packets, else None, `bit`
-1 << point.
-
-`from_frame` makes one from a decoded Frame. `pcap_sightings` makes them straight from the bytes
-of a classic pcap file of Ethernet frames (or a pcapng file of one Ethernet interface) for the
-shapes a Kubernetes capture is mostly made of (Ethernet / IPv4 / TCP, and the same inside VXLAN)
-without building a Frame, and hands every other frame to the full decoder: both give equal
-sightings for the same bytes (tests/test_digest.py). This is what makes `tracer analyze --summary`
-fast.
+Hand-inlined on purpose: the layout of a sighting (tracer.capture.sightings), the TCP identity
+and PointStats' first-frame bookkeeping are written out in the loop again, as are the VXLAN
+port rule of tracer.decode and pcapio's warning texts; a call per frame would cost a tenth of
+the reader. tests/test_digest.py holds each copy to the original.
 """
 
 from __future__ import annotations
@@ -25,16 +16,12 @@ import struct
 from collections.abc import Callable, Iterator
 from operator import itemgetter
 
-from tracer.decode import GENEVE_PORT, PROTO_TCP, PROTO_UDP, Frame, decode
+from tracer.capture.sightings import T, PointStats, from_frame, tcp_key
+from tracer.decode import GENEVE_PORT, decode
 from tracer.capture.pcapio import LINKTYPE_ETHERNET, MAX_RECORD, PCAPNG_SHB, CaptureFile
 
-T, P, KEY, TTL, CODE, ENDS, PROTO, FLAGS, HEAD, FRAME, BIT = range(11)
-CALICO_MAC = b"\xee" * 6
 CHUNK = 1 << 20
-MAX_IPS = 64
 
-_ports = struct.Struct("!HH").pack
-_tcp_key = struct.Struct("!HIIBI").pack  # IP ID, seq, ack, flags, payload length (see identity)
 # The two shapes nearly every frame of a Kubernetes capture has, each read with one unpack:
 # Ethernet / IPv4 (no options) / TCP: ethertype; version+IHL, length, id, fragment, TTL (the protocol byte
 # is checked before); TCP seq, ack, data offset, flags (the ports are read as bytes, with the addresses).
@@ -43,99 +30,6 @@ _ETH_IP_TCP = struct.Struct("!12xH" "BxHHHB11x" "4xIIBB")
 # ports, the VXLAN flags; then the inner ethertype and the inner IPv4 and TCP fields as above, with the
 # inner protocol.
 _VXLAN_TCP = struct.Struct("!12xH" "Bx4xH12x" "HH4x" "B7x" "12xH" "BxHHHBB10x" "4xIIBB")
-
-
-def identity(fr: Frame):
-    """What stays the same for one packet at every point of its way (inner packet only).
-
-    A TCP segment's is its IP ID, sequence and acknowledgement numbers, flags and payload length
-    packed into bytes (_tcp_key: one object, cheap to hash, compare and send between processes);
-    the others' a tuple."""
-    p = fr.proto
-    if fr.fragment:
-        return (p, fr.ip_id, -1, fr.payload_len, fr.ip_len)
-    if p == PROTO_TCP:
-        if fr.tcp_seq is None:  # (header cut short)
-            return (p, fr.ip_id, fr.ip_len)
-        return _tcp_key(fr.ip_id, fr.tcp_seq, fr.tcp_ack, fr.tcp_flags, fr.payload_len)
-    if p == PROTO_UDP:
-        off = fr.payload_offset
-        return (p, fr.ip_id, fr.payload_len, fr.data[off:off + 24] if off >= 0 else b"")
-    return (p, fr.ip_id, fr.ip_len, fr.icmp_type, fr.icmp_code, fr.icmp_id, fr.icmp_seq)
-
-
-def ends_of(fr: Frame) -> bytes:
-    e = fr.ip_src + fr.ip_dst
-    return e + _ports(fr.sport, fr.dport) if fr.sport is not None and fr.dport is not None else e
-
-
-def from_frame(ts: float, point: int, fr: Frame, ends: bytes, keep: bool) -> tuple:
-    """The sighting of a decoded IP frame (PointStats.add_frame gives its ends)."""
-    po = fr.payload_offset
-    head = fr.data[po:po + 8] if fr.payload_len and po >= 0 else b""
-    return (ts, point, identity(fr), fr.ttl, point | fr.ttl << 16 | len(fr.tunnels) << 24, ends, fr.proto,
-            fr.tcp_flags, head, fr if keep else None, 1 << point)
-
-
-def split_ends(e: bytes) -> tuple[tuple, tuple]:
-    """`ends` back to ((source ip, port), (destination ip, port)); port None without ports."""
-    n = len(e)
-    if n in (12, 36):
-        h = (n - 4) // 2
-        sp, dp = struct.unpack_from("!HH", e, 2 * h)
-        return (e[:h], sp), (e[h:2 * h], dp)
-    h = n // 2
-    return (e[:h], None), (e[h:], None)
-
-
-class PointStats:
-    """What a point's frames tell about it, gathered while reading (see correlate._Point).
-
-    The inner IPs (the first 64) and whether Calico's MAC ee:ee:ee:ee:ee:ee shows up are looked
-    at on the first frame of each address/port pair at the point (and on every non-IP frame):
-    what they tell does not change from one packet of a flow to the next.
-    """
-
-    __slots__ = ("frames", "undecoded", "encapsulated", "calico_mac", "ips", "ends", "first", "last")
-
-    def __init__(self):
-        self.frames = self.undecoded = self.encapsulated = 0
-        self.first = float("inf")
-        self.last = float("-inf")
-        """Times of the point's first and last frames (its own clock): when it was capturing.
-        Kept up to date as the reader reads ahead: `last` is never behind what has been merged."""
-        self.calico_mac = False
-        self.ips: set[bytes] = set()
-        self.ends: set[bytes] = set()
-
-    def saw(self, src: bytes, dst: bytes, mac_a: bytes | None, mac_b: bytes | None) -> None:
-        """The first frame of a new address/port pair: its inner IPs and MACs."""
-        if len(self.ips) < MAX_IPS:
-            self.ips.add(src)
-            self.ips.add(dst)
-        if not self.calico_mac and (mac_a == CALICO_MAC or mac_b == CALICO_MAC):
-            self.calico_mac = True
-
-    def add_frame(self, fr: Frame, time: float) -> bytes | None:
-        """Count a decoded frame; its `ends` if it is an IP packet the correlator follows, else None."""
-        self.frames += 1
-        if time < self.first:
-            self.first = time
-        if time > self.last:
-            self.last = time
-        if fr.tunnels:
-            self.encapsulated += 1
-        if fr.undecoded is not None and fr.arp is None:
-            self.undecoded += 1
-        if fr.ip_src is None or fr.proto is None:
-            if not self.calico_mac and (fr.eth_src == CALICO_MAC or fr.eth_dst == CALICO_MAC):
-                self.calico_mac = True
-            return None
-        e = ends_of(fr)
-        if e not in self.ends:
-            self.ends.add(e)
-            self.saw(fr.ip_src, fr.ip_dst, fr.eth_src, fr.eth_dst)
-        return e
 
 
 _time = itemgetter(T)
@@ -174,7 +68,7 @@ def pcap_sightings(cap: CaptureFile, point: int, stats: PointStats, vxlan_ports:
         unpack_epb, unpack_block = struct.Struct(cap.byte_order + "7I").unpack_from, struct.Struct(cap.byte_order + "II").unpack_from
         cap.read = base = cap.start  # (base: the offset in the file of the buffer's first byte)
         least = 12 if ng else 16  # (the smallest block, record header)
-        eth_ip_tcp, vxlan_tcp, key = _ETH_IP_TCP.unpack_from, _VXLAN_TCP.unpack_from, _tcp_key
+        eth_ip_tcp, vxlan_tcp, key = _ETH_IP_TCP.unpack_from, _VXLAN_TCP.unpack_from, tcp_key
         vx = vxlan_ports
         rest = b""
         count = 0

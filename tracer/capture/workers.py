@@ -6,7 +6,7 @@ nothing but that file, so each big file the fast reader takes (pcap or pcapng of
 can be read by a forked process of its own, which sends its sightings back through a pipe in
 batches, pickled without a memo (a sighting
 costs ~0.2 us to send and ~0.5 us to take in, against 2-3 us to read; a TCP segment's identity
-is one bytes object for that, see digest.identity). The correlator takes each file's batches
+is one bytes object for that, see tracer.capture.sightings.identity). The correlator takes each file's batches
 when its merge needs them, as from the reader in its own process: same batches, same order,
 same warnings, same point statistics, same output (tests/test_workers.py).
 
@@ -24,7 +24,8 @@ import struct
 from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
-from tracer.capture.fastpath import MAX_IPS, PointStats, pcap_sightings
+from tracer.capture.fastpath import pcap_sightings
+from tracer.capture.sightings import MAX_IPS, PointStats
 from tracer.errors import TracerError
 from tracer.capture.pcapio import CaptureFile
 

@@ -8,7 +8,10 @@ import sys
 
 import click
 
-from tracer.app.analyze import AnalyzeRequest, ReadingProgress, run_analysis
+from tracer.app.analyze import AnalyzeRequest, analyze
+from tracer.correlate.engine import no_cyclic_gc
+from tracer.render.analysis import show
+from tracer.render.progress import ReadingProgress
 from tracer.errors import UsageError
 
 
@@ -73,11 +76,17 @@ def command(paths, points, vxlan_ports, flows, all_flows, summary, output, pcapn
                 break
     way, names, named, together = _read_path_file(path_file) if path_file else ((), {}, {}, False)
     named.update(_parse_ifnames(ifnames))
+    progress = ReadingProgress(sys.stderr) if _terminal(sys.stderr) else None
     req = AnalyzeRequest(paths=tuple(paths), points=tuple(points), vxlan_ports=tuple(vxlan_ports), flows=tuple(flows),
                          all_flows=all_flows, summary=summary, output=output, pcapng=pcapng, way=way, names=names,
                          window=window, ifnames=named, captured_together=together, jobs=jobs, strict_flows=True,
-                         progress=ReadingProgress(sys.stderr) if _terminal(sys.stderr) else None)
-    run_analysis(req, sys.stdout)
+                         progress=progress)
+    done = progress or (lambda share: None)  # (called with None: the progress line wiped)
+    with no_cyclic_gc():  # (the model and the document too)
+        try:
+            show(analyze(req), sys.stdout, output=output, summary=summary, names=names, pcapng=pcapng, progress=done)
+        finally:
+            done(None)
 
 
 def _terminal(stream) -> bool:

@@ -78,6 +78,15 @@ class Hop:
 
 
 @dataclass(frozen=True, kw_only=True)
+class RawFrame:
+    """A hop's frame as it was captured: what the merged pcapng writes (the Hop says the rest)."""
+
+    linktype: int
+    data: bytes
+    orig_len: int
+
+
+@dataclass(frozen=True, kw_only=True)
 class PacketTrace:
     """One packet followed across the capture points, hops in the order of its way."""
 

@@ -1,8 +1,6 @@
-"""Rich terminal views of a Trace. Pure: they read only the model, never files or the kernel."""
+"""The hop view: each shown packet's hops as a table, flow by flow. Pure: it reads only the model."""
 
 from __future__ import annotations
-
-import re
 
 from rich import box
 from rich.cells import cell_len
@@ -12,15 +10,10 @@ from rich.table import Table
 from rich.text import Span, Text
 
 from tracer.model import Flow, Hop, PacketTrace, Trace, duration
+from tracer.render.text import flow_numbers, render_footer, render_warnings, safe
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 CHANGE_STYLE = "bold yellow"
 ENCAP_STYLE = "bold magenta"
-
-
-def safe(s: object) -> str:
-    """Untrusted text (names, payload bytes) with control characters made visible."""
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(s))
 
 
 def _label(addr: str, names: dict[str, str]) -> str:
@@ -255,59 +248,4 @@ def render_hops(trace: Trace, console: Console, flows: list[Flow], names: dict[s
             console.print()
         console.print(summary_line(f))
         console.print()
-    render_footer(trace, console)
-
-
-def flow_numbers(trace: Trace) -> dict[int, int]:
-    """id(flow) -> its number in the whole trace, as --flow N takes it (whatever is shown)."""
-    return {id(f): i for i, f in enumerate(trace.flows, 1)}
-
-
-def render_footer(trace: Trace, console: Console) -> None:
-    pts = Table(title="capture points", title_justify="left", show_edge=False, pad_edge=False)
-    for col in ("point", "role", "frames", "undecoded"):
-        pts.add_column(col, overflow="fold")
-    for p in trace.points:
-        pts.add_row(safe(p.id), p.role, f"{p.packets:,}", f"{p.undecoded:,}")
-    console.print(pts)
-    if trace.clock_offsets and all(abs(o) < 5e-7 for o in trace.clock_offsets.values()):
-        console.print("clocks: every hop in order by its capture's clock (no offsets between nodes to correct)")
-    elif trace.clock_offsets:
-        offs = ", ".join(f"{safe(n)} {(o if abs(o) >= 5e-7 else 0.0):+.6f}s" for n, o in trace.clock_offsets.items())
-        console.print(f"clock offsets against {safe(trace.reference_node)} (estimated from the traffic): {offs}")
-
-
-def render_warnings(trace: Trace, console: Console) -> None:
-    """First, before the flows: what they say (a file cut short, a capture begun late) bears on
-    what follows. Not wrapped by us: a file's path in a warning stays whole, to be copied."""
-    for w in trace.warnings:
-        console.print(Text(f"warning: {safe(w)}", style="yellow"), soft_wrap=True)
-
-
-def render_summary(trace: Trace, console: Console, flows: list[Flow]) -> None:
-    render_warnings(trace, console)
-    console.print(Text(f"{trace.total_packets:,} frames at {len(trace.points)} points, {trace.matched_packets:,} distinct "
-                       f"packets in {len(trace.flows):,} flow{'s' if len(trace.flows) != 1 else ''}", style="bold"))
-    ft = Table(title="flows (those with packets that stopped first)", title_justify="left", show_edge=False,
-               pad_edge=False)
-    for col in ("#", "proto", "client", "server", "NAT", "packets", "reached end", "stopped at"):
-        ft.add_column(col, overflow="fold")
-    number = flow_numbers(trace)
-    for f in sorted(flows, key=lambda f: not (f.summary and f.summary.stopped))[:50]:
-        s = f.summary
-        stopped = ", ".join(f"{safe(p)}: {n:,}" for p, n in (s.stopped.items() if s else []))
-        ft.add_row(str(number[id(f)]), f.protocol, safe(f.client), safe(f.server),
-                   f"{f.nat.kind} {f.nat.original}" if f.nat else "", f"{s.packets if s else 0:,}",
-                   f"{s.reached_end if s else 0:,}", Text(stopped, style="red") if stopped else "")
-    console.print(ft)
-    if len(flows) > 50:
-        console.print(f"... and {len(flows) - 50:,} more flows (--output json lists all)", style="dim")
-    st = Table(title="segments (consecutive points of the ways), latency: median and 99th percentile",
-               title_justify="left", show_edge=False, pad_edge=False)
-    for col in ("from", "to", "packets", "lost", "median", "p99"):
-        st.add_column(col, overflow="fold")
-    for s in trace.segments:
-        st.add_row(safe(s.src), safe(s.dst), f"{s.packets:,}", Text(f"{s.lost:,}", style="red" if s.lost else ""),
-                   duration(s.latency_median), duration(s.latency_p99))
-    console.print(st)
     render_footer(trace, console)

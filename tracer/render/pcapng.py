@@ -11,6 +11,8 @@ import struct
 from typing import BinaryIO
 
 from tracer.errors import CaptureFileError
+from tracer.model import Trace
+from tracer.model.trace import RawFrame
 
 TSRESOL_NS = 9
 
@@ -64,3 +66,22 @@ class PcapngWriter:
                 opts += _opt(2, struct.pack("<I", flags))
             body += opts + (_opt(0, b"") if opts else b"")
             f.write(_block(6, body))
+
+
+def write_pcapng(trace: Trace, frames: tuple[tuple[tuple[RawFrame, ...], ...], ...], path: str) -> int:
+    """Every hop of every kept packet, commented `flow F packet P hop H/N ...`; how many.
+    `frames` holds each hop's frame as captured, per flow of `trace.flows`, per packet, per hop."""
+    w = PcapngWriter(path)
+    n = 0
+    for fi, (flow, packets) in enumerate(zip(trace.flows, frames, strict=True), 1):
+        for pi, (p, raws) in enumerate(zip(flow.packets, packets, strict=True), 1):
+            what = p.headline
+            for hi, (h, raw) in enumerate(zip(p.hops, raws, strict=True), 1):
+                note = ""
+                if h.encap is not None:
+                    note = f" encapsulated {h.encap.type.upper()}" + (f" VNI {h.encap.vni}" if h.encap.vni is not None else "")
+                w.add(h.point, raw.linktype, h.time, raw.data, raw.orig_len,
+                      f"flow {fi} packet {pi} hop {hi}/{len(raws)} {what}{note}", h.direction)
+                n += 1
+    w.close()
+    return n

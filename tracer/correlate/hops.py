@@ -1,0 +1,134 @@
+"""What a hop shows: the one definition of what changed at a hop, and a packet in words.
+
+Shared by every view that shows hops: tracer.correlate.describe (analyze, follow and their JSON)
+and the live grid (tracer.app.watch), so that "what changed" means the same in all of them.
+"""
+
+from __future__ import annotations
+
+from tracer.capture.sightings import HTTP_STARTS
+from tracer.decode import PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, Frame, fmt_ip, fmt_mac, tcp_flags_str
+from tracer.model import Encapsulation
+
+PROTO_NAMES = {PROTO_TCP: "tcp", PROTO_UDP: "udp", PROTO_ICMP: "icmp", PROTO_ICMPV6: "icmpv6", 47: "gre", 4: "ipip"}
+FLAG_WORDS = {"S": "SYN", "SA": "SYN-ACK", "A": "ACK", "PA": "PSH-ACK", "FA": "FIN-ACK", "R": "RST", "RA": "RST-ACK",
+              "FPA": "FIN-PSH-ACK"}
+TUNNEL_NAMES = {"vxlan": "VXLAN", "geneve": "Geneve", "ipip": "IP-in-IP", "gre": "GRE", "erspan": "ERSPAN"}
+
+
+def endpoint(ep: tuple) -> str:
+    ip, port = ep
+    s = fmt_ip(ip) or "?"
+    if port is None:
+        return s
+    return f"[{s}]:{port}" if ":" in s else f"{s}:{port}"
+
+
+def packet_summary(fr: Frame) -> str:
+    """`SYN 10.1.38.203:56312 -> 10.1.201.77:80`, `GET /get`, `ICMP echo 7`: one packet in words."""
+    src, dst = endpoint((fr.ip_src, fr.sport)), endpoint((fr.ip_dst, fr.dport))
+    if fr.proto == PROTO_TCP:
+        flags = tcp_flags_str(fr.tcp_flags)
+        text = f"{FLAG_WORDS.get(flags, flags)} {src} -> {dst}"
+        if fr.payload_len:
+            line = fr.data[fr.payload_offset:fr.payload_offset + 64].split(b"\r\n", 1)[0] if fr.payload_offset >= 0 else b""
+            if line.startswith(HTTP_STARTS):
+                text += " " + line.decode("ascii", "replace")
+            else:
+                text += f" {fr.payload_len} bytes"
+        return text
+    if fr.proto in (PROTO_ICMP, PROTO_ICMPV6):
+        kind = {0: "echo reply", 8: "echo request", 128: "echo request", 129: "echo reply"}.get(fr.icmp_type, f"type {fr.icmp_type}")
+        seq = f" seq {fr.icmp_seq}" if fr.icmp_seq is not None else ""
+        return f"ICMP {kind}{seq} {src} -> {dst}"
+    name = PROTO_NAMES.get(fr.proto, f"proto {fr.proto}").upper()
+    return f"{name} {src} -> {dst} {fr.payload_len or 0} bytes"
+
+
+def packet_label(fr: Frame) -> str:
+    """`SYN`, `PSH-ACK GET /get`, `PSH-ACK HTTP/1.1 200`: short enough for a projector."""
+    flags = tcp_flags_str(fr.tcp_flags)
+    text = FLAG_WORDS.get(flags, flags or PROTO_NAMES.get(fr.proto, "?").upper())
+    if fr.payload_len:
+        line = fr.data[fr.payload_offset:fr.payload_offset + 40].split(b"\r\n", 1)[0] if fr.payload_offset >= 0 else b""
+        if line.startswith(HTTP_STARTS):
+            text += " " + " ".join(line.decode("ascii", "replace").split()[:2])
+        else:
+            text += f" {fr.payload_len}B"
+    return text
+
+
+def encapsulation(fr: Frame) -> Encapsulation | None:
+    """The tunnel right around the inner packet at a hop, as the model has it (None: none)."""
+    if not fr.tunnels:
+        return None
+    t = fr.tunnels[-1]  # the tunnel right around the inner packet
+    return Encapsulation(type=t.type, vni=t.vni, outer_eth_src=fmt_mac(t.outer_eth_src),
+                         outer_eth_dst=fmt_mac(t.outer_eth_dst), outer_ip_src=fmt_ip(t.outer_ip_src),
+                         outer_ip_dst=fmt_ip(t.outer_ip_dst), udp_sport=t.udp_sport, udp_dport=t.udp_dport,
+                         bytes_added=sum(x.bytes_added for x in fr.tunnels), outer_ttl=t.outer_ttl)
+
+
+def hop_changes(prev: Frame, fr: Frame) -> tuple[str, ...]:
+    """What changed at a hop against the packet's previous one: the one definition that every
+    view uses (analyze's hops and JSON, follow, the live grid). In this order: `dnat`, `snat`
+    (destination, source address or port), `ttl` (routed: one less), `mac` (the frame's MACs
+    rewritten), `encap` or `decap` (a tunnel put around or taken off the packet)."""
+    changes = []
+    if (prev.ip_dst, prev.dport) != (fr.ip_dst, fr.dport):
+        changes.append("dnat")
+    if (prev.ip_src, prev.sport) != (fr.ip_src, fr.sport):
+        changes.append("snat")
+    if prev.ttl is not None and fr.ttl is not None and fr.ttl < prev.ttl:
+        changes.append("ttl")
+    # (Linux cooked captures know only the sender's MAC: what is not known did not change)
+    if any(a != b and a is not None and b is not None for a, b in ((prev.eth_src, fr.eth_src), (prev.eth_dst, fr.eth_dst))):
+        changes.append("mac")
+    if fr.tunnels and not prev.tunnels:
+        changes.append("encap")
+    elif prev.tunnels and not fr.tunnels:
+        changes.append("decap")
+    return tuple(changes)
+
+
+def hop_why(changes: tuple[str, ...], prev: Frame | None, prev_point, fr: Frame, point, enc: Encapsulation | None,
+            direction: str) -> str:
+    """The hop's changes in one sentence (why they happened: routing, VXLAN, kube-proxy, ...)."""
+    if prev is None:
+        return "as the pod sent it" if point.role == "pod-veth" else "first seen here"
+    words: list[str] = []
+    if "dnat" in changes:
+        what = f"destination {endpoint((prev.ip_dst, prev.dport))} -> {endpoint((fr.ip_dst, fr.dport))}"
+        words.append(f"DNAT (kube-proxy): {what}" if direction == "request" else f"NAT: {what}")
+    if "snat" in changes:
+        what = f"source {endpoint((prev.ip_src, prev.sport))} -> {endpoint((fr.ip_src, fr.sport))}"
+        words.append(f"SNAT: {what}" if direction == "request" else f"conntrack restores the service address: {what}")
+    routed, mac = "ttl" in changes, "mac" in changes
+    if routed or mac:
+        parts = []
+        if mac:
+            parts.append("MACs rewritten")
+        if routed:
+            parts.append(f"TTL {prev.ttl} -> {fr.ttl}")
+        who = f"{point.node} routed it" if routed else f"{point.node} rewrote the frame"
+        words.append(f"{who}: " + ", ".join(parts))
+    if "encap" in changes:
+        t = fr.tunnels[-1]
+        name = TUNNEL_NAMES.get(t.type, t.type)
+        vni = f" VNI {t.vni}" if t.vni is not None else ""
+        port = f", UDP {t.udp_sport} -> {t.udp_dport}" if t.udp_dport is not None else ""
+        words.append(f"{name} encapsulated{vni}{port}, outer {fmt_ip(t.outer_ip_src)} -> {fmt_ip(t.outer_ip_dst)}, "
+                     f"+{enc.bytes_added} bytes")
+    elif "decap" in changes:
+        t = prev.tunnels[-1]
+        words.append(f"{TUNNEL_NAMES.get(t.type, t.type)} decapsulated on {point.node} ({point.interface})")
+    elif fr.tunnels and prev.tunnels and prev_point.node != point.node:
+        words.append(f"crossed the underlay from {prev_point.node} to {point.node}")
+    if not words:
+        if prev_point.node != point.node and prev_point.role == point.role == "pod-veth":
+            words.append(f"crossed the veth pair from {prev_point.node} to {point.node} unchanged")
+        elif prev_point.node != point.node:
+            words.append(f"reached {point.node} unchanged")
+        else:
+            words.append("unchanged")
+    return "; ".join(words)

@@ -1,0 +1,71 @@
+"""An Analysis shown: the merged pcapng, the JSON document, or the text view (hops or summary)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TextIO
+
+from tracer.render.jsondoc import dumps
+
+if TYPE_CHECKING:
+    from rich.console import Group
+
+    from tracer.app.analyze import Analysis
+
+
+def show(a: Analysis, out: TextIO, *, output: str = "text", summary: bool = False, names: dict[str, str] | None = None,
+         pcapng: str | None = None, extra_json: dict | None = None, header: Group | None = None,
+         progress: Callable[[None], None] = lambda share: None) -> None:
+    """Write what `tracer analyze` shows to `out` (status to stderr). `progress` is called with
+    None when the progress line is to be wiped, before anything is written."""
+    if pcapng:
+        from tracer.render.pcapng import write_pcapng
+
+        assert a.frames is not None, "analyze() keeps the frames when asked for a pcapng"
+        n = write_pcapng(a.trace, a.frames, pcapng)
+        progress(None)
+        k = len(a.trace.points)
+        print(f"tracer: wrote {pcapng}: {n:,} frame{'s' if n != 1 else ''} of {k} point{'s' if k != 1 else ''}, "
+              "the point as the frame's "
+              "interface, its hop as its comment (columns frame.interface_name and frame.comment)", file=sys.stderr)
+    if output == "json":
+        text = dumps(a.document_trace, summary=summary, extra=extra_json)
+        progress(None)
+        out.write(text + "\n")
+        return
+    from rich.console import Console  # (not needed for --output json)
+
+    from tracer.render import hops, summary as summary_view
+
+    progress(None)
+    console = Console(file=out, highlight=False, soft_wrap=False, width=_width(out))
+    if header is not None:
+        from rich.console import Group
+        from rich.text import Text
+        for part in header.renderables if isinstance(header, Group) else [header]:
+            # a line marked not to be wrapped (one with a path to copy) is left whole to the terminal
+            console.print(part, soft_wrap=isinstance(part, Text) and bool(part.no_wrap))
+    trace, shown = a.trace, list(a.shown)
+    if len(shown) < len(trace.flows):
+        ids = {id(f) for f in shown}
+        hidden = [f for f in trace.flows if id(f) not in ids]
+        n = sum(f.summary.packets if f.summary else len(f.packets) for f in hidden)
+        # (tracer follow's own --flow is its run's connections: --all-flows shows the others)
+        by_user = a.chosen_by_flow and a.strict_flows
+        why = " not matching --flow" if by_user else ("" if a.chosen_by_flow else ", neither HTTP nor with packets that stopped,")
+        how = "" if by_user else " (--all-flows)"
+        console.print(f"{len(hidden):,} other flow{'s' if len(hidden) != 1 else ''} ({n:,} packets){why} in the "
+                      f"captures not shown{how}", style="dim")
+    if a.summary_view:
+        if not summary:
+            why = "" if a.kept_packets else f"{trace.total_packets:,} frames in the captures, "
+            console.print(f"{why}{a.shown_packets:,} packets in the selected flows: showing the summary "
+                          "(--flow N for one flow's hops)", style="dim")
+        summary_view.render_summary(trace, console, shown)
+    else:
+        hops.render_hops(trace, console, shown, names or {})
+
+
+def _width(out: TextIO) -> int | None:
+    return None if getattr(out, "isatty", lambda: False)() else 200
