@@ -19,23 +19,12 @@ from typing import BinaryIO, NamedTuple
 
 from tracer.errors import CaptureFileError
 
-# Link types (https://www.tcpdump.org/linktypes.html) tracer decodes.
-LINKTYPE_NULL = 0
-LINKTYPE_ETHERNET = 1
-LINKTYPE_RAW = 101
-LINKTYPE_LINUX_SLL = 113
-LINKTYPE_IPV4 = 228
-LINKTYPE_IPV6 = 229
-LINKTYPE_LINUX_SLL2 = 276
-LINKTYPE_NAMES = {
-    LINKTYPE_NULL: "BSD loopback",
-    LINKTYPE_ETHERNET: "Ethernet",
-    LINKTYPE_RAW: "raw IP",
-    LINKTYPE_LINUX_SLL: "Linux cooked v1",
-    LINKTYPE_IPV4: "raw IPv4",
-    LINKTYPE_IPV6: "raw IPv6",
-    LINKTYPE_LINUX_SLL2: "Linux cooked v2",
-}
+# Link types tracer decodes: defined by the decoder (decode must not import capture), kept
+# importable from here.
+from tracer.decode import (  # noqa: F401
+    LINKTYPE_ETHERNET, LINKTYPE_IPV4, LINKTYPE_IPV6, LINKTYPE_LINUX_SLL, LINKTYPE_LINUX_SLL2, LINKTYPE_NAMES,
+    LINKTYPE_NULL, LINKTYPE_RAW,
+)
 
 PCAP_MAGIC_US = 0xA1B2C3D4
 PCAP_MAGIC_NS = 0xA1B23C4D
