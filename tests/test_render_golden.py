@@ -20,7 +20,7 @@ from tracer.render import hops as render
 from tracer.render import summary as summary_view
 from tracer.render.text import safe
 from tracer.app.analyze import AnalyzeRequest, correlate, select_flows
-from tracer.commands.analyze import _read_path_file
+from tracer.app.analyze import read_path_file
 
 GOLDEN = Path(__file__).parent / "golden"
 UPDATE = os.environ.get("TRACER_UPDATE_GOLDEN") == "1"
@@ -28,7 +28,7 @@ UPDATE = os.environ.get("TRACER_UPDATE_GOLDEN") == "1"
 
 def view(scenario: str, kind: str, width: int = 100) -> str:
     """What `tracer analyze pcaps/<scenario> [--summary]` shows, at 100 columns without colour."""
-    way, names, *_ = _read_path_file(str(SAMPLES / scenario / "path.json"))
+    way, names, *_ = read_path_file(str(SAMPLES / scenario / "path.json"))
     # paths relative to the repository, so the text does not depend on where it is checked out
     req = AnalyzeRequest(paths=(os.path.relpath(SAMPLES / scenario),), way=way, names=names,
                          summary=kind == "summary")
@@ -122,7 +122,7 @@ def test_direct_layout_is_what_rich_lays_out(scenario):
     """render.lay_out (the hop tables without rich's general table layout, ~10 ms less a table)
     gives every character and its style as rich's Table does; at 100 columns and wider it is
     the one used (the goldens are its text), narrower it steps aside where rich would fold."""
-    way, names, *_ = _read_path_file(str(SAMPLES / scenario / "path.json"))
+    way, names, *_ = read_path_file(str(SAMPLES / scenario / "path.json"))
     trace, _ = correlate(AnalyzeRequest(paths=(str(SAMPLES / scenario),), way=way, names=names))
     packets = [p for f in select_flows(trace, (), False) for p in f.packets]
     assert packets

@@ -7,7 +7,9 @@ shows an Analysis).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+import os
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from tracer.capture.inputs import CaptureInput, inputs_from_paths, total_size
@@ -15,7 +17,7 @@ from tracer.correlate.describe import build_trace
 from tracer.correlate.engine import CorrelationOptions, Correlator
 from tracer.correlate.result import Correlation
 from tracer.decode import VXLAN_PORTS
-from tracer.errors import NotFoundError
+from tracer.errors import NotFoundError, UsageError
 from tracer.model import Flow, Trace
 from tracer.model.trace import RawFrame
 
@@ -147,3 +149,51 @@ def _matches(f: Flow, index: int, spec: str) -> bool:
         if spec in (a, ip, port):
             return True
     return spec == f.protocol
+
+
+# ---- the expected way and interface names, from the command line ----
+
+def find_path_file(paths: Iterable[str]) -> str | None:
+    """The path.json of the first directory among `paths` that holds one (as follow --save writes it)."""
+    for p in paths:
+        if os.path.isdir(p) and os.path.isfile(os.path.join(p, "path.json")):
+            return os.path.join(p, "path.json")
+    return None
+
+
+def parse_ifnames(specs: tuple[str, ...]) -> dict[tuple[str, int], str]:
+    out = {}
+    for spec in specs:
+        where, sep, name = spec.partition("=")
+        node, slash, index = where.rpartition("/")
+        if not (sep and slash and node and index.isdigit() and name and "/" not in name):
+            raise UsageError(f"--ifname {spec!r}: expected NODE/INDEX=NAME", "e.g. --ifname worker1/3=cali35e3a5cb80b")
+        out[(node, int(index))] = name
+    return out
+
+
+def read_path_file(path: str) -> tuple[tuple[str, ...], dict[str, str], dict[tuple[str, int], str], bool]:
+    """The request's way, the pods' names, the way's interfaces by (node, index) from a
+    `tracer path --output json` document, and whether it says its captures ran over the whole
+    exchange (`tracer follow --save` writes it so: its agents all listen before curl and until
+    the end)."""
+    try:
+        with open(path) as f:
+            doc = json.load(f)
+        way = tuple(p["id"] for p in doc.get("points", []))
+        ifnames = {(str(p["node"]), int(p["ifindex"])): str(p["interface"])
+                   for p in doc.get("points", []) if p.get("ifindex") is not None}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise UsageError(f"{path}: not a tracer path document ({e})", "write it with: tracer path SRC DST --output json") from None
+    names = {}
+    for side in ("src", "dst"):
+        d = doc.get(side) or {}
+        if isinstance(d, dict) and d.get("ip") and d.get("name"):
+            names[str(d["ip"])] = str(d["name"])
+    # The pods' own eth0, where captured, are the two ends of the way.
+    src, dst = (doc.get(side) or {} for side in ("src", "dst"))
+    if isinstance(src, dict) and src.get("name"):
+        way = (f"{src['name']}/eth0",) + way
+    if isinstance(dst, dict) and dst.get("name"):
+        way = way + (f"{dst['name']}/eth0",)
+    return way, names, ifnames, doc.get("captured_together") is True

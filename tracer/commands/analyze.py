@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
 import click
 
-from tracer.app.analyze import AnalyzeRequest, analyze
+from tracer.app.analyze import AnalyzeRequest, analyze, find_path_file, parse_ifnames, read_path_file
 from tracer.correlate.engine import no_cyclic_gc
 from tracer.render.analysis import show
 from tracer.render.progress import ReadingProgress
@@ -69,13 +68,9 @@ def command(paths, points, vxlan_ports, flows, all_flows, summary, output, pcapn
     """
     if not paths and not points:
         raise UsageError("no captures given", "pass capture files or a directory, e.g.: tracer analyze pcaps/http-get")
-    if path_file is None:
-        for p in paths:
-            if os.path.isdir(p) and os.path.isfile(os.path.join(p, "path.json")):
-                path_file = os.path.join(p, "path.json")
-                break
-    way, names, named, together = _read_path_file(path_file) if path_file else ((), {}, {}, False)
-    named.update(_parse_ifnames(ifnames))
+    path_file = path_file or find_path_file(paths)
+    way, names, named, together = read_path_file(path_file) if path_file else ((), {}, {}, False)
+    named.update(parse_ifnames(ifnames))
     progress = ReadingProgress(sys.stderr) if _terminal(sys.stderr) else None
     req = AnalyzeRequest(paths=tuple(paths), points=tuple(points), vxlan_ports=tuple(vxlan_ports), flows=tuple(flows),
                          all_flows=all_flows, summary=summary, output=output, pcapng=pcapng, way=way, names=names,
@@ -92,41 +87,3 @@ def command(paths, points, vxlan_ports, flows, all_flows, summary, output, pcapn
 def _terminal(stream) -> bool:
     """A terminal that can take a line redrawn in place."""
     return stream.isatty() and os.environ.get("TERM") != "dumb"
-
-
-def _parse_ifnames(specs: tuple[str, ...]) -> dict[tuple[str, int], str]:
-    out = {}
-    for spec in specs:
-        where, sep, name = spec.partition("=")
-        node, slash, index = where.rpartition("/")
-        if not (sep and slash and node and index.isdigit() and name and "/" not in name):
-            raise UsageError(f"--ifname {spec!r}: expected NODE/INDEX=NAME", "e.g. --ifname worker1/3=cali35e3a5cb80b")
-        out[(node, int(index))] = name
-    return out
-
-
-def _read_path_file(path: str) -> tuple[tuple[str, ...], dict[str, str], dict[tuple[str, int], str], bool]:
-    """The request's way, the pods' names, the way's interfaces by (node, index) from a
-    `tracer path --output json` document, and whether it says its captures ran over the whole
-    exchange (`tracer follow --save` writes it so: its agents all listen before curl and until
-    the end)."""
-    try:
-        with open(path) as f:
-            doc = json.load(f)
-        way = tuple(p["id"] for p in doc.get("points", []))
-        ifnames = {(str(p["node"]), int(p["ifindex"])): str(p["interface"])
-                   for p in doc.get("points", []) if p.get("ifindex") is not None}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-        raise UsageError(f"{path}: not a tracer path document ({e})", "write it with: tracer path SRC DST --output json") from None
-    names = {}
-    for side in ("src", "dst"):
-        d = doc.get(side) or {}
-        if isinstance(d, dict) and d.get("ip") and d.get("name"):
-            names[str(d["ip"])] = str(d["name"])
-    # The pods' own eth0, where captured, are the two ends of the way.
-    src, dst = (doc.get(side) or {} for side in ("src", "dst"))
-    if isinstance(src, dict) and src.get("name"):
-        way = (f"{src['name']}/eth0",) + way
-    if isinstance(dst, dict) and dst.get("name"):
-        way = way + (f"{dst['name']}/eth0",)
-    return way, names, ifnames, doc.get("captured_together") is True
