@@ -1,8 +1,9 @@
-"""The seam between `tracer follow`'s orchestration and where it runs (the lab or Kubernetes).
+"""The ports every cluster backend implements (the lab, Kubernetes), and what they hand back.
 
-Both backends implement `FollowBackend`; the orchestration (tracer/follow/run.py) knows only this.
-A capture agent (capture-pod/agent.py: standard library + scapy) runs on each node with
-hostNetwork and speaks the line/frame protocol in tracer/follow/agent_protocol.py over its
+Discovery (tracer.cluster.discover) knows only `Backend`; `tracer path` opens and closes a
+`DiscoveryBackend`; `tracer follow`'s orchestration (tracer.app.follow) knows only
+`FollowBackend`. A capture agent (capture-pod/agent.py: standard library + scapy) runs on each
+node with hostNetwork and speaks the line/frame protocol in tracer.cluster.agents over its
 stdin/stdout, which both backends carry as raw bytes (lab: a pipe to a process in the node's
 namespace; Kubernetes: a binary exec stream into a capture pod pinned to the node).
 """
@@ -10,11 +11,38 @@ namespace; Kubernetes: a binary exec stream into a capture pod pinned to the nod
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
-from tracer.cluster.discover.readers import Backend, ExecResult, PodRef
+from tracer.model import PodRef
 
-__all__ = ["AgentChannel", "Backend", "ExecResult", "FollowBackend", "PodRef"]
+__all__ = ["AgentChannel", "Backend", "DiscoveryBackend", "ExecResult", "FollowBackend"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExecResult:
+    """Outcome of one command run in a pod or on a node."""
+
+    returncode: int
+    stdout: bytes
+    stderr: bytes
+
+
+class Backend(Protocol):
+    """What discovery needs from a cluster: find pods, run commands in pods and on nodes."""
+
+    def pod(self, name: str) -> PodRef: ...
+
+    def exec_pod(self, pod: PodRef, argv: Sequence[str]) -> ExecResult: ...
+
+    def exec_node(self, node: str, argv: Sequence[str]) -> ExecResult: ...
+
+
+class DiscoveryBackend(Backend, Protocol):
+    """A Backend opened for one `tracer path`: closed after discovery, whatever happens."""
+
+    def close(self) -> None:
+        """Remove what reading the nodes needed (Kubernetes: the capture pods). Idempotent."""
 
 
 class AgentChannel(Protocol):
@@ -33,7 +61,7 @@ class AgentChannel(Protocol):
         """The agent's exit code once it has ended, else None."""
 
 
-class FollowBackend(Backend, Protocol):
+class FollowBackend(DiscoveryBackend, Protocol):
     """Discovery's Backend (pod, exec_pod, exec_node) plus what follow needs on top."""
 
     name: str

@@ -4,6 +4,8 @@ from tracer.model.trace import (
     ROLES, SCHEMA, CapturePoint, Encapsulation, Flow, FlowSummary, Hop, Nat, PacketTrace, SegmentStats, Trace,
     duration,
 )
+from tracer.model.way import PATH_SCHEMA, WAY_POINT_ROLES, NodeTunnel, PodEnd, PodRef, Way, WayPoint
 
-__all__ = ["ROLES", "SCHEMA", "CapturePoint", "Encapsulation", "Flow", "FlowSummary", "Hop", "Nat", "PacketTrace",
-           "SegmentStats", "Trace", "duration"]
+__all__ = ["PATH_SCHEMA", "ROLES", "SCHEMA", "WAY_POINT_ROLES", "CapturePoint", "Encapsulation", "Flow", "FlowSummary",
+           "Hop", "Nat", "NodeTunnel", "PacketTrace", "PodEnd", "PodRef", "SegmentStats", "Trace", "Way", "WayPoint",
+           "duration"]

@@ -17,168 +17,11 @@ import json
 import struct
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
-from typing import Any, Protocol
+from typing import Any
 
+from tracer.cluster.ports import Backend, ExecResult
 from tracer.errors import ClusterError
-
-SCHEMA = "tracer.path/v1"
-ROLES = ("pod-veth", "tunnel", "underlay", "bridge")
-
-
-@dataclass(frozen=True, kw_only=True)
-class PodRef:
-    """A pod as the rest of tracer sees it, whatever backend found it."""
-
-    name: str
-    namespace: str
-    node: str
-    """Name of the node the pod runs on."""
-    ip: str
-
-
-@dataclass(frozen=True, kw_only=True)
-class ExecResult:
-    """Outcome of one command run in a pod or on a node."""
-
-    returncode: int
-    stdout: bytes
-    stderr: bytes
-
-
-class Backend(Protocol):
-    """What discovery needs from a cluster: find pods, run commands in pods and on nodes."""
-
-    def pod(self, name: str) -> PodRef: ...
-
-    def exec_pod(self, pod: PodRef, argv: Sequence[str]) -> ExecResult: ...
-
-    def exec_node(self, node: str, argv: Sequence[str]) -> ExecResult: ...
-
-
-@dataclass(frozen=True, kw_only=True)
-class WayPoint:
-    """One capture point on the way: an interface on a node that the request passes."""
-
-    node: str
-    interface: str
-    role: str
-    """One of ROLES: pod-veth (host end of a pod's veth), tunnel, underlay, bridge."""
-    mac: str
-    """The interface's own MAC."""
-    ifindex: int
-    direction: str
-    """`ingress` (the packet enters the node here) or `egress` (it leaves the node here)."""
-    eth_src: str
-    """Expected Ethernet source of the request here (the outer header on the underlay)."""
-    eth_dst: str
-    """Expected Ethernet destination of the request here."""
-    explanation: str
-    """One sentence in the exercise's terms."""
-
-    @property
-    def id(self) -> str:
-        return f"{self.node}/{self.interface}"
-
-
-@dataclass(frozen=True, kw_only=True)
-class PodEnd:
-    """What discovery read about one pod and the host end of its veth."""
-
-    pod: PodRef
-    mac: str
-    """MAC of the pod's eth0."""
-    mtu: int
-    iflink: int
-    """eth0@ifN: ifindex of the veth's other end, in the node's namespace."""
-    route: str
-    """The pod's route to the other pod, as `ip route get` says it."""
-    gateway: str | None
-    gateway_mac: str | None
-    """MAC the pod's ARP table holds for its gateway (None while not resolved)."""
-    host_veth: str
-    host_veth_mac: str
-    host_veth_ifindex: int
-    proxy_arp: int | None
-    proxy_delay: int | None
-    node_route: str
-    """The node's route to this pod: `<pod ip> dev <host veth> scope link`."""
-
-
-@dataclass(frozen=True, kw_only=True)
-class Tunnel:
-    """The VXLAN hop between the two nodes."""
-
-    device: str
-    vni: int
-    udp_port: int
-    mtu: int
-    src_mac: str
-    """MAC of the source node's tunnel device."""
-    dst_mac: str
-    """MAC of the destination node's tunnel device (the permanent neighbour entry)."""
-    dst_tunnel_ip: str
-    src_node_ip: str
-    dst_node_ip: str
-    """Where the FDB entry sends the encapsulated frame."""
-    route: str
-    """The source node's route to the destination pod's block."""
-    underlay_src: str
-    underlay_src_mac: str
-    underlay_dst: str
-    underlay_dst_mac: str
-
-
-@dataclass(frozen=True, kw_only=True)
-class Way:
-    """The expected way of a request from `src` to `dst`: capture points in order."""
-
-    src: PodEnd
-    dst: PodEnd
-    tunnel: Tunnel | None
-    """None when both pods run on the same node."""
-    points: tuple[WayPoint, ...]
-    warnings: tuple[str, ...] = ()
-    """Things in the state that break or bend the expected way (e.g. proxy_arp off)."""
-
-    @property
-    def same_node(self) -> bool:
-        return self.tunnel is None
-
-    @property
-    def src_node_ip(self) -> str | None:
-        return self.tunnel.src_node_ip if self.tunnel else None
-
-    @property
-    def dst_node_ip(self) -> str | None:
-        return self.tunnel.dst_node_ip if self.tunnel else None
-
-    @property
-    def vni(self) -> int | None:
-        return self.tunnel.vni if self.tunnel else None
-
-    @property
-    def udp_port(self) -> int | None:
-        return self.tunnel.udp_port if self.tunnel else None
-
-    def to_dict(self) -> dict[str, Any]:
-        def end(e: PodEnd) -> dict[str, Any]:
-            d = asdict(e)
-            return {**d.pop("pod"), **d}
-
-        return {
-            "schema": SCHEMA,
-            "src": end(self.src),
-            "dst": end(self.dst),
-            "same_node": self.same_node,
-            "src_node_ip": self.src_node_ip,
-            "dst_node_ip": self.dst_node_ip,
-            "vni": self.vni,
-            "udp_port": self.udp_port,
-            "tunnel": asdict(self.tunnel) if self.tunnel else None,
-            "points": [{"id": p.id, **asdict(p)} for p in self.points],
-            "warnings": list(self.warnings),
-        }
+from tracer.model import NodeTunnel, PodEnd, PodRef, Way, WayPoint
 
 
 def discover(backend: Backend, src: str, dst: str) -> Way:
@@ -498,7 +341,7 @@ def _underlay_route(src: _Node, dst_pod: PodRef) -> None:
         src.route_get(node_ip)
 
 
-def _tunnel(src: _Node, dst: _Node, dst_pod: PodRef) -> Tunnel:
+def _tunnel(src: _Node, dst: _Node, dst_pod: PodRef) -> NodeTunnel:
     hop = src.route_get(dst_pod.ip)
     dev = src.link(name=hop["dev"])
     kind = dev.get("linkinfo", {}).get("info_kind")
@@ -522,7 +365,7 @@ def _tunnel(src: _Node, dst: _Node, dst_pod: PodRef) -> Tunnel:
     under_dst = dst.link_with_address(dst_node_ip)
     if under_dst is None:
         raise ClusterError(f"the FDB entry on {src.name} sends to {dst_node_ip}, but node {dst.name} has no such address")
-    return Tunnel(
+    return NodeTunnel(
         device=hop["dev"], vni=info["id"], udp_port=info.get("port", 4789), mtu=dev["mtu"],
         src_mac=dev["address"], dst_mac=dst_mac, dst_tunnel_ip=gateway,
         src_node_ip=info.get("local", ""), dst_node_ip=dst_node_ip, route=src.route_for(dst_pod.ip),
@@ -531,7 +374,7 @@ def _tunnel(src: _Node, dst: _Node, dst_pod: PodRef) -> Tunnel:
     )
 
 
-def _tunnel_points(t: Tunnel, src: _Node, dst: _Node, src_end: PodEnd, dst_end: PodEnd) -> list[WayPoint]:
+def _tunnel_points(t: NodeTunnel, src: _Node, dst: _Node, src_end: PodEnd, dst_end: PodEnd) -> list[WayPoint]:
     dst_dev = next((l for l in dst.links if l["address"] == t.dst_mac), None)
     if dst_dev is None:
         raise ClusterError(f"node {dst.name} has no tunnel device with MAC {t.dst_mac}",

@@ -16,7 +16,8 @@ import signal
 import threading
 from collections.abc import Iterator, Sequence
 
-from tracer.cluster.discover.readers import ExecResult, PodRef
+from tracer.cluster.ports import ExecResult
+from tracer.model import PodRef
 from tracer.errors import TracerError
 from tracer.cluster.k8s import exec as k8s_exec
 from tracer.cluster.k8s.capture_pods import DEFAULT_DEADLINE, DEFAULT_IMAGE, DEFAULT_NAMESPACE, CapturePods

@@ -21,7 +21,7 @@ from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 from kubernetes.config.config_exception import ConfigException
 
-from tracer.cluster.discover.readers import PodRef
+from tracer.model import PodRef
 from tracer.errors import ClusterError, NotFoundError, PermissionError_, TracerError, UsageError
 
 REQUEST_TIMEOUT = 30.0

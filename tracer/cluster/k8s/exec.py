@@ -19,7 +19,7 @@ from kubernetes.stream import stream
 from kubernetes.stream.ws_client import V5_CHANNEL_PROTOCOL
 from websocket import WebSocketException
 
-from tracer.cluster.discover.readers import ExecResult
+from tracer.cluster.ports import ExecResult
 from tracer.errors import ClusterError
 from tracer.cluster.k8s.client import Cluster, api_errors
 

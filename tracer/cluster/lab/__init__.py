@@ -10,7 +10,8 @@ API for other commands (e.g. `follow`):
     way = discover(lab.backend(), "curl", "httpbin")   # tracer.cluster.discover.readers
 """
 
-from tracer.cluster.discover.readers import ExecResult, PodRef
+from tracer.cluster.ports import ExecResult
+from tracer.model import PodRef
 from tracer.cluster.lab.control import Lab, LabBackend, LabNode, LabPod, down, require_root, up
 from tracer.cluster.lab.state import StateStore
 from tracer.cluster.lab.topology import Names, NodeSpec, PodSpec, Topology, exercise

@@ -12,7 +12,8 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from tracer.cluster.discover.readers import ExecResult, PodRef
+from tracer.cluster.ports import ExecResult
+from tracer.model import PodRef
 from tracer.errors import NotFoundError
 from tracer.cluster.lab import Lab
 

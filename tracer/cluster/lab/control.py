@@ -15,7 +15,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from tracer.cluster.discover.readers import ExecResult, PodRef
+from tracer.cluster.ports import ExecResult
+from tracer.model import PodRef
 from tracer.errors import LabError, NotFoundError, PermissionError_, UsageError
 from tracer.cluster.lab import netns
 from tracer.cluster.lab.state import LabState, ProcessRecord, StateStore, process_start_time, stop_process
@@ -176,7 +177,7 @@ class Lab:
 
 @dataclass(frozen=True)
 class LabBackend:
-    """The lab as a `tracer.cluster.discover.readers.Backend`: pods and nodes are namespaces."""
+    """The lab as a `tracer.cluster.ports.Backend`: pods and nodes are namespaces."""
 
     lab: Lab
 

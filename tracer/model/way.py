@@ -1,0 +1,156 @@
+"""The way model: the expected way of a request between two pods, as discovery read it from the
+live state (`tracer path`), as plain frozen values; `Way.to_dict()` is the tracer.path/v1 document.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from tracer.model.trace import ROLES
+
+PATH_SCHEMA = "tracer.path/v1"
+WAY_POINT_ROLES = tuple(r for r in ROLES if r != "unknown")
+"""The roles discovery gives a point: a capture point's roles but `unknown` (discovery only names
+interfaces whose part in the way it read; `unknown` is for a capture analyze cannot place)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class PodRef:
+    """A pod as the rest of tracer sees it, whatever backend found it."""
+
+    name: str
+    namespace: str
+    node: str
+    """Name of the node the pod runs on."""
+    ip: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class WayPoint:
+    """One capture point on the way: an interface on a node that the request passes."""
+
+    node: str
+    interface: str
+    role: str
+    """One of WAY_POINT_ROLES: pod-veth (host end of a pod's veth), bridge, tunnel, underlay."""
+    mac: str
+    """The interface's own MAC."""
+    ifindex: int
+    direction: str
+    """`ingress` (the packet enters the node here) or `egress` (it leaves the node here)."""
+    eth_src: str
+    """Expected Ethernet source of the request here (the outer header on the underlay)."""
+    eth_dst: str
+    """Expected Ethernet destination of the request here."""
+    explanation: str
+    """One sentence in the exercise's terms."""
+
+    @property
+    def id(self) -> str:
+        return f"{self.node}/{self.interface}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class PodEnd:
+    """What discovery read about one pod and the host end of its veth."""
+
+    pod: PodRef
+    mac: str
+    """MAC of the pod's eth0."""
+    mtu: int
+    iflink: int
+    """eth0@ifN: ifindex of the veth's other end, in the node's namespace."""
+    route: str
+    """The pod's route to the other pod, as `ip route get` says it."""
+    gateway: str | None
+    gateway_mac: str | None
+    """MAC the pod's ARP table holds for its gateway (None while not resolved)."""
+    host_veth: str
+    host_veth_mac: str
+    host_veth_ifindex: int
+    proxy_arp: int | None
+    proxy_delay: int | None
+    node_route: str
+    """The node's route to this pod: `<pod ip> dev <host veth> scope link`."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class NodeTunnel:
+    """The VXLAN hop between the two nodes: the tunnel devices and the underlay NICs under them.
+
+    (Not `tracer.decode.Tunnel`, which is one tunnel header seen in one frame.)
+    """
+
+    device: str
+    vni: int
+    udp_port: int
+    mtu: int
+    src_mac: str
+    """MAC of the source node's tunnel device."""
+    dst_mac: str
+    """MAC of the destination node's tunnel device (the permanent neighbour entry)."""
+    dst_tunnel_ip: str
+    src_node_ip: str
+    dst_node_ip: str
+    """Where the FDB entry sends the encapsulated frame."""
+    route: str
+    """The source node's route to the destination pod's block."""
+    underlay_src: str
+    underlay_src_mac: str
+    underlay_dst: str
+    underlay_dst_mac: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Way:
+    """The expected way of a request from `src` to `dst`: capture points in order."""
+
+    src: PodEnd
+    dst: PodEnd
+    tunnel: NodeTunnel | None
+    """None when both pods run on the same node."""
+    points: tuple[WayPoint, ...]
+    warnings: tuple[str, ...] = ()
+    """Things in the state that break or bend the expected way (e.g. proxy_arp off)."""
+
+    @property
+    def same_node(self) -> bool:
+        return self.tunnel is None
+
+    @property
+    def src_node_ip(self) -> str | None:
+        return self.tunnel.src_node_ip if self.tunnel else None
+
+    @property
+    def dst_node_ip(self) -> str | None:
+        return self.tunnel.dst_node_ip if self.tunnel else None
+
+    @property
+    def vni(self) -> int | None:
+        return self.tunnel.vni if self.tunnel else None
+
+    @property
+    def udp_port(self) -> int | None:
+        return self.tunnel.udp_port if self.tunnel else None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The tracer.path/v1 document (analyze --path-file and follow's path.json read it back:
+        its keys and their order are the schema)."""
+        def end(e: PodEnd) -> dict[str, Any]:
+            d = asdict(e)
+            return {**d.pop("pod"), **d}
+
+        return {
+            "schema": PATH_SCHEMA,
+            "src": end(self.src),
+            "dst": end(self.dst),
+            "same_node": self.same_node,
+            "src_node_ip": self.src_node_ip,
+            "dst_node_ip": self.dst_node_ip,
+            "vni": self.vni,
+            "udp_port": self.udp_port,
+            "tunnel": asdict(self.tunnel) if self.tunnel else None,
+            "points": [{"id": p.id, **asdict(p)} for p in self.points],
+            "warnings": list(self.warnings),
+        }
