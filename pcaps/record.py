@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tracer.cluster.discover.readers import discover
+from tracer.cluster.discover import discover
 from tracer.cluster.lab import Lab, StateStore, down, exercise, up
 
 HERE = Path(__file__).resolve().parent

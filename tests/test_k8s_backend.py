@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from kmock_exec import CAPTURE_NAMESPACE, NODES, V4, V5, StandIn
-from tracer.cluster.discover.readers import discover
+from tracer.cluster.discover import discover
 from tracer.errors import ClusterError, NotFoundError
 from tracer.cluster.k8s.backend import KubernetesBackend, make_backend
 from tracer.cluster.k8s import Cluster, ExecStream, run

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from conftest import ip_json, make_store, ns_run, run_tracer
-from tracer.cluster.discover.readers import discover
+from tracer.cluster.discover import discover
 from tracer.cluster.lab import Lab, down, exercise, up
 from tracer.cluster.lab.topology import PodSpec, pod_mac
 

@@ -23,11 +23,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from tracer.cluster.discover.readers import ExecResult, Way, WayPoint, discover
+from tracer.cluster.discover import discover
 from tracer.errors import NotFoundError, UsageError
 from tracer.cluster.agents import AgentClient, CaptureSpec, PointCapture, agent_argv
-from tracer.cluster.ports import FollowBackend
+from tracer.cluster.ports import ExecResult, FollowBackend
 from tracer.app.signals import uninterrupted
+from tracer.model import Way, WayPoint
 
 Progress = Callable[[str | None], None]
 """Told what the run is doing; None when it is done (the view comes next)."""

@@ -22,7 +22,8 @@ from rich.text import Text
 
 from tracer.correlate.engine import HTTP_STARTS
 from tracer.decode import Frame, decode, fmt_ip, tcp_flags_str
-from tracer.cluster.discover.readers import Way, discover
+from tracer.cluster.discover import discover
+from tracer.model import Way
 from tracer.errors import UsageError
 from tracer.cluster.agents import AgentClient, AgentError
 from tracer.cluster.ports import FollowBackend

@@ -9,7 +9,8 @@ from rich.console import Console
 from rich.markup import escape
 
 from tracer.commands.follow import backend_options, choose_backend
-from tracer.cluster.discover.readers import Way, discover
+from tracer.cluster.discover import discover
+from tracer.model import Way
 
 
 @click.command()

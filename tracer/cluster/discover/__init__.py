@@ -1,1 +1,124 @@
-"""Discovery: the expected way of a request between two pods, from the live state of pods and nodes."""
+"""Discovery: the expected way of a request between two pods, from the live state of pods and nodes.
+
+The exercise's steps 3.1-3.4 done automatically (pod route and ARP table, veth peer ifindex ->
+host interface, proxy_arp: tracer.cluster.discover.pod_ends, the same for every CNI) and the
+step 4 it leaves empty (the way between the nodes), which a data path knows: one module per CNI
+way, registered in `DATA_PATHS`, each telling from the source node's state whether the way is
+its own (e.g. the route to the other pod goes out of a vxlan device) and building the tunnel
+and its capture points. State is read through a `Backend`, each read once (tracer.cluster.discover.readers).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Sequence
+from typing import Protocol, cast
+
+from tracer.cluster.discover.pod_ends import end_warnings, pod_end, veth_point
+from tracer.cluster.discover.readers import NodeState, PodReads, Read, read_at_once
+from tracer.cluster.ports import Backend
+from tracer.errors import ClusterError
+from tracer.model import NodeTunnel, PodRef, Way, WayPoint
+
+__all__ = ["DATA_PATHS", "DataPath", "data_paths", "discover"]
+
+DATA_PATHS = ("tracer.cluster.discover.calico_vxlan",)
+"""The data paths discovery knows, tried in this order: modules that are a `DataPath`. Flannel
+VXLAN would be one more module and one more line here; a data path with another encapsulation
+(Calico IPIP) also needs its tunnel in the model and its underlay filter in tracer.cluster.filters."""
+
+
+class DataPath(Protocol):
+    """What a data-path module provides (its functions read the state through `NodeState`,
+    whose reads are cached: what `reads_ahead` fetched is not read again)."""
+
+    NAME: str
+    """How the hint names this way when none knows the state, e.g. `Calico VXLAN`."""
+    DEVICE: str
+    """Its tunnel device's name, for the same hint, e.g. `vxlan.calico`."""
+
+    def reads_ahead(self, src: NodeState, dst_pod: PodRef) -> Sequence[Read]:
+        """Reads of the source node to do with discovery's first round, before the way is known."""
+
+    def recognizes(self, src: NodeState, dst_pod: PodRef) -> bool:
+        """Whether the source node's state toward dst_pod is this data path's way."""
+
+    def reads_after(self, src: NodeState, dst_pod: PodRef) -> Sequence[Read]:
+        """Once recognized: the reads the first round's tables name, done at once in the second."""
+
+    def between_nodes(self, src: NodeState, dst: NodeState, dst_pod: PodRef) -> tuple[NodeTunnel, Sequence[WayPoint]]:
+        """The tunnel between the nodes and its capture points, in the request's order; a
+        ClusterError that says what is missing when the state does not add up."""
+
+
+def data_paths() -> tuple[DataPath, ...]:
+    return tuple(cast(DataPath, importlib.import_module(name)) for name in DATA_PATHS)
+
+
+def discover(backend: Backend, src: str, dst: str) -> Way:
+    """Read the live state of both pods and nodes and return the request's expected way.
+
+    The reads are fetched ahead, those that do not depend on each other at once (each one is a
+    process on the lab, an exec round trip on Kubernetes), in two rounds: what the pods' names
+    tell, then the veths' sysctls and what the data path's tables name in the first round.
+    The way is then built from those caches in order, as if read one by one: a read that failed
+    ahead is done again there, so errors come as they always did.
+    """
+    src_pod, dst_pod = backend.pod(src), backend.pod(dst)
+    src_node = NodeState(backend, src_pod.node)
+    dst_node = src_node if dst_pod.node == src_pod.node else NodeState(backend, dst_pod.node)
+    src_reads, dst_reads = PodReads(backend, src_pod, dst_pod.ip), PodReads(backend, dst_pod, src_pod.ip)
+    _prefetch(src_reads, dst_reads, src_node, dst_node, dst_pod)
+    src_end = pod_end(src_reads, src_node)
+    dst_end = pod_end(dst_reads, dst_node)
+    warnings = [*end_warnings(src_end, src_node), *end_warnings(dst_end, dst_node)]
+
+    first = veth_point(src_end, src_node, "ingress")
+    last = veth_point(dst_end, dst_node, "egress")
+    if dst_pod.node == src_pod.node:
+        return Way(src=src_end, dst=dst_end, tunnel=None, points=(first, last), warnings=tuple(warnings))
+    tunnel, between = _data_path_of(src_node, dst_pod).between_nodes(src_node, dst_node, dst_pod)
+    return Way(src=src_end, dst=dst_end, tunnel=tunnel, points=(first, *between, last), warnings=tuple(warnings))
+
+
+def _prefetch(src: PodReads, dst: PodReads, src_node: NodeState, dst_node: NodeState, dst_pod: PodRef) -> None:
+    """Fill the caches discovery reads from, in two rounds of reads at once (see `discover`)."""
+    same_node = src_node is dst_node
+    nodes = (src_node,) if same_node else (src_node, dst_node)
+    paths = () if same_node else data_paths()
+    read_at_once(
+        src.files, src.route, dst.files, dst.route,
+        *(lambda n=n: n.links for n in nodes), *(lambda n=n: n.routes for n in nodes),
+        *(() if same_node else (lambda: src_node.route_get(dst_pod.ip),)),
+        *(read for path in paths for read in path.reads_ahead(src_node, dst_pod)),
+    )
+    second = []
+    for reads, node in ((src, src_node), (dst, dst_node)):
+        try:
+            veth = node.link(ifindex=reads.parse()["iflink"])["ifname"]
+        except Exception:  # noqa: BLE001 - read again, and reported, in order
+            continue
+        second.append(lambda node=node, veth=veth: node.veth_sysctls(veth))
+    for path in paths:
+        try:
+            if path.recognizes(src_node, dst_pod):
+                second.extend(path.reads_after(src_node, dst_pod))
+                break
+        except Exception:  # noqa: BLE001 - read again, and reported, in order
+            continue
+    read_at_once(*second)
+
+
+def _data_path_of(src: NodeState, dst_pod: PodRef) -> DataPath:
+    """The data path whose way the source node's state toward dst_pod is; else why there is none."""
+    paths = data_paths()
+    for path in paths:
+        if path.recognizes(src, dst_pod):
+            return path
+    device = src.device_toward(dst_pod.ip)
+    kind = device.get("linkinfo", {}).get("info_kind")
+    raise ClusterError(
+        f"node {src.name} sends {dst_pod.ip} out of {device['ifname']} ({kind or 'no tunnel'})",
+        hint=f"tracer knows the {' and '.join(p.NAME for p in paths)} way{'s' * (len(paths) > 1)} so far "
+             f"({', '.join(p.DEVICE for p in paths)})",
+    )

@@ -7,7 +7,7 @@ API for other commands (e.g. `follow`):
     node = lab.node("worker1")             # LabNode: name, netns, underlay_ip/nic/mac, tunnel_*
     res = lab.exec("curl", ["curl", "-s", "http://172.18.104.14/get"])   # ExecResult
     proc = lab.popen("worker1", ["tcpdump", "-U", "-w", "x.pcap", "-i", "eth1"])
-    way = discover(lab.backend(), "curl", "httpbin")   # tracer.cluster.discover.readers
+    way = discover(lab.backend(), "curl", "httpbin")   # tracer.cluster.discover
 """
 
 from tracer.cluster.ports import ExecResult
