@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from tracer.app.follow import capture_plan, flow_filter, underlay_filter
+from tracer.cluster.filters import capture_plan, flow_filter, underlay_filter
 
 SAMPLES = Path(__file__).resolve().parents[1] / "pcaps" / "http-get"
 CURL, HTTPBIN = "172.18.166.139", "172.18.104.14"

@@ -12,7 +12,6 @@ backend's `close()` remove what the run started; the run directory goes too unle
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import json
 import os
 import shutil
@@ -24,11 +23,12 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from tracer.cluster.discover import discover
+from tracer.cluster.filters import capture_plan
 from tracer.errors import NotFoundError, UsageError
-from tracer.cluster.agents import AgentClient, CaptureSpec, PointCapture, agent_argv
+from tracer.cluster.agents import AgentClient, PointCapture, agent_argv
 from tracer.cluster.ports import ExecResult, FollowBackend
 from tracer.app.signals import uninterrupted
-from tracer.model import Way, WayPoint
+from tracer.model import Way
 
 Progress = Callable[[str | None], None]
 """Told what the run is doing; None when it is done (the view comes next)."""
@@ -106,48 +106,6 @@ class FollowResult:
     captures: dict[str, PointCapture] = field(default_factory=dict)
     """Point id (node/interface) -> what its agent captured."""
     timings: Timings = field(default_factory=Timings)
-
-
-# --- filters -----------------------------------------------------------------------------------
-
-def _hex_ip(ip: str) -> str:
-    return f"0x{int(ipaddress.IPv4Address(ip)):08X}"
-
-
-def flow_filter(src_ip: str, dst_ip: str, port: int) -> str:
-    """On pod veths, bridges and tunnel devices: the flow's own packets, both directions."""
-    return f"host {src_ip} and host {dst_ip} and tcp port {port}"
-
-
-def underlay_filter(way: Way, port: int) -> str:
-    """On underlay NICs: this flow's packets inside the VXLAN between the two nodes.
-
-    After the 8-byte UDP, 8-byte VXLAN and 14-byte inner Ethernet headers, the inner IPv4 header
-    starts at udp[30]: protocol at udp[39], source at udp[42:4], destination at udp[46:4], and
-    (without IP options, as Linux sends TCP) the TCP ports at udp[50:2] and udp[52:2].
-    """
-    t = way.tunnel
-    assert t is not None
-    a, b = _hex_ip(way.src.pod.ip), _hex_ip(way.dst.pod.ip)
-    return (f"udp port {t.udp_port} and host {t.src_node_ip} and host {t.dst_node_ip}"
-            f" and ((udp[42:4]={a} and udp[46:4]={b}) or (udp[42:4]={b} and udp[46:4]={a}))"
-            f" and udp[39]=6 and (udp[50:2]={port} or udp[52:2]={port})")
-
-
-def point_filter(point: WayPoint, way: Way, port: int) -> str:
-    if point.role == "underlay":
-        return underlay_filter(way, port)
-    return flow_filter(way.src.pod.ip, way.dst.pod.ip, port)
-
-
-def capture_plan(way: Way, port: int) -> dict[str, list[CaptureSpec]]:
-    """Node -> its capture points on the way (each interface once), in the order of the way."""
-    plan: dict[str, list[CaptureSpec]] = {}
-    for p in way.points:
-        specs = plan.setdefault(p.node, [])
-        if all(s.interface != p.interface for s in specs):
-            specs.append(CaptureSpec(interface=p.interface, bpf=point_filter(p, way, port)))
-    return plan
 
 
 # --- signals: in tracer.app.signals (light: the commands take them before importing this) ----
