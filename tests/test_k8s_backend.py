@@ -18,7 +18,7 @@ import pytest
 from kmock_exec import CAPTURE_NAMESPACE, NODES, V4, V5, StandIn
 from tracer.cluster.discover import discover
 from tracer.errors import ClusterError, NotFoundError
-from tracer.cluster.k8s.backend import KubernetesBackend, make_backend
+from tracer.cluster.k8s.backend import KubernetesBackend, connect as make_backend
 from tracer.cluster.k8s import Cluster, ExecStream, run
 from tracer.cluster.k8s.capture_pods import MANAGED_BY, RUN_ID
 from tracer.cluster.lab import Lab

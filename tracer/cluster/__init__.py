@@ -1,2 +1,4 @@
-"""Cluster access: the ports every backend implements, the lab and Kubernetes backends, discovery
-of the way, the capture agents."""
+"""Cluster access: the ports every backend implements (ports), the one factory that picks and
+builds a backend (backends), the lab and Kubernetes backends (lab/, k8s/), discovery of the way
+(discover/: one module per data path), the capture agents' client (agents) and the kernel
+filters they capture with (filters)."""

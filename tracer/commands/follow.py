@@ -3,63 +3,14 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import sys
 from collections.abc import Iterator
 
 import click
 
-from tracer.errors import UsageError
-
-BACKENDS = ("lab", "kubernetes")
-
-
-def backend_options(f):
-    """--backend and the Kubernetes options, shared with `tracer watch`."""
-    opts = [
-        click.option("--backend", type=click.Choice(BACKENDS), default=None,
-                     help="Where the pods run. Default: kubernetes if --kubeconfig or --context is given, "
-                          "or if no lab is up and $KUBECONFIG is set; else lab."),
-        click.option("--kubeconfig", type=click.Path(dir_okay=False), help="Kubernetes: the kubeconfig file."),
-        click.option("--context", help="Kubernetes: the kubeconfig context."),
-        click.option("--namespace", "-n", help="Kubernetes: the namespace of SRC and DST."),
-        click.option("--capture-image", metavar="IMAGE", help="Kubernetes: the capture agent's image."),
-        click.option("--capture-namespace", metavar="NS", help="Kubernetes: where the capture pods run."),
-    ]
-    return functools.reduce(lambda acc, opt: opt(acc), reversed(opts), f)
-
-
-def choose_backend(backend, kubeconfig, context, capture_image, capture_namespace) -> str:
-    """"lab" or "kubernetes", as --backend and the Kubernetes options pick (see --backend)."""
-    k8s_given = kubeconfig or context or capture_image or capture_namespace
-    if backend is None:
-        backend = "kubernetes" if k8s_given or (os.environ.get("KUBECONFIG") and not _lab_up()) else "lab"
-    if backend == "lab" and k8s_given:
-        raise UsageError("--kubeconfig, --context and --capture-* apply to --backend kubernetes only")
-    return backend
-
-
-def make_backend(backend, kubeconfig, context, namespace, capture_image, capture_namespace, run_id):
-    """The FollowBackend the options pick (see --backend)."""
-    if choose_backend(backend, kubeconfig, context, capture_image, capture_namespace) == "lab":
-        from tracer.cluster.lab.backend import LabFollowBackend
-        from tracer.cluster.lab import Lab, require_root
-
-        require_root("follow")
-        return LabFollowBackend(Lab.load(), run_id=run_id)
-    try:
-        from tracer.cluster.k8s.backend import make_backend as make_k8s
-    except ImportError:
-        raise UsageError("the Kubernetes backend is not available yet", hint="use --backend lab") from None
-    return make_k8s(kubeconfig=kubeconfig, context=context, namespace=namespace, capture_image=capture_image,
-                    capture_namespace=capture_namespace, run_id=run_id)
-
-
-def _lab_up() -> bool:
-    from tracer.cluster.lab import StateStore
-
-    return StateStore.from_env().load() is not None
+from tracer.cluster.backends import BackendOptions, make_backend
+from tracer.commands.options import backend_options
 
 
 @click.command()
@@ -82,8 +33,8 @@ def _lab_up() -> bool:
 @backend_options
 @click.option("--timings-file", hidden=True, type=click.Path(dir_okay=False), help="Write the phases' durations (bench).")
 @click.option("--iterations", hidden=True, type=click.IntRange(1), help="--live: stop after N requests (tests).")
-def command(src, dst, port, url_path, count, save, output, pcapng, all_flows, live, timeout, backend, kubeconfig, context,
-            namespace, capture_image, capture_namespace, timings_file, iterations):
+def command(src, dst, port, url_path, count, save, output, pcapng, all_flows, live, timeout, backend: BackendOptions,
+            timings_file, iterations):
     """Capture on every hop of the way while SRC's curl asks DST, then show the packets hop by hop.
 
     Starts a capture agent on each node of the way (`tracer path SRC DST`), each listening on
@@ -100,7 +51,7 @@ def command(src, dst, port, url_path, count, save, output, pcapng, all_flows, li
     if not url_path.startswith("/"):
         url_path = "/" + url_path
     run_id = os.urandom(4).hex()
-    with run_backend(src, dst, run_id, backend, kubeconfig, context, namespace, capture_image, capture_namespace) as fb:
+    with run_backend(src, dst, run_id, backend) as fb:
         from tracer.app.follow import FollowRequest
 
         req = FollowRequest(src=src, dst=dst, port=port, path=url_path, count=count, timeout=timeout, save=save,
@@ -117,13 +68,13 @@ def command(src, dst, port, url_path, count, save, output, pcapng, all_flows, li
 
 
 @contextlib.contextmanager
-def run_backend(src: str, dst: str, run_id: str, *backend_args) -> Iterator:
-    """The backend of a follow or watch run (make_backend's options), SIGTERM taken as Ctrl-C,
-    closed whatever happens (idempotent: the run closes it itself; this covers what comes before)."""
+def run_backend(src: str, dst: str, run_id: str, options: BackendOptions) -> Iterator:
+    """The backend of a follow or watch run, SIGTERM taken as Ctrl-C, closed whatever happens
+    (idempotent: the run closes it itself; this covers what comes before)."""
     from tracer.app.signals import sigterm_interrupts
 
     with sigterm_interrupts():
-        fb = make_backend(*backend_args, run_id)
+        fb = make_backend(options, run_id=run_id)
         try:
             # The pods the run is about, early, if the backend can use that (the lab starts their
             # nodes' agents at once, while tracer still imports and discovers).

@@ -6,7 +6,9 @@ import os
 
 import click
 
-from tracer.commands.follow import backend_options, run_backend
+from tracer.cluster.backends import BackendOptions
+from tracer.commands.follow import run_backend
+from tracer.commands.options import backend_options
 
 
 @click.command()
@@ -18,15 +20,14 @@ from tracer.commands.follow import backend_options, run_backend
               help="How long the agents may take to get ready.")
 @backend_options
 @click.option("--iterations", hidden=True, type=click.IntRange(1), help="Stop after N requests (tests).")
-def command(src, dst, port, url_path, timeout, backend, kubeconfig, context, namespace, capture_image,
-            capture_namespace, iterations):
+def command(src, dst, port, url_path, timeout, backend: BackendOptions, iterations):
     """Send a request from SRC to DST every second and light up each packet at each hop, live.
 
     Encapsulation (⊕), decapsulation (⊖), MAC rewrites and TTLs are marked where they happen.
     Ctrl-C stops it; nothing it started is left behind.
     """
     run_id = os.urandom(4).hex()
-    with run_backend(src, dst, run_id, backend, kubeconfig, context, namespace, capture_image, capture_namespace) as fb:
+    with run_backend(src, dst, run_id, backend) as fb:
         from tracer.app.watch import watch
         from tracer.app.follow import FollowRequest
 

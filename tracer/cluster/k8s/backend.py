@@ -27,10 +27,11 @@ AGENT = ["python3", "/agent.py"]
 """How the capture image runs the agent (capture-pod/Dockerfile)."""
 
 
-def make_backend(*, kubeconfig: str | None = None, context: str | None = None, namespace: str | None = None,
-                 capture_image: str | None = None, capture_namespace: str | None = None,
-                 run_id: str | None = None, deadline: int = DEFAULT_DEADLINE) -> KubernetesBackend:
-    """The Kubernetes FollowBackend for one run; sweeps capture pods earlier runs left behind."""
+def connect(*, kubeconfig: str | None = None, context: str | None = None, namespace: str | None = None,
+            capture_image: str | None = None, capture_namespace: str | None = None,
+            run_id: str | None = None, deadline: int = DEFAULT_DEADLINE) -> KubernetesBackend:
+    """The Kubernetes FollowBackend for one run; sweeps capture pods earlier runs left behind.
+    (tracer.cluster.backends.make_backend picks this or the lab's by the options.)"""
     cluster = Cluster(kubeconfig=kubeconfig, context=context, namespace=namespace)
     backend = KubernetesBackend(cluster, capture_image=capture_image or DEFAULT_IMAGE,
                                 capture_namespace=capture_namespace or DEFAULT_NAMESPACE,

@@ -194,6 +194,9 @@ class LabBackend:
             return ExecResult(returncode=proc.returncode, stdout=proc.stdout, stderr=proc.stderr)
         return self.lab.exec(lab_node.name, argv)
 
+    def close(self) -> None:
+        """Nothing to remove (a `DiscoveryBackend`): every read is a process that has ended."""
+
 
 def up(topology: Topology, *, store: StateStore | None = None, progress: Progress = lambda _: None) -> Lab:
     """Build the lab in the kernel; on any failure tear down what was built, then raise."""

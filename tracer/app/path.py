@@ -1,0 +1,21 @@
+"""`tracer path`'s use case: open the backend the options pick, discover the way, close it."""
+
+from __future__ import annotations
+
+from tracer.app.signals import sigterm_interrupts, uninterrupted
+from tracer.cluster.backends import BackendOptions, discovery_backend
+from tracer.cluster.discover import discover
+from tracer.model import Way
+
+
+def find_way(src: str, dst: str, options: BackendOptions) -> Way:
+    """The expected way from pod `src` to pod `dst`. SIGTERM ends it as Ctrl-C does, and the
+    backend is closed whatever happens (on Kubernetes that deletes the capture pods discovery
+    read the nodes through), a second Ctrl-C waiting until it is."""
+    with sigterm_interrupts():
+        backend = discovery_backend(options)
+        try:
+            return discover(backend, src, dst)
+        finally:
+            with uninterrupted():
+                backend.close()

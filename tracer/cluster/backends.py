@@ -1,0 +1,84 @@
+"""The one factory of backends: the lab or Kubernetes, as the commands' options pick.
+
+`make_backend` builds the FollowBackend of a `tracer follow` or `tracer watch` run (agents on the
+nodes); `discovery_backend` the Backend `tracer path` reads through (the lab's namespaces, no
+agents; or Kubernetes through short-lived capture pods, which its `close()` deletes). The lab and
+the Kubernetes client are imported only once picked (the client takes a second to import).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from tracer.errors import UsageError
+
+if TYPE_CHECKING:
+    from tracer.cluster.k8s.backend import KubernetesBackend
+    from tracer.cluster.ports import DiscoveryBackend, FollowBackend
+
+BACKENDS = ("lab", "kubernetes")
+
+
+@dataclass(frozen=True, kw_only=True)
+class BackendOptions:
+    """--backend and the Kubernetes options, as given (tracer.commands.options)."""
+
+    backend: str | None = None
+    """One of BACKENDS, or None: picked by the others (see `choose_backend`)."""
+    kubeconfig: str | None = None
+    context: str | None = None
+    namespace: str | None = None
+    """Kubernetes: the namespace of SRC and DST."""
+    capture_image: str | None = None
+    capture_namespace: str | None = None
+
+
+def choose_backend(options: BackendOptions) -> str:
+    """"lab" or "kubernetes", as --backend and the Kubernetes options pick (see --backend)."""
+    o = options
+    k8s_given = o.kubeconfig or o.context or o.capture_image or o.capture_namespace
+    backend = o.backend
+    if backend is None:
+        backend = "kubernetes" if k8s_given or (os.environ.get("KUBECONFIG") and not _lab_up()) else "lab"
+    if backend == "lab" and k8s_given:
+        raise UsageError("--kubeconfig, --context and --capture-* apply to --backend kubernetes only")
+    return backend
+
+
+def make_backend(options: BackendOptions, *, run_id: str) -> FollowBackend:
+    """The FollowBackend the options pick, for the run `run_id` names (agents, capture pods)."""
+    if choose_backend(options) == "lab":
+        from tracer.cluster.lab import Lab, require_root
+        from tracer.cluster.lab.backend import LabFollowBackend
+
+        require_root("follow")
+        return LabFollowBackend(Lab.load(), run_id=run_id)
+    return _kubernetes(options, run_id=run_id)
+
+
+def discovery_backend(options: BackendOptions) -> DiscoveryBackend:
+    """The backend `tracer path` reads the way through; the caller closes it whatever happens."""
+    if choose_backend(options) == "lab":
+        from tracer.cluster.lab import Lab, require_root
+
+        require_root("path")  # reading other namespaces needs root
+        return Lab.load().backend()
+    return _kubernetes(options, run_id=None)
+
+
+def _kubernetes(options: BackendOptions, *, run_id: str | None) -> KubernetesBackend:
+    try:
+        from tracer.cluster.k8s.backend import connect
+    except ImportError:
+        raise UsageError("the Kubernetes backend is not available yet", hint="use --backend lab") from None
+    o = options
+    return connect(kubeconfig=o.kubeconfig, context=o.context, namespace=o.namespace, capture_image=o.capture_image,
+                   capture_namespace=o.capture_namespace, run_id=run_id)
+
+
+def _lab_up() -> bool:
+    from tracer.cluster.lab import StateStore
+
+    return StateStore.from_env().load() is not None

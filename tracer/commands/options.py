@@ -1,0 +1,31 @@
+"""click options more than one command takes."""
+
+from __future__ import annotations
+
+import functools
+
+import click
+
+from tracer.cluster.backends import BACKENDS, BackendOptions
+
+
+def backend_options(f):
+    """--backend and the Kubernetes options (follow, watch, path): the command gets them as one
+    `backend` (a BackendOptions), what tracer.cluster.backends builds the backend from."""
+    @functools.wraps(f)
+    def command(*args, backend, kubeconfig, context, namespace, capture_image, capture_namespace, **kwargs):
+        options = BackendOptions(backend=backend, kubeconfig=kubeconfig, context=context, namespace=namespace,
+                                 capture_image=capture_image, capture_namespace=capture_namespace)
+        return f(*args, backend=options, **kwargs)
+
+    opts = [
+        click.option("--backend", type=click.Choice(BACKENDS), default=None,
+                     help="Where the pods run. Default: kubernetes if --kubeconfig or --context is given, "
+                          "or if no lab is up and $KUBECONFIG is set; else lab."),
+        click.option("--kubeconfig", type=click.Path(dir_okay=False), help="Kubernetes: the kubeconfig file."),
+        click.option("--context", help="Kubernetes: the kubeconfig context."),
+        click.option("--namespace", "-n", help="Kubernetes: the namespace of SRC and DST."),
+        click.option("--capture-image", metavar="IMAGE", help="Kubernetes: the capture agent's image."),
+        click.option("--capture-namespace", metavar="NS", help="Kubernetes: where the capture pods run."),
+    ]
+    return functools.reduce(lambda acc, opt: opt(acc), reversed(opts), command)
