@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tracer.cluster.discover import discover  # noqa: E402
-from tracer.app.follow import curl_argv  # noqa: E402
+from tracer.app.curl import curl_argv  # noqa: E402
 from tracer.cluster.lab import Lab, StateStore, down, exercise, up  # noqa: E402
 
 LINGER = 0.05

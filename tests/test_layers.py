@@ -14,10 +14,21 @@ import pytest
     ("tracer.cluster.discover", ("tracer.model", "tracer.cluster", "tracer.errors")),
     ("tracer.cluster.filters", ("tracer.model", "tracer.cluster", "tracer.errors")),
     ("tracer.app.path", ("tracer.app", "tracer.model", "tracer.cluster", "tracer.errors")),
+    ("tracer.decode", ()),
+    ("tracer.capture.reader", ("tracer.capture", "tracer.decode", "tracer.errors")),
+    ("tracer.correlate.engine", ("tracer.correlate", "tracer.capture", "tracer.decode", "tracer.model", "tracer.errors")),
+    ("tracer.correlate.describe", ("tracer.correlate", "tracer.capture", "tracer.decode", "tracer.model", "tracer.errors")),
+    ("tracer.app.analyze", ("tracer.app", "tracer.correlate", "tracer.capture", "tracer.decode", "tracer.model",
+                            "tracer.errors")),
+    ("tracer.app.follow", ("tracer.app", "tracer.cluster", "tracer.model", "tracer.errors")),
+    ("tracer.app.watch", ("tracer.app", "tracer.cluster", "tracer.correlate", "tracer.capture", "tracer.decode",
+                          "tracer.model", "tracer.errors")),
+    *((f"tracer.render.{m}", ("tracer.render", "tracer.model", "tracer.errors"))
+      for m in ("analysis", "hops", "summary", "text", "live", "header", "path", "progress", "jsondoc", "pcapng")),
 ])
 def test_imports_run_one_way(module: str, allowed: tuple[str, ...]) -> None:
-    """The model imports nothing of tracer's, the path view only the model, the cluster layer no
-    app, the path use case no command and no view."""
+    """The model imports nothing of tracer's, the views only the model, decoding nothing, the
+    capture layer no correlation, the cluster layer no app, the use cases no command and no view."""
     code = f"import sys, {module}; print('\\n'.join(m for m in sys.modules if m.startswith('tracer.')))"
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     stray = [m for m in loaded if not m.startswith((module, *allowed)) and not module.startswith(m + ".")]

@@ -73,6 +73,8 @@ class Analysis:
     summary_view: bool
     """The text view is the summary: asked for, only counters kept, or too many packets to list."""
     shown_packets: int
+    names: dict[str, str]
+    """IP -> pod name, shown next to addresses."""
     frames: tuple[tuple[tuple[RawFrame, ...], ...], ...] | None = None
     """With --pcapng: every kept packet's frames, per flow of `trace.flows`, per packet, per hop."""
 
@@ -97,7 +99,7 @@ def analyze(req: AnalyzeRequest) -> Analysis:
     n = sum(f.summary.packets if f.summary and not f.packets else len(f.packets) for f in shown)
     return Analysis(trace=trace, shown=tuple(shown), chosen_by_flow=bool(req.flows), strict_flows=req.strict_flows,
                     kept_packets=keep, summary_view=req.summary or not keep or n > AUTO_SUMMARY_PACKETS,
-                    shown_packets=n, frames=raw_frames(c) if req.pcapng else None)
+                    shown_packets=n, names=dict(req.names or {}), frames=raw_frames(c) if req.pcapng else None)
 
 
 def correlate(req: AnalyzeRequest) -> tuple[Trace, Correlation]:

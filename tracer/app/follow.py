@@ -1,9 +1,10 @@
 """`tracer follow`'s orchestration, the same for every backend (lab, Kubernetes).
 
-resolve the pods and their way (tracer.cluster.discover.readers) -> one capture agent per node of the way,
-each sniffing exactly that node's points with a kernel filter for this flow -> every agent
-listening -> curl from the source pod -> stop, drain, collect -> `<node>/<interface>.pcap` +
-path.json in a run directory -> the analysis `tracer analyze` shows (tracer.app.analyze).
+resolve the pods and their way (tracer.cluster.discover) -> one capture agent per node of the
+way, each sniffing exactly that node's points with a kernel filter for this flow
+(tracer.cluster.session) -> every agent listening -> curl from the source pod (tracer.app.curl)
+-> stop, drain, collect -> `<node>/<interface>.pcap` + path.json in a run directory -> the
+analysis `tracer analyze` makes of it (tracer.app.analyze), handed to the caller to show.
 
 Whatever happens (an error, Ctrl-C, SIGTERM at any moment), `CaptureSession.close()` and the
 backend's `close()` remove what the run started; the run directory goes too unless --save.
@@ -20,22 +21,23 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING
 
-from tracer.cluster.discover import discover
-from tracer.cluster.filters import capture_plan
-from tracer.errors import NotFoundError, UsageError
-from tracer.cluster.agents import AgentClient, PointCapture, agent_argv
-from tracer.cluster.ports import ExecResult, FollowBackend
+from tracer.app.curl import fire
 from tracer.app.signals import uninterrupted
+from tracer.cluster.agents import PointCapture
+from tracer.cluster.discover import discover
+from tracer.cluster.ports import FollowBackend
+from tracer.cluster.session import CaptureSession
+from tracer.errors import UsageError
 from tracer.model import Way
+from tracer.model.follow import CurlResult, FollowRun, PointCount
+
+if TYPE_CHECKING:
+    from tracer.app.analyze import Analysis
 
 Progress = Callable[[str | None], None]
 """Told what the run is doing; None when it is done (the view comes next)."""
-CURL_ERRORS = {
-    6: "could not resolve the host", 7: "could not connect (refused or no route)", 28: "timed out",
-    52: "empty reply from the server", 56: "the connection was reset",
-}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -59,21 +61,6 @@ class FollowRequest:
     """The agents stop by themselves after this long, whatever happens to tracer."""
     run_id: str | None = None
     """Names the run's agents (and capture pods); random when not given."""
-
-
-@dataclass(frozen=True, kw_only=True)
-class CurlResult:
-    """One request fired from the source pod."""
-
-    status: int | None
-    """HTTP status, None when there was no HTTP answer."""
-    time: float | None
-    """curl's time_total in seconds."""
-    exit_code: int
-    error: str | None = None
-    local_port: int | None = None
-    """The source port curl's connection used: its flow is `<src ip>:<local_port>`. None when
-    curl got no connection."""
 
 
 @dataclass(kw_only=True)
@@ -107,98 +94,12 @@ class FollowResult:
     """Point id (node/interface) -> what its agent captured."""
     timings: Timings = field(default_factory=Timings)
 
-
-# --- signals: in tracer.app.signals (light: the commands take them before importing this) ----
-
-# --- the session: agents on every node -----------------------------------------------------------
-
-class CaptureSession:
-    """One capture agent per node of the way; `close()` (also on any error) ends them all."""
-
-    def __init__(self, backend: FollowBackend, way: Way, port: int, *, run_id: str | None = None,
-                 stream: bool = False, max_seconds: float = 300.0):
-        self.backend = backend
-        self.way = way
-        self.run_id = run_id or f"tracer-{os.urandom(4).hex()}"
-        self.plan = capture_plan(way, port)
-        self.stream = stream
-        self.max_seconds = max_seconds
-        self.agents: list[AgentClient] = []
-
-    def start(self, timeout: float) -> None:
-        """Start every agent first (they import scapy in parallel), then wait for each to listen."""
-        for node, specs in self.plan.items():
-            argv = agent_argv(self.run_id, specs, max_seconds=self.max_seconds, stream=self.stream)
-            self.agents.append(AgentClient(self.backend.start_agent(node, argv), node, self.run_id))
-        deadline = time.monotonic() + timeout
-        for agent in self.agents:
-            agent.wait_ready(max(deadline - time.monotonic(), 0.001))
-
-    def stop_and_collect(self, timeout: float) -> dict[str, PointCapture]:
-        """Stop every agent at once; each drains its sockets, then sends its pcaps."""
-        for agent in self.agents:
-            agent.send_stop()
-        deadline = time.monotonic() + timeout
-        out = {}
-        for agent in self.agents:
-            for iface, cap in agent.collect(max(deadline - time.monotonic(), 0.001)).items():
-                out[f"{agent.node}/{iface}"] = cap
-        return out
-
-    def hang_up(self) -> None:
-        """Let every agent go without waiting for it (EOF on its stdin); close() still reaps it."""
-        for agent in self.agents:
-            hang_up = getattr(agent.channel, "hang_up", None)
-            if hang_up is not None:
-                with contextlib.suppress(Exception):
-                    hang_up()
-
-    def close(self) -> None:
-        self.hang_up()
-        for agent in self.agents:
-            with contextlib.suppress(Exception):
-                agent.channel.close()
-        self.backend.close()
-
-
-# --- the request -------------------------------------------------------------------------------
-
-def curl_argv(url: str, max_time: float) -> list[str]:
-    return ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code} %{time_total} %{local_port}", "--max-time", f"{max_time:g}", url]
-
-
-def fire(backend: FollowBackend, way: Way, url: str, max_time: float) -> CurlResult:
-    """One request from the source pod with its own curl."""
-    res = backend.exec_pod(way.src.pod, curl_argv(url, max_time))
-    if _no_curl(res):
-        raise NotFoundError(
-            f"pod {way.src.pod.name} has no curl to send the request with",
-            hint="follow from a pod whose image has curl (e.g. curlimages/curl), or add one with kubectl debug",
-        )
-    words = res.stdout.decode(errors="replace").split()
-    status = int(words[0]) if words and words[0].isdigit() and words[0] != "000" else None
-    took = float(words[1]) if len(words) > 1 and _is_float(words[1]) else None
-    port = int(words[2]) if len(words) > 2 and words[2].isdigit() and words[2] != "0" else None
-    error = None
-    if res.returncode != 0:
-        error = CURL_ERRORS.get(res.returncode) or (res.stderr.decode(errors="replace").strip()[-200:]
-                                                     or f"curl exited with {res.returncode}")
-    return CurlResult(status=status, time=took, exit_code=res.returncode, error=error, local_port=port)
-
-
-def _no_curl(res: ExecResult) -> bool:
-    err = res.stderr.decode(errors="replace").lower()
-    if res.returncode in (126, 127):
-        return True
-    return not res.stdout and ("curl" in err and ("not found" in err or "no such file" in err))
-
-
-def _is_float(s: str) -> bool:
-    try:
-        float(s)
-    except ValueError:
-        return False
-    return True
+    def as_run(self, saved: str | None) -> FollowRun:
+        """The run as the model has it (what its header and JSON show), as it is now."""
+        return FollowRun(way=self.way, run_id=self.run_id, backend=self.backend, url=self.url, curls=tuple(self.curls),
+                         captures=tuple(PointCount(point=p, packets=c.packets, dropped=c.dropped)
+                                        for p, c in self.captures.items()),
+                         saved=saved, timings=asdict(self.timings))
 
 
 # --- the whole run -----------------------------------------------------------------------------
@@ -256,9 +157,10 @@ def check_save_dir(path: str | None) -> None:
                          hint="give a new or empty directory: `tracer analyze DIR` reads every capture in it")
 
 
-def run(backend: FollowBackend, req: FollowRequest, *, out: TextIO, progress: Progress = lambda _: None,
-        timings_file: str | None = None) -> FollowResult:
-    """The whole `tracer follow`: capture, then show it as `tracer analyze` would."""
+def run(backend: FollowBackend, req: FollowRequest, *, present: Callable[[FollowRun, Analysis], None],
+        progress: Progress = lambda _: None, timings_file: str | None = None) -> FollowResult:
+    """The whole `tracer follow`: capture, analyze as `tracer analyze` would, and hand the run and
+    its analysis to `present` (to show them) before everything the run started is removed."""
     check_save_dir(req.save)
     _preload_view()
     tmp = None if req.save else tempfile.mkdtemp(prefix="tracer-follow-")
@@ -266,7 +168,8 @@ def run(backend: FollowBackend, req: FollowRequest, *, out: TextIO, progress: Pr
     try:
         result = capture(backend, req, directory, progress)
         with result.timings.phase("correlate"):
-            from tracer.app.analyze import AnalyzeRequest, run_analysis
+            from tracer.app.analyze import AnalyzeRequest, analyze
+            from tracer.correlate.engine import no_cyclic_gc
 
             progress("correlating")
             way = result.way
@@ -275,8 +178,10 @@ def run(backend: FollowBackend, req: FollowRequest, *, out: TextIO, progress: Pr
                                   output=req.output, pcapng=req.pcapng,
                                   flows=() if req.all_flows else own_flows(result), all_flows=req.all_flows,
                                   captured_together=True)  # (every agent listened before curl, until its end)
+            so_far = result.as_run(req.save)  # (the JSON's timings: up to the correlation)
             progress(None)
-            run_analysis(areq, out, extra_json={"follow": follow_json(result, req)}, header=header(result, req))
+            with no_cyclic_gc():
+                present(so_far, analyze(areq))
     finally:
         with uninterrupted():
             backend.close()  # reaps the agents (and, on Kubernetes, deletes the capture pods)
@@ -294,7 +199,7 @@ def _preload_view() -> None:
     import threading
 
     def load() -> None:
-        for name in ("tracer.app.analyze", "tracer.render.hops"):
+        for name in ("tracer.app.analyze", "tracer.render.analysis", "tracer.render.hops", "tracer.render.header"):
             try:
                 importlib.import_module(name)
             except Exception:  # noqa: BLE001 - the real import, later, reports it
@@ -315,53 +220,3 @@ def own_flows(r: FollowResult) -> tuple[str, ...]:
     if not ports or None in ports:
         return ()
     return tuple(f"{r.way.src.pod.ip}:{p}" for p in ports)
-
-
-# --- what is shown next to the analysis ----------------------------------------------------------
-
-def follow_json(r: FollowResult, req: FollowRequest) -> dict[str, Any]:
-    s, d = r.way.src.pod, r.way.dst.pod
-    return {
-        "backend": r.backend,
-        "run_id": r.run_id,
-        "src": {"name": s.name, "namespace": s.namespace, "node": s.node, "ip": s.ip},
-        "dst": {"name": d.name, "namespace": d.namespace, "node": d.node, "ip": d.ip},
-        "url": r.url,
-        "curl": [asdict(c) for c in r.curls],
-        "captures": [{"point": p, "packets": c.packets, "dropped": c.dropped} for p, c in r.captures.items()],
-        "saved": req.save,
-        "timings": asdict(r.timings),
-    }
-
-
-def curl_text(c: CurlResult) -> str:
-    took = f" in {c.time * 1000:.1f} ms" if c.time is not None else ""
-    if c.exit_code == 0 and c.status is not None:
-        return f"HTTP {c.status}{took}"
-    return f"failed: {c.error}" + (f" (HTTP {c.status})" if c.status else "") + took
-
-
-def header(r: FollowResult, req: FollowRequest):
-    from rich.console import Group
-    from rich.text import Text
-
-    from tracer.render.hops import safe
-
-    s, d = r.way.src.pod, r.way.dst.pod
-    lines = [Text(f"follow {safe(s.name)} ({s.ip}, {safe(s.node)}) -> {safe(d.name)} ({d.ip}, {safe(d.node)}): "
-                  f"GET {safe(r.url)}  [{r.backend}]", style="bold")]
-    for i, c in enumerate(r.curls, 1):
-        ok = c.exit_code == 0 and c.status is not None and c.status < 400
-        lines.append(Text(f"  request {i}: {curl_text(c)}", style="green" if ok else "red"))
-    frames = sum(c.packets for c in r.captures.values())
-    dropped = sum(c.dropped for c in r.captures.values())
-    what = f"  captured {frames} frames at {len(r.captures)} points"
-    if dropped:
-        what += f", {dropped} dropped by the kernel (the agent could not keep up)"
-    lines.append(Text(what, style="yellow" if dropped else "dim"))
-    if r.way.same_node:
-        lines.append(Text(f"  both pods run on {safe(s.node)}: no tunnel, the way is their two veths", style="yellow"))
-    if req.save:
-        lines.append(Text(f"  saved to {safe(req.save)} (tracer analyze {safe(req.save)})", style="dim", no_wrap=True))
-    lines.append(Text(""))
-    return Group(*lines)

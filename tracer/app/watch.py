@@ -1,11 +1,12 @@
 """`tracer follow --live` / `tracer watch`: a request every second, each packet lighting up hop by hop.
 
 The agents run in streaming mode (`--stream`): every frame they capture comes over at once as a
-`frame` event. Each is decoded (tracer.decode) to its inner packet, whose identity (addresses,
-ports, TCP seq/ack/flags, payload length) is the same at every point; the table has one row per
-packet and one column per point of the way, and a cell lights up when the packet is seen there,
-marked with what changed since the previous point: encapsulation, decapsulation, MAC rewrite, TTL.
-Made for a projector: big marks, few words, the newest requests only.
+`frame` event. Each is decoded (tracer.decode) to its inner packet and keyed by the packet's
+identity, the same one correlation uses (tracer.capture.sightings.identity: what stays the same
+at every point, NAT included); each packet is a row with a cell per point of the way, lit when
+it is seen there and marked with what changed since the previous point it was seen at
+(tracer.correlate.hops.hop_changes, as in analyze's hops). The newest request only.
+The view is the caller's: it is handed a LiveSnapshot after every change (tracer.render.live).
 """
 
 from __future__ import annotations
@@ -13,23 +14,22 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from rich.console import Console, Group
-from rich.live import Live
-from rich.table import Table
-from rich.text import Text
-
-from tracer.correlate.engine import HTTP_STARTS
-from tracer.decode import Frame, decode, fmt_ip, tcp_flags_str
-from tracer.cluster.discover import discover
-from tracer.model import Way
-from tracer.errors import UsageError
+from tracer.app.curl import fire
+from tracer.app.follow import FollowRequest
+from tracer.app.signals import uninterrupted
+from tracer.capture.sightings import identity
 from tracer.cluster.agents import AgentClient, AgentError
+from tracer.cluster.discover import discover
 from tracer.cluster.ports import FollowBackend
-from tracer.app.follow import CaptureSession, CurlResult, FollowRequest, curl_text, fire, uninterrupted
-from tracer.render.hops import safe
-from tracer.correlate.describe import FLAG_WORDS, PROTO_NAMES
+from tracer.cluster.session import CaptureSession
+from tracer.correlate.hops import hop_changes, packet_label
+from tracer.decode import Frame, decode, fmt_ip
+from tracer.errors import UsageError
+from tracer.model import Way
+from tracer.model.follow import CurlResult, LiveCell, LiveRow, LiveSnapshot
 
 LIVE_MAX_SECONDS = 4 * 3600.0  # agents stop by themselves after a long lesson at the latest
 SHOWN_REQUESTS = 1
@@ -48,13 +48,34 @@ class LivePacket:
     seen: dict[str, Frame] = field(default_factory=dict)
     """Point id -> the frame as captured there."""
 
+    def cells(self, points: list[str]) -> tuple[LiveCell | None, ...]:
+        """Its cell at each point, in the way's order; what changed is judged in the order the
+        packet went (the response takes the way backwards)."""
+        order = points if self.request else points[::-1]
+        cells: dict[str, LiveCell | None] = {}
+        prev = None
+        for pid in order:
+            fr = self.seen.get(pid)
+            if fr is None:
+                cells[pid] = None
+                continue
+            changes = () if prev is None else hop_changes(prev, fr)
+            tunnel = None
+            if "encap" in changes:
+                t = fr.tunnels[-1]
+                tunnel = str(t.vni if t.vni is not None else t.type)
+            cells[pid], prev = LiveCell(changes=changes, ttl=fr.ttl, tunnel=tunnel), fr
+        return tuple(cells[p] for p in points)
+
 
 @dataclass
 class LiveState:
-    """Everything the live view shows; fed with frames and curl results, rendered by `view`."""
+    """Everything the live view shows; fed with frames and curl results, read as `snapshot()`."""
 
     way: Way
-    packets: dict[tuple, LivePacket] = field(default_factory=dict)
+    url: str = ""
+    backend: str = ""
+    packets: dict[object, LivePacket] = field(default_factory=dict)
     conversations: list[tuple] = field(default_factory=list)
     curls: list[CurlResult] = field(default_factory=list)
     frames: int = 0
@@ -70,7 +91,7 @@ class LiveState:
         request = src == client_ip
         client_port = fr.sport if request else fr.dport
         conv = (client_port,)
-        key = (src, dst, fr.sport, fr.dport, fr.tcp_seq, fr.tcp_ack, fr.tcp_flags, fr.payload_len)
+        key = identity(fr)
         pkt = self.packets.get(key)
         if pkt is None:
             if dst not in (client_ip, self.way.dst.pod.ip):
@@ -80,95 +101,28 @@ class LiveState:
                 self.conversations.append(conv)
         pkt.seen.setdefault(point, fr)
 
-
-def packet_label(fr: Frame) -> str:
-    """`SYN`, `PSH-ACK GET /get`, `PSH-ACK HTTP/1.1 200`: short enough for a projector."""
-    flags = tcp_flags_str(fr.tcp_flags)
-    text = FLAG_WORDS.get(flags, flags or PROTO_NAMES.get(fr.proto, "?").upper())
-    if fr.payload_len:
-        line = fr.data[fr.payload_offset:fr.payload_offset + 40].split(b"\r\n", 1)[0] if fr.payload_offset >= 0 else b""
-        if line.startswith(HTTP_STARTS):
-            text += " " + " ".join(line.decode("ascii", "replace").split()[:2])
-        else:
-            text += f" {fr.payload_len}B"
-    return text
+    def snapshot(self) -> LiveSnapshot:
+        points = [p.id for p in self.way.points]
+        rows = tuple(LiveRow(summary=pkt.summary, request=pkt.request, cells=pkt.cells(points))
+                     for conv in self.conversations[-SHOWN_REQUESTS:]
+                     for pkt in self.packets.values() if pkt.conversation == conv)
+        return LiveSnapshot(way=self.way, url=self.url, backend=self.backend, rows=rows, requests=len(self.curls),
+                            last_curl=self.curls[-1] if self.curls else None, frames=self.frames,
+                            errors=tuple(self.errors))
 
 
-def cell(fr: Frame, prev: Frame | None) -> Text:
-    """A lit cell: what changed here against the previous point the packet passed.
-
-    `⊕4096` encapsulated (VXLAN VNI), `⊖` decapsulated, `M` MAC rewritten, then the TTL
-    (yellow where routing took one off).
-    """
-    t = Text()
-    if fr.tunnels and (prev is None or not prev.tunnels):
-        tun = fr.tunnels[-1]
-        t.append(f"⊕{tun.vni if tun.vni is not None else tun.type} ", style="bold magenta")
-    elif prev is not None and prev.tunnels and not fr.tunnels:
-        t.append("⊖ ", style="bold magenta")
-    if prev is not None and fr.eth_src and prev.eth_src and (fr.eth_src, fr.eth_dst) != (prev.eth_src, prev.eth_dst):
-        t.append("M ", style="bold yellow")
-    if not t:
-        t.append("● ", style="bold green")
-    routed = prev is not None and prev.ttl is not None and fr.ttl is not None and fr.ttl < prev.ttl
-    t.append(str(fr.ttl), style="bold yellow" if routed else "green")
-    return t
-
-
-def view(state: LiveState, title: str = "") -> Group:
-    """The live table: the newest request, one row per packet, one column per point."""
-    way = state.way
-    points = [p.id for p in way.points]
-    t = Table(show_edge=False, pad_edge=False, expand=False)
-    t.add_column("packet", no_wrap=True, max_width=20)
-    for i, p in enumerate(way.points, 1):
-        t.add_column(f"{i} {safe(p.node)}\n{safe(p.interface)}", justify="left", no_wrap=True, min_width=8, max_width=16)
-    for conv in state.conversations[-SHOWN_REQUESTS:]:
-        for pkt in (p for p in state.packets.values() if p.conversation == conv):
-            order = points if pkt.request else points[::-1]
-            cells: dict[str, Text] = {}
-            prev = None
-            for pid in order:
-                fr = pkt.seen.get(pid)
-                if fr is None:
-                    cells[pid] = Text("·", style="dim")
-                else:
-                    cells[pid], prev = cell(fr, prev), fr
-            label = Text("→ " if pkt.request else "← ", style="bold cyan" if pkt.request else "bold blue")
-            label.append(safe(pkt.summary))
-            t.add_row(label, *(cells[p] for p in points))
-    head = Text(title, style="bold")
-    if state.curls:
-        c = state.curls[-1]
-        ok = c.exit_code == 0 and c.status is not None and c.status < 400
-        head.append(f"\nrequest {len(state.curls)}: {curl_text(c)}", style="green" if ok else "red")
-    src, dst = way.src, way.dst
-    legend = Text(f"{safe(src.pod.name)} {src.pod.ip} eth0 {src.mac}  →  {safe(dst.pod.name)} {dst.pod.ip} eth0 {dst.mac}",
-                  style="dim")
-    if way.tunnel:
-        tu = way.tunnel
-        legend.append(f"\n{safe(tu.device)} VNI {tu.vni} UDP {tu.udp_port} +50B: {tu.src_node_ip} ↔ {tu.dst_node_ip}",
-                      style="dim")
-    keys = Text("● seen  ⊕ encapsulated (VNI)  ⊖ decapsulated  M MAC rewritten  N TTL", style="dim")
-    parts = [head, legend, t, keys, Text(f"{state.frames} frames captured  ·  Ctrl-C to stop", style="dim")]
-    parts += [Text(f"warning: {safe(e)}", style="red") for e in state.errors[-3:]]
-    return Group(*parts)
-
-
-def watch(backend: FollowBackend, req: FollowRequest, *, iterations: int | None = None, interval: float = 1.0,
-          console: Console | None = None) -> LiveState:
-    """Run until Ctrl-C (or `iterations` requests); everything started is removed at the end."""
+def watch(backend: FollowBackend, req: FollowRequest, *, display: Callable[[LiveSnapshot], None],
+          iterations: int | None = None, interval: float = 1.0) -> LiveState:
+    """Run until Ctrl-C (or `iterations` requests), handing `display` a snapshot after every change,
+    from when every agent listens; everything started is removed at the end."""
     if req.save or req.output != "text" or req.pcapng:
         raise UsageError("--live shows a live view: --save, --output json and --pcapng do not apply",
                          hint="tracer follow without --live saves and prints")
     if req.src == req.dst:
         raise UsageError(f"source and destination are the same pod ({req.src})")
-    console = console or Console()
     way = discover(backend, req.src, req.dst)
     url = f"http://{way.dst.pod.ip}:{req.port}{req.path}"
-    title = (f"watch {safe(way.src.pod.name)} ({way.src.pod.node}) → {safe(way.dst.pod.name)} ({way.dst.pod.node}): "
-             f"GET {safe(url)}  [{backend.name}]")
-    state = LiveState(way=way)
+    state = LiveState(way=way, url=url, backend=backend.name)
     events: queue.Queue = queue.Queue()
     session = CaptureSession(backend, way, req.port, run_id=req.run_id, stream=True, max_seconds=LIVE_MAX_SECONDS)
     requester: threading.Thread | None = None
@@ -180,22 +134,22 @@ def watch(backend: FollowBackend, req: FollowRequest, *, iterations: int | None 
         next_at = time.monotonic()
         fired = 0
         done_at = None
-        with Live(view(state, title), console=console, refresh_per_second=12, transient=False) as live:
-            while True:
-                now = time.monotonic()
-                if requester is None or not requester.is_alive():
-                    if (iterations is None or fired < iterations) and now >= next_at:
-                        requester = threading.Thread(target=_request, args=(backend, way, url, max_time, events),
-                                                     daemon=True)
-                        requester.start()
-                        fired += 1
-                        next_at = now + interval
-                    elif iterations is not None and fired >= iterations and len(state.curls) >= iterations:
-                        done_at = done_at or now + 0.3  # the last frames of the exchange
-                _apply(state, events, timeout=0.05)
-                live.update(view(state, title))
-                if done_at is not None and time.monotonic() >= done_at:
-                    break
+        display(state.snapshot())
+        while True:
+            now = time.monotonic()
+            if requester is None or not requester.is_alive():
+                if (iterations is None or fired < iterations) and now >= next_at:
+                    requester = threading.Thread(target=_request, args=(backend, way, url, max_time, events),
+                                                 daemon=True)
+                    requester.start()
+                    fired += 1
+                    next_at = now + interval
+                elif iterations is not None and fired >= iterations and len(state.curls) >= iterations:
+                    done_at = done_at or now + 0.3  # the last frames of the exchange
+            _apply(state, events, timeout=0.05)
+            display(state.snapshot())
+            if done_at is not None and time.monotonic() >= done_at:
+                break
     finally:
         with uninterrupted():
             session.close()

@@ -79,7 +79,7 @@ def command(paths, points, vxlan_ports, flows, all_flows, summary, output, pcapn
     done = progress or (lambda share: None)  # (called with None: the progress line wiped)
     with no_cyclic_gc():  # (the model and the document too)
         try:
-            show(analyze(req), sys.stdout, output=output, summary=summary, names=names, pcapng=pcapng, progress=done)
+            show(analyze(req), sys.stdout, output=output, summary=summary, pcapng=pcapng, progress=done)
         finally:
             done(None)
 

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
-from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import click
 
-from tracer.cluster.backends import BackendOptions, make_backend
+from tracer.cluster.backends import BackendOptions
 from tracer.commands.options import backend_options
+from tracer.render.progress import Spinner
+
+if TYPE_CHECKING:
+    from tracer.app.analyze import Analysis
+    from tracer.model.follow import FollowRun
 
 
 @click.command()
@@ -51,64 +55,26 @@ def command(src, dst, port, url_path, count, save, output, pcapng, all_flows, li
     if not url_path.startswith("/"):
         url_path = "/" + url_path
     run_id = os.urandom(4).hex()
-    with run_backend(src, dst, run_id, backend) as fb:
+    from tracer.app.backend import open_backend
+
+    with open_backend(src, dst, run_id, backend) as fb:
         from tracer.app.follow import FollowRequest
 
         req = FollowRequest(src=src, dst=dst, port=port, path=url_path, count=count, timeout=timeout, save=save,
                             output=output, pcapng=pcapng, all_flows=all_flows, run_id=run_id)
         if live:
-            from tracer.app.watch import watch
+            from tracer.commands.watch import watch_live
 
-            watch(fb, req, iterations=iterations)
+            watch_live(fb, req, iterations)
             return
         from tracer.app.follow import run
 
-        with _status() as progress:
-            run(fb, req, out=sys.stdout, progress=progress, timings_file=timings_file)
+        def present(done: FollowRun, analysis: Analysis) -> None:
+            from tracer.render.analysis import show
+            from tracer.render.header import follow_document, follow_header
 
+            show(analysis, sys.stdout, output=output, pcapng=pcapng, extra_json={"follow": follow_document(done)},
+                 header=follow_header(done))
 
-@contextlib.contextmanager
-def run_backend(src: str, dst: str, run_id: str, options: BackendOptions) -> Iterator:
-    """The backend of a follow or watch run, SIGTERM taken as Ctrl-C, closed whatever happens
-    (idempotent: the run closes it itself; this covers what comes before)."""
-    from tracer.app.signals import sigterm_interrupts
-
-    with sigterm_interrupts():
-        fb = make_backend(options, run_id=run_id)
-        try:
-            # The pods the run is about, early, if the backend can use that (the lab starts their
-            # nodes' agents at once, while tracer still imports and discovers).
-            expect = getattr(fb, "expect_pods", None)
-            if expect is not None:
-                expect(src, dst)
-            yield fb
-        finally:
-            fb.close()
-
-
-class _status:
-    """A spinner on stderr while the run works (nothing when stderr is not a terminal)."""
-
-    def __enter__(self):
-        self.status = None
-        if not sys.stderr.isatty():  # (then not even rich's import, ~30 ms, before the run starts)
-            return self.update
-        from rich.console import Console
-
-        self.console = Console(stderr=True)
-        self.status = self.console.status("") if self.console.is_terminal else None
-        if self.status:
-            self.status.start()
-        return self.update
-
-    def update(self, what: str | None) -> None:
-        if self.status is None:
-            return
-        if what is None:
-            self.status.stop()
-        else:
-            self.status.update(what)
-
-    def __exit__(self, *exc):
-        if self.status:
-            self.status.stop()
+        with Spinner(sys.stderr) as progress:
+            run(fb, req, present=present, progress=progress, timings_file=timings_file)

@@ -7,7 +7,6 @@ import os
 import click
 
 from tracer.cluster.backends import BackendOptions
-from tracer.commands.follow import run_backend
 from tracer.commands.options import backend_options
 
 
@@ -27,10 +26,20 @@ def command(src, dst, port, url_path, timeout, backend: BackendOptions, iteratio
     Ctrl-C stops it; nothing it started is left behind.
     """
     run_id = os.urandom(4).hex()
-    with run_backend(src, dst, run_id, backend) as fb:
-        from tracer.app.watch import watch
+    from tracer.app.backend import open_backend
+
+    with open_backend(src, dst, run_id, backend) as fb:
         from tracer.app.follow import FollowRequest
 
         req = FollowRequest(src=src, dst=dst, port=port, timeout=timeout, run_id=run_id,
                             path=url_path if url_path.startswith("/") else "/" + url_path)
-        watch(fb, req, iterations=iterations)
+        watch_live(fb, req, iterations)
+
+
+def watch_live(fb, req, iterations: int | None) -> None:
+    """The live grid on the terminal while app.watch runs (also `tracer follow --live`)."""
+    from tracer.app.watch import watch
+    from tracer.render.live import LiveScreen
+
+    with LiveScreen() as screen:
+        watch(fb, req, display=screen, iterations=iterations)

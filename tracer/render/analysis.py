@@ -14,8 +14,8 @@ if TYPE_CHECKING:
     from tracer.app.analyze import Analysis
 
 
-def show(a: Analysis, out: TextIO, *, output: str = "text", summary: bool = False, names: dict[str, str] | None = None,
-         pcapng: str | None = None, extra_json: dict | None = None, header: Group | None = None,
+def show(a: Analysis, out: TextIO, *, output: str = "text", summary: bool = False, pcapng: str | None = None,
+         extra_json: dict | None = None, header: Group | None = None,
          progress: Callable[[None], None] = lambda share: None) -> None:
     """Write what `tracer analyze` shows to `out` (status to stderr). `progress` is called with
     None when the progress line is to be wiped, before anything is written."""
@@ -64,7 +64,7 @@ def show(a: Analysis, out: TextIO, *, output: str = "text", summary: bool = Fals
                           "(--flow N for one flow's hops)", style="dim")
         summary_view.render_summary(trace, console, shown)
     else:
-        hops.render_hops(trace, console, shown, names or {})
+        hops.render_hops(trace, console, shown, a.names)
 
 
 def _width(out: TextIO) -> int | None:

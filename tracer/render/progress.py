@@ -56,3 +56,36 @@ class ReadingProgress:
             except (OSError, ValueError):
                 pass  # (a terminal gone: the analysis goes on)
             self.shown = text
+
+
+class Spinner:
+    """A spinner on `stream` while a run works, saying what it does (nothing when the stream is
+    not a terminal). Used as `with Spinner(sys.stderr) as progress: progress("what")`."""
+
+    def __init__(self, stream: TextIO):
+        self.stream = stream
+        self.status = None
+
+    def __enter__(self):
+        self.status = None
+        if not self.stream.isatty():  # (then not even rich's import, ~30 ms, before the run starts)
+            return self.update
+        from rich.console import Console
+
+        self.console = Console(file=self.stream)
+        self.status = self.console.status("") if self.console.is_terminal else None
+        if self.status:
+            self.status.start()
+        return self.update
+
+    def update(self, what: str | None) -> None:
+        if self.status is None:
+            return
+        if what is None:
+            self.status.stop()
+        else:
+            self.status.update(what)
+
+    def __exit__(self, *exc):
+        if self.status:
+            self.status.stop()

@@ -1,0 +1,91 @@
+"""A follow run as values: the requests it fired, what each point captured, and the live grid."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tracer.model.way import Way
+
+
+@dataclass(frozen=True, kw_only=True)
+class CurlResult:
+    """One request fired from the source pod."""
+
+    status: int | None
+    """HTTP status, None when there was no HTTP answer."""
+    time: float | None
+    """curl's time_total in seconds."""
+    exit_code: int
+    error: str | None = None
+    local_port: int | None = None
+    """The source port curl's connection used: its flow is `<src ip>:<local_port>`. None when
+    curl got no connection."""
+
+    @property
+    def ok(self) -> bool:
+        """An HTTP answer below 400."""
+        return self.exit_code == 0 and self.status is not None and self.status < 400
+
+
+@dataclass(frozen=True, kw_only=True)
+class PointCount:
+    """What the agent captured at one point of the way."""
+
+    point: str
+    packets: int
+    dropped: int = 0
+    """Frames the kernel dropped because the agent's socket queue was full."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class FollowRun:
+    """What a `tracer follow` run did: shown in its header and in the JSON document's `follow`."""
+
+    way: Way
+    run_id: str
+    backend: str
+    """"lab" or "kubernetes"."""
+    url: str
+    curls: tuple[CurlResult, ...]
+    captures: tuple[PointCount, ...]
+    saved: str | None
+    """The directory the captures were kept in (--save), else None."""
+    timings: dict[str, float]
+    """Seconds of each phase so far: discover, agents_ready, request, collect, correlate."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class LiveCell:
+    """A packet seen at one point of the way, in the live grid."""
+
+    changes: tuple[str, ...]
+    """What changed against the point where the packet was seen before (tracer.correlate.hops)."""
+    ttl: int | None
+    tunnel: str | None = None
+    """Where it was encapsulated here: the VNI (or the tunnel's type when it has none)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class LiveRow:
+    """One packet of the live grid."""
+
+    summary: str
+    request: bool
+    """client -> server, or the response."""
+    cells: tuple[LiveCell | None, ...]
+    """One per point of the way, in its order (None: not seen there)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class LiveSnapshot:
+    """Everything the live grid shows at one moment."""
+
+    way: Way
+    url: str
+    backend: str
+    rows: tuple[LiveRow, ...]
+    """The packets of the newest request."""
+    requests: int
+    last_curl: CurlResult | None
+    frames: int
+    errors: tuple[str, ...]

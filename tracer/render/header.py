@@ -1,0 +1,55 @@
+"""The header of a follow run: the request, curl's answers, what was captured, where it is kept."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+from rich.console import Group
+from rich.text import Text
+
+from tracer.model.follow import CurlResult, FollowRun
+from tracer.render.text import safe
+
+
+def curl_text(c: CurlResult) -> str:
+    took = f" in {c.time * 1000:.1f} ms" if c.time is not None else ""
+    if c.exit_code == 0 and c.status is not None:
+        return f"HTTP {c.status}{took}"
+    return f"failed: {c.error}" + (f" (HTTP {c.status})" if c.status else "") + took
+
+
+def follow_header(r: FollowRun) -> Group:
+    s, d = r.way.src.pod, r.way.dst.pod
+    lines = [Text(f"follow {safe(s.name)} ({s.ip}, {safe(s.node)}) -> {safe(d.name)} ({d.ip}, {safe(d.node)}): "
+                  f"GET {safe(r.url)}  [{r.backend}]", style="bold")]
+    for i, c in enumerate(r.curls, 1):
+        lines.append(Text(f"  request {i}: {curl_text(c)}", style="green" if c.ok else "red"))
+    frames = sum(c.packets for c in r.captures)
+    dropped = sum(c.dropped for c in r.captures)
+    what = f"  captured {frames} frames at {len(r.captures)} points"
+    if dropped:
+        what += f", {dropped} dropped by the kernel (the agent could not keep up)"
+    lines.append(Text(what, style="yellow" if dropped else "dim"))
+    if r.way.same_node:
+        lines.append(Text(f"  both pods run on {safe(s.node)}: no tunnel, the way is their two veths", style="yellow"))
+    if r.saved:
+        lines.append(Text(f"  saved to {safe(r.saved)} (tracer analyze {safe(r.saved)})", style="dim", no_wrap=True))
+    lines.append(Text(""))
+    return Group(*lines)
+
+
+def follow_document(r: FollowRun) -> dict[str, Any]:
+    """The `follow` key of follow's tracer.trace/v1 document."""
+    s, d = r.way.src.pod, r.way.dst.pod
+    return {
+        "backend": r.backend,
+        "run_id": r.run_id,
+        "src": {"name": s.name, "namespace": s.namespace, "node": s.node, "ip": s.ip},
+        "dst": {"name": d.name, "namespace": d.namespace, "node": d.node, "ip": d.ip},
+        "url": r.url,
+        "curl": [asdict(c) for c in r.curls],
+        "captures": [{"point": c.point, "packets": c.packets, "dropped": c.dropped} for c in r.captures],
+        "saved": r.saved,
+        "timings": dict(r.timings),
+    }
