@@ -24,7 +24,9 @@ import pytest
     ("tracer.app.watch", ("tracer.app", "tracer.cluster", "tracer.correlate", "tracer.capture", "tracer.decode",
                           "tracer.model", "tracer.errors")),
     *((f"tracer.render.{m}", ("tracer.render", "tracer.model", "tracer.errors"))
-      for m in ("analysis", "hops", "summary", "text", "live", "header", "path", "progress", "jsondoc", "pcapng")),
+      for m in ("analysis", "hops", "summary", "text", "live", "header", "path", "progress", "jsondoc", "pcapng",
+                "outputs")),
+    ("tracer.model.analysis", ("tracer.model",)),
 ])
 def test_imports_run_one_way(module: str, allowed: tuple[str, ...]) -> None:
     """The model imports nothing of tracer's, the views only the model, decoding nothing, the

@@ -19,6 +19,7 @@ from tracer.correlate.result import Correlation
 from tracer.decode import VXLAN_PORTS
 from tracer.errors import NotFoundError, UsageError
 from tracer.model import Flow, Trace
+from tracer.model.analysis import Analysis
 from tracer.model.trace import RawFrame
 
 AUTO_SUMMARY_PACKETS = 400  # more packets than this in the shown flows: the summary view
@@ -55,36 +56,6 @@ class AnalyzeRequest:
     """--flow that matches no flow is an error (tracer analyze; follow shows what it has)."""
     progress: Callable[[float | None], None] | None = None
     """Told the share of the captures read so far while reading, then None (see render.progress)."""
-
-
-@dataclass(frozen=True, kw_only=True)
-class Analysis:
-    """What the captures hold and what of it the view shows."""
-
-    trace: Trace
-    shown: tuple[Flow, ...]
-    """The flows to show: those --flow chose, else the HTTP flows and those with packets that
-    stopped, else all (see select_flows)."""
-    chosen_by_flow: bool
-    """--flow was given: the JSON document holds only the shown flows."""
-    strict_flows: bool
-    kept_packets: bool
-    """Every packet's hops were kept (else only the flows' counters: the summary view)."""
-    summary_view: bool
-    """The text view is the summary: asked for, only counters kept, or too many packets to list."""
-    shown_packets: int
-    names: dict[str, str]
-    """IP -> pod name, shown next to addresses."""
-    frames: tuple[tuple[tuple[RawFrame, ...], ...], ...] | None = None
-    """With --pcapng: every kept packet's frames, per flow of `trace.flows`, per packet, per hop."""
-
-    @property
-    def document_trace(self) -> Trace:
-        """The trace of the JSON document: the shown flows when --flow chose them."""
-        if not self.chosen_by_flow:
-            return self.trace
-        from dataclasses import replace
-        return replace(self.trace, flows=self.shown)
 
 
 def analyze(req: AnalyzeRequest) -> Analysis:

@@ -10,6 +10,7 @@ import click
 from tracer.app.analyze import AnalyzeRequest, analyze, find_path_file, parse_ifnames, read_path_file
 from tracer.correlate.engine import no_cyclic_gc
 from tracer.render.analysis import show
+from tracer.render.outputs import OUTPUTS
 from tracer.render.progress import ReadingProgress
 from tracer.errors import UsageError
 
@@ -25,7 +26,7 @@ from tracer.errors import UsageError
                    "also without #). Repeatable.")
 @click.option("--all-flows", is_flag=True, help="Show every flow, not only the HTTP ones and those that lost packets.")
 @click.option("--summary", is_flag=True, help="Flows, packets per point, loss and latency per segment, no hops.")
-@click.option("--output", "-o", type=click.Choice(["text", "json"]), default="text", show_default=True,
+@click.option("--output", "-o", type=click.Choice(list(OUTPUTS)), default="text", show_default=True,
               help="json: the tracer.trace/v1 document on stdout.")
 @click.option("--pcapng", "pcapng", type=click.Path(dir_okay=False, writable=True), metavar="FILE",
               help="Write one merged pcapng, an interface per point, each frame commented with its hop.")

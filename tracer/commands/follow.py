@@ -10,6 +10,7 @@ import click
 
 from tracer.cluster.backends import BackendOptions
 from tracer.commands.options import backend_options
+from tracer.render.outputs import OUTPUTS
 from tracer.render.progress import Spinner
 
 if TYPE_CHECKING:
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
 @click.option("--count", type=click.IntRange(1, 100), default=1, show_default=True, help="Send the request N times.")
 @click.option("--save", type=click.Path(file_okay=False), metavar="DIR",
               help="Keep the captures as DIR/<node>/<interface>.pcap plus DIR/path.json (tracer analyze DIR).")
-@click.option("--output", "-o", type=click.Choice(["text", "json"]), default="text", show_default=True,
+@click.option("--output", "-o", type=click.Choice(list(OUTPUTS)), default="text", show_default=True,
               help="json: the tracer.trace/v1 document with a `follow` key (curl results, captures).")
 @click.option("--pcapng", type=click.Path(dir_okay=False, writable=True), metavar="FILE",
               help="Write one merged pcapng, an interface per point, each frame commented with its hop.")

@@ -1,17 +1,18 @@
-"""An Analysis shown: the merged pcapng, the JSON document, or the text view (hops or summary)."""
+"""An Analysis shown: the merged pcapng, then the view --output names (OUTPUTS): the text view
+(hops or summary) or the JSON document."""
 
 from __future__ import annotations
 
+import importlib
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TextIO
 
-from tracer.render.jsondoc import dumps
+from tracer.model.analysis import Analysis
+from tracer.render.outputs import OUTPUTS
 
 if TYPE_CHECKING:
     from rich.console import Group
-
-    from tracer.app.analyze import Analysis
 
 
 def show(a: Analysis, out: TextIO, *, output: str = "text", summary: bool = False, pcapng: str | None = None,
@@ -29,11 +30,14 @@ def show(a: Analysis, out: TextIO, *, output: str = "text", summary: bool = Fals
         print(f"tracer: wrote {pcapng}: {n:,} frame{'s' if n != 1 else ''} of {k} point{'s' if k != 1 else ''}, "
               "the point as the frame's "
               "interface, its hop as its comment (columns frame.interface_name and frame.comment)", file=sys.stderr)
-    if output == "json":
-        text = dumps(a.document_trace, summary=summary, extra=extra_json)
-        progress(None)
-        out.write(text + "\n")
-        return
+    module, _, function = OUTPUTS[output].partition(":")
+    view = getattr(importlib.import_module(module), function)
+    view(a, out, summary=summary, extra_json=extra_json, header=header, progress=progress)
+
+
+def show_text(a: Analysis, out: TextIO, *, summary: bool, extra_json: dict | None, header: Group | None,
+              progress: Callable[[None], None]) -> None:
+    """The text view: the header (follow's), the flows not shown, then the hops or the summary."""
     from rich.console import Console  # (not needed for --output json)
 
     from tracer.render import hops, summary as summary_view

@@ -5,7 +5,11 @@ from __future__ import annotations
 import dataclasses
 import json
 
+from collections.abc import Callable
+from typing import TextIO
+
 from tracer.model import SCHEMA, Encapsulation, Flow, Hop, Nat, PacketTrace, Trace
+from tracer.model.analysis import Analysis
 
 
 def _encap(e: Encapsulation | None) -> dict | None:
@@ -83,3 +87,11 @@ def dumps(t: Trace, *, summary: bool = False, extra: dict | None = None) -> str:
     encode = json.JSONEncoder(separators=(",", ":")).encode
     lines = ",\n".join("    " + encode(f) for f in flows)
     return text.replace(json.dumps(token), f"[\n{lines}\n  ]", 1)
+
+
+def show_json(a: Analysis, out: TextIO, *, summary: bool, extra_json: dict | None, header: object,
+              progress: Callable[[None], None]) -> None:
+    """--output json: the document on stdout (no header: `extra_json` carries what it would say)."""
+    text = dumps(a.document_trace, summary=summary, extra=extra_json)
+    progress(None)
+    out.write(text + "\n")
