@@ -1,13 +1,13 @@
 """The fast reader: sightings straight from the bytes of a pcap file of Ethernet frames (or a
 pcapng file of one Ethernet interface), without building a Frame, for the shapes a Kubernetes
 capture is mostly made of (Ethernet / IPv4 / TCP, and the same inside VXLAN); every other frame
-goes to the full decoder. Both give equal sightings for the same bytes (tests/test_digest.py).
+goes to the full decoder. Both give equal sightings for the same bytes (tests/test_fastpath.py).
 This is what makes `tracer analyze --summary` fast.
 
 Hand-inlined on purpose: the layout of a sighting (tracer.capture.sightings), the TCP identity
 and PointStats' first-frame bookkeeping are written out in the loop again, as are the VXLAN
 port rule of tracer.decode and pcapio's warning texts; a call per frame would cost a tenth of
-the reader. tests/test_digest.py holds each copy to the original.
+the reader. tests/test_fastpath.py holds each copy to the original.
 """
 
 from __future__ import annotations

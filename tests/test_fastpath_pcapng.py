@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from factories import PUBLIC_FILES, SAMPLES, SCENARIOS, _block, _opt, editcap, needs_editcap, run_cli, sll_frame
-from test_digest import SEEDS, fast, same, summary
+from test_fastpath import SEEDS, fast, same, summary
 from tracer.capture import fastpath as digest
 from tracer.capture.pcapio import open_capture, pcapng_head
 
