@@ -5,7 +5,7 @@ The agents run in streaming mode (`--stream`): every frame they capture comes ov
 identity, the same one correlation uses (tracer.capture.sightings.identity: what stays the same
 at every point, NAT included); each packet is a row with a cell per point of the way, lit when
 it is seen there and marked with what changed since the previous point it was seen at
-(tracer.correlate.hops.hop_changes, as in analyze's hops). The newest request only.
+(tracer.correlate.changes.hop_changes, as in analyze's hops). The newest request only.
 The view is the caller's: it is handed a LiveSnapshot after every change (tracer.render.live).
 """
 
@@ -25,7 +25,7 @@ from tracer.cluster.agents import AgentClient, AgentError
 from tracer.cluster.discover import discover
 from tracer.cluster.ports import FollowBackend
 from tracer.cluster.session import CaptureSession
-from tracer.correlate.hops import hop_changes, packet_label
+from tracer.correlate.changes import hop_changes, packet_label
 from tracer.decode import Frame, decode, fmt_ip
 from tracer.errors import UsageError
 from tracer.model import Way

@@ -1,12 +1,12 @@
 """From a Correlation to the model: flows with their client, server and NAT, packets and their
-hops, points, segments and the warnings. What changed at a hop is tracer.correlate.hops's."""
+hops, points, segments and the warnings. What changed at a hop is tracer.correlate.changes's."""
 
 from __future__ import annotations
 
 from dataclasses import replace
 
 from tracer.correlate.flows import FlowState
-from tracer.correlate.hops import PROTO_NAMES, encapsulation, endpoint, hop_changes, hop_why, packet_summary
+from tracer.correlate.changes import PROTO_NAMES, encapsulation, endpoint, hop_changes, hop_why, packet_summary
 from tracer.correlate.order import PacketSighting
 from tracer.correlate.result import Correlation
 from tracer.correlate.ways import flow_ways, point_order

@@ -19,7 +19,7 @@ from tracer.decode.link import (
     ETH_ARP, ETH_IPV4, ETH_IPV6, ETHERTYPES, LINKTYPE_ETHERNET, LINKTYPE_IPV4, LINKTYPE_IPV6, LINKTYPE_LINUX_SLL,
     LINKTYPE_LINUX_SLL2, LINKTYPE_NAMES, LINKTYPE_NULL, LINKTYPE_RAW,
 )
-from tracer.decode.text import fmt_ip, fmt_mac, tcp_flags_str
+from tracer.decode.formatting import fmt_ip, fmt_mac, tcp_flags_str
 from tracer.decode.tunnels import GENEVE_PORT, UDP_TUNNELS, VXLAN_PORTS
 
 __all__ = [

@@ -25,7 +25,7 @@ from tracer.decode.link import (
     LINKTYPE_ETHERNET, LINKTYPE_IPV4, LINKTYPE_IPV6, LINKTYPE_LINUX_SLL, LINKTYPE_LINUX_SLL2, LINKTYPE_NULL,
     LINKTYPE_RAW, ethernet, linux_sll, linux_sll2, loopback, raw_ip,
 )
-from tracer.decode.text import tcp_flags_str
+from tracer.decode.formatting import tcp_flags_str
 from tracer.decode.tunnels import DEFAULT_UDP_PORTS, VXLAN_PORTS, udp_port_table
 
 LINK_TYPES = {

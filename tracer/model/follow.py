@@ -59,7 +59,7 @@ class LiveCell:
     """A packet seen at one point of the way, in the live grid."""
 
     changes: tuple[str, ...]
-    """What changed against the point where the packet was seen before (tracer.correlate.hops)."""
+    """What changed against the point where the packet was seen before (tracer.correlate.changes)."""
     ttl: int | None
     tunnel: str | None = None
     """Where it was encapsulated here: the VNI (or the tunnel's type when it has none)."""
