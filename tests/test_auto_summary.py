@@ -4,7 +4,7 @@ works it out when the captures are big, and the hops whenever flows are chosen."
 from __future__ import annotations
 
 from factories import SAMPLES, analyze_json, run_cli
-from tracer.app import analyze as analysis
+from tracer.app import analyze as analyze_app
 
 HTTP_GET = str(SAMPLES / "http-get")
 
@@ -15,10 +15,10 @@ def frames_and_http_packets(capsys) -> tuple[int, int]:
 
 
 def test_big_captures_are_summarized_from_the_start(capsys, monkeypatch):
-    monkeypatch.setattr(analysis, "AUTO_SUMMARY_BYTES", 1)
+    monkeypatch.setattr(analyze_app, "AUTO_SUMMARY_BYTES", 1)
     kept = []
-    correlate = analysis.correlate
-    monkeypatch.setattr(analysis, "correlate", lambda req: kept.append(c := correlate(req)) or c)
+    correlate = analyze_app.correlate
+    monkeypatch.setattr(analyze_app, "correlate", lambda req: kept.append(c := correlate(req)) or c)
     frames, packets = frames_and_http_packets(capsys)
     kept.clear()
     code, out, err = run_cli(capsys, "analyze", HTTP_GET)
@@ -33,14 +33,14 @@ def test_big_captures_are_summarized_from_the_start(capsys, monkeypatch):
 
 def test_chosen_flows_of_big_captures_show_their_hops(capsys, monkeypatch):
     code, small, err = run_cli(capsys, "analyze", HTTP_GET, "--flow", "1")
-    monkeypatch.setattr(analysis, "AUTO_SUMMARY_BYTES", 1)
+    monkeypatch.setattr(analyze_app, "AUTO_SUMMARY_BYTES", 1)
     code, out, err = run_cli(capsys, "analyze", HTTP_GET, "--flow", "1")
     assert code == 0, err
     assert out == small and "VXLAN encapsulated" in out  # (the hop view, as for small captures)
 
 
 def test_small_captures_with_many_packets_are_summarized_too(capsys, monkeypatch):
-    monkeypatch.setattr(analysis, "AUTO_SUMMARY_PACKETS", 5)
+    monkeypatch.setattr(analyze_app, "AUTO_SUMMARY_PACKETS", 5)
     _, packets = frames_and_http_packets(capsys)
     code, out, err = run_cli(capsys, "analyze", HTTP_GET)
     assert code == 0, err

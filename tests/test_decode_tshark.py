@@ -20,7 +20,8 @@ import pytest
 
 from factories import PUBLIC, PUBLIC_FILES, SAMPLES, SCENARIOS, needs_tshark, pcap_bytes, sample_files, tshark_lines
 from tracer.decode import PROTO_TCP, PROTO_UDP, Frame, decode, fmt_ip, fmt_mac
-from tracer.capture.pcapio import LINKTYPE_LINUX_SLL, LINKTYPE_LINUX_SLL2, open_capture
+from tracer.capture.pcapio import open_capture
+from tracer.decode import LINKTYPE_LINUX_SLL, LINKTYPE_LINUX_SLL2
 
 pytestmark = [pytest.mark.tshark, needs_tshark]
 

@@ -23,7 +23,8 @@ from tracer.decode import VXLAN_PORTS, decode
 from tracer.capture.fastpath import pcap_sightings
 from tracer.capture.sightings import PointStats, from_frame
 from tracer.render.jsondoc import dumps
-from tracer.capture.pcapio import LINKTYPE_ETHERNET, CaptureFile, open_capture, pcapng_head, resume_records
+from tracer.capture.pcapio import CaptureFile, open_capture, pcapng_head, resume_records
+from tracer.decode import LINKTYPE_ETHERNET
 from tracer.correlate.describe import build_trace
 
 def _ethernet_pcap(p: Path) -> bool:
@@ -138,8 +139,8 @@ def test_mutated_frames_give_the_same_sighting_either_way(seed, edits, cut):
 
 def test_a_file_going_back_in_time_has_the_same_first_and_last_either_way(tmp_path, monkeypatch):
     # (the point's capture window: its earliest and latest frame, not its first and last record)
-    import tracer.capture.fastpath as digest
-    monkeypatch.setattr(digest, "CHUNK", 256)  # (several chunks)
+    import tracer.capture.fastpath as fastpath
+    monkeypatch.setattr(fastpath, "CHUNK", 256)  # (several chunks)
     t = 1_700_000_000.0
     p = tmp_path / "x.pcap"
     p.write_bytes(pcap_bytes([SEEDS[i % len(SEEDS)] for i in range(8)], times=[t + d for d in (10, 0, 5, 20, 3, 7, 1, 2)]))
@@ -242,12 +243,12 @@ def test_sightings_at_the_same_instant_keep_the_files_order_wherever_batches_end
 
 
 def test_a_big_summary_is_written_a_flow_a_line_with_the_same_content_and_key_order(synthetic, monkeypatch):
-    import tracer.render.jsondoc as jsonout
+    import tracer.render.jsondoc as jsondoc
     c = Correlator(inputs_from_paths([synthetic]), CorrelationOptions(keep_packets=False)).run()
     trace = build_trace(c)
-    monkeypatch.setattr(jsonout, "COMPACT_FLOWS", 100)
-    text = jsonout.dumps(trace, summary=True)
-    doc = jsonout.trace_to_dict(trace, summary=True)
+    monkeypatch.setattr(jsondoc, "COMPACT_FLOWS", 100)
+    text = jsondoc.dumps(trace, summary=True)
+    doc = jsondoc.trace_to_dict(trace, summary=True)
     assert json.loads(text) == doc and list(json.loads(text)) == list(doc)
     flow_lines = [line for line in text.splitlines() if line.startswith('    {"client"')]
     assert len(flow_lines) == len(doc["flows"]) == 417

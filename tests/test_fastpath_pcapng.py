@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from factories import PUBLIC_FILES, SAMPLES, SCENARIOS, _block, _opt, editcap, needs_editcap, run_cli, sll_frame
 from test_fastpath import SEEDS, fast, same, summary
-from tracer.capture import fastpath as digest
+from tracer.capture import fastpath
 from tracer.capture.pcapio import open_capture, pcapng_head
 
 
@@ -75,7 +75,7 @@ def test_the_summary_of_a_pcapng_set_is_the_pcap_sets(samples_as_pcapng, scenari
 @pytest.mark.parametrize("chunk", [1 << 20, 2048])
 def test_workers_read_pcapng_as_this_process_does(capsys, monkeypatch, forks, samples_as_pcapng, tmp_path, chunk):
     import shutil
-    monkeypatch.setattr(digest, "CHUNK", chunk)  # (blocks cut across chunks; the forks read with it too)
+    monkeypatch.setattr(fastpath, "CHUNK", chunk)  # (blocks cut across chunks; the forks read with it too)
     d = shutil.copytree(samples_as_pcapng / "http-get", tmp_path / "http-get")
     # worker1's NIC capture in two sections (as `cat` of two files of one capture gives), the
     # last cut short: its worker stops at the second, and this process reads on from there (and
@@ -203,7 +203,7 @@ def test_any_block_sequence_reads_as_the_general_reader_reads_it(tmp_path_factor
     path = tmp_path_factory.mktemp("blocks") / "node" / "eth0.pcapng"
     path.parent.mkdir()
     path.write_bytes(build(lead + kinds, e, tsresol, tail))  # (mostly a first packet: the fast reader's file)
-    monkeypatch.setattr(digest, "CHUNK", chunk)
+    monkeypatch.setattr(fastpath, "CHUNK", chunk)
     cap, records = open_capture(path)
     records.close()
     if pcapng_head(cap):  # (not if the first packet block is not a sound one of the interface)
@@ -221,13 +221,13 @@ def test_blocks_the_fast_reader_takes_are_all_its_own_wherever_chunks_end(tmp_pa
     path = tmp_path_factory.mktemp("taken") / "node" / "eth0.pcapng"
     path.parent.mkdir()
     path.write_bytes(build(["epb", *kinds], e, None, 0))
-    monkeypatch.setattr(digest, "CHUNK", chunk)
+    monkeypatch.setattr(fastpath, "CHUNK", chunk)
     assert same(path).resume is None
 
 
 def test_the_generator_makes_what_the_fast_reader_leaves_and_what_it_takes(tmp_path, monkeypatch):
     # (that the test above exercises both ways: a file it reads to the end, one it leaves mid-way)
-    monkeypatch.setattr(digest, "CHUNK", 100)
+    monkeypatch.setattr(fastpath, "CHUNK", 100)
     for kinds, resumed in ((["epb", "isb", "nrb", "custom", "epb-comment", "tiny", "epb"], False),
                            (["nrb", "custom", "epb", "epb"], False),  # (blocks without packets first)
                            (["epb", "epb", "idb-named", "epb"], True), (["epb", "shb-other-order", "epb"], True)):

@@ -21,7 +21,8 @@ from tracer.app.analyze import AnalyzeRequest, analyze
 from tracer.render.analysis import show
 from tracer.decode import Frame, decode
 from tracer.errors import TracerError
-from tracer.capture.pcapio import LINKTYPE_NAMES, open_capture
+from tracer.capture.pcapio import open_capture
+from tracer.decode import LINKTYPE_NAMES
 
 LINKTYPES = sorted(LINKTYPE_NAMES) + [147, 65535]  # every decoded link type and two it does not know
 FUZZ = settings(max_examples=300, deadline=500, suppress_health_check=[HealthCheck.too_slow])

@@ -15,9 +15,8 @@ from factories import (
     SAMPLES, analyze_json, editcap, needs_editcap, pcap_bytes, pcapng_bytes, sll2_frame, sll_frame,
 )
 from tracer.decode import decode, fmt_mac
-from tracer.capture.pcapio import (
-    LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL, LINKTYPE_LINUX_SLL2, LINKTYPE_RAW, open_capture,
-)
+from tracer.capture.pcapio import open_capture
+from tracer.decode import LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL, LINKTYPE_LINUX_SLL2, LINKTYPE_RAW
 
 UNDERLAY = SAMPLES / "http-get" / "worker1" / "eth1.pcap"
 POD = SAMPLES / "http-get" / "curl" / "eth0.pcap"

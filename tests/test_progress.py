@@ -10,8 +10,8 @@ import shutil
 import pytest
 
 from factories import SAMPLES, run_cli, wait_for
-from tracer.capture import fastpath as digest
-from tracer.correlate import engine as correlate
+from tracer.capture import fastpath
+from tracer.correlate import engine
 from tracer.capture.inputs import inputs_from_paths
 from tracer.correlate.engine import CorrelationOptions, Correlator
 from tracer.render import progress as progress_line
@@ -24,8 +24,8 @@ from tracer.render import progress as progress_line
     ("any-http-get", 1, True),      # tcpdump -i any: Linux cooked frames, the full decoder
 ])
 def test_the_share_read_grows_to_all(monkeypatch, scenario, jobs, summary):
-    monkeypatch.setattr(digest, "CHUNK", 512)       # many batches from small files
-    monkeypatch.setattr(correlate, "PROGRESS_EVERY", 0)  # told after each
+    monkeypatch.setattr(fastpath, "CHUNK", 512)       # many batches from small files
+    monkeypatch.setattr(engine, "PROGRESS_EVERY", 0)  # told after each
     told: list[float] = []
     inputs = inputs_from_paths([str(SAMPLES / scenario)])
     Correlator(inputs, CorrelationOptions(keep_packets=not summary, jobs=jobs), told.append).run()
@@ -38,8 +38,8 @@ def test_the_share_read_grows_to_all(monkeypatch, scenario, jobs, summary):
 def test_the_share_counts_every_file(monkeypatch, tmp_path):
     """Two copies of a file, read in step: a share of both together (one file's bytes out of
     one file's size would be twice as much)."""
-    monkeypatch.setattr(digest, "CHUNK", 512)
-    monkeypatch.setattr(correlate, "PROGRESS_EVERY", 0)
+    monkeypatch.setattr(fastpath, "CHUNK", 512)
+    monkeypatch.setattr(engine, "PROGRESS_EVERY", 0)
     for name in ("a", "b"):
         shutil.copytree(SAMPLES / "http-get" / "worker1", tmp_path / name)
     size = (tmp_path / "a" / "eth1.pcap").stat().st_size
@@ -92,7 +92,7 @@ def test_after_reading_the_seconds_go_on(monkeypatch):
 
 def test_analyze_shows_it_on_a_terminal_only(capsys, monkeypatch):
     monkeypatch.setattr(progress_line.ReadingProgress, "DELAY", 0)
-    monkeypatch.setattr(digest, "CHUNK", 512)
+    monkeypatch.setattr(fastpath, "CHUNK", 512)
     code, out, err = run_cli(capsys, "analyze", str(SAMPLES / "http-get"), "--summary", "-o", "json")
     assert code == 0 and err == "" and json.loads(out)["schema"] == "tracer.trace/v1"
     import sys

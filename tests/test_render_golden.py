@@ -16,7 +16,7 @@ import pytest
 from rich.console import Console
 
 from factories import SAMPLES
-from tracer.render import hops as render
+from tracer.render import hops
 from tracer.render import summary as summary_view
 from tracer.render.text import safe
 from tracer.app.analyze import AnalyzeRequest, correlate, select_flows
@@ -39,7 +39,7 @@ def view(scenario: str, kind: str, width: int = 100) -> str:
     if kind == "summary":
         summary_view.render_summary(trace, console, shown)
     else:
-        render.render_hops(trace, console, shown, names)
+        hops.render_hops(trace, console, shown, names)
     return out.getvalue()
 
 
@@ -119,7 +119,7 @@ def _styled_cells(console: Console, renderable) -> list[tuple[str, object]]:
 
 @pytest.mark.parametrize("scenario", ["http-get", "vxlan-drop", "clusterip-dnat", "any-http-get"])
 def test_direct_layout_is_what_rich_lays_out(scenario):
-    """render.lay_out (the hop tables without rich's general table layout, ~10 ms less a table)
+    """hops.lay_out (the hop tables without rich's general table layout, ~10 ms less a table)
     gives every character and its style as rich's Table does; at 100 columns and wider it is
     the one used (the goldens are its text), narrower it steps aside where rich would fold."""
     way, names, *_ = read_path_file(str(SAMPLES / scenario / "path.json"))
@@ -130,13 +130,13 @@ def test_direct_layout_is_what_rich_lays_out(scenario):
         console = Console(file=StringIO(), width=width, force_terminal=True, color_system="truecolor")
         used = 0
         for i, p in enumerate(packets, 1):
-            table = render.packet_table(p, i, names, narrow=width < render.NARROW)
-            direct = render.lay_out(table, console)
+            table = hops.packet_table(p, i, names, narrow=width < hops.NARROW)
+            direct = hops.lay_out(table, console)
             if direct is None:
                 continue
             used += 1
             assert _styled_cells(console, direct) == _styled_cells(console, table), (width, i)
-        if width >= render.NARROW:
+        if width >= hops.NARROW:
             assert used == len(packets), width
         if width == 60:
             assert used == 0  # too narrow for the hop tables as they are: rich folds them

@@ -13,7 +13,7 @@ import threading
 import pytest
 
 from factories import ROOT, SAMPLES, SCENARIOS, children, run_cli, wait_for
-from tracer.capture import fastpath as digest, workers
+from tracer.capture import fastpath, workers
 from tracer.decode import VXLAN_PORTS
 from tracer.capture.sightings import PointStats
 from tracer.capture.pcapio import CaptureFile, Interface
@@ -29,7 +29,7 @@ def summary(capsys, path, *args: str) -> str:
 @pytest.mark.parametrize("scenario", SCENARIOS)
 @pytest.mark.parametrize("chunk", [1 << 20, 2048])  # one batch a file; many (merged across files)
 def test_same_document_as_in_one_process(capsys, monkeypatch, forks, scenario, chunk):
-    monkeypatch.setattr(digest, "CHUNK", chunk)  # (the workers are forks: they read with it too)
+    monkeypatch.setattr(fastpath, "CHUNK", chunk)  # (the workers are forks: they read with it too)
     alone = summary(capsys, SAMPLES / scenario, "--jobs", "1")
     assert forks == []
     together = summary(capsys, SAMPLES / scenario, "--jobs", "8")

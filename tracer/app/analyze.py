@@ -14,13 +14,16 @@ from dataclasses import dataclass
 
 from tracer.capture.inputs import CaptureInput, inputs_from_paths, total_size
 from tracer.correlate.describe import build_trace
-from tracer.correlate.engine import CorrelationOptions, Correlator
+from tracer.correlate.engine import CorrelationOptions, Correlator, no_cyclic_gc
 from tracer.correlate.result import Correlation
 from tracer.decode import VXLAN_PORTS
 from tracer.errors import NotFoundError, UsageError
 from tracer.model import Flow, Trace
 from tracer.model.analysis import Analysis
 from tracer.model.trace import RawFrame
+
+__all__ = ["AnalyzeRequest", "Analysis", "analyze", "correlate", "find_path_file", "no_cyclic_gc", "read_path_file",
+           "select_flows"]
 
 AUTO_SUMMARY_PACKETS = 400  # more packets than this in the shown flows: the summary view
 AUTO_SUMMARY_BYTES = 16 << 20
@@ -132,17 +135,6 @@ def find_path_file(paths: Iterable[str]) -> str | None:
         if os.path.isdir(p) and os.path.isfile(os.path.join(p, "path.json")):
             return os.path.join(p, "path.json")
     return None
-
-
-def parse_ifnames(specs: tuple[str, ...]) -> dict[tuple[str, int], str]:
-    out = {}
-    for spec in specs:
-        where, sep, name = spec.partition("=")
-        node, slash, index = where.rpartition("/")
-        if not (sep and slash and node and index.isdigit() and name and "/" not in name):
-            raise UsageError(f"--ifname {spec!r}: expected NODE/INDEX=NAME", "e.g. --ifname worker1/3=cali35e3a5cb80b")
-        out[(node, int(index))] = name
-    return out
 
 
 def read_path_file(path: str) -> tuple[tuple[str, ...], dict[str, str], dict[tuple[str, int], str], bool]:

@@ -34,7 +34,7 @@ from tracer.model import Way
 from tracer.model.follow import CurlResult, FollowRun, PointCount
 
 if TYPE_CHECKING:
-    from tracer.app.analyze import Analysis
+    from tracer.model.analysis import Analysis
 
 Progress = Callable[[str | None], None]
 """Told what the run is doing; None when it is done (the view comes next)."""
@@ -157,12 +157,11 @@ def check_save_dir(path: str | None) -> None:
                          hint="give a new or empty directory: `tracer analyze DIR` reads every capture in it")
 
 
-def run(backend: FollowBackend, req: FollowRequest, *, present: Callable[[FollowRun, Analysis], None],
-        progress: Progress = lambda _: None, timings_file: str | None = None) -> FollowResult:
+def follow(backend: FollowBackend, req: FollowRequest, *, present: Callable[[FollowRun, Analysis], None],
+           progress: Progress = lambda _: None) -> FollowResult:
     """The whole `tracer follow`: capture, analyze as `tracer analyze` would, and hand the run and
     its analysis to `present` (to show them) before everything the run started is removed."""
     check_save_dir(req.save)
-    _preload_view()
     tmp = None if req.save else tempfile.mkdtemp(prefix="tracer-follow-")
     directory = Path(req.save or tmp)
     try:
@@ -187,25 +186,7 @@ def run(backend: FollowBackend, req: FollowRequest, *, present: Callable[[Follow
             backend.close()  # reaps the agents (and, on Kubernetes, deletes the capture pods)
             if tmp:
                 shutil.rmtree(tmp, ignore_errors=True)
-    if timings_file:
-        Path(timings_file).write_text(json.dumps(asdict(result.timings)) + "\n")
     return result
-
-
-def _preload_view() -> None:
-    """Import what shows the captures (rich, the correlator: ~50 ms) in a thread, while the
-    run mostly waits for processes (discovery's commands, the agents, curl)."""
-    import importlib
-    import threading
-
-    def load() -> None:
-        for name in ("tracer.app.analyze", "tracer.render.analysis", "tracer.render.hops", "tracer.render.header"):
-            try:
-                importlib.import_module(name)
-            except Exception:  # noqa: BLE001 - the real import, later, reports it
-                return
-
-    threading.Thread(target=load, name="tracer-preload", daemon=True).start()
 
 
 def own_flows(r: FollowResult) -> tuple[str, ...]:

@@ -1,6 +1,7 @@
 """How `tracer follow` and `tracer watch` take signals: SIGTERM as Ctrl-C, none during cleanup.
 
-Apart from run.py, so that the commands can hold them before importing the orchestration.
+Apart from app/follow.py and app/watch.py, so that the commands can hold them before importing
+the orchestration.
 """
 
 from __future__ import annotations

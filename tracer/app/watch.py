@@ -1,12 +1,9 @@
 """`tracer follow --live` / `tracer watch`: a request every second, each packet lighting up hop by hop.
 
 The agents run in streaming mode (`--stream`): every frame they capture comes over at once as a
-`frame` event. Each is decoded (tracer.decode) to its inner packet and keyed by the packet's
-identity, the same one correlation uses (tracer.capture.sightings.identity: what stays the same
-at every point, NAT included); each packet is a row with a cell per point of the way, lit when
-it is seen there and marked with what changed since the previous point it was seen at
-(tracer.correlate.changes.hop_changes, as in analyze's hops). The newest request only.
-The view is the caller's: it is handed a LiveSnapshot after every change (tracer.render.live).
+`frame` event, into the live state (tracer.correlate.live: each packet a row, a cell per point
+of the way). The view is the caller's: it is handed a LiveSnapshot after every change
+(tracer.render.live).
 """
 
 from __future__ import annotations
@@ -15,109 +12,40 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from tracer.app.curl import fire
-from tracer.app.follow import FollowRequest
 from tracer.app.signals import uninterrupted
-from tracer.capture.sightings import identity
 from tracer.cluster.agents import AgentClient, AgentError
 from tracer.cluster.discover import discover
 from tracer.cluster.ports import FollowBackend
 from tracer.cluster.session import CaptureSession
-from tracer.correlate.changes import hop_changes, packet_label
-from tracer.decode import Frame, decode, fmt_ip
+from tracer.correlate.live import LiveState
 from tracer.errors import UsageError
-from tracer.model import Way
-from tracer.model.follow import CurlResult, LiveCell, LiveRow, LiveSnapshot
+from tracer.model.live import LiveSnapshot
 
 LIVE_MAX_SECONDS = 4 * 3600.0  # agents stop by themselves after a long lesson at the latest
-SHOWN_REQUESTS = 1
 LIVE_CURL_MAX_TIME = 3.0
 
 
-@dataclass
-class LivePacket:
-    """One packet of the traced flow and where it has been seen so far."""
+@dataclass(frozen=True, kw_only=True)
+class WatchRequest:
+    """What `tracer watch SRC DST` (or `tracer follow --live`) was asked to do."""
 
-    summary: str
-    request: bool
-    """client -> server (the request direction) or the response."""
-    conversation: tuple
-    """The TCP connection (client port): one per request."""
-    seen: dict[str, Frame] = field(default_factory=dict)
-    """Point id -> the frame as captured there."""
-
-    def cells(self, points: list[str]) -> tuple[LiveCell | None, ...]:
-        """Its cell at each point, in the way's order; what changed is judged in the order the
-        packet went (the response takes the way backwards)."""
-        order = points if self.request else points[::-1]
-        cells: dict[str, LiveCell | None] = {}
-        prev = None
-        for pid in order:
-            fr = self.seen.get(pid)
-            if fr is None:
-                cells[pid] = None
-                continue
-            changes = () if prev is None else hop_changes(prev, fr)
-            tunnel = None
-            if "encap" in changes:
-                t = fr.tunnels[-1]
-                tunnel = str(t.vni if t.vni is not None else t.type)
-            cells[pid], prev = LiveCell(changes=changes, ttl=fr.ttl, tunnel=tunnel), fr
-        return tuple(cells[p] for p in points)
+    src: str
+    dst: str
+    port: int = 80
+    path: str = "/get"
+    timeout: float = 10.0
+    """Seconds the agents may take to get ready (and each request at most LIVE_CURL_MAX_TIME)."""
+    run_id: str | None = None
+    """Names the run's agents (and capture pods); random when not given."""
 
 
-@dataclass
-class LiveState:
-    """Everything the live view shows; fed with frames and curl results, read as `snapshot()`."""
-
-    way: Way
-    url: str = ""
-    backend: str = ""
-    packets: dict[object, LivePacket] = field(default_factory=dict)
-    conversations: list[tuple] = field(default_factory=list)
-    curls: list[CurlResult] = field(default_factory=list)
-    frames: int = 0
-    errors: list[str] = field(default_factory=list)
-
-    def add_frame(self, point: str, linktype: int, data: bytes) -> None:
-        fr = decode(linktype, data)
-        if fr.ip_src is None or fr.sport is None:
-            return
-        self.frames += 1
-        src, dst = fmt_ip(fr.ip_src), fmt_ip(fr.ip_dst)
-        client_ip = self.way.src.pod.ip
-        request = src == client_ip
-        client_port = fr.sport if request else fr.dport
-        conv = (client_port,)
-        key = identity(fr)
-        pkt = self.packets.get(key)
-        if pkt is None:
-            if dst not in (client_ip, self.way.dst.pod.ip):
-                return
-            pkt = self.packets[key] = LivePacket(summary=packet_label(fr), request=request, conversation=conv)
-            if conv not in self.conversations:
-                self.conversations.append(conv)
-        pkt.seen.setdefault(point, fr)
-
-    def snapshot(self) -> LiveSnapshot:
-        points = [p.id for p in self.way.points]
-        rows = tuple(LiveRow(summary=pkt.summary, request=pkt.request, cells=pkt.cells(points))
-                     for conv in self.conversations[-SHOWN_REQUESTS:]
-                     for pkt in self.packets.values() if pkt.conversation == conv)
-        return LiveSnapshot(way=self.way, url=self.url, backend=self.backend, rows=rows, requests=len(self.curls),
-                            last_curl=self.curls[-1] if self.curls else None, frames=self.frames,
-                            errors=tuple(self.errors))
-
-
-def watch(backend: FollowBackend, req: FollowRequest, *, display: Callable[[LiveSnapshot], None],
+def watch(backend: FollowBackend, req: WatchRequest, *, display: Callable[[LiveSnapshot], None],
           iterations: int | None = None, interval: float = 1.0) -> LiveState:
     """Run until Ctrl-C (or `iterations` requests), handing `display` a snapshot after every change,
     from when every agent listens; everything started is removed at the end."""
-    if req.save or req.output != "text" or req.pcapng:
-        raise UsageError("--live shows a live view: --save, --output json and --pcapng do not apply",
-                         hint="tracer follow without --live saves and prints")
     if req.src == req.dst:
         raise UsageError(f"source and destination are the same pod ({req.src})")
     way = discover(backend, req.src, req.dst)

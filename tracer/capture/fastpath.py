@@ -17,8 +17,8 @@ from collections.abc import Callable, Iterator
 from operator import itemgetter
 
 from tracer.capture.sightings import T, PointStats, from_frame, tcp_key
-from tracer.decode import GENEVE_PORT, decode
-from tracer.capture.pcapio import LINKTYPE_ETHERNET, MAX_RECORD, PCAPNG_SHB, CaptureFile
+from tracer.decode import GENEVE_PORT, LINKTYPE_ETHERNET, decode
+from tracer.capture.pcapio import MAX_RECORD, PCAPNG_SHB, CaptureFile
 
 CHUNK = 1 << 20
 
@@ -40,8 +40,7 @@ def _span(stats: PointStats, batch: list[tuple]) -> None:
     not IP went through add_frame, which did the same), whatever order the file is in."""
     if batch:
         times = list(map(_time, batch))
-        stats.first = min(stats.first, min(times))
-        stats.last = max(stats.last, max(times))
+        stats.widen(min(times), max(times))
 
 
 def pcap_sightings(cap: CaptureFile, point: int, stats: PointStats, vxlan_ports: frozenset[int],

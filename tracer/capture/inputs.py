@@ -11,7 +11,8 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from tracer.capture.pcapio import LINKTYPE_LINUX_SLL2, open_capture
+from tracer.capture.pcapio import open_capture
+from tracer.decode import LINKTYPE_LINUX_SLL2
 from tracer.errors import CaptureFileError
 
 CAPTURE_SUFFIXES = (".pcapng", ".pcap", ".cap")

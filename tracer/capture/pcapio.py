@@ -19,12 +19,7 @@ from typing import BinaryIO, NamedTuple
 
 from tracer.errors import CaptureFileError
 
-# Link types tracer decodes: defined by the decoder (decode must not import capture), kept
-# importable from here.
-from tracer.decode import (  # noqa: F401
-    LINKTYPE_ETHERNET, LINKTYPE_IPV4, LINKTYPE_IPV6, LINKTYPE_LINUX_SLL, LINKTYPE_LINUX_SLL2, LINKTYPE_NAMES,
-    LINKTYPE_NULL, LINKTYPE_RAW,
-)
+from tracer.decode import LINKTYPE_ETHERNET  # (link types are the decoder's: decode imports no capture)
 
 PCAP_MAGIC_US = 0xA1B2C3D4
 PCAP_MAGIC_NS = 0xA1B23C4D

@@ -15,11 +15,11 @@ from collections.abc import Iterable, Iterator
 
 from tracer.capture.fastpath import pcap_sightings
 from tracer.capture.inputs import CaptureInput, total_size, whole_node
-from tracer.capture.pcapio import LINKTYPE_ETHERNET, open_capture, pcapng_head, resume_records
-from tracer.capture.roles import role_from_name
+from tracer.capture.pcapio import open_capture, pcapng_head, resume_records
+from tracer.capture.roles import infer_role, role_from_name
 from tracer.capture.sightings import PointStats, from_frame
 from tracer.capture.workers import Workers
-from tracer.decode import decode
+from tracer.decode import LINKTYPE_ETHERNET, decode
 
 BATCH = 1024  # sightings the general reader hands on at once
 
@@ -93,6 +93,14 @@ class CaptureSet:
                 f"{len(mixed)} point{'s are' if len(mixed) > 1 else ' is'} read from files in different directories "
                 f"(as {mixed[0].id}: {', '.join(mixed[0].files)}): captures of different runs taken as one? "
                 f"Analyze one capture set at a time, or name points apart with --point NAME=FILE")
+
+    def settle_roles(self, pods: frozenset[str]) -> None:
+        """Each point's role from what its frames told, once everything is read (until then, from
+        its interface's name): the points of pods captured as `<pod>/<interface>` are pod veths."""
+        for pt in self.points:
+            st = pt.stats
+            pt.role = "pod-veth" if pt.node in pods else infer_role(
+                pt.interface, encapsulated=st.encapsulated, frames=st.frames, calico_mac_seen=st.calico_mac)
 
     def _point(self, node: str, interface: str, path: str) -> int:
         pid = f"{node}/{interface}"

@@ -17,8 +17,6 @@ NAME_RULES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
     )
 )
 
-POD_VETH_MAC = "ee:ee:ee:ee:ee:ee"  # Calico's host-side veth MAC
-
 
 def role_from_name(interface: str) -> str | None:
     for pattern, role in NAME_RULES:
@@ -40,5 +38,6 @@ def infer_role(interface: str, *, encapsulated: int, frames: int, calico_mac_see
     return role_from_name(interface) or "unknown"
 
 
-# Position of each role on the way in to a node (from the wire towards the pod).
+# Position of each role on the way in to a node (from the wire towards the pod), and out of it.
 INGRESS_RANK = {"underlay": 0, "tunnel": 1, "bridge": 2, "pod-veth": 3, "unknown": 4}
+EGRESS_RANK = {"pod-veth": 0, "bridge": 1, "tunnel": 2, "underlay": 3, "unknown": 4}

@@ -59,6 +59,14 @@ def identity(fr: Frame):
     return (p, fr.ip_id, fr.ip_len, fr.icmp_type, fr.icmp_code, fr.icmp_id, fr.icmp_seq)
 
 
+def points_mask(obs: list[tuple]) -> int:
+    """The points a packet's sightings were made at, as a bitmask (1 << point each)."""
+    mask = 0
+    for o in obs:
+        mask |= o[BIT]
+    return mask
+
+
 def ends_of(fr: Frame) -> bytes:
     e = fr.ip_src + fr.ip_dst
     return e + _pack_ports(fr.sport, fr.dport) if fr.sport is not None and fr.dport is not None else e
@@ -110,6 +118,13 @@ class PointStats:
             self.ips.add(dst)
         if not self.calico_mac and (mac_a == CALICO_MAC or mac_b == CALICO_MAC):
             self.calico_mac = True
+
+    def widen(self, first: float, last: float) -> None:
+        """The point captured (at least) from `first` to `last` too."""
+        if first < self.first:
+            self.first = first
+        if last > self.last:
+            self.last = last
 
     def add_frame(self, fr: Frame, time: float) -> bytes | None:
         """Count a decoded frame; its `ends` if it is an IP packet the correlator follows, else None."""

@@ -54,7 +54,7 @@ class Workers:
     """The reading processes of one correlator run: started by `read`, ended by `close`."""
 
     def __init__(self, jobs: int | None):
-        """`jobs`: processes reading at once, this one included (Options.jobs); None: one per
+        """`jobs`: processes reading at once, this one included (CorrelationOptions.jobs); None: one per
         big file when there is more than one CPU."""
         self.limit = (MAX_WORKERS if cpus() > 1 else 0) if jobs is None else jobs - 1
         """How many may be started (0: none, every file is read in this process)."""
@@ -127,10 +127,7 @@ class Workers:
             msg = loads(data)
             if kind == _BATCH:
                 batch, first, last, cap.read = msg
-                if first < stats.first:
-                    stats.first = first
-                if last > stats.last:
-                    stats.last = last
+                stats.widen(first, last)
                 yield batch
             elif kind == _END:
                 _absorb(stats, msg[0])
@@ -207,8 +204,7 @@ def _absorb(stats: PointStats, state: tuple) -> None:
         if len(stats.ips) >= MAX_IPS:
             break
         stats.ips.add(ip)
-    stats.first = min(stats.first, first)
-    stats.last = max(stats.last, last)
+    stats.widen(first, last)
 
 
 def _work(parent: int, r: int, fd: int, inherited: list[int], cap: CaptureFile, point: int,

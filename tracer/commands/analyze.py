@@ -7,8 +7,7 @@ import sys
 
 import click
 
-from tracer.app.analyze import AnalyzeRequest, analyze, find_path_file, parse_ifnames, read_path_file
-from tracer.correlate.engine import no_cyclic_gc
+from tracer.app.analyze import AnalyzeRequest, analyze, find_path_file, no_cyclic_gc, read_path_file
 from tracer.render.analysis import show
 from tracer.render.outputs import OUTPUTS
 from tracer.render.progress import ReadingProgress
@@ -88,3 +87,14 @@ def command(paths, points, vxlan_ports, flows, all_flows, summary, output, pcapn
 def _terminal(stream) -> bool:
     """A terminal that can take a line redrawn in place."""
     return stream.isatty() and os.environ.get("TERM") != "dumb"
+
+
+def parse_ifnames(specs: tuple[str, ...]) -> dict[tuple[str, int], str]:
+    out = {}
+    for spec in specs:
+        where, sep, name = spec.partition("=")
+        node, slash, index = where.rpartition("/")
+        if not (sep and slash and node and index.isdigit() and name and "/" not in name):
+            raise UsageError(f"--ifname {spec!r}: expected NODE/INDEX=NAME", "e.g. --ifname worker1/3=cali35e3a5cb80b")
+        out[(node, int(index))] = name
+    return out

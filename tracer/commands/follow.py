@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
+from dataclasses import asdict
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
 
-from tracer.cluster.backends import BackendOptions
+from tracer.app.backend import BackendOptions
 from tracer.commands.options import backend_options
+from tracer.errors import UsageError
 from tracer.render.outputs import OUTPUTS
 from tracer.render.progress import Spinner
 
 if TYPE_CHECKING:
-    from tracer.app.analyze import Analysis
+    from tracer.model.analysis import Analysis
     from tracer.model.follow import FollowRun
 
 
@@ -55,27 +59,52 @@ def command(src, dst, port, url_path, count, save, output, pcapng, all_flows, li
     """
     if not url_path.startswith("/"):
         url_path = "/" + url_path
+    if live and (save or output != "text" or pcapng):
+        raise UsageError("--live shows a live view: --save, --output json and --pcapng do not apply",
+                         hint="tracer follow without --live saves and prints")
     run_id = os.urandom(4).hex()
     from tracer.app.backend import open_backend
 
     with open_backend(src, dst, run_id, backend) as fb:
-        from tracer.app.follow import FollowRequest
+        if live:
+            from tracer.app.watch import WatchRequest
+            from tracer.commands.watch import watch_live
+
+            watch_live(fb, WatchRequest(src=src, dst=dst, port=port, path=url_path, timeout=timeout, run_id=run_id),
+                       iterations)
+            return
+        from tracer.app.follow import FollowRequest, follow
 
         req = FollowRequest(src=src, dst=dst, port=port, path=url_path, count=count, timeout=timeout, save=save,
                             output=output, pcapng=pcapng, all_flows=all_flows, run_id=run_id)
-        if live:
-            from tracer.commands.watch import watch_live
-
-            watch_live(fb, req, iterations)
-            return
-        from tracer.app.follow import run
 
         def present(done: FollowRun, analysis: Analysis) -> None:
             from tracer.render.analysis import show
-            from tracer.render.header import follow_document, follow_header
+            from tracer.render.jsondoc import follow_document
+            from tracer.render.header import follow_header
 
             show(analysis, sys.stdout, output=output, pcapng=pcapng, extra_json={"follow": follow_document(done)},
                  header=follow_header(done))
 
+        _preload_view()
         with Spinner(sys.stderr) as progress:
-            run(fb, req, present=present, progress=progress, timings_file=timings_file)
+            result = follow(fb, req, present=present, progress=progress)
+    if timings_file:
+        Path(timings_file).write_text(json.dumps(asdict(result.timings)) + "\n")
+
+
+def _preload_view() -> None:
+    """Import what shows the captures (rich, the correlator: ~50 ms) in a thread, while the
+    run mostly waits for processes (discovery's commands, the agents, curl)."""
+    import importlib
+    import threading
+
+    def load() -> None:
+        for name in ("tracer.app.analyze", "tracer.render.analysis", "tracer.render.hops", "tracer.render.header",
+                     "tracer.render.jsondoc"):
+            try:
+                importlib.import_module(name)
+            except Exception:  # noqa: BLE001 - the real import, later, reports it
+                return
+
+    threading.Thread(target=load, name="tracer-preload", daemon=True).start()

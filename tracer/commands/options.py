@@ -6,7 +6,7 @@ import functools
 
 import click
 
-from tracer.cluster.backends import BACKENDS, BackendOptions
+from tracer.app.backend import BACKENDS, BackendOptions
 
 
 def backend_options(f):

@@ -6,7 +6,7 @@ import json
 
 import click
 
-from tracer.cluster.backends import BackendOptions
+from tracer.app.backend import BackendOptions
 from tracer.commands.options import backend_options
 
 

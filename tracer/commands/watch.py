@@ -6,7 +6,7 @@ import os
 
 import click
 
-from tracer.cluster.backends import BackendOptions
+from tracer.app.backend import BackendOptions
 from tracer.commands.options import backend_options
 
 
@@ -29,10 +29,10 @@ def command(src, dst, port, url_path, timeout, backend: BackendOptions, iteratio
     from tracer.app.backend import open_backend
 
     with open_backend(src, dst, run_id, backend) as fb:
-        from tracer.app.follow import FollowRequest
+        from tracer.app.watch import WatchRequest
 
-        req = FollowRequest(src=src, dst=dst, port=port, timeout=timeout, run_id=run_id,
-                            path=url_path if url_path.startswith("/") else "/" + url_path)
+        req = WatchRequest(src=src, dst=dst, port=port, timeout=timeout, run_id=run_id,
+                           path=url_path if url_path.startswith("/") else "/" + url_path)
         watch_live(fb, req, iterations)
 
 

@@ -7,10 +7,11 @@ and the live grid (tracer.app.watch), so that "what changed" means the same in a
 from __future__ import annotations
 
 from tracer.capture.sightings import HTTP_STARTS
-from tracer.decode import PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, Frame, fmt_ip, fmt_mac, tcp_flags_str
+from tracer.decode import PROTO_GRE, PROTO_ICMP, PROTO_ICMPV6, PROTO_IPIP, PROTO_TCP, PROTO_UDP, Frame, fmt_ip, fmt_mac, tcp_flags_str
 from tracer.model import Encapsulation
 
-PROTO_NAMES = {PROTO_TCP: "tcp", PROTO_UDP: "udp", PROTO_ICMP: "icmp", PROTO_ICMPV6: "icmpv6", 47: "gre", 4: "ipip"}
+PROTO_NAMES = {PROTO_TCP: "tcp", PROTO_UDP: "udp", PROTO_ICMP: "icmp", PROTO_ICMPV6: "icmpv6", PROTO_GRE: "gre",
+               PROTO_IPIP: "ipip"}
 FLAG_WORDS = {"S": "SYN", "SA": "SYN-ACK", "A": "ACK", "PA": "PSH-ACK", "FA": "FIN-ACK", "R": "RST", "RA": "RST-ACK",
               "FPA": "FIN-PSH-ACK"}
 TUNNEL_NAMES = {"vxlan": "VXLAN", "geneve": "Geneve", "ipip": "IP-in-IP", "gre": "GRE", "erspan": "ERSPAN"}

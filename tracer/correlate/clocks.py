@@ -5,11 +5,14 @@ Node clocks differ. The offsets are estimated from packets whose order TTL tells
 step takes one): the fastest crossing between two nodes in each direction bounds the offset.
 A node's capture window runs from the first frame of any of its points to the last: a packet
 that missed a point while that node captured nothing was perhaps not lost there.
+
+Per packet, sightings are read by index (o[0] T, o[1] P: tracer.capture.sightings).
 """
 
 from __future__ import annotations
 
 from tracer.capture.reader import PointState
+from tracer.capture.sightings import points_mask
 
 ONE_WAY_MAX = 0.01
 """Seconds the fastest of a flow's crossings from one capture point to the next may take before
@@ -111,8 +114,5 @@ class Clocks:
 
     def uncovered_either_way(self, obs: list[tuple], window: Window) -> int:
         """`uncovered` for a kept packet once everything is read: the points either way."""
-        mask = 0
-        for o in obs:
-            mask |= 1 << o[1]
-        before, after = self.uncovered(obs, mask, window)
+        before, after = self.uncovered(obs, points_mask(obs), window)
         return before | after

@@ -28,7 +28,7 @@ def build_trace(c: Correlation) -> Trace:
     masks_seen: dict[tuple, tuple] = {}        # (mask, way) -> what packets with that mask add up to
     late: dict[tuple, int] = {}                # (node, after its end) -> packets that stopped before it uncaptured
 
-    def mask_info(mask: int, way: tuple[int, ...]) -> tuple:
+    def mask_on_way_seen(mask: int, way: tuple[int, ...]) -> tuple:
         info = masks_seen.get((mask, way))
         if info is None:
             info = masks_seen[(mask, way)] = mask_on_way(pts, mask, way)
@@ -57,7 +57,7 @@ def build_trace(c: Correlation) -> Trace:
         for sender, masks in f.masks.items():
             way = tuple_ways.get("request" if sender == client else "response", ())
             for mask, n in masks.items():
-                ids, got_there, stopped_at, _, segs = mask_info(mask, way)
+                ids, got_there, stopped_at, _, segs = mask_on_way_seen(mask, way)
                 for pid in ids:
                     per_point[pid] = per_point.get(pid, 0) + n
                 if got_there:
@@ -75,7 +75,7 @@ def build_trace(c: Correlation) -> Trace:
         for sender, unsure in f.unsure.items():
             way = tuple_ways.get("request" if sender == client else "response", ())
             for (mask, before, after), n in unsure.items():
-                nxt = mask_info(mask, way)[3]
+                nxt = mask_on_way_seen(mask, way)[3]
                 if nxt is not None and (before | after) >> nxt & 1:
                     not_captured += n
                     key = (pts[nxt].node, bool(after >> nxt & 1))

@@ -27,8 +27,7 @@ from operator import itemgetter
 
 from tracer.capture.inputs import CaptureInput
 from tracer.capture.reader import CaptureSet
-from tracer.capture.roles import infer_role
-from tracer.capture.sightings import CODE, HEAD, HTTP_STARTS, PROTO, split_ends
+from tracer.capture.sightings import CODE, ENDS, FLAGS, HEAD, HTTP_STARTS, PROTO, split_ends
 from tracer.correlate.clocks import Clocks
 from tracer.correlate.flows import FlowState, FlowTable
 from tracer.correlate.latency import LatencySamples
@@ -38,7 +37,7 @@ from tracer.correlate.result import Correlation
 from tracer.decode import PROTO_TCP, VXLAN_PORTS
 
 PROGRESS_EVERY = 0.2  # seconds
-_code, _ends = itemgetter(CODE), itemgetter(5)
+_code, _ends = itemgetter(CODE), itemgetter(ENDS)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -99,10 +98,7 @@ class Correlator:
                 self.captures.close()
             total_frames = self.captures.frames
             self.captures.note_mixed_directories()
-            for pt in self.points:
-                st = pt.stats
-                pt.role = "pod-veth" if pt.node in self.opts.pods else infer_role(
-                    pt.interface, encapsulated=st.encapsulated, frames=st.frames, calico_mac_seen=st.calico_mac)
+            self.captures.settle_roles(self.opts.pods)
             self.clocks.solve()
             window = self.clocks.window()  # (with every frame read and the final clock offsets)
             flows = self.flows.ordered()
@@ -249,7 +245,7 @@ class Correlator:
                 flow.first_time = first[0]
             if flow.first_sender is None:
                 flow.first_sender = sender
-            flags = first[7]
+            flags = first[FLAGS]
             if proto == PROTO_TCP and flags is not None and flags & 0x12 == 0x02:
                 flow.syn_sender = sender
             if not flow.http and first[HEAD] and first[HEAD].startswith(HTTP_STARTS):

@@ -2,6 +2,7 @@
 
 Every file is read once, in order; the merge takes from each what comes before the horizon of
 a round and sorts the round (a merge of sorted runs, which sorting does fast, and stable).
+A sighting's time is its first field (o[0], T in tracer.capture.sightings), read by index here.
 """
 
 from __future__ import annotations

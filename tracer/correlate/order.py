@@ -13,15 +13,11 @@ on this path (o[0] T, o[1] P: tracer.capture.sightings), TTL/CODE/FRAME by name.
 from __future__ import annotations
 
 from tracer.capture.reader import PointState
-from tracer.capture.roles import INGRESS_RANK
-from tracer.capture.sightings import CODE, FRAME, TTL
+from tracer.capture.roles import EGRESS_RANK, INGRESS_RANK
+from tracer.capture.sightings import CODE, FRAME, TTL, points_mask
 from tracer.correlate.clocks import Clocks
 from tracer.correlate.latency import LatencySamples, Sampler
 from tracer.decode import Frame
-
-EGRESS_RANK = {"pod-veth": 0, "bridge": 1, "tunnel": 2, "underlay": 3, "unknown": 4}
-"""Position of each role on the way out of a node (from the pod towards the wire)."""
-
 
 class Shape:
     """How one packet went: the order of its sightings and what follows from it.
@@ -40,10 +36,7 @@ class Shape:
         """((node, next node), indices of the node's sightings, of the next node's, the last of the first and
         the first of the second (the ones to compare when sightings are in time order, see
         Correlator.in_order)): clock samples."""
-        mask = 0
-        for o in obs:
-            mask |= 1 << o[1]
-        self.mask = mask
+        self.mask = mask = points_mask(obs)
         self.segs = [((obs[i][1], obs[j][1]), i, j) for i, j in zip(perm, perm[1:])]
         """((point, next point), index, next index) for each step of the way."""
         self.tally = (mask, tuple(seg for seg, _, _ in self.segs))

@@ -25,7 +25,6 @@ from tracer.decode.link import (
     LINKTYPE_ETHERNET, LINKTYPE_IPV4, LINKTYPE_IPV6, LINKTYPE_LINUX_SLL, LINKTYPE_LINUX_SLL2, LINKTYPE_NULL,
     LINKTYPE_RAW, ethernet, linux_sll, linux_sll2, loopback, raw_ip,
 )
-from tracer.decode.formatting import tcp_flags_str
 from tracer.decode.tunnels import DEFAULT_UDP_PORTS, VXLAN_PORTS, udp_port_table
 
 LINK_TYPES = {
@@ -139,12 +138,6 @@ class Frame:
         self.ip_offset = -1
         self.fragment = False
 
-    @property
-    def encapsulated(self) -> bool:
-        return bool(self.tunnels)
-
-    def flags_str(self) -> str:
-        return tcp_flags_str(self.tcp_flags)
 
 
 # The VXLAN ports of the last call and their UDP port table. A run uses one set, so a frame costs

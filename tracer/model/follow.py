@@ -1,4 +1,4 @@
-"""A follow run as values: the requests it fired, what each point captured, and the live grid."""
+"""A follow run as values: the requests it fired and what each point captured."""
 
 from __future__ import annotations
 
@@ -52,40 +52,3 @@ class FollowRun:
     """The directory the captures were kept in (--save), else None."""
     timings: dict[str, float]
     """Seconds of each phase so far: discover, agents_ready, request, collect, correlate."""
-
-
-@dataclass(frozen=True, kw_only=True)
-class LiveCell:
-    """A packet seen at one point of the way, in the live grid."""
-
-    changes: tuple[str, ...]
-    """What changed against the point where the packet was seen before (tracer.correlate.changes)."""
-    ttl: int | None
-    tunnel: str | None = None
-    """Where it was encapsulated here: the VNI (or the tunnel's type when it has none)."""
-
-
-@dataclass(frozen=True, kw_only=True)
-class LiveRow:
-    """One packet of the live grid."""
-
-    summary: str
-    request: bool
-    """client -> server, or the response."""
-    cells: tuple[LiveCell | None, ...]
-    """One per point of the way, in its order (None: not seen there)."""
-
-
-@dataclass(frozen=True, kw_only=True)
-class LiveSnapshot:
-    """Everything the live grid shows at one moment."""
-
-    way: Way
-    url: str
-    backend: str
-    rows: tuple[LiveRow, ...]
-    """The packets of the newest request."""
-    requests: int
-    last_curl: CurlResult | None
-    frames: int
-    errors: tuple[str, ...]

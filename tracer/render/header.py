@@ -1,9 +1,7 @@
-"""The header of a follow run: the request, curl's answers, what was captured, where it is kept."""
+"""The header of a follow run: the request, curl's answers, what was captured, where it is kept.
+(Its JSON counterpart, the document's `follow` key, is tracer.render.jsondoc.follow_document.)"""
 
 from __future__ import annotations
-
-from dataclasses import asdict
-from typing import Any
 
 from rich.console import Group
 from rich.text import Text
@@ -37,19 +35,3 @@ def follow_header(r: FollowRun) -> Group:
         lines.append(Text(f"  saved to {safe(r.saved)} (tracer analyze {safe(r.saved)})", style="dim", no_wrap=True))
     lines.append(Text(""))
     return Group(*lines)
-
-
-def follow_document(r: FollowRun) -> dict[str, Any]:
-    """The `follow` key of follow's tracer.trace/v1 document."""
-    s, d = r.way.src.pod, r.way.dst.pod
-    return {
-        "backend": r.backend,
-        "run_id": r.run_id,
-        "src": {"name": s.name, "namespace": s.namespace, "node": s.node, "ip": s.ip},
-        "dst": {"name": d.name, "namespace": d.namespace, "node": d.node, "ip": d.ip},
-        "url": r.url,
-        "curl": [asdict(c) for c in r.curls],
-        "captures": [{"point": c.point, "packets": c.packets, "dropped": c.dropped} for c in r.captures],
-        "saved": r.saved,
-        "timings": dict(r.timings),
-    }

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-
 from collections.abc import Callable
-from typing import TextIO
+from dataclasses import asdict
+from typing import Any, TextIO
 
 from tracer.model import SCHEMA, Encapsulation, Flow, Hop, Nat, PacketTrace, Trace
 from tracer.model.analysis import Analysis
+from tracer.model.follow import FollowRun
 
 
 def _encap(e: Encapsulation | None) -> dict | None:
@@ -95,3 +96,19 @@ def show_json(a: Analysis, out: TextIO, *, summary: bool, extra_json: dict | Non
     text = dumps(a.document_trace, summary=summary, extra=extra_json)
     progress(None)
     out.write(text + "\n")
+
+
+def follow_document(r: FollowRun) -> dict[str, Any]:
+    """The `follow` key of follow's tracer.trace/v1 document."""
+    s, d = r.way.src.pod, r.way.dst.pod
+    return {
+        "backend": r.backend,
+        "run_id": r.run_id,
+        "src": {"name": s.name, "namespace": s.namespace, "node": s.node, "ip": s.ip},
+        "dst": {"name": d.name, "namespace": d.namespace, "node": d.node, "ip": d.ip},
+        "url": r.url,
+        "curl": [asdict(c) for c in r.curls],
+        "captures": [{"point": c.point, "packets": c.packets, "dropped": c.dropped} for c in r.captures],
+        "saved": r.saved,
+        "timings": dict(r.timings),
+    }

@@ -9,7 +9,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from tracer.model.follow import LiveCell, LiveSnapshot
+from tracer.model.live import LiveCell, LiveSnapshot
 from tracer.render.header import curl_text
 from tracer.render.text import safe
 
