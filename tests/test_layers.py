@@ -27,6 +27,9 @@ import pytest
       for m in ("analysis", "hops", "summary", "text", "live", "header", "path", "progress", "jsondoc", "pcapng",
                 "outputs")),
     ("tracer.model.analysis", ("tracer.model",)),
+    ("tracer.app.lab", ("tracer.app", "tracer.cluster", "tracer.model", "tracer.errors")),
+    ("tracer.render.lab", ("tracer.render", "tracer.model", "tracer.errors")),
+    ("tracer.model.lab", ("tracer.model",)),
 ])
 def test_imports_run_one_way(module: str, allowed: tuple[str, ...]) -> None:
     """The model imports nothing of tracer's, the views only the model, decoding nothing, the

@@ -1,0 +1,85 @@
+"""`tracer lab`'s use cases: bring the lab up and down, read its status, run a command in it.
+They return tracer.model.lab values (what tracer.render.lab shows) and never print."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+
+from tracer.cluster.lab import Lab, StateStore, exercise, netns, require_root
+from tracer.cluster.lab import down as remove_lab, up as build_lab
+from tracer.errors import ExitCode
+from tracer.model.lab import LabNodeView, LabPodView, LabRemoved, LabUp, LabView, NoLab
+
+Progress = Callable[[str], None]
+"""Told each step of `up` as it starts ("creating network namespaces", ...)."""
+
+__all__ = ["Progress", "down", "exec_in", "require_root", "status", "up", "view"]
+# require_root is exported for the command: `lab exec` says it needs root before it checks its
+# own command line, as it always has.
+
+
+def up(nodes: int, progress: Progress = lambda _: None) -> LabUp:
+    """Build the exercise's lab with `nodes` nodes (TRACER_LAB_PREFIX / TRACER_STATE_DIR); on
+    failure nothing is left behind. A bad node count is reported before the need for root."""
+    topology = exercise(nodes)
+    start = time.monotonic()
+    lab = build_lab(topology, progress=progress)
+    return LabUp(lab=view(lab), seconds=time.monotonic() - start)
+
+
+def down() -> LabRemoved | NoLab:
+    """Remove every namespace and process the lab's state lists, and nothing else."""
+    store = StateStore.from_env()
+    state = remove_lab(store)
+    if state is None:
+        return NoLab(store.prefix)
+    return LabRemoved(prefix=state.prefix, namespaces=len(state.namespaces), processes=len(state.processes))
+
+
+def status() -> LabView | NoLab:
+    """The running lab as its state file records it, with each namespace's and app's liveness."""
+    store = StateStore.from_env()
+    state = store.load()
+    if state is None:
+        return NoLab(store.prefix)
+    return view(Lab(state, store))
+
+
+def exec_in(target: str, argv: Sequence[str]) -> int:
+    """Run `argv` in the namespace of pod or node `target`, attached to this terminal; its exit
+    code (130 on Ctrl-C, as a shell says). Needs root; NotFoundError if no lab or no such target."""
+    require_root("lab exec")
+    lab = Lab.load()
+    try:
+        return subprocess.run(lab.argv(target, argv)).returncode
+    except KeyboardInterrupt:
+        return int(ExitCode.INTERRUPTED)
+
+
+def view(lab: Lab) -> LabView:
+    """The values `tracer lab status` shows of a lab: what its state says, plus whether each
+    node's namespace exists and which PID each pod's app has now (read at this moment)."""
+    topo, state = lab.topology, lab.state
+    alive = [p for p in state.processes if p.alive()]
+    return LabView(
+        prefix=state.prefix, cni=topo.cni, complete=state.complete, state=str(lab.store.path),
+        vni=topo.vni, udp_port=topo.udp_port, mtu=topo.mtu,
+        nodes=tuple(
+            LabNodeView(
+                name=n.name, netns=n.netns, underlay_ip=n.underlay_ip, underlay_nic=n.underlay_nic,
+                underlay_mac=n.underlay_mac, block=n.block, tunnel_device=n.tunnel_device,
+                tunnel_ip=n.tunnel_ip, tunnel_mac=n.tunnel_mac, up=netns.exists(n.netns),
+            )
+            for n in lab.nodes
+        ),
+        pods=tuple(
+            LabPodView(
+                name=p.name, namespace=p.namespace, node=p.node, ip=p.ip, mac=p.mac, netns=p.netns,
+                host_veth=p.host_veth, host_veth_mac=p.host_veth_mac, app=p.app,
+                pid=next((r.pid for r in alive if r.netns == p.netns), None),
+            )
+            for p in lab.pods
+        ),
+    )

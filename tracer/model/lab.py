@@ -1,0 +1,81 @@
+"""The lab as `tracer lab` shows it: frozen values read from a running lab (tracer.app.lab builds
+them), so its views (tracer.render.lab) need nothing of the cluster layer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+LAB_SCHEMA = "tracer.lab/v1"
+
+
+@dataclass(frozen=True, kw_only=True)
+class LabNodeView:
+    """A node of the lab, and whether its namespace exists now."""
+
+    name: str
+    netns: str
+    underlay_ip: str
+    underlay_nic: str
+    underlay_mac: str
+    block: str
+    tunnel_device: str
+    tunnel_ip: str
+    tunnel_mac: str
+    up: bool
+
+
+@dataclass(frozen=True, kw_only=True)
+class LabPodView:
+    """A pod of the lab, and the PID of its app if one runs (httpbin; the curl pod has none)."""
+
+    name: str
+    namespace: str
+    node: str
+    ip: str
+    mac: str
+    """MAC of the pod's eth0."""
+    netns: str
+    host_veth: str
+    host_veth_mac: str
+    app: str
+    pid: int | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class LabView:
+    """A lab whose state file exists; `complete` is False if its `up` failed or was interrupted."""
+
+    prefix: str
+    cni: str
+    complete: bool
+    state: str
+    """Path of the state file."""
+    vni: int
+    udp_port: int
+    mtu: int
+    nodes: tuple[LabNodeView, ...]
+    pods: tuple[LabPodView, ...]
+
+
+@dataclass(frozen=True)
+class NoLab:
+    """No lab is up under this prefix (TRACER_LAB_PREFIX)."""
+
+    prefix: str
+
+
+@dataclass(frozen=True)
+class LabUp:
+    """What `lab up` built, and how long it took."""
+
+    lab: LabView
+    seconds: float
+
+
+@dataclass(frozen=True)
+class LabRemoved:
+    """What `lab down` removed."""
+
+    prefix: str
+    namespaces: int
+    processes: int

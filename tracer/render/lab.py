@@ -1,0 +1,97 @@
+"""The views of `tracer lab`: the spinner of `up`, the status tables, the lines of `down` and of
+no lab, and the tracer.lab/v1 JSON document of `lab status -o json`."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from tracer.model.lab import LAB_SCHEMA, LabRemoved, LabUp, LabView, NoLab
+
+
+def stdout_console() -> Console:
+    """The console the status tables go to."""
+    # Piped output is read by people and greps alike: do not cut MACs to fit 80 columns.
+    out = Console(highlight=False)
+    return out if out.is_terminal else Console(highlight=False, width=200)
+
+
+@contextlib.contextmanager
+def building(err: Console) -> Iterator[Callable[[str], None]]:
+    """A spinner on `err` while the lab is built; yields the progress callback that names each step."""
+    with err.status("building the lab") as status:
+        yield lambda msg: status.update(msg)
+
+
+def render_up(result: LabUp, err: Console, out: Console) -> None:
+    """How long `up` took (on stderr), then the new lab's tables."""
+    err.print(f"lab up in {result.seconds:.1f} s (prefix {escape(result.lab.prefix)})")
+    render_status(result.lab, out)
+
+
+def render_status(lab: LabView, out: Console) -> None:
+    """Two tables: the nodes (underlay, block, tunnel) and the pods (IP, MACs, host veth, app)."""
+    if not lab.complete:
+        out.print("[yellow]this lab was not completed (up failed or was interrupted): run tracer lab down[/]")
+    nodes = Table(title=f"nodes ({lab.cni}, VNI {lab.vni}, UDP {lab.udp_port}, MTU {lab.mtu})")
+    for col in ("node", "netns", "underlay", "NIC MAC", "block", "tunnel IP", "vxlan MAC"):
+        nodes.add_column(col, overflow="fold")
+    for n in lab.nodes:
+        nodes.add_row(n.name, n.netns, f"{n.underlay_nic} {n.underlay_ip}", n.underlay_mac, n.block,
+                      f"{n.tunnel_device} {n.tunnel_ip}", n.tunnel_mac)
+    pods = Table(title="pods")
+    for col in ("pod", "node", "IP", "eth0 MAC", "host veth", "veth MAC", "netns", "app"):
+        pods.add_column(col, overflow="fold")
+    for p in lab.pods:
+        pods.add_row(p.name, p.node, p.ip, p.mac, p.host_veth, p.host_veth_mac, p.netns, p.app)
+    out.print(nodes, pods)
+
+
+def no_lab_line(none: NoLab) -> str:
+    return f"no lab is up (prefix {none.prefix!r}); start one with: tracer lab up"
+
+
+def down_line(result: LabRemoved | NoLab) -> str:
+    if isinstance(result, NoLab):
+        return f"no lab is up (prefix {result.prefix!r}); nothing to remove"
+    n, p = result.namespaces, result.processes
+    return f"lab down: removed {n} namespace{'s' * (n != 1)} and {p} process{'es' * (p != 1)}"
+
+
+def status_json(status: LabView | NoLab) -> str:
+    """The tracer.lab/v1 document: one line when no lab is up, else indented."""
+    if isinstance(status, NoLab):
+        return json.dumps({"schema": LAB_SCHEMA, "up": False, "prefix": status.prefix})
+    return json.dumps(lab_document(status), indent=2)
+
+
+def lab_document(lab: LabView) -> dict[str, Any]:
+    # Spelled out key by key: the schema is a promise to scripts, not whatever the values hold.
+    return {
+        "schema": LAB_SCHEMA,
+        "up": True,
+        "prefix": lab.prefix,
+        "cni": lab.cni,
+        "complete": lab.complete,
+        "state": lab.state,
+        "vni": lab.vni,
+        "udp_port": lab.udp_port,
+        "mtu": lab.mtu,
+        "nodes": [
+            {"name": n.name, "netns": n.netns, "underlay_ip": n.underlay_ip, "underlay_nic": n.underlay_nic,
+             "underlay_mac": n.underlay_mac, "block": n.block, "tunnel_device": n.tunnel_device,
+             "tunnel_ip": n.tunnel_ip, "tunnel_mac": n.tunnel_mac, "up": n.up}
+            for n in lab.nodes
+        ],
+        "pods": [
+            {"name": p.name, "namespace": p.namespace, "node": p.node, "ip": p.ip, "mac": p.mac, "netns": p.netns,
+             "host_veth": p.host_veth, "host_veth_mac": p.host_veth_mac, "app": p.app, "pid": p.pid}
+            for p in lab.pods
+        ],
+    }
