@@ -15,7 +15,8 @@ from tracer.cluster.agents import CaptureSpec
 from tracer.model import Way, WayPoint
 
 
-def _hex_ip(ip: str) -> str:
+def _bpf_hex(ip: str) -> str:
+    """An IPv4 address as the 32-bit hex a BPF `udp[42:4]=` comparison takes (network order)."""
     return f"0x{int(ipaddress.IPv4Address(ip)):08X}"
 
 
@@ -33,7 +34,7 @@ def underlay_filter(way: Way, port: int) -> str:
     """
     t = way.tunnel
     assert t is not None
-    a, b = _hex_ip(way.src.pod.ip), _hex_ip(way.dst.pod.ip)
+    a, b = _bpf_hex(way.src.pod.ip), _bpf_hex(way.dst.pod.ip)
     return (f"udp port {t.udp_port} and host {t.src_node_ip} and host {t.dst_node_ip}"
             f" and ((udp[42:4]={a} and udp[46:4]={b}) or (udp[42:4]={b} and udp[46:4]={a}))"
             f" and udp[39]=6 and (udp[50:2]={port} or udp[52:2]={port})")

@@ -200,7 +200,7 @@ def _pod_route_get(backend: Backend, pod: PodRef, ip: str) -> str | None:
     return " ".join(words) or None
 
 
-def _hex_ip(h: str) -> str:
+def _ip_from_proc_hex(h: str) -> str:
     """/proc/net/route's little-endian hex address as dotted quad."""
     return str(ipaddress.IPv4Address(struct.pack("<I", int(h, 16))))
 
@@ -213,9 +213,9 @@ def _proc_route_lookup(lines: Sequence[str], ip: str) -> tuple[str | None, str]:
         f = line.split()
         if len(f) < 8:
             continue
-        dst, gw, mask = (int(ipaddress.IPv4Address(_hex_ip(x))) for x in (f[1], f[2], f[7]))
+        dst, gw, mask = (int(ipaddress.IPv4Address(_ip_from_proc_hex(x))) for x in (f[1], f[2], f[7]))
         if addr & mask == dst and (best is None or mask > best[0]):
-            best = (mask, _hex_ip(f[2]) if gw else None, f[0])
+            best = (mask, _ip_from_proc_hex(f[2]) if gw else None, f[0])
     if best is None:
         raise ClusterError(f"the pod has no route to {ip}")
     return best[1], best[2]
