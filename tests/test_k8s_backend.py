@@ -18,7 +18,7 @@ import pytest
 from kmock_exec import CAPTURE_NAMESPACE, NODES, V4, V5, StandIn
 from tracer.cluster.discover import discover
 from tracer.errors import ClusterError, NotFoundError
-from tracer.cluster.k8s.backend import KubernetesBackend, connect as make_backend
+from tracer.cluster.k8s.backend import KubernetesBackend, connect
 from tracer.cluster.k8s import Cluster, ExecStream, run
 from tracer.cluster.k8s.capture_pods import MANAGED_BY, RUN_ID
 from tracer.cluster.lab import Lab
@@ -35,7 +35,7 @@ def standin(lab: Lab) -> Iterator[StandIn]:
 @contextlib.contextmanager
 def k8s_backend(standin: StandIn, **options: Any) -> Iterator[KubernetesBackend]:
     """A backend for one run against the stand-in, closed (capture pods deleted) afterwards."""
-    b = make_backend(kubeconfig=str(standin.kubeconfig), **options)
+    b = connect(kubeconfig=str(standin.kubeconfig), **options)
     try:
         yield b
     finally:
@@ -123,7 +123,7 @@ def test_discover_through_kubernetes_equals_lab(lab: Lab, standin: StandIn, back
 # -- capture pods ------------------------------------------------------------------------------
 
 def test_capture_pods_have_the_spec_and_go_with_close(standin: StandIn) -> None:
-    b = make_backend(kubeconfig=str(standin.kubeconfig), run_id="feedbeef")
+    b = connect(kubeconfig=str(standin.kubeconfig), run_id="feedbeef")
     try:
         res = b.exec_node("worker2", ["ip", "-j", "link", "show", "vxlan.calico"])
         assert res.returncode == 0 and b'"ifname":"vxlan.calico"' in res.stdout  # the node's own namespace
@@ -173,7 +173,7 @@ def test_start_agent_streams_through_the_capture_pod(standin: StandIn, backend: 
 
 
 def test_deleting_a_capture_pod_ends_what_runs_in_it(standin: StandIn) -> None:
-    b = make_backend(kubeconfig=str(standin.kubeconfig))
+    b = connect(kubeconfig=str(standin.kubeconfig))
     name = b.capture_pods.ready("worker1")
     stream = ExecStream(b.cluster, namespace=CAPTURE_NAMESPACE, pod=name, container=None, argv=["sleep", "30"], stdin=True)
     try:

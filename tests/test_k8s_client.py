@@ -141,10 +141,10 @@ def test_a_file_that_is_no_kubeconfig_is_a_usage_error(tmp_path: Path, text: str
 
 
 def test_follow_with_an_unreachable_api_server_says_so_not_what_cleanup_then_could_not_do(tmp_path: Path) -> None:
-    from tracer.cluster.k8s.backend import connect as make_backend
+    from tracer.cluster.k8s.backend import connect
 
     with pytest.raises(ClusterError) as e:
-        make_backend(kubeconfig=str(kubeconfig(tmp_path / "config")))
+        connect(kubeconfig=str(kubeconfig(tmp_path / "config")))
     assert e.value.message.startswith("cannot reach the Kubernetes API to list capture pods"), e.value.message
 
 

@@ -159,9 +159,9 @@ needs_cluster = pytest.mark.skipif(not os.environ.get("KUBECONFIG"), reason="no 
 def test_discover_on_a_real_cluster() -> None:
     """`discover` through the backend on the exercise's pods (manifests/exercise/pods.yaml applied)."""
     from tracer.cluster.discover import discover
-    from tracer.cluster.k8s.backend import connect as make_backend
+    from tracer.cluster.k8s.backend import connect
 
-    backend = make_backend(capture_image=os.environ.get("TRACER_CAPTURE_IMAGE"))
+    backend = connect(capture_image=os.environ.get("TRACER_CAPTURE_IMAGE"))
     try:
         way = discover(backend, "curl", "httpbin")
         assert way.points[0].role == "pod-veth" and way.points[-1].role == "pod-veth"

@@ -3,7 +3,8 @@
 The agent writes JSON lines on its stdout; a `pcap` or `frame` event is followed by exactly
 `bytes` bytes of payload. The orchestrator writes `stop\\n` on its stdin. Both backends carry
 these bytes unchanged (lab: pipes; Kubernetes: an exec stream), so this reader is the only
-place that knows the format, and `tracer.app.follow` talks to every agent through it.
+place that knows the format: `tracer.cluster.session` talks to every agent through it, and
+`tracer.app.watch` reads the frames it hands out.
 """
 
 from __future__ import annotations

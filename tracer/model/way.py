@@ -79,7 +79,7 @@ class PodEnd:
 class NodeTunnel:
     """The VXLAN hop between the two nodes: the tunnel devices and the underlay NICs under them.
 
-    (Not `tracer.decode.Tunnel`, which is one tunnel header seen in one frame.)
+    (Not `tracer.decode.TunnelHeader`, which is one tunnel header seen in one frame.)
     """
 
     device: str
