@@ -1,4 +1,5 @@
-"""The model: what tracer found, as plain frozen values. Views and JSON know only these."""
+"""The model: what tracer found and did, as plain frozen values (trace, way, analysis, follow, live,
+lab). Views and JSON documents know only these."""
 
 from tracer.model.trace import (
     ROLES, SCHEMA, CapturePoint, Encapsulation, Flow, FlowSummary, Hop, Nat, PacketTrace, SegmentStats, Trace,

@@ -155,25 +155,6 @@ class Lab:
     def backend(self) -> LabBackend:
         return LabBackend(self)
 
-    def to_dict(self) -> dict[str, Any]:
-        topo = self.topology
-        return {
-            "schema": "tracer.lab/v1",
-            "up": True,
-            "prefix": self.state.prefix,
-            "cni": topo.cni,
-            "complete": self.state.complete,
-            "state": str(self.store.path),
-            "vni": topo.vni,
-            "udp_port": topo.udp_port,
-            "mtu": topo.mtu,
-            "nodes": [vars(n) | {"up": netns.exists(n.netns)} for n in self.nodes],
-            "pods": [vars(p) | {"pid": self._pid_of(p.netns)} for p in self.pods],
-        }
-
-    def _pid_of(self, ns: str) -> int | None:
-        return next((p.pid for p in self.state.processes if p.netns == ns and p.alive()), None)
-
 
 @dataclass(frozen=True)
 class LabBackend:
