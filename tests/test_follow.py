@@ -118,8 +118,10 @@ def test_count_gives_one_flow_per_request(lab):
     assert all(not p["missing"] for f in doc["flows"] for p in f["packets"])
 
 
-def test_a_refused_port_is_still_traced(lab):
-    doc = follow_json(lab, "--port", "81", "--timeout", "3")
+def test_a_refused_port_is_still_traced_and_exits_7(lab):
+    proc = run_tracer("follow", "curl", "httpbin", "-o", "json", "--port", "81", "--timeout", "3", store=lab.store)
+    assert proc.returncode == 7, proc.stderr  # (ExitCode.NO_ANSWER: a script can tell; the view is there)
+    doc = json.loads(proc.stdout)
     c = doc["follow"]["curl"][0]
     assert c["status"] is None and c["exit_code"] == 7
     flags = [p["tcp_flags"] for p in doc["flows"][0]["packets"]]
@@ -166,11 +168,31 @@ def test_only_the_runs_own_connections_are_shown_the_others_are_counted(lab):
     (("follow", "curl", "nosuchpod"), 4, "no pod 'nosuchpod'"),
     (("follow", "curl", "curl"), 2, "same pod"),
     (("follow", "curl", "httpbin", "--save", "/"), 2, "not empty"),
+    (("follow", "curl", "httpbin", "--save", "/proc/tracer-nosuch/run1"), 2, "--save /proc/tracer-nosuch/run1: cannot create"),
+    (("follow", "curl", "httpbin", "--live", "--save", "x"), 2, "--live shows a live view"),
 ])
 def test_clear_errors(lab, args, code, words):
     proc = run_tracer(*args, store=lab.store)
     assert proc.returncode == code, proc.stderr
     assert words in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_save_below_a_file_is_refused_before_capturing(lab, tmp_path):
+    (tmp_path / "afile").write_text("")
+    proc = run_tracer("follow", "curl", "httpbin", "--save", str(tmp_path / "afile" / "x"), store=lab.store)
+    assert proc.returncode == 2 and "cannot create the directory (Not a directory)" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr and "request 1" not in proc.stdout  # (refused before curl ran)
+
+
+def test_a_save_directory_made_for_a_failed_run_is_not_left_behind(lab, tmp_path):
+    proc = run_tracer("follow", "curl", "nosuchpod", "--save", str(tmp_path / "run1"), store=lab.store)
+    assert proc.returncode == 4, proc.stderr
+    assert not (tmp_path / "run1").exists()
+
+
+def test_many_requests_summarized_say_how_to_see_a_flows_hops_with_follow(lab):
+    proc = run_tracer("follow", "curl", "httpbin", "--count", "40", store=lab.store, check=True)
+    assert "showing the summary (--save DIR, then tracer analyze DIR --flow N for one flow's hops)" in proc.stdout
 
 
 def test_a_source_without_curl_is_a_clear_error_and_leaves_nothing(lab, tmp_path):

@@ -129,3 +129,9 @@ def test_same_node_way_is_the_two_veths(same_node_lab: Lab) -> None:
     assert "no tunnel" in text
     res = lab.exec("client2", ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "http://172.18.104.14/status/200"])
     assert res.stdout == b"200"
+
+
+def test_a_pod_to_itself_is_refused_as_follow_refuses_it(lab):
+    proc = run_tracer("path", "httpbin", "httpbin", store=lab.store)
+    assert proc.returncode == 2 and "source and destination are the same pod (httpbin)" in proc.stderr, proc.stderr
+    assert proc.stdout == ""

@@ -13,6 +13,7 @@ class ExitCode(enum.IntEnum):
     NOT_FOUND = 4      # a pod, node, lab or point that does not exist
     PERMISSION = 5     # needs root / capabilities / RBAC
     CLUSTER = 6        # the Kubernetes API or the lab failed
+    NO_ANSWER = 7      # follow: the traced request got no HTTP answer (curl failed); the view is shown
     INTERRUPTED = 130  # Ctrl-C
 
 

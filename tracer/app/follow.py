@@ -151,19 +151,34 @@ def write_run_dir(directory: Path, way: Way, captures: dict[str, PointCapture]) 
     (directory / "path.json").write_text(json.dumps(doc, indent=2) + "\n")
 
 
-def check_save_dir(path: str | None) -> None:
-    if path and os.path.isdir(path) and os.listdir(path):
-        raise UsageError(f"--save {path}: the directory is not empty",
-                         hint="give a new or empty directory: `tracer analyze DIR` reads every capture in it")
+def prepare_save_dir(path: str | None) -> bool:
+    """Make sure --save's directory can take the captures, before any capture runs (creating it
+    if need be); whether it was created here."""
+    if not path:
+        return False
+    if os.path.isdir(path):
+        if os.listdir(path):
+            raise UsageError(f"--save {path}: the directory is not empty",
+                             hint="give a new or empty directory: `tracer analyze DIR` reads every capture in it")
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise UsageError(f"--save {path}: the directory is not writable", hint="give a directory you can write to")
+        return False
+    try:
+        os.makedirs(path)
+    except OSError as e:
+        raise UsageError(f"--save {path}: cannot create the directory ({e.strerror})",
+                         hint="give a new directory in a place you can write to") from None
+    return True
 
 
 def follow(backend: FollowBackend, req: FollowRequest, *, present: Callable[[FollowRun, Analysis], None],
            progress: Progress = lambda _: None) -> FollowResult:
     """The whole `tracer follow`: capture, analyze as `tracer analyze` would, and hand the run and
     its analysis to `present` (to show them) before everything the run started is removed."""
-    check_save_dir(req.save)
+    created = prepare_save_dir(req.save)
     tmp = None if req.save else tempfile.mkdtemp(prefix="tracer-follow-")
     directory = Path(req.save or tmp)
+    done = False
     try:
         result = capture(backend, req, directory, progress)
         with result.timings.phase("correlate"):
@@ -181,11 +196,14 @@ def follow(backend: FollowBackend, req: FollowRequest, *, present: Callable[[Fol
             progress(None)
             with no_cyclic_gc():
                 present(so_far, analyze(areq))
+        done = True
     finally:
         with uninterrupted():
             backend.close()  # reaps the agents (and, on Kubernetes, deletes the capture pods)
             if tmp:
                 shutil.rmtree(tmp, ignore_errors=True)
+            elif created and not done and not os.listdir(directory):
+                directory.rmdir()  # (made for a run that captured nothing: not left behind)
     return result
 
 

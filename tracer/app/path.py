@@ -5,6 +5,7 @@ from __future__ import annotations
 from tracer.app.signals import sigterm_interrupts, uninterrupted
 from tracer.cluster.backends import BackendOptions, discovery_backend
 from tracer.cluster.discover import discover
+from tracer.errors import UsageError
 from tracer.model import Way
 
 
@@ -12,6 +13,8 @@ def find_way(src: str, dst: str, options: BackendOptions) -> Way:
     """The expected way from pod `src` to pod `dst`. SIGTERM ends it as Ctrl-C does, and the
     backend is closed whatever happens (on Kubernetes that deletes the capture pods discovery
     read the nodes through), a second Ctrl-C waiting until it is."""
+    if src == dst:  # (the pod's way to itself is `dev lo`: no capture point, nothing to show)
+        raise UsageError(f"source and destination are the same pod ({src})", hint="give two pods: tracer path SRC DST")
     with sigterm_interrupts():
         backend = discovery_backend(options)
         try:

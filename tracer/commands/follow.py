@@ -13,9 +13,12 @@ import click
 
 from tracer.app.backend import BackendOptions
 from tracer.commands.options import backend_options
-from tracer.errors import UsageError
+from tracer.errors import ExitCode, UsageError
 from tracer.render.outputs import OUTPUTS
 from tracer.render.progress import Spinner
+
+SUMMARY_HINT = "--save DIR, then tracer analyze DIR --flow N for one flow's hops"
+"""What the summary view tells a follow to do for a flow's hops (follow itself has no --flow)."""
 
 if TYPE_CHECKING:
     from tracer.model.analysis import Analysis
@@ -56,6 +59,11 @@ def command(src, dst, port, url_path, count, save, output, pcapng, all_flows, li
       tracer follow curl httpbin
       tracer follow curl httpbin --path /delay/1 --count 3 --save run1 && tracer analyze run1
       tracer follow curl httpbin --live
+
+    \b
+    Exit codes: 0 every request got an HTTP answer (whatever its status), 7 a request got none
+    (curl failed: refused, reset, timed out; the hops are shown all the same), 2 bad usage,
+    4 no such pod, 5 needs root or RBAC, 6 the cluster or lab failed, 130 interrupted.
     """
     if not url_path.startswith("/"):
         url_path = "/" + url_path
@@ -84,13 +92,15 @@ def command(src, dst, port, url_path, count, save, output, pcapng, all_flows, li
             from tracer.render.header import follow_header
 
             show(analysis, sys.stdout, output=output, pcapng=pcapng, extra_json={"follow": follow_document(done)},
-                 header=follow_header(done))
+                 header=follow_header(done), hint=SUMMARY_HINT)
 
         _preload_view()
         with Spinner(sys.stderr) as progress:
             result = follow(fb, req, present=present, progress=progress)
     if timings_file:
         Path(timings_file).write_text(json.dumps(asdict(result.timings)) + "\n")
+    if any(c.exit_code != 0 for c in result.curls):
+        sys.exit(int(ExitCode.NO_ANSWER))  # (the view says how it failed)
 
 
 def _preload_view() -> None:
