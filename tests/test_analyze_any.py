@@ -8,6 +8,7 @@ of the same bytes, never from tracer's own output.
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from collections import Counter
@@ -114,3 +115,23 @@ def test_a_cooked_v2_capture_of_one_interface_stays_one_point(capsys, tmp_path):
     assert [p["id"] for p in got["points"]] == [f"{tmp_path.name}/eth1"]
     assert got["points"][0]["packets"] == frames_per_interface()[("worker1", 2)]
     assert got["warnings"] == []
+
+
+@pytest.mark.parametrize("summary", [False, True])
+def test_captures_of_just_the_pcap_header_say_why_they_are_empty(capsys, tmp_path, summary):
+    """tcpdump killed before it wrote its buffer leaves the 24-byte header only: when that is all
+    there is, say so and how to avoid it (in either reader); one empty capture beside others is a
+    point nothing passed, as in pcaps/policy-drop, and says nothing."""
+    from factories import pcap_bytes
+    mode = ["--summary"] if summary else []
+    for name in ("eth1", "vxlan.calico"):
+        (tmp_path / "worker1").mkdir(exist_ok=True)
+        (tmp_path / "worker1" / f"{name}.pcap").write_bytes(pcap_bytes([]))
+    assert (tmp_path / "worker1" / "eth1.pcap").stat().st_size == 24
+    doc = json.loads(run_cli(capsys, "analyze", str(tmp_path), "-o", "json", *mode)[1])
+    said = [w for w in doc["warnings"] if w.startswith("no packets in the captures, only their pcap headers (")]
+    assert len(said) == 1 and "-U" in said[0] and str(tmp_path / "worker1" / "eth1.pcap") in said[0]
+    (tmp_path / "worker1" / "vxlan.calico.pcap").write_bytes(
+        (SAMPLES / "http-get" / "worker1" / "vxlan.calico.pcap").read_bytes())
+    doc = json.loads(run_cli(capsys, "analyze", str(tmp_path), "-o", "json", *mode)[1])
+    assert not any("pcap header" in w for w in doc["warnings"])

@@ -296,3 +296,16 @@ def test_retransmissions_are_those_tshark_finds(capsys, scenario):
     # (the drops' second SYN; the others have none, which the synthetic cases of
     # tests/test_flow_selection.py make up for)
     assert len(ours) == (1 if scenario in ("vxlan-drop", "policy-drop") else 0)
+
+
+def test_a_first_hop_is_as_the_pod_sent_it_only_with_the_ttl_it_was_sent_with(capsys):
+    """httpbin's veth captured alone: the SYN (TTL 62, from the other node) was not sent there;
+    the SYN-ACK (TTL 64) is httpbin's own, as it sent it."""
+    veth = next((SAMPLES / "http-get" / "worker2").glob("cali*.pcap"))
+    doc = analyze_json(capsys, str(veth))
+    first = {p["tcp_flags"]: p["hops"][0] for p in doc["flows"][0]["packets"]}
+    assert (first["S"]["ttl"], first["S"]["why"]) == (62, "first seen here; TTL 62: routed twice before")
+    assert (first["SA"]["ttl"], first["SA"]["why"]) == (64, "as the pod sent it")
+    # with the whole capture set, the SYN's first hop is curl's veth: as curl sent it
+    whole = analyze_json(capsys, str(SAMPLES / "http-get"))
+    assert next(p for p in whole["flows"][0]["packets"] if p["tcp_flags"] == "S")["hops"][0]["why"] == "as the pod sent it"

@@ -22,6 +22,7 @@ from tracer.capture.workers import Workers
 from tracer.decode import LINKTYPE_ETHERNET, decode
 
 BATCH = 1024  # sightings the general reader hands on at once
+PCAP_HEADER = 24  # bytes of a pcap file's header: a file of just that holds no packet
 
 
 class PointState:
@@ -64,6 +65,7 @@ class CaptureSet:
         self.point_index: dict[str, int] = {}
         self.warnings: list[str] = []
         self._caps: list = []  # (pcapio.CaptureFile of each input, once opened: their `read`)
+        self._headers_only: list[str] = []  # inputs that are a pcap header and nothing else
         self._total = 1
         self._workers = Workers(jobs)
 
@@ -102,6 +104,16 @@ class CaptureSet:
             pt.role = "pod-veth" if pt.node in pods else infer_role(
                 pt.interface, encapsulated=st.encapsulated, frames=st.frames, calico_mac_seen=st.calico_mac)
 
+    def note_empty_captures(self) -> None:
+        """When every capture is a pcap header and nothing else, say why that happens: tcpdump
+        ended before it wrote out its buffer. (One empty capture among others is a point nothing
+        passed, as a follow's point past a drop: nothing to say about that.)"""
+        if self._headers_only and len(self._headers_only) == len(self.inputs):
+            files = ", ".join(self._headers_only[:3]) + (", ..." if len(self._headers_only) > 3 else "")
+            self.warnings.append(
+                f"no packets in the captures, only their pcap headers ({files}): tcpdump buffers what it captures; "
+                f"with -U or --immediate-mode it writes each packet as it comes; stop it with Ctrl-C, not kill -9")
+
     def _point(self, node: str, interface: str, path: str) -> int:
         pid = f"{node}/{interface}"
         idx = self.point_index.get(pid)
@@ -117,6 +129,8 @@ class CaptureSet:
         """Open one input (refusing what is not a capture) and return its batches of sightings."""
         cap, records = open_capture(inp.path)
         self._caps.append(cap)
+        if cap.format == "pcap" and total_size([inp.path]) == PCAP_HEADER:
+            self._headers_only.append(inp.path)
         if not self.keep_packets and self.fast and (
                 cap.format == "pcap" and cap.interfaces and cap.interfaces[0].linktype == LINKTYPE_ETHERNET
                 or cap.format == "pcapng" and pcapng_head(cap)):

@@ -92,11 +92,26 @@ def hop_changes(prev: Frame, fr: Frame) -> tuple[str, ...]:
     return tuple(changes)
 
 
+INITIAL_TTLS = (64, 128, 255)
+"""What senders start a packet's TTL (hop limit) at: Linux and most others 64, Windows 128."""
+
+
+def first_seen(fr: Frame, point) -> str:
+    """The first hop of a packet in the captures: as its pod sent it only where a pod's veth saw
+    it with an initial TTL; else what its TTL tells of the way before."""
+    ttl = fr.ttl
+    if ttl is None or ttl in INITIAL_TTLS:
+        return "as the pod sent it" if point.role == "pod-veth" else "first seen here"
+    routed = min(t for t in INITIAL_TTLS if t > ttl) - ttl
+    times = {1: "once", 2: "twice"}.get(routed, f"{routed} times")
+    return f"first seen here; TTL {ttl}: routed {times} before"
+
+
 def hop_why(changes: tuple[str, ...], prev: Frame | None, prev_point, fr: Frame, point, enc: Encapsulation | None,
             direction: str) -> str:
     """The hop's changes in one sentence (why they happened: routing, VXLAN, kube-proxy, ...)."""
     if prev is None:
-        return "as the pod sent it" if point.role == "pod-veth" else "first seen here"
+        return first_seen(fr, point)
     words: list[str] = []
     if "dnat" in changes:
         what = f"destination {endpoint((prev.ip_dst, prev.dport))} -> {endpoint((fr.ip_dst, fr.dport))}"

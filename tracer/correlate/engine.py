@@ -98,6 +98,7 @@ class Correlator:
                 self.captures.close()
             total_frames = self.captures.frames
             self.captures.note_mixed_directories()
+            self.captures.note_empty_captures()
             self.captures.settle_roles(self.opts.pods)
             self.clocks.solve()
             window = self.clocks.window()  # (with every frame read and the final clock offsets)
