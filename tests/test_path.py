@@ -99,10 +99,17 @@ def test_proxy_arp_off_is_reported(lab: Lab) -> None:
     ns_run(ns, "sysctl", "-q", "-w", f"net.ipv4.conf.{cali}.proxy_arp=0")
     try:
         way = discover(lab.backend(), "curl", "httpbin")
+        text = run_tracer("path", "curl", "httpbin", store=lab.store, check=True).stdout
     finally:
         ns_run(ns, "sysctl", "-q", "-w", f"net.ipv4.conf.{cali}.proxy_arp=1")
     assert way.src.proxy_arp == 0
     assert any("proxy_arp is 0" in w for w in way.warnings)
+    # the steps name the cause where it bites, and no longer say proxy-ARP makes the veth the next hop
+    assert f"3.3 ARP: nobody answers the pod's who-has 169.254.1.1: proxy_arp is 0 on worker1/{cali}" in text
+    assert "the request does not leave the pod" in text and f"net.ipv4.conf.{cali}.proxy_arp=1" in text
+    assert "makes the host end of the veth pair the next hop" not in text
+    assert "makes the host end of the veth pair the next hop" in run_tracer(
+        "path", "curl", "httpbin", store=lab.store, check=True).stdout
 
 
 @pytest.fixture(scope="module")

@@ -18,10 +18,20 @@ def render_way(way: Way, out: Console) -> None:
     out.print(f"  3.1 ip route get {d.pod.ip}: {e(s.route)}")
     out.print(f"  3.2 eth0@if{s.iflink}: the veth's other end is ifindex {s.host_veth_ifindex} on "
               f"{e(s.pod.node)}, {e(s.host_veth)} (proxy_arp={s.proxy_arp}, proxy_delay={s.proxy_delay})")
-    arp = f"{s.gateway} at {s.gateway_mac}" if s.gateway_mac else f"{s.gateway} not resolved yet"
-    out.print(f"  3.3 ARP: {arp}; the pod's own eth0 MAC is {s.mac}")
-    out.print(f"  3.4 {s.host_veth_mac} is {e(s.host_veth)}'s MAC: proxy-ARP makes the host end of the "
-              "veth pair the next hop")
+    where = f"{e(s.pod.node)}/{e(s.host_veth)}"
+    if s.proxy_arp is not None and s.proxy_arp != 1:
+        # (no answer to the pod's who-has: the request never leaves the pod, whatever else is right)
+        held = f" (the pod still holds {s.gateway_mac} from before)" if s.gateway_mac else ""
+        out.print(f"  3.3 ARP: nobody answers the pod's who-has {s.gateway}: proxy_arp is {s.proxy_arp} on "
+                  f"{where}{held}; the pod's own eth0 MAC is {s.mac}")
+        out.print(f"  3.4 {s.host_veth_mac} is {e(s.host_veth)}'s MAC, but with proxy_arp {s.proxy_arp} it does not "
+                  f"answer for {s.gateway}: the request does not leave the pod (on {e(s.pod.node)}: "
+                  f"sysctl -w net.ipv4.conf.{e(s.host_veth)}.proxy_arp=1)")
+    else:
+        arp = f"{s.gateway} at {s.gateway_mac}" if s.gateway_mac else f"{s.gateway} not resolved yet"
+        out.print(f"  3.3 ARP: {arp}; the pod's own eth0 MAC is {s.mac}")
+        out.print(f"  3.4 {s.host_veth_mac} is {e(s.host_veth)}'s MAC: proxy-ARP makes the host end of the "
+                  "veth pair the next hop")
     if way.tunnel:
         t = way.tunnel
         out.print(f"      {e(s.pod.node)} routes {e(t.route)}; neighbour {t.dst_tunnel_ip} lladdr "
