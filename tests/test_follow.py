@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ip_json, run_tracer, store_env
+from conftest import ip_json, ns_run, run_tracer, store_env
 from factories import children, cmdline, wait_for
 from tracer.cluster.lab import netns
 
@@ -116,6 +116,20 @@ def test_count_gives_one_flow_per_request(lab):
     assert [c["status"] for c in doc["follow"]["curl"]] == [200, 200, 200]
     assert len(doc["flows"]) == 3
     assert all(not p["missing"] for f in doc["flows"] for p in f["packets"])
+
+
+def test_proxy_arp_off_says_nothing_left_the_pod_and_why_and_exits_7(lab):
+    node, pod = lab.node("worker1"), lab.pod("curl")
+    ns_run(node.netns, "sysctl", "-q", "-w", f"net.ipv4.conf.{pod.host_veth}.proxy_arp=0")
+    try:
+        ns_run(pod.netns, "ip", "neigh", "flush", "all")  # (else the pod goes on with the MAC it holds)
+        proc = run_tracer("follow", "curl", "httpbin", "--timeout", "2", store=lab.store)
+    finally:
+        ns_run(node.netns, "sysctl", "-q", "-w", f"net.ipv4.conf.{pod.host_veth}.proxy_arp=1")
+    assert proc.returncode == 7, proc.stderr
+    assert "request 1: failed: timed out" in proc.stdout
+    assert "nothing left curl: no frame of the request at any point of the way" in proc.stdout
+    assert f"warning: proxy_arp is 0 on worker1/{pod.host_veth}: nobody answers ARP for 169.254.1.1" in proc.stdout
 
 
 def test_a_refused_port_is_still_traced_and_exits_7(lab):

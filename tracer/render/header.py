@@ -29,6 +29,11 @@ def follow_header(r: FollowRun) -> Group:
     if dropped:
         what += f", {dropped} dropped by the kernel (the agent could not keep up)"
     lines.append(Text(what, style="yellow" if dropped else "dim"))
+    if not frames:
+        lines.append(Text(f"  nothing left {safe(s.name)}: no frame of the request at any point of the way",
+                          style="red"))
+    for w in r.way.warnings:  # (what discovery found bent in the way: the likely cause of a failure)
+        lines.append(Text(f"  warning: {safe(w)}", style="yellow"))
     if r.way.same_node:
         lines.append(Text(f"  both pods run on {safe(s.node)}: no tunnel, the way is their two veths", style="yellow"))
     if r.saved:
