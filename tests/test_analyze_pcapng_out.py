@@ -42,11 +42,14 @@ def test_merged_file_names_points_and_comments_hops(tmp_path, capsys, scenario, 
         assert total == len(p["hops"])
         h = p["hops"][hop - 1]
         assert h["point"] == iface, comment  # the comment's hop is the frame's interface
-        assert m.group(5).startswith(p["summary"])
-        if iface.endswith("/eth1"):
-            assert comment.endswith("encapsulated VXLAN VNI 4096")
-        else:
-            assert "encapsulated" not in comment
+        # ... and it describes that frame as it is there (its own addresses, NAT-ed or not), its
+        # TTL and what happened at that hop, as the JSON's hop has it
+        src, dst = (f"{h['ip_src']}:{h['sport']}", f"{h['ip_dst']}:{h['dport']}")
+        assert f" {src} -> {dst}" in m.group(5) and f", TTL {h['ttl']}" in m.group(5), comment
+        assert m.group(5).split(": ", 1)[1].startswith(h["why"]), comment
+        assert (", encapsulated VXLAN VNI 4096:" in comment) == iface.endswith("/eth1"), comment
+        if hop == total and p["missing"]:
+            assert comment.endswith(f"further (next: {p['missing'][0]})"), comment
         seen.add((packet, hop))
     assert seen == {(pi, hi) for pi, p in enumerate(packets, 1) for hi in range(1, len(p["hops"]) + 1)}
 

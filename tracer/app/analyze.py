@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from tracer.capture.inputs import CaptureInput, inputs_from_paths, total_size
+from tracer.correlate.changes import packet_summary
 from tracer.correlate.describe import build_trace
 from tracer.correlate.engine import CorrelationOptions, Correlator, no_cyclic_gc
 from tracer.correlate.result import Correlation
@@ -89,7 +90,8 @@ def correlate(req: AnalyzeRequest) -> tuple[Trace, Correlation]:
 
 def raw_frames(c: Correlation) -> tuple[tuple[tuple[RawFrame, ...], ...], ...]:
     """Every kept packet's frames as captured, in the order of trace.flows, packets and hops."""
-    return tuple(tuple(tuple(RawFrame(linktype=s.frame.linktype, data=s.frame.data, orig_len=s.frame.orig_len)
+    return tuple(tuple(tuple(RawFrame(linktype=s.frame.linktype, data=s.frame.data, orig_len=s.frame.orig_len,
+                                      summary=packet_summary(s.frame))
                              for s in seq) for seq in f.records) for f in c.flows)
 
 

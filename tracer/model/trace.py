@@ -84,6 +84,8 @@ class RawFrame:
     linktype: int
     data: bytes
     orig_len: int
+    summary: str = ""
+    """The frame in words as it is at this hop (its own addresses: NAT shows), e.g. `SYN a:p -> b:q`."""
 
 
 @dataclass(frozen=True, kw_only=True)

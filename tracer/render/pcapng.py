@@ -69,19 +69,29 @@ class PcapngWriter:
 
 
 def write_pcapng(trace: Trace, frames: tuple[tuple[tuple[RawFrame, ...], ...], ...], path: str) -> int:
-    """Every hop of every kept packet, commented `flow F packet P hop H/N ...`; how many.
-    `frames` holds each hop's frame as captured, per flow of `trace.flows`, per packet, per hop."""
+    """Every hop of every kept packet, commented `flow F packet P hop H/N ...` with what that
+    frame is and what happened at that hop; how many. `frames` holds each hop's frame as
+    captured, per flow of `trace.flows`, per packet, per hop."""
     w = PcapngWriter(path)
     n = 0
     for fi, (flow, packets) in enumerate(zip(trace.flows, frames, strict=True), 1):
         for pi, (p, raws) in enumerate(zip(flow.packets, packets, strict=True), 1):
-            what = p.headline
+            again = " (retransmission)" if p.retransmission else ""
             for hi, (h, raw) in enumerate(zip(p.hops, raws, strict=True), 1):
                 note = ""
                 if h.encap is not None:
-                    note = f" encapsulated {h.encap.type.upper()}" + (f" VNI {h.encap.vni}" if h.encap.vni is not None else "")
+                    note = f", encapsulated {h.encap.type.upper()}" + (f" VNI {h.encap.vni}" if h.encap.vni is not None else "")
                 w.add(h.point, raw.linktype, h.time, raw.data, raw.orig_len,
-                      f"flow {fi} packet {pi} hop {hi}/{len(raws)} {what}{note}", h.direction)
+                      f"flow {fi} packet {pi} hop {hi}/{len(raws)} {raw.summary}{again}, TTL {h.ttl}{note}: {h.why}"
+                      f"{_further(p) if hi == len(raws) else ''}", h.direction)
                 n += 1
     w.close()
     return n
+
+
+def _further(p) -> str:
+    """What the last hop's comment adds about the way on: where the packet was not seen next."""
+    if not p.missing:
+        return ""
+    how = "not captured" if p.missing[0] in p.not_captured else "not seen"
+    return f"; {how} further (next: {p.missing[0]})"
