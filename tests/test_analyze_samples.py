@@ -242,6 +242,12 @@ def test_clusterip_dnat(capsys):
     way = request_way(doc)
     after_cali = way[2]  # the first hop after worker1's cali: kube-proxy's PREROUTING DNAT
     assert flow["nat"]["point"] == after_cali == "worker1/vxlan.calico"
+    # ... and it happened between the cali veth and there: kube-proxy, as the packet came in from the pod
+    assert flow["nat"]["previous_point"] == way[1] == "worker1/cali35e3a5cb80b"
+    text = run_cli(capsys, "analyze", str(SAMPLES / "clusterip-dnat"))[1]
+    assert (f"  DNAT {SERVICE}:80 -> {doc['dst']['ip']}:80 (kube-proxy, worker1: cali35e3a5cb80b -> vxlan.calico)"
+            in text)
+    assert f"DNAT {SERVICE}:80 -> {doc['dst']['ip']}:80 on worker1" in text.split("summary: ", 1)[1]
     for p in flow["packets"]:
         if p["direction"] == "request":
             # the same hops as pod to pod, plus the DNAT at hop 3

@@ -113,7 +113,7 @@ def test_nat_is_placed_where_it_shows_first_on_the_way_even_if_the_first_packet_
         (tmp_path / node / f"{iface}.pcap").write_bytes(pcap_bytes([f for _, f in recs], times=[s for s, _ in recs]))
     doc = analyze_json(capsys, str(tmp_path), *(["--summary"] if summary else []))
     assert doc["flows"][0]["nat"] == {"original": "10.96.0.10:80", "translated": "10.0.1.5:8080", "kind": "dnat",
-                                      "point": "n1/eth0"}
+                                      "point": "n1/eth0", "previous_point": "n1/veth"}
 
 
 @pytest.mark.parametrize("summary", [False, True])
@@ -171,4 +171,4 @@ def test_a_pod_s_connection_out_of_the_cluster_is_snat_not_the_reply_s_dnat(tmp_
     [flow] = doc["flows"]
     assert (flow["client"], flow["server"]) == (f"{CURL}:40000", f"{ext}:80")
     assert flow["nat"] == {"original": f"{CURL}:40000", "translated": f"{node}:40000", "kind": "snat",
-                           "point": "worker1/eth0"}
+                           "point": "worker1/eth0", "previous_point": "worker1/cali35e3a5cb80b"}

@@ -168,7 +168,10 @@ def _nat(c: Correlation, f: FlowState, client: tuple, ways: dict[str, list[int]]
         found = [n for n in f.nat if n[0] == kind and test(n)]
         if found:
             _, before, after, p = min(found, key=place)  # (min keeps the first of equals)
-            return Nat(original=endpoint(before), translated=endpoint(after), kind=kind, point=c.points[p].id)
+            k = place((None, None, None, p))
+            previous = c.points[way[k - 1]].id if 0 < k < len(way) else None
+            return Nat(original=endpoint(before), translated=endpoint(after), kind=kind, point=c.points[p].id,
+                       previous_point=previous)
     return None
 
 

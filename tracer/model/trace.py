@@ -126,6 +126,23 @@ class Nat:
     """dnat | snat"""
     point: str = ""
     """The first point at which the translated address was seen."""
+    previous_point: str | None = None
+    """The point before it on the request's way, where the address was not translated yet: the
+    translation happened between the two, on `point`'s node (None: `point` is the first seen)."""
+
+    @property
+    def node(self) -> str:
+        return self.point.split("/", 1)[0]
+
+    @property
+    def where(self) -> str:
+        """By what, on which node, between which points: `kube-proxy, worker1: cali… -> vxlan.calico`."""
+        by = f"{'kube-proxy' if self.kind == 'dnat' else 'masquerade'}, {self.node}"
+        if self.previous_point is None:
+            return f"{by}: first seen at {self.point}"
+        before_node, _, before = self.previous_point.partition("/")
+        _, _, here = self.point.partition("/")
+        return f"{by}: {before if before_node == self.node else self.previous_point} -> {here}"
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -201,10 +201,10 @@ def _marked_up(s: str) -> bool:
 def flow_header(f: Flow, index: int, names: dict[str, str]) -> Text:
     t = Text(f"Flow {index}: ", style="bold cyan")
     t.append(f"{f.protocol.upper()} {safe(_label(f.client, names))} -> {safe(_label(f.server, names))}")
-    if f.nat:
-        t.append(f"   {f.nat.kind.upper()} {f.nat.original} -> {f.nat.translated} at {safe(f.nat.point)}", style=CHANGE_STYLE)
     if f.summary:
         t.append(f"   {f.summary.packets} packets", style="dim")
+    if f.nat:  # (on a line of its own: where and by what it happened takes a line's room)
+        t.append(f"\n  {f.nat.kind.upper()} {f.nat.original} -> {f.nat.translated} ({safe(f.nat.where)})", style=CHANGE_STYLE)
     return t
 
 
@@ -219,6 +219,8 @@ def summary_line(f: Flow) -> Text:
     ttls = [h.ttl for h in req.hops]
     if ttls:
         parts.append(f"TTL {ttls[0]} -> {ttls[-1]}")
+    if f.nat:
+        parts.append(f"{f.nat.kind.upper()} {f.nat.original} -> {f.nat.translated} on {safe(f.nat.node)}")
     if enc:
         parts.append(f"{enc.type.upper()} VNI {enc.vni} on UDP {enc.udp_dport}, +{enc.bytes_added} bytes" if enc.udp_dport
                      else f"{enc.type.upper()} +{enc.bytes_added} bytes")

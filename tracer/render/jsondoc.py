@@ -35,7 +35,8 @@ def _packet(p: PacketTrace) -> dict:
 
 
 def _nat(n: Nat | None) -> dict | None:
-    return None if n is None else {"original": n.original, "translated": n.translated, "kind": n.kind, "point": n.point}
+    return None if n is None else {"original": n.original, "translated": n.translated, "kind": n.kind, "point": n.point,
+                                   "previous_point": n.previous_point}
 
 
 def _flow(f: Flow, summary: bool) -> dict:
