@@ -126,6 +126,7 @@ def test_proxy_arp_off_says_nothing_left_the_pod_and_why_and_exits_7(lab):
         proc = run_tracer("follow", "curl", "httpbin", "--timeout", "2", store=lab.store)
     finally:
         ns_run(node.netns, "sysctl", "-q", "-w", f"net.ipv4.conf.{pod.host_veth}.proxy_arp=1")
+        ns_run(pod.netns, "ip", "neigh", "flush", "all")  # (the FAILED entry would hold the next tests up)
     assert proc.returncode == 7, proc.stderr
     assert "request 1: failed: timed out" in proc.stdout
     assert "nothing left curl: no frame of the request at any point of the way" in proc.stdout
