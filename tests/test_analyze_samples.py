@@ -315,3 +315,38 @@ def test_a_first_hop_is_as_the_pod_sent_it_only_with_the_ttl_it_was_sent_with(ca
     # with the whole capture set, the SYN's first hop is curl's veth: as curl sent it
     whole = analyze_json(capsys, str(SAMPLES / "http-get"))
     assert next(p for p in whole["flows"][0]["packets"] if p["tcp_flags"] == "S")["hops"][0]["why"] == "as the pod sent it"
+
+
+@needs_tshark
+@pytest.mark.parametrize("summary", [False, True])
+def test_a_frame_missing_from_one_middle_capture_is_a_gap_not_a_drop(capsys, tmp_path, summary):
+    """One frame cut out of worker2/eth1 (as when tcpdump's buffer drops one): the packet was seen
+    before and after that point, so it was not lost there but not captured there: said so in
+    every view and in the JSON (`gaps`), counted apart from losses."""
+    import shutil
+    import subprocess
+    gap = tmp_path / "gap"
+    shutil.copytree(SAMPLES / "http-get", gap)
+    subprocess.run(["editcap", str(SAMPLES / "http-get" / "worker2" / "eth1.pcap"), str(gap / "worker2" / "eth1.pcap"),
+                    "4"], check=True, capture_output=True)
+    mode = ["--summary"] if summary else []
+    doc = analyze_json(capsys, str(gap), *mode)
+    [flow] = doc["flows"]
+    assert flow["summary"]["reached_end"] == 12 and flow["summary"]["stopped"] == {} and flow["summary"]["gaps"] == 1
+    segments = {(s["src"], s["dst"]): s for s in doc.get("summary", {}).get("segments", [])} if summary else {}
+    if summary:
+        seg = segments[("worker1/eth1", "worker2/eth1")]
+        assert (seg["lost"], seg["not_captured"]) == (0, 1)
+        assert sum(s["lost"] for s in segments.values()) == 0
+        return
+    [p] = [p for p in flow["packets"] if p["missing"]]
+    assert p["gaps"] == p["missing"] == ["worker2/eth1"] and p["last_seen"] == "httpbin/eth0"
+    code, text, err = run_cli(capsys, "analyze", str(gap))
+    assert code == 0, err
+    assert "not captured at worker2/eth1: seen before and after" in text and "stopped after" not in text
+    assert "stopped on the way" not in text and "1 not captured at a point it passed" in text
+    # the row sits where the packet passed the point: between worker1/eth1 and worker2/vxlan.calico
+    rows = [line.split()[:2] for line in text.splitlines() if line[:1] in "0123456789·" and len(line.split()) > 1]
+    [i] = [k for k, (mark, _) in enumerate(rows) if mark == "·"]
+    assert rows[i][1] == "worker2/eth1"
+    assert rows[i - 1] == ["4", "worker1/eth1"] and rows[i + 1] == ["5", "worker2/vxlan.calico"]

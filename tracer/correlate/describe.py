@@ -51,26 +51,31 @@ def build_trace(c: Correlation) -> Trace:
         if c.options.keep_packets:
             packets = _retransmissions(
                 [_packet(c, rec, client, ways, u) for rec, u in zip(f.records, f.uncovered, strict=True)], f.records)
+        gaps = 0
         per_point: dict[str, int] = {}
         stopped: dict[str, int] = {}
         reached = 0
         for sender, masks in f.masks.items():
             way = tuple_ways.get("request" if sender == client else "response", ())
             for mask, n in masks.items():
-                ids, got_there, stopped_at, _, segs = mask_on_way_seen(mask, way)
+                ids, got_there, stopped_at, _, segs, gap = mask_on_way_seen(mask, way)
+                if gap:
+                    gaps += n
                 for pid in ids:
                     per_point[pid] = per_point.get(pid, 0) + n
                 if got_there:
                     reached += n
                 elif stopped_at is not None:
                     stopped[stopped_at] = stopped.get(stopped_at, 0) + n
-                for seg, lost in segs:
+                for seg, lost, uncaptured in segs:
                     tot = seg_totals.get(seg)
                     if tot is None:
-                        tot = seg_totals[seg] = [0, 0]
+                        tot = seg_totals[seg] = [0, 0, 0]
                     tot[0] += n
                     if lost:
                         tot[1] += n
+                    elif uncaptured:
+                        tot[2] += n
         not_captured = 0
         for sender, unsure in f.unsure.items():
             way = tuple_ways.get("request" if sender == client else "response", ())
@@ -81,7 +86,7 @@ def build_trace(c: Correlation) -> Trace:
                     key = (pts[nxt].node, bool(after >> nxt & 1))
                     late[key] = late.get(key, 0) + n
         summary = FlowSummary(packets=f.packets, reached_end=reached, per_point=per_point, way=way_ids,
-                              stopped=stopped, not_captured=not_captured)
+                              stopped=stopped, not_captured=not_captured, gaps=gaps)
         flows_out.append(Flow(client=endpoint(client), server=server, protocol=PROTO_NAMES.get(f.proto, str(f.proto)),
                               nat=nat, packets=packets, summary=summary, http=f.http))
     order = point_order(c, all_ways)
@@ -91,11 +96,11 @@ def build_trace(c: Correlation) -> Trace:
         for i in order
     )
     segments = []
-    for (a, b), (n, lost) in seg_totals.items():
+    for (a, b), (n, lost, uncaptured) in seg_totals.items():
         shift = c.offsets.get(pts[a].node, 0.0) - c.offsets.get(pts[b].node, 0.0)
         median, p99 = c.segment_latency((a, b), (0.5, 0.99)) or (None, None)
         segments.append(SegmentStats(
-            src=pts[a].id, dst=pts[b].id, packets=n, lost=lost,
+            src=pts[a].id, dst=pts[b].id, packets=n, lost=lost, not_captured=uncaptured,
             latency_median=None if median is None else median + shift,
             latency_p99=None if p99 is None else p99 + shift))
     rank = {i: k for k, i in enumerate(order)}
@@ -187,11 +192,13 @@ def _packet(c: Correlation, seq: list[PacketSighting], client: tuple, ways: dict
     start = way.index(seq[0].point) if seq[0].point in way else 0
     unseen = [p for p in way[start:] if p not in seen]
     missing = tuple(c.points[p].id for p in unseen)
+    last = max((way.index(p) for p in seen if p in way), default=-1)
+    gaps = tuple(c.points[p].id for p in unseen if way.index(p) < last)
     not_captured = tuple(c.points[p].id for p in unseen if uncovered >> p & 1)
     flags = tcp_flags_str(first.tcp_flags) if first.proto == PROTO_TCP else None
     return PacketTrace(direction=direction, tcp_flags=flags, ip_id=first.ip_id or 0,
                        payload_bytes=first.payload_len or 0, hops=hops, last_seen=c.points[seq[-1].point].id,
-                       missing=missing, not_captured=not_captured, summary=packet_summary(first))
+                       missing=missing, not_captured=not_captured, gaps=gaps, summary=packet_summary(first))
 
 
 def _retransmissions(packets: list[PacketTrace], records: list[list[PacketSighting]]) -> tuple[PacketTrace, ...]:

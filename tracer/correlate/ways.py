@@ -18,7 +18,9 @@ from tracer.correlate.result import Correlation
 def mask_info(pts, mask: int, way: tuple[int, ...]) -> tuple:
     """What the packets that passed the points in `mask` add up to, on `way`: the points' ids,
     whether they reached its end, where they stopped if not and the point of the way they did
-    not reach (its index), and each step of the way they entered with whether they were lost on it."""
+    not reach (its index), each step of the way they entered with whether they were lost on it or
+    only not captured at its end (seen further on: a gap, not a loss), and whether they passed a
+    point of the way unseen."""
     ids = tuple(pts[i].id for i in range(len(pts)) if mask >> i & 1)
     got_there = bool(way) and bool(mask >> way[-1] & 1)
     stopped_at = next_point = None
@@ -26,8 +28,12 @@ def mask_info(pts, mask: int, way: tuple[int, ...]) -> tuple:
         seen = [k for k, p in enumerate(way) if mask >> p & 1]
         if seen:
             stopped_at, next_point = pts[way[seen[-1]]].id, way[seen[-1] + 1]
-    segs = tuple(((a, b), not mask >> b & 1) for a, b in zip(way, way[1:]) if mask >> a & 1)
-    return ids, got_there, stopped_at, next_point, segs
+    last = max((k for k, p in enumerate(way) if mask >> p & 1), default=-1)
+    segs = tuple(((a, b), not mask >> b & 1 and k + 1 > last, not mask >> b & 1 and k + 1 < last)
+                 for k, (a, b) in enumerate(zip(way, way[1:])) if mask >> a & 1)
+    first = min((k for k, p in enumerate(way) if mask >> p & 1), default=last)
+    gap = any(not mask >> way[k] & 1 for k in range(first + 1, last))
+    return ids, got_there, stopped_at, next_point, segs, gap
 
 
 def flow_ways(c: Correlation, f: FlowState, client: tuple, cache: dict | None = None) -> dict[str, list[int]]:

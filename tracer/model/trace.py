@@ -105,11 +105,19 @@ class PacketTrace:
     not_captured: tuple[str, ...] = ()
     """Those of `missing` whose node was not capturing when the packet went by (its captures
     begin later or end sooner): the packet may have passed them unseen."""
+    gaps: tuple[str, ...] = ()
+    """Those of `missing` the packet passed without being captured there: a later point of its way
+    saw it (a frame the capture dropped, not a loss)."""
     summary: str = ""
     """Short description, e.g. `SYN 10.1.38.203:56312 -> 10.1.201.77:80`."""
     retransmission: bool = False
     """A TCP segment sent again: data, SYN or FIN beginning before the end of what its direction
     had sent (Wireshark's rule; not a keep-alive, not the same IP packet seen twice, not a RST)."""
+
+    @property
+    def stopped(self) -> tuple[str, ...]:
+        """The points of `missing` it did not reach: it was lost before them (`gaps` aside)."""
+        return tuple(m for m in self.missing if m not in self.gaps)
 
     @property
     def headline(self) -> str:
@@ -155,6 +163,8 @@ class SegmentStats:
     lost: int
     latency_median: float | None
     latency_p99: float | None
+    not_captured: int = 0
+    """Packets that crossed the segment without being captured at its end (seen further on)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -171,6 +181,8 @@ class FlowSummary:
     not_captured: int = 0
     """Of the stopped packets, those whose next point's node was not capturing then: they may
     have gone on unseen (captures started at different times)."""
+    gaps: int = 0
+    """Packets seen before and after a point of their way but not at it (not lost: not captured)."""
 
 
 @dataclass(frozen=True, kw_only=True)

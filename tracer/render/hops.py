@@ -51,7 +51,8 @@ NARROW = 100
 """Below this many columns the hop tables stack each address pair over two lines."""
 
 
-def packet_table(p: PacketTrace, index: int, names: dict[str, str], narrow: bool = False) -> Table:
+def packet_table(p: PacketTrace, index: int, names: dict[str, str], narrow: bool = False,
+                 way: tuple[str, ...] | None = None) -> Table:
     """One row per hop: addresses stacked (L2 over L3) so that a hop fits a projector's width;
     what changed is highlighted in the row and said in a numbered note under the table.
     `narrow` (a terminal under 100 columns): each source over its destination too, and each
@@ -62,7 +63,7 @@ def packet_table(p: PacketTrace, index: int, names: dict[str, str], narrow: bool
     title.append(safe(p.headline))
     seen = len(p.hops)
     total = seen + len(p.missing)
-    title.append(f"  ({seen}/{total} points)", style="green" if not p.missing else "red")
+    title.append(f"  ({seen}/{total} points)", style="red" if p.stopped else ("yellow" if p.gaps else "green"))
     t = Table(title=title, title_justify="left", show_edge=False, pad_edge=False, expand=False,
               caption_justify="left", box=box.SIMPLE_HEAD)
     for col, kw in (("#", {"justify": "right"}), ("point", {}), ("dir", {}), ("+time", {"justify": "right"}),
@@ -72,7 +73,11 @@ def packet_table(p: PacketTrace, index: int, names: dict[str, str], narrow: bool
         t.add_column(col, no_wrap=not (narrow and col == "point"), **kw)
     sep = " →\n  " if narrow else " → "
     notes = Text()
+    gaps_before = _gaps_before(p, way or ())
     for i, h in enumerate(p.hops, 1):
+        for g in gaps_before.get(i, ()):
+            t.add_row("·", Text(_point_name(g, narrow), style="yellow"), "", "", "",
+                      Text("not captured here (seen before and after)", style="yellow"), "")
         ch = set(h.changes)
         addr = Text(f"{h.eth_src or '-'}{sep}{h.eth_dst or '-'}", style=CHANGE_STYLE if "mac" in ch else "")
         addr.append("\n")
@@ -84,11 +89,15 @@ def packet_table(p: PacketTrace, index: int, names: dict[str, str], narrow: bool
         t.add_row(str(i), Text(_point_name(h.point, narrow)), h.direction, duration(h.offset), ttl, addr, encap)
         notes.append(f"{i:>2} ", style="dim")
         notes.append(safe(h.why) + "\n", style=ENCAP_STYLE if ch & {"encap", "decap"} else ("yellow" if ch else "dim"))
-    for m in p.missing:
+    stopped = p.stopped
+    for m in stopped:
         unsure = " (nothing captured then)" if m in p.not_captured else ""
         t.add_row("✗", Text(_point_name(m, narrow), style="red"), "", "", "", Text("not seen here" + unsure, style="red"), "")
-    if p.missing:
-        notes.append(f" ✗ stopped after {safe(p.last_seen)}: not seen at {', '.join(safe(m) for m in p.missing)}\n",
+    if p.gaps:
+        notes.append(f" · not captured at {', '.join(safe(m) for m in p.gaps)}: seen before and after (a frame the "
+                     "capture missed, not a loss)\n", style="yellow")
+    if stopped:
+        notes.append(f" ✗ stopped after {safe(p.last_seen)}: not seen at {', '.join(safe(m) for m in stopped)}\n",
                      style="red")
     if p.not_captured:
         notes.append(f" ? {', '.join(safe(m) for m in p.not_captured)}: their node captured nothing at that time (a "
@@ -97,6 +106,18 @@ def packet_table(p: PacketTrace, index: int, names: dict[str, str], narrow: bool
     notes.rstrip()
     t.caption = notes
     return t
+
+
+def _gaps_before(p: PacketTrace, way: tuple[str, ...]) -> dict[int, list[str]]:
+    """Hop number -> the points of `p.gaps` that come just before that hop on the way (their rows
+    go between the hops, where the packet passed them)."""
+    out: dict[int, list[str]] = {}
+    place = {pt: k for k, pt in enumerate(way)}
+    for g in p.gaps:
+        k = place.get(g)
+        hop = next((i for i, h in enumerate(p.hops, 1) if k is not None and place.get(h.point, -1) > k), len(p.hops))
+        out.setdefault(hop, []).append(g)
+    return out
 
 
 def _point_name(point: str, narrow: bool) -> str:
@@ -210,7 +231,7 @@ def flow_header(f: Flow, index: int, names: dict[str, str]) -> Text:
 
 def summary_line(f: Flow) -> Text:
     """MAC rewrites, encapsulation (VNI, port, +bytes), hops: the request's way in one line."""
-    req = next((p for p in f.packets if p.direction == "request" and not p.missing), None) or (f.packets[0] if f.packets else None)
+    req = next((p for p in f.packets if p.direction == "request" and not p.stopped), None) or (f.packets[0] if f.packets else None)
     if req is None:
         return Text("")
     macs = sum(1 for h in req.hops if "mac" in h.changes)
@@ -224,9 +245,12 @@ def summary_line(f: Flow) -> Text:
     if enc:
         parts.append(f"{enc.type.upper()} VNI {enc.vni} on UDP {enc.udp_dport}, +{enc.bytes_added} bytes" if enc.udp_dport
                      else f"{enc.type.upper()} +{enc.bytes_added} bytes")
-    lost = sum(1 for p in f.packets if p.missing)
+    lost = sum(1 for p in f.packets if p.stopped)
     if lost:
         parts.append(f"{lost} packet{'s' if lost != 1 else ''} stopped on the way")
+    gaps = sum(1 for p in f.packets if p.gaps)
+    if gaps:
+        parts.append(f"{gaps} not captured at a point {'they' if gaps != 1 else 'it'} passed")
     return Text("summary: " + ", ".join(parts), style="bold")
 
 
@@ -241,7 +265,8 @@ def render_hops(trace: Trace, console: Console, flows: list[Flow], names: dict[s
     for f in flows:
         console.print(flow_header(f, number[id(f)], names))
         for pi, p in enumerate(f.packets, 1):
-            table = packet_table(p, pi, names, narrow=console.width < NARROW)
+            way = f.summary.way.get(p.direction) if f.summary else None
+            table = packet_table(p, pi, names, narrow=console.width < NARROW, way=way)
             laid_out = lay_out(table, console)
             if laid_out is not None:
                 console.print(laid_out, soft_wrap=True)

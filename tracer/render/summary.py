@@ -30,10 +30,12 @@ def render_summary(trace: Trace, console: Console, flows: list[Flow]) -> None:
         console.print(f"... and {len(flows) - 50:,} more flows (--output json lists all)", style="dim")
     st = Table(title="segments (consecutive points of the ways), latency: median and 99th percentile",
                title_justify="left", show_edge=False, pad_edge=False)
-    for col in ("from", "to", "packets", "lost", "median", "p99"):
+    uncaptured = any(s.not_captured for s in trace.segments)  # (a column only when there is something in it)
+    for col in ("from", "to", "packets", "lost", *(("not captured",) if uncaptured else ()), "median", "p99"):
         st.add_column(col, overflow="fold")
     for s in trace.segments:
-        st.add_row(safe(s.src), safe(s.dst), f"{s.packets:,}", Text(f"{s.lost:,}", style="red" if s.lost else ""),
+        gap = (Text(f"{s.not_captured:,}", style="yellow" if s.not_captured else ""),) if uncaptured else ()
+        st.add_row(safe(s.src), safe(s.dst), f"{s.packets:,}", Text(f"{s.lost:,}", style="red" if s.lost else ""), *gap,
                    duration(s.latency_median), duration(s.latency_p99))
     console.print(st)
     render_footer(trace, console)
