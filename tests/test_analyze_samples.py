@@ -153,7 +153,12 @@ def test_vxlan_drop_stops_after_worker2_nic(capsys):
         assert "worker2/vxlan.calico" in p["missing"] and doc["dst"]["host_veth"] in p["missing"][1]
         for hop, exp in zip(p["hops"], expected_request_hops(doc)):
             assert (hop["eth_src"], hop["eth_dst"]) == exp["eth"]
+        # what to look at: taken in on the NIC, never on the tunnel device (record.py drops UDP 4789 there)
+        assert p["hint"].startswith("worker2 took it in on eth1 but vxlan.calico never had it: look for a rule "
+                                    "dropping the tunnel's UDP port on worker2")
     assert {p["id"]: p["packets"] for p in d["points"]}["worker2/vxlan.calico"] == 0
+    text = run_cli(capsys, "analyze", str(SAMPLES / "vxlan-drop"))[1]
+    assert "no answer: SYN sent 2 times, no SYN-ACK seen" in text.split("summary: ", 1)[1]
 
 
 def test_policy_drop_stops_after_the_clients_veth(capsys):
@@ -169,6 +174,8 @@ def test_policy_drop_stops_after_the_clients_veth(capsys):
         assert [h["ttl"] for h in p["hops"]] == TTLS[:2]
         assert [(h["eth_src"], h["eth_dst"]) for h in p["hops"]] == [e["eth"] for e in expected_request_hops(doc)[:2]]
         assert p["last_seen"] == way[1] and p["missing"] == way[2:]
+        assert p["hint"].startswith(f"worker1 got it from the pod on {doc['src']['host_veth']} but did not send it "
+                                    "on: look for a policy drop")
     assert [p["retransmission"] for p in flow["packets"]] == [False, True]
 
 

@@ -6,7 +6,9 @@ from __future__ import annotations
 from dataclasses import replace
 
 from tracer.correlate.flows import FlowState
-from tracer.correlate.changes import PROTO_NAMES, encapsulation, endpoint, hop_changes, hop_why, packet_summary
+from tracer.correlate.changes import (
+    PROTO_NAMES, drop_hint, encapsulation, endpoint, hop_changes, hop_why, packet_summary,
+)
 from tracer.correlate.order import PacketSighting
 from tracer.correlate.result import Correlation
 from tracer.correlate.ways import flow_ways, point_order
@@ -194,11 +196,15 @@ def _packet(c: Correlation, seq: list[PacketSighting], client: tuple, ways: dict
     missing = tuple(c.points[p].id for p in unseen)
     last = max((way.index(p) for p in seen if p in way), default=-1)
     gaps = tuple(c.points[p].id for p in unseen if way.index(p) < last)
+    after = [p for p in unseen if way.index(p) > last]
+    hint = ""
+    if after and not uncovered >> after[0] & 1 and seq[-1].point in way:
+        hint = drop_hint(c.points[way[last]], c.points[after[0]])
     not_captured = tuple(c.points[p].id for p in unseen if uncovered >> p & 1)
     flags = tcp_flags_str(first.tcp_flags) if first.proto == PROTO_TCP else None
     return PacketTrace(direction=direction, tcp_flags=flags, ip_id=first.ip_id or 0,
                        payload_bytes=first.payload_len or 0, hops=hops, last_seen=c.points[seq[-1].point].id,
-                       missing=missing, not_captured=not_captured, gaps=gaps, summary=packet_summary(first))
+                       missing=missing, not_captured=not_captured, gaps=gaps, hint=hint, summary=packet_summary(first))
 
 
 def _retransmissions(packets: list[PacketTrace], records: list[list[PacketSighting]]) -> tuple[PacketTrace, ...]:

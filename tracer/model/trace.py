@@ -108,6 +108,10 @@ class PacketTrace:
     gaps: tuple[str, ...] = ()
     """Those of `missing` the packet passed without being captured there: a later point of its way
     saw it (a frame the capture dropped, not a loss)."""
+    hint: str = ""
+    """For a packet that stopped: what to look at, from the roles of where it was last seen and
+    where it was not seen next ("" when they tell nothing, or when the next point's node was
+    not capturing then)."""
     summary: str = ""
     """Short description, e.g. `SYN 10.1.38.203:56312 -> 10.1.201.77:80`."""
     retransmission: bool = False

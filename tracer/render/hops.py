@@ -99,6 +99,8 @@ def packet_table(p: PacketTrace, index: int, names: dict[str, str], narrow: bool
     if stopped:
         notes.append(f" ✗ stopped after {safe(p.last_seen)}: not seen at {', '.join(safe(m) for m in stopped)}\n",
                      style="red")
+        if p.hint:
+            notes.append(f"   {safe(p.hint)}\n", style="red")
     if p.not_captured:
         notes.append(f" ? {', '.join(safe(m) for m in p.not_captured)}: their node captured nothing at that time (a "
                      "capture begun later or ended sooner?): if it was not capturing, the packet may have gone on "
@@ -245,6 +247,9 @@ def summary_line(f: Flow) -> Text:
     if enc:
         parts.append(f"{enc.type.upper()} VNI {enc.vni} on UDP {enc.udp_dport}, +{enc.bytes_added} bytes" if enc.udp_dport
                      else f"{enc.type.upper()} +{enc.bytes_added} bytes")
+    syns = [p for p in f.packets if p.tcp_flags == "S"]
+    if syns and not any(p.tcp_flags == "SA" for p in f.packets):
+        parts.append(f"no answer: SYN sent {len(syns)} time{'s' if len(syns) != 1 else ''}, no SYN-ACK seen")
     lost = sum(1 for p in f.packets if p.stopped)
     if lost:
         parts.append(f"{lost} packet{'s' if lost != 1 else ''} stopped on the way")

@@ -30,7 +30,7 @@ def _packet(p: PacketTrace) -> dict:
     return {
         "direction": p.direction, "tcp_flags": p.tcp_flags, "ip_id": p.ip_id, "payload_bytes": p.payload_bytes,
         "summary": p.summary, "hops": [_hop(h) for h in p.hops], "last_seen": p.last_seen, "missing": list(p.missing),
-        "not_captured": list(p.not_captured), "gaps": list(p.gaps), "retransmission": p.retransmission,
+        "not_captured": list(p.not_captured), "gaps": list(p.gaps), "hint": p.hint, "retransmission": p.retransmission,
     }
 
 
