@@ -357,3 +357,19 @@ def test_a_frame_missing_from_one_middle_capture_is_a_gap_not_a_drop(capsys, tmp
     [i] = [k for k, (mark, _) in enumerate(rows) if mark == "·"]
     assert rows[i][1] == "worker2/eth1"
     assert rows[i - 1] == ["4", "worker1/eth1"] and rows[i + 1] == ["5", "worker2/vxlan.calico"]
+
+
+def test_without_path_json_an_eth0_that_saw_nothing_alone_is_not_called_underlay(capsys, tmp_path):
+    """pcaps/policy-drop without its path.json: httpbin/eth0 saw nothing (the SYNs were dropped
+    on worker1), so nothing tells a pod's eth0 from a node's NIC: 'unknown', not 'underlay';
+    curl/eth0 (Calico's MAC in its frames) stays a pod veth, the nodes' eth1 (beside their
+    other points) underlay NICs."""
+    import shutil
+    shutil.copytree(SAMPLES / "policy-drop", tmp_path / "pd")
+    (tmp_path / "pd" / "path.json").unlink()
+    roles = {p["id"]: p["role"] for p in analyze_json(capsys, str(tmp_path / "pd"))["points"]}
+    assert roles["httpbin/eth0"] == "unknown" and roles["curl/eth0"] == "pod-veth"
+    assert roles["worker1/eth1"] == roles["worker2/eth1"] == "underlay"
+    # with path.json the pods are known: their eth0 are pod veths, seen or not
+    roles = {p["id"]: p["role"] for p in analyze_json(capsys, str(SAMPLES / "policy-drop"))["points"]}
+    assert roles["httpbin/eth0"] == roles["curl/eth0"] == "pod-veth"

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator
 from tracer.capture.fastpath import pcap_sightings
 from tracer.capture.inputs import CaptureInput, total_size, whole_node
 from tracer.capture.pcapio import open_capture, pcapng_head, resume_records
-from tracer.capture.roles import infer_role, role_from_name
+from tracer.capture.roles import AMBIGUOUS_NAME, infer_role, role_from_name
 from tracer.capture.sightings import PointStats, from_frame
 from tracer.capture.workers import Workers
 from tracer.decode import LINKTYPE_ETHERNET, decode
@@ -99,10 +99,17 @@ class CaptureSet:
     def settle_roles(self, pods: frozenset[str]) -> None:
         """Each point's role from what its frames told, once everything is read (until then, from
         its interface's name): the points of pods captured as `<pod>/<interface>` are pod veths."""
+        per_node: dict[str, int] = {}
+        for pt in self.points:
+            per_node[pt.node] = per_node.get(pt.node, 0) + 1
         for pt in self.points:
             st = pt.stats
             pt.role = "pod-veth" if pt.node in pods else infer_role(
                 pt.interface, encapsulated=st.encapsulated, frames=st.frames, calico_mac_seen=st.calico_mac)
+            if pt.node not in pods and not st.frames and per_node[pt.node] == 1 and AMBIGUOUS_NAME.match(pt.interface):
+                # A lone eth0 that saw nothing (as a pod's own capture a packet never reached): a
+                # pod's eth0 or a node's NIC, nothing tells which (a node's has its other points).
+                pt.role = "unknown"
 
     def note_empty_captures(self) -> None:
         """When every capture is a pcap header and nothing else, say why that happens: tcpdump

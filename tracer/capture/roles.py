@@ -18,6 +18,10 @@ NAME_RULES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
 )
 
 
+AMBIGUOUS_NAME = re.compile(r"^eth\d+$")
+"""Names that pods and nodes alike give their interfaces: only traffic tells which it is."""
+
+
 def role_from_name(interface: str) -> str | None:
     for pattern, role in NAME_RULES:
         if pattern.match(interface):
