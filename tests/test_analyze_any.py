@@ -135,3 +135,17 @@ def test_captures_of_just_the_pcap_header_say_why_they_are_empty(capsys, tmp_pat
         (SAMPLES / "http-get" / "worker1" / "vxlan.calico.pcap").read_bytes())
     doc = json.loads(run_cli(capsys, "analyze", str(tmp_path), "-o", "json", *mode)[1])
     assert not any("pcap header" in w for w in doc["warnings"])
+
+
+@pytest.mark.parametrize("summary", [False, True])
+def test_a_point_named_without_its_node_is_refused_unless_the_file_is_a_whole_node(capsys, summary):
+    mode = ["--summary"] if summary else []
+    eth1 = SAMPLES / "http-get" / "worker1" / "eth1.pcap"
+    code, out, err = run_cli(capsys, "analyze", "--point", f"eth1={eth1}", *mode)
+    assert code == 2 and out == "" and f"--point eth1={eth1}: a point is NODE/INTERFACE" in err
+    assert f"hint: e.g. --point worker1/eth1={eth1}" in err and "Traceback" not in err
+    # NODE alone is right for a tcpdump -i any capture: one point per interface of that node
+    code, out, err = run_cli(capsys, "analyze", "--point", f"worker1={SAMPLES / 'any-http-get' / 'worker1' / 'any.pcap'}",
+                             "-o", "json", *mode)
+    assert code == 0, err
+    assert {p["node"] for p in json.loads(out)["points"]} == {"worker1"}

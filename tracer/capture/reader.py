@@ -20,6 +20,7 @@ from tracer.capture.roles import AMBIGUOUS_NAME, infer_role, role_from_name
 from tracer.capture.sightings import PointStats, from_frame
 from tracer.capture.workers import Workers
 from tracer.decode import LINKTYPE_ETHERNET, decode
+from tracer.errors import UsageError
 
 BATCH = 1024  # sightings the general reader hands on at once
 PCAP_HEADER = 24  # bytes of a pcap file's header: a file of just that holds no packet
@@ -172,6 +173,11 @@ class CaptureSet:
         name = iface.name or ""
         if inp.split_node is not None and name in ("", "any") and whole_node(inp.path, i, iface):
             return None
+        if inp.forced and inp.split_node is not None and inp.node == "-":
+            # (--point NAME=FILE with NAME a node: only a whole node's capture can be that)
+            raise UsageError(f"--point {inp.interface}={inp.path}: a point is NODE/INTERFACE; NODE alone names a "
+                             "`tcpdump -i any` capture of every interface of a node, and this file is not one",
+                             f"e.g. --point worker1/{inp.interface}={inp.path}")
         if inp.forced or not name:
             return self._point(inp.node, inp.interface, inp.path)
         if "/" in name:
