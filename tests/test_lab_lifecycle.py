@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -125,3 +126,17 @@ def test_api_loads_the_running_lab_from_state(lab, store: StateStore) -> None:
     assert none.value.hint == "run: tracer lab up"
     with pytest.raises(NotFoundError, match="no pod 'nginx'"):
         again.pod("nginx")
+
+
+def test_up_without_the_httpbin_packages_says_what_to_install_and_builds_nothing(store: StateStore, monkeypatch):
+    from tracer.cluster.lab import control
+    monkeypatch.setattr(control, "HTTPBIN_MODULES", ("httpbin", "tracer_test_no_such_module"))
+    with pytest.raises(LabError) as e:
+        up(exercise(), store=store)
+    assert "need the Python packages tracer_test_no_such_module" in e.value.message
+    assert e.value.hint.startswith(f"{sys.executable} -m pip install tracer_test_no_such_module")
+    assert leftovers(store) == [] and store.load() is None
+    # and they are tracer's own dependencies, so a plain install has them
+    import tomllib
+    deps = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert {d.split(">")[0] for d in deps} >= {"httpbin", "gunicorn"}

@@ -7,6 +7,7 @@ waits for them; the wiring itself is the CNI mode's builder module (`BUILDERS`).
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 import subprocess
 import sys
@@ -190,6 +191,7 @@ def up(topology: Topology, *, store: StateStore | None = None, progress: Progres
         )
     if topology.cni not in BUILDERS:
         raise UsageError(f"no lab builder for CNI mode {topology.cni!r}", hint="modes: " + ", ".join(BUILDERS))
+    _check_httpbin_installed(topology)
     names = Names(prefix=store.prefix)
     wanted = names.all(topology)
     if taken := [n for n in wanted if netns.exists(n)]:
@@ -239,6 +241,22 @@ def _teardown(state: LabState, store: StateStore) -> None:
         stop_process(proc)
     netns.delete(state.namespaces)
     store.remove(state)
+
+
+HTTPBIN_MODULES = ("httpbin", "gunicorn")
+"""What the lab's httpbin pods run: the real httpbin application under gunicorn, in this Python."""
+
+
+def _check_httpbin_installed(topology: Topology) -> None:
+    """Before anything is built: the httpbin pods' Python packages are there (else the lab would
+    fail half-built, its reason in a log)."""
+    if not any(p.app == "httpbin" for p in topology.pods):
+        return
+    missing = [m for m in HTTPBIN_MODULES if importlib.util.find_spec(m) is None]
+    if missing:
+        raise LabError(f"the lab's httpbin pods need the Python packages {', '.join(missing)}, which this Python "
+                       f"({sys.executable}) does not have",
+                       hint=f"{sys.executable} -m pip install {' '.join(missing)}   (they come with tracer itself)")
 
 
 def _start_httpbin(ns: str, log_path: Any) -> ProcessRecord:
