@@ -140,3 +140,14 @@ def test_up_without_the_httpbin_packages_says_what_to_install_and_builds_nothing
     import tomllib
     deps = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())["project"]["dependencies"]
     assert {d.split(">")[0] for d in deps} >= {"httpbin", "gunicorn"}
+
+
+def test_exec_reaches_the_underlay_segment_too(lab) -> None:
+    """The nodes' L2 segment is part of the lab: `bridge fdb` on its switch shows the nodes' NICs
+    it learnt once traffic crossed it."""
+    assert lab.exec("curl", ["curl", "-s", "-o", "/dev/null", "--max-time", "5", "http://172.18.104.14/get"]).returncode == 0
+    proc = run_tracer("lab", "exec", "underlay", "--", "bridge", "fdb", "show", "dev", "br0", store=lab.store)
+    assert proc.returncode == 0, proc.stderr
+    proc = run_tracer("lab", "exec", "underlay", "--", "bridge", "fdb", "show", store=lab.store)
+    nics = {lab.node(n).underlay_mac for n in ("worker1", "worker2")}
+    assert proc.returncode == 0 and all(mac in proc.stdout for mac in nics), proc.stdout

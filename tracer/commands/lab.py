@@ -49,7 +49,8 @@ def status_cmd(output: str) -> None:
 @click.argument("target")
 @click.argument("argv", nargs=-1, required=True, type=click.UNPROCESSED)
 def exec_cmd(target: str, argv: tuple[str, ...]) -> int:
-    """Run a command in a pod's or node's namespace: tracer lab exec curl -- ip route."""
+    """Run a command in a pod's or node's namespace (or `underlay`, the nodes' L2 segment):
+    tracer lab exec curl -- ip route, tracer lab exec underlay -- bridge fdb."""
     lab.require_root("lab exec")  # before the command line's own check, so a user hears of root first
     if argv[:1] == ("--",):
         argv = argv[1:]

@@ -21,7 +21,7 @@ from tracer.model import PodRef
 from tracer.errors import LabError, NotFoundError, PermissionError_, UsageError
 from tracer.cluster.lab import netns
 from tracer.cluster.lab.state import LabState, ProcessRecord, StateStore, process_start_time, stop_process
-from tracer.cluster.lab.topology import CALI_MAC, CALICO_VXLAN, Names, Topology
+from tracer.cluster.lab.topology import CALI_MAC, CALICO_VXLAN, UNDERLAY, Names, Topology
 
 # CNI mode -> module with `build(topology, names)`. Flannel or IPIP would be one more line.
 BUILDERS = {CALICO_VXLAN: "tracer.cluster.lab.calico_vxlan"}
@@ -128,13 +128,17 @@ class Lab:
         raise NotFoundError(f"no node {name!r} in the lab", hint="nodes: " + ", ".join(n.name for n in self.nodes))
 
     def netns(self, name: str) -> str:
-        """Namespace of a pod or node, by name."""
+        """Namespace of a pod or node, by name; `underlay` is the L2 segment between the nodes (its
+        bridge is the switch the nodes' NICs hang on: `bridge fdb` there shows what it learnt)."""
         for item in (*self.pods, *self.nodes):
             if item.name == name:
                 return item.netns
+        if name == UNDERLAY:
+            return Names(prefix=self.state.prefix).underlay
         raise NotFoundError(
             f"no pod or node {name!r} in the lab",
-            hint="pods: " + ", ".join(p.name for p in self.pods) + "; nodes: " + ", ".join(n.name for n in self.nodes),
+            hint="pods: " + ", ".join(p.name for p in self.pods) + "; nodes: " + ", ".join(n.name for n in self.nodes)
+            + f"; the nodes' L2 segment: {UNDERLAY}",
         )
 
     def argv(self, name: str, argv: Sequence[str]) -> list[str]:
