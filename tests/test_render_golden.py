@@ -140,3 +140,18 @@ def test_direct_layout_is_what_rich_lays_out(scenario):
             assert used == len(packets), width
         if width == 60:
             assert used == 0  # too narrow for the hop tables as they are: rich folds them
+
+
+def test_only_what_changed_at_a_hop_is_highlighted():
+    """At worker1/vxlan.calico the MACs and the TTL change, the addresses do not: the L3 line is
+    left plain (a Text's base style once coloured it with the MAC line)."""
+    way, names, *_ = read_path_file(str(SAMPLES / "http-get" / "path.json"))
+    trace, _ = correlate(AnalyzeRequest(paths=(str(SAMPLES / "http-get"),), way=way, names=names))
+    p = trace.flows[0].packets[0]
+    hop = next(i for i, h in enumerate(p.hops) if h.point == "worker1/vxlan.calico")
+    assert set(p.hops[hop].changes) == {"mac", "ttl"}
+    table = hops.packet_table(p, 1, names)
+    addr = table.columns[5]._cells[hop]
+    mac_line, ip_line = addr.plain.split("\n")[:2]
+    styled = {addr.plain[s.start:s.end] for s in addr.spans if s.style == hops.CHANGE_STYLE}
+    assert mac_line in styled and ip_line not in styled and not addr.style

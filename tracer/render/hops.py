@@ -79,7 +79,8 @@ def packet_table(p: PacketTrace, index: int, names: dict[str, str], narrow: bool
             t.add_row("·", Text(_point_name(g, narrow), style="yellow"), "", "", "",
                       Text("not captured here (seen before and after)", style="yellow"), "")
         ch = set(h.changes)
-        addr = Text(f"{h.eth_src or '-'}{sep}{h.eth_dst or '-'}", style=CHANGE_STYLE if "mac" in ch else "")
+        addr = Text()  # (each line its own style: a Text's base style would colour the lines after it too)
+        addr.append(f"{h.eth_src or '-'}{sep}{h.eth_dst or '-'}", style=CHANGE_STYLE if "mac" in ch else "")
         addr.append("\n")
         addr.append(f"{h.ip_src}{sep}{h.ip_dst}", style=CHANGE_STYLE if ch & {"dnat", "snat"} else "")
         encap = _encap_text(h)
