@@ -151,3 +151,35 @@ def test_exec_reaches_the_underlay_segment_too(lab) -> None:
     proc = run_tracer("lab", "exec", "underlay", "--", "bridge", "fdb", "show", store=lab.store)
     nics = {lab.node(n).underlay_mac for n in ("worker1", "worker2")}
     assert proc.returncode == 0 and all(mac in proc.stdout for mac in nics), proc.stdout
+
+
+def test_more_pods_on_a_node_give_a_class_the_same_node_way(store: StateStore) -> None:
+    proc = run_tracer("lab", "up", "--pod", "httpbin2=worker1", "--pod", "client2=worker2:curl", store=store)
+    assert proc.returncode == 0, proc.stderr
+    try:
+        status = json.loads(run_tracer("lab", "status", "-o", "json", store=store, check=True).stdout)
+        pods = {p["name"]: p for p in status["pods"]}
+        assert (pods["httpbin2"]["node"], pods["httpbin2"]["ip"]) == ("worker1", "172.18.166.140")
+        assert (pods["client2"]["node"], pods["client2"]["ip"]) == ("worker2", "172.18.104.15")
+        doc = json.loads(run_tracer("follow", "curl", "httpbin2", "-o", "json", store=store, check=True).stdout)
+        assert doc["follow"]["curl"][0]["status"] == 200
+        assert [p["id"] for p in doc["points"] if p["packets"]] == [
+            f"worker1/{pods['curl']['host_veth']}", f"worker1/{pods['httpbin2']['host_veth']}"]
+        doc = json.loads(run_tracer("follow", "client2", "httpbin", "-o", "json", store=store, check=True).stdout)
+        assert doc["follow"]["curl"][0]["status"] == 200
+    finally:
+        run_tracer("lab", "down", store=store)
+    assert leftovers(store) == []
+
+
+@pytest.mark.parametrize("spec, words", [
+    ("x=worker9", "the lab has no node 'worker9'"),
+    ("Bad_Name=worker1", "is not a pod name"),
+    ("curl=worker1", "has a pod or node 'curl' already"),
+    ("x=worker1:nginx", "the app is one of curl, httpbin"),
+    ("x", "expected NAME=NODE[:APP]"),
+])
+def test_a_bad_extra_pod_is_refused_before_anything_is_built(store: StateStore, spec: str, words: str) -> None:
+    proc = run_tracer("lab", "up", "--pod", spec, store=store)
+    assert proc.returncode == 2 and words in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert leftovers(store) == []

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from tracer.cluster.lab import Lab, StateStore, exercise, netns, require_root
+from tracer.cluster.lab.topology import with_pods
 from tracer.cluster.lab import down as remove_lab, up as build_lab
 from tracer.errors import ExitCode
 from tracer.model.lab import LabNodeView, LabPodView, LabRemoved, LabUp, LabView, NoLab
@@ -20,10 +21,11 @@ __all__ = ["Progress", "down", "exec_in", "require_root", "status", "up", "view"
 # own command line, as it always has.
 
 
-def up(nodes: int, progress: Progress = lambda _: None) -> LabUp:
-    """Build the exercise's lab with `nodes` nodes (TRACER_LAB_PREFIX / TRACER_STATE_DIR); on
-    failure nothing is left behind. A bad node count is reported before the need for root."""
-    topology = exercise(nodes)
+def up(nodes: int, progress: Progress = lambda _: None, pods: tuple[tuple[str, str, str], ...] = ()) -> LabUp:
+    """Build the exercise's lab with `nodes` nodes and the extra `pods` (name, node, app)
+    (TRACER_LAB_PREFIX / TRACER_STATE_DIR); on failure nothing is left behind. A bad node count
+    or pod is reported before the need for root."""
+    topology = with_pods(exercise(nodes), pods)
     start = time.monotonic()
     lab = build_lab(topology, progress=progress)
     return LabUp(lab=view(lab), seconds=time.monotonic() - start)

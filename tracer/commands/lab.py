@@ -18,11 +18,21 @@ def command() -> None:
 @command.command("up")
 @click.option("--nodes", "nodes", type=int, default=2, show_default=True,
               help="Number of nodes; each node after worker2 gets a pod podN serving httpbin.")
-def up_cmd(nodes: int) -> None:
-    """Build the lab (needs root); fails cleanly, leaving nothing behind."""
+@click.option("--pod", "pods", multiple=True, metavar="NAME=NODE[:APP]",
+              help="One more pod on NODE, serving httpbin (APP httpbin, the default) or a client (curl), at the "
+                   "next free address of the node's block. Repeatable.")
+def up_cmd(nodes: int, pods: tuple[str, ...]) -> None:
+    """Build the lab (needs root); fails cleanly, leaving nothing behind.
+
+    \b
+    Examples:
+      tracer lab up
+      tracer lab up --pod httpbin2=worker1    # the same-node way beside the other: path curl httpbin2
+    """
+    extra = tuple(_pod_spec(p) for p in pods)
     err = Console(stderr=True)
     with building(err) as progress:
-        result = lab.up(nodes, progress)
+        result = lab.up(nodes, progress, extra)
     render_up(result, err, stdout_console())
 
 
@@ -57,3 +67,11 @@ def exec_cmd(target: str, argv: tuple[str, ...]) -> int:
     if not argv:
         raise click.UsageError("no command given: tracer lab exec POD|NODE -- CMD...")
     return lab.exec_in(target, argv)
+
+
+def _pod_spec(spec: str) -> tuple[str, str, str]:
+    name, sep, where = spec.partition("=")
+    node, _, app = where.partition(":")
+    if not (sep and name and node):
+        raise click.UsageError(f"--pod {spec!r}: expected NAME=NODE[:APP], e.g. --pod httpbin2=worker1")
+    return name, node, app or "httpbin"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import ipaddress
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -144,6 +145,35 @@ def exercise(nodes: int = 2) -> Topology:
         node_specs.append(_node(i, f"172.18.{i}.0/26"))
         pod_specs.append(_pod(f"pod{i}", f"worker{i}", f"172.18.{i}.10", "httpbin"))
     return Topology(nodes=tuple(node_specs), pods=tuple(pod_specs))
+
+
+APPS = ("curl", "httpbin")
+_POD_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,30}[a-z0-9])?$")
+
+
+def with_pods(topology: Topology, extra: tuple[tuple[str, str, str], ...]) -> Topology:
+    """The topology with more pods, each (name, node, app), at the next free address of its
+    node's block: e.g. a second httpbin on worker1, to compare the same-node way with the other."""
+    pods = list(topology.pods)
+    for name, node, app in extra:
+        if not _POD_NAME.match(name) or name == UNDERLAY:
+            raise UsageError(f"--pod {name}={node}: {name!r} is not a pod name (lowercase letters, digits, '-')")
+        if any(p.name == name for p in pods) or any(n.name == name for n in topology.nodes):
+            raise UsageError(f"--pod {name}={node}: the lab has a pod or node {name!r} already")
+        spec = next((n for n in topology.nodes if n.name == node), None)
+        if spec is None:
+            raise UsageError(f"--pod {name}={node}: the lab has no node {node!r}",
+                             hint="nodes: " + ", ".join(n.name for n in topology.nodes))
+        if app not in APPS:
+            raise UsageError(f"--pod {name}={node}:{app}: the app is one of {', '.join(APPS)}")
+        hosts = list(ipaddress.IPv4Network(spec.block).hosts())
+        used = {ipaddress.IPv4Address(p.ip) for p in pods} | {ipaddress.IPv4Address(spec.tunnel_ip)}
+        mine = [h for h in hosts if h in used]
+        free = [h for h in hosts if h not in used and (not mine or h > max(mine))] or [h for h in hosts if h not in used]
+        if not free:
+            raise UsageError(f"--pod {name}={node}: no address left in {node}'s block {spec.block}")
+        pods.append(_pod(name, node, str(free[0]), app))
+    return dataclasses.replace(topology, pods=tuple(pods))
 
 
 UNDERLAY = "underlay"
