@@ -373,3 +373,26 @@ def test_without_path_json_an_eth0_that_saw_nothing_alone_is_not_called_underlay
     # with path.json the pods are known: their eth0 are pod veths, seen or not
     roles = {p["id"]: p["role"] for p in analyze_json(capsys, str(SAMPLES / "policy-drop"))["points"]}
     assert roles["httpbin/eth0"] == roles["curl/eth0"] == "pod-veth"
+
+
+@needs_tshark
+def test_a_capture_cut_short_gives_gaps_and_puts_the_encapsulation_on_its_node(capsys, tmp_path):
+    """worker1/eth1's capture cut after its 6th frame: the later packets pass it uncaptured (a gap,
+    in both directions, never 'stopped after' their own destination), and the request's VXLAN
+    encapsulation is said to happen on worker1, though first seen at worker2/eth1."""
+    import shutil
+    import subprocess
+    cut = tmp_path / "cut"
+    shutil.copytree(SAMPLES / "http-get", cut)
+    subprocess.run(["editcap", "-r", str(SAMPLES / "http-get" / "worker1" / "eth1.pcap"), str(cut / "worker1" / "eth1.pcap"),
+                    "1-6"], check=True, capture_output=True)
+    [flow] = analyze_json(capsys, str(cut))["flows"]
+    late = flow["packets"][6:]
+    assert late and all(p["gaps"] == ["worker1/eth1"] and not p["hint"] for p in late)
+    assert {p["direction"] for p in late} == {"request", "response"}
+    for p in late:
+        if p["direction"] == "request":
+            hop = next(h for h in p["hops"] if "encap" in h["changes"])
+            assert hop["point"] == "worker2/eth1" and hop["why"].startswith("VXLAN encapsulated on worker1 (first seen so here)")
+    code, text, err = run_cli(capsys, "analyze", str(cut))
+    assert "stopped after" not in text and "stopped on the way" not in text

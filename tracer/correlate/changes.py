@@ -133,11 +133,15 @@ def hop_why(changes: tuple[str, ...], prev: Frame | None, prev_point, fr: Frame,
         name = TUNNEL_NAMES.get(t.type, t.type)
         vni = f" VNI {t.vni}" if t.vni is not None else ""
         port = f", UDP {t.udp_sport} -> {t.udp_dport}" if t.udp_dport is not None else ""
-        words.append(f"{name} encapsulated{vni}{port}, outer {fmt_ip(t.outer_ip_src)} -> {fmt_ip(t.outer_ip_dst)}, "
-                     f"+{enc.bytes_added} bytes")
+        # (seen first encapsulated on another node than the point before: it was encapsulated
+        # there, on the way out, at a point that did not capture it)
+        where = "" if prev_point.node == point.node else f" on {prev_point.node} (first seen so here)"
+        words.append(f"{name} encapsulated{where}{vni}{port}, outer {fmt_ip(t.outer_ip_src)} -> "
+                     f"{fmt_ip(t.outer_ip_dst)}, +{enc.bytes_added} bytes")
     elif "decap" in changes:
         t = prev.tunnels[-1]
-        words.append(f"{TUNNEL_NAMES.get(t.type, t.type)} decapsulated on {point.node} ({point.interface})")
+        at = f"({point.interface})" if point.role in ("tunnel", "unknown") else "(first seen so here)"
+        words.append(f"{TUNNEL_NAMES.get(t.type, t.type)} decapsulated on {point.node} {at}")
     elif fr.tunnels and prev.tunnels and prev_point.node != point.node:
         words.append(f"crossed the underlay from {prev_point.node} to {point.node}")
     if not words:
