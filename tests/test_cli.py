@@ -38,3 +38,12 @@ def test_other_errors_still_show_as_errors(monkeypatch):
     monkeypatch.setattr(cli.cli, "get_command", lambda ctx, name: broken)
     with pytest.raises(RuntimeError, match="a bug"):
         cli.main(["broken"])
+
+
+def test_view_summary_is_the_summary(capsys):
+    from factories import SAMPLES, run_cli
+    a = run_cli(capsys, "analyze", str(SAMPLES / "http-get"), "--summary")
+    b = run_cli(capsys, "analyze", str(SAMPLES / "http-get"), "--view", "summary")
+    assert a == b and a[0] == 0
+    hops = run_cli(capsys, "analyze", str(SAMPLES / "http-get"), "--view", "hops")
+    assert hops == run_cli(capsys, "analyze", str(SAMPLES / "http-get")) and "packet 1:" in hops[1]

@@ -357,3 +357,14 @@ def test_follow_live_is_watch_and_ctrl_c_ends_it_cleanly(lab):
     assert proc.returncode == 130, err
     assert "HTTP 200" in out and "⊕4096" in out
     assert all(not Path(f"/proc/{a}").exists() for a in agents)
+
+
+def test_follow_view_grid_is_a_row_per_packet_with_a_mark_per_point(lab, real):
+    proc = run_tracer("follow", "curl", "httpbin", "--view", "grid", store=lab.store, check=True)
+    rows = [line for line in proc.stdout.splitlines() if "│ → " in line or "│ ← " in line]
+    assert len(rows) >= 10  # (a GET: 10 to 12 packets, one row each)
+    syn = next(r for r in rows if "→ SYN " in r or r.rstrip().endswith("→ SYN"))
+    cells = [c.strip() for c in syn.split("│")[3:]]
+    # the way's six points: curl's veth, the tunnel (MACs rewritten, routed), the NICs, the other node
+    assert cells == ["● 64", "M 63", "⊕4096 63", "● 63", "⊖ 63", "M 62"]
+    assert "⊕ encapsulated (VNI)" in proc.stdout

@@ -29,7 +29,7 @@ def test_a_registered_format_is_what_show_calls(monkeypatch):
     seen = []
     module = types.ModuleType("tracer_test_lines")
 
-    def lines(a, out, *, summary, extra_json, header, hint, progress):
+    def lines(a, out, *, summary, extra_json, header, hint, view, progress):
         progress(None)
         seen.append((len(a.trace.flows), summary, extra_json))
         out.write("".join(f"{f.client} {f.server}\n" for f in a.shown))

@@ -17,6 +17,7 @@ from rich.console import Console
 
 from factories import SAMPLES
 from tracer.render import hops
+from tracer.render import grid
 from tracer.render import summary as summary_view
 from tracer.render.text import safe
 from tracer.app.analyze import AnalyzeRequest, correlate, select_flows
@@ -38,9 +39,34 @@ def view(scenario: str, kind: str, width: int = 100) -> str:
     console = Console(file=out, width=width, color_system=None, highlight=False, soft_wrap=False)
     if kind == "summary":
         summary_view.render_summary(trace, console, shown)
+    elif kind == "grid":
+        grid.render_grid(trace, console, shown, names)
     else:
         hops.render_hops(trace, console, shown, names)
     return out.getvalue()
+
+
+@pytest.mark.parametrize("scenario", ["http-get", "vxlan-drop", "clusterip-dnat"])
+@pytest.mark.parametrize("width", [80, 100])
+def test_grid_matches_golden(scenario, width, monkeypatch):
+    """The class's grid, at a projector's 80 columns and at 100."""
+    monkeypatch.chdir(SAMPLES.parent)
+    text = view(scenario, "grid", width)
+    golden = GOLDEN / f"{scenario}.grid.{width}.txt"
+    if UPDATE:
+        golden.write_text(text, encoding="utf-8")
+    assert golden.exists(), f"no {golden.name}: run with TRACER_UPDATE_GOLDEN=1 to write it"
+    assert text == golden.read_text(encoding="utf-8")
+
+
+def test_grid_marks_a_drop_a_retransmission_and_its_interval():
+    text = view("vxlan-drop", "grid", 200)
+    rows = [line for line in text.splitlines() if "SYN" in line and line.strip()[:1].isdigit()]
+    assert len(rows) == 2 and "(again)" in rows[1] and "1.028s" in rows[1]
+    for row in rows:  # worker2/eth1 saw it, its vxlan.calico did not: the ✗ is there, the rest not on its way
+        cells = [c.strip() for c in row.split("│")]
+        assert cells[3:] == ["● 64", "● 64", "M 63", "⊕4096 63", "● 63", "✗", "·", "·"]
+    assert "✗ not seen from there on" in text and "○ not captured there" in text
 
 
 @pytest.mark.parametrize("scenario,kind", [

@@ -61,6 +61,8 @@ class FollowRequest:
     """The agents stop by themselves after this long, whatever happens to tracer."""
     run_id: str | None = None
     """Names the run's agents (and capture pods); random when not given."""
+    view: str | None = None
+    """The text view: hops, grid or summary (None: hops, the summary for many packets)."""
 
 
 @dataclass(kw_only=True)
@@ -191,6 +193,7 @@ def follow(backend: FollowBackend, req: FollowRequest, *, present: Callable[[Fol
             areq = AnalyzeRequest(paths=(str(directory),), way=tuple(p.id for p in way.points), names=names,
                                   output=req.output, pcapng=req.pcapng,
                                   flows=() if req.all_flows else own_flows(result), all_flows=req.all_flows,
+                                  view=req.view,
                                   captured_together=True)  # (every agent listened before curl, until its end)
             so_far = result.as_run(req.save)  # (the JSON's timings: up to the correlation)
             progress(None)

@@ -9,7 +9,7 @@ import click
 
 from tracer.app.analyze import AnalyzeRequest, analyze, find_path_file, no_cyclic_gc, read_path_file
 from tracer.render.analysis import show
-from tracer.render.outputs import OUTPUTS
+from tracer.render.outputs import OUTPUTS, VIEWS
 from tracer.render.progress import ReadingProgress
 from tracer.errors import UsageError
 
@@ -25,6 +25,9 @@ from tracer.errors import UsageError
                    "also without #). Repeatable.")
 @click.option("--all-flows", is_flag=True, help="Show every flow, not only the HTTP ones and those that lost packets.")
 @click.option("--summary", is_flag=True, help="Flows, packets per point, loss and latency per segment, no hops.")
+@click.option("--view", type=click.Choice(VIEWS), default=None,
+              help="The text view: hops (a table per packet), grid (a row per packet, a column per point, a mark "
+                   "per hop: for a class), summary (= --summary). Default: hops, the summary for many packets.")
 @click.option("--output", "-o", type=click.Choice(list(OUTPUTS)), default="text", show_default=True,
               help="json: the tracer.trace/v1 document on stdout.")
 @click.option("--pcapng", "pcapng", type=click.Path(dir_okay=False, writable=True), metavar="FILE",
@@ -40,7 +43,7 @@ from tracer.errors import UsageError
               help="Processes reading capture files at once, this one included; 1: all in this one. Default: "
                    "for the summary, each file of 4 MiB or more of Ethernet frames (pcap, or pcapng of one "
                    "interface) in a process of its own when there is more than one CPU.")
-def command(paths, points, vxlan_ports, flows, all_flows, summary, output, pcapng, path_file, ifnames, window, jobs):
+def command(paths, points, vxlan_ports, flows, all_flows, summary, view, output, pcapng, path_file, ifnames, window, jobs):
     """Follow each packet across saved captures, offline.
 
     PATHS are capture files (pcap or pcapng) or directories laid out as
@@ -74,12 +77,13 @@ def command(paths, points, vxlan_ports, flows, all_flows, summary, output, pcapn
     progress = ReadingProgress(sys.stderr) if _terminal(sys.stderr) else None
     req = AnalyzeRequest(paths=tuple(paths), points=tuple(points), vxlan_ports=tuple(vxlan_ports), flows=tuple(flows),
                          all_flows=all_flows, summary=summary, output=output, pcapng=pcapng, way=way, names=names,
-                         window=window, ifnames=named, captured_together=together, jobs=jobs, strict_flows=True,
+                         window=window, ifnames=named, captured_together=together, jobs=jobs, strict_flows=True, view=view,
                          progress=progress)
     done = progress or (lambda share: None)  # (called with None: the progress line wiped)
     with no_cyclic_gc():  # (the model and the document too)
         try:
-            show(analyze(req), sys.stdout, output=output, summary=summary, pcapng=pcapng, progress=done)
+            show(analyze(req), sys.stdout, output=output, summary=summary or view == "summary", pcapng=pcapng,
+                 view=view, progress=done)
         finally:
             done(None)
 

@@ -14,7 +14,7 @@ import click
 from tracer.app.backend import BackendOptions
 from tracer.commands.options import backend_options
 from tracer.errors import ExitCode, UsageError
-from tracer.render.outputs import OUTPUTS
+from tracer.render.outputs import OUTPUTS, VIEWS
 from tracer.render.progress import Spinner
 
 SUMMARY_HINT = "--save DIR, then tracer analyze DIR --flow N for one flow's hops"
@@ -37,6 +37,9 @@ if TYPE_CHECKING:
               help="json: the tracer.trace/v1 document with a `follow` key (curl results, captures).")
 @click.option("--pcapng", type=click.Path(dir_okay=False, writable=True), metavar="FILE",
               help="Write one merged pcapng, an interface per point, each frame commented with its hop.")
+@click.option("--view", type=click.Choice(VIEWS), default=None,
+              help="The text view: hops (a table per packet), grid (a row per packet, a column per point, a mark "
+                   "per hop: for a class), summary. Default: hops, the summary for many packets.")
 @click.option("--all-flows", is_flag=True,
               help="Show every flow the captures hold, not only the connections this run's curl made.")
 @click.option("--live", is_flag=True, help="Send a request every second and light up each hop live (= tracer watch).")
@@ -45,7 +48,7 @@ if TYPE_CHECKING:
 @backend_options
 @click.option("--timings-file", hidden=True, type=click.Path(dir_okay=False), help="Write the phases' durations (bench).")
 @click.option("--iterations", hidden=True, type=click.IntRange(1), help="--live: stop after N requests (tests).")
-def command(src, dst, port, url_path, count, save, output, pcapng, all_flows, live, timeout, backend: BackendOptions,
+def command(src, dst, port, url_path, count, save, output, pcapng, view, all_flows, live, timeout, backend: BackendOptions,
             timings_file, iterations):
     """Capture on every hop of the way while SRC's curl asks DST, then show the packets hop by hop.
 
@@ -84,7 +87,7 @@ def command(src, dst, port, url_path, count, save, output, pcapng, all_flows, li
         from tracer.app.follow import FollowRequest, follow
 
         req = FollowRequest(src=src, dst=dst, port=port, path=url_path, count=count, timeout=timeout, save=save,
-                            output=output, pcapng=pcapng, all_flows=all_flows, run_id=run_id)
+                            output=output, pcapng=pcapng, all_flows=all_flows, run_id=run_id, view=view)
 
         def present(done: FollowRun, analysis: Analysis) -> None:
             from tracer.render.analysis import show
@@ -92,7 +95,7 @@ def command(src, dst, port, url_path, count, save, output, pcapng, all_flows, li
             from tracer.render.header import follow_header
 
             show(analysis, sys.stdout, output=output, pcapng=pcapng, extra_json={"follow": follow_document(done)},
-                 header=follow_header(done), hint=SUMMARY_HINT)
+                 header=follow_header(done), hint=SUMMARY_HINT, view=view, summary=view == "summary")
 
         _preload_view()
         with Spinner(sys.stderr) as progress:

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 def show(a: Analysis, out: TextIO, *, output: str = "text", summary: bool = False, pcapng: str | None = None,
          extra_json: dict | None = None, header: Group | None = None, hint: str = "--flow N for one flow's hops",
-         progress: Callable[[None], None] = lambda share: None) -> None:
+         view: str | None = None, progress: Callable[[None], None] = lambda share: None) -> None:
     """Write what `tracer analyze` shows to `out` (status to stderr). `progress` is called with
     None when the progress line is to be wiped, before anything is written; `hint` is what the
     summary view says gives one flow's hops."""
@@ -32,12 +32,12 @@ def show(a: Analysis, out: TextIO, *, output: str = "text", summary: bool = Fals
               "the point as the frame's "
               "interface, its hop as its comment (columns frame.interface_name and frame.comment)", file=sys.stderr)
     module, _, function = OUTPUTS[output].partition(":")
-    view = getattr(importlib.import_module(module), function)
-    view(a, out, summary=summary, extra_json=extra_json, header=header, hint=hint, progress=progress)
+    show_view = getattr(importlib.import_module(module), function)
+    show_view(a, out, summary=summary, extra_json=extra_json, header=header, hint=hint, view=view, progress=progress)
 
 
 def show_text(a: Analysis, out: TextIO, *, summary: bool, extra_json: dict | None, header: Group | None,
-              hint: str, progress: Callable[[None], None]) -> None:
+              hint: str, view: str | None, progress: Callable[[None], None]) -> None:
     """The text view: the header (follow's), the flows not shown, then the hops or the summary."""
     from rich.console import Console  # (not needed for --output json)
 
@@ -68,6 +68,10 @@ def show_text(a: Analysis, out: TextIO, *, summary: bool, extra_json: dict | Non
             console.print(f"{why}{a.shown_packets:,} packets in the selected flows: showing the summary "
                           f"({hint})", style="dim")
         summary_view.render_summary(trace, console, shown)
+    elif view == "grid":
+        from tracer.render.grid import render_grid
+
+        render_grid(trace, console, shown, a.names)
     else:
         hops.render_hops(trace, console, shown, a.names)
 

@@ -92,7 +92,7 @@ def dumps(t: Trace, *, summary: bool = False, extra: dict | None = None) -> str:
 
 
 def show_json(a: Analysis, out: TextIO, *, summary: bool, extra_json: dict | None, header: object, hint: str,
-              progress: Callable[[None], None]) -> None:
+              view: str | None, progress: Callable[[None], None]) -> None:
     """--output json: the document on stdout (no header: `extra_json` carries what it would say)."""
     text = dumps(a.document_trace, summary=summary, extra=extra_json)
     progress(None)

@@ -25,6 +25,8 @@ def cell(c: LiveCell | None) -> Text:
         t.append(f"⊕{c.tunnel} ", style="bold magenta")
     elif "decap" in c.changes:
         t.append("⊖ ", style="bold magenta")
+    if "dnat" in c.changes or "snat" in c.changes:
+        t.append("⇄ ", style="bold yellow")
     if "mac" in c.changes:
         t.append("M ", style="bold yellow")
     if not t:

@@ -1,5 +1,8 @@
 """The registry of output formats (imports nothing: the commands read it to build --output)."""
 
+VIEWS = ("hops", "grid", "summary")
+"""The text view's kinds (--view): a table per packet, the class's grid, the summary."""
+
 OUTPUTS = {
     "text": "tracer.render.analysis:show_text",
     "json": "tracer.render.jsondoc:show_json",

@@ -1,0 +1,114 @@
+"""The grid view: a flow's packets as rows, the points of its way as columns, a mark per hop.
+
+What a class can read from the back of the room, as the live grid of `tracer watch` (the same
+cells: tracer.render.live.cell), for saved or followed captures: a time column per packet (the 2 s
+of /delay/2, a SYN's retransmission interval), retransmissions marked, and where a packet was
+not captured or stopped.
+"""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from tracer.model import Flow, PacketTrace, Trace, duration
+from tracer.model.live import LiveCell
+from tracer.render.hops import flow_header, summary_line
+from tracer.render.live import cell
+from tracer.render.text import flow_numbers, render_footer, render_warnings, safe
+
+LEGEND = ("● seen", "⊕ encapsulated (VNI)", "⊖ decapsulated", "M MAC rewritten", "⇄ NAT", "N the TTL (yellow: routed)",
+          "○ not captured there", "✗ not seen from there on", "· not on its way")
+"""Every mark the grid uses."""
+
+
+def label(p: PacketTrace) -> str:
+    """`SYN`, `PSH-ACK GET /get`: the packet's summary without its addresses (the columns say them)."""
+    left, _, right = p.summary.partition(" -> ")
+    word = left.rsplit(" ", 1)[0] if right else p.summary
+    rest = right.split(" ", 1)[1] if " " in right else ""
+    return f"{word} {rest}".strip() + (" (again)" if p.retransmission else "")
+
+
+def row_cells(p: PacketTrace, points: list[str], compact: bool = False) -> list[Text]:
+    """The packet's mark at each point of the way, in the way's order (`compact`: no spaces, no
+    VNI, for a grid that must fit a narrow screen)."""
+    hops = {h.point: h for h in p.hops}
+    stopped = set(p.stopped)
+    out = []
+    for pid in points:
+        h = hops.get(pid)
+        if h is not None:
+            vni = None
+            if "encap" in h.changes and h.encap is not None:
+                vni = "" if compact else str(h.encap.vni if h.encap.vni is not None else h.encap.type)
+            c = cell(LiveCell(changes=h.changes, ttl=h.ttl, tunnel=vni))
+            if compact:
+                c = Text.assemble(*((seg.text.replace(" ", ""), seg.style) for seg in c.render(Console())))
+            out.append(c)
+        elif pid in p.gaps:
+            out.append(Text("○", style="yellow"))
+        elif pid in stopped:
+            out.append(Text("✗", style="bold red") if pid == p.stopped[0] else Text("·", style="dim"))
+        else:
+            out.append(Text("·", style="dim"))
+    return out
+
+
+WIDE_COLUMN = 11  # a point's column at full size: its name's longest part, or "⊕4096 63", and the rule
+def render_grid(trace: Trace, console: Console, flows: list[Flow], names: dict[str, str] | None = None) -> None:
+    names = names or {}
+    render_warnings(trace, console)
+    if not flows:
+        console.print("No IP flows found in these captures.", style="yellow")
+    number = flow_numbers(trace)
+    for f in flows:
+        console.print(flow_header(f, number[id(f)], names))
+        points = list(f.summary.way.get("request", ())) if f.summary else []
+        for p in f.packets:  # (points the way does not name: a capture's odd ones, at the end)
+            points += [h.point for h in p.hops if h.point not in points]
+        # (a projector's 80 columns hold eight points only without names in the header: then the
+        # points are numbered there and named in a line above)
+        compact = console.width < 40 + WIDE_COLUMN * len(points)
+        if compact:
+            _print_entries(console, [f"{i} {safe(pid)}" for i, pid in enumerate(points, 1)])
+        t = Table(show_edge=False, pad_edge=False, expand=False, padding=(0, 0 if compact else 1))
+        t.add_column("#", justify="right")
+        t.add_column("+time", justify="right")
+        t.add_column("packet", no_wrap=True, max_width=14 if compact else 24)
+        for i, pid in enumerate(points, 1):
+            node, _, iface = pid.partition("/")
+            head = str(i) if compact else f"{i} {safe(node)}\n{safe(iface)}"
+            t.add_column(head, no_wrap=True, justify="center" if compact else "left",
+                         min_width=4 if compact else 6, max_width=6 if compact else 16)
+        t0 = None
+        for k, p in enumerate(f.packets, 1):
+            start = _corrected(trace, p)
+            t0 = start if t0 is None else t0
+            request = p.direction == "request"
+            arrow = Text("→ " if request else "← ", style="bold cyan" if request else "bold blue")
+            arrow.append(safe(label(p)), style="yellow" if p.retransmission else "")
+            t.add_row(str(k), duration(start - t0), arrow, *row_cells(p, points, compact))
+        console.print(t)
+        console.print(summary_line(f))
+        console.print()
+    _print_entries(console, LEGEND)
+    render_footer(trace, console)
+
+
+def _corrected(trace: Trace, p: PacketTrace) -> float:
+    """When the packet was at its first point, on the reference node's clock."""
+    h = p.hops[0]
+    return h.time - trace.clock_offsets.get(h.point.split("/", 1)[0], 0.0)
+
+
+def _print_entries(console: Console, entries, sep: str = "   ") -> None:
+    """Entries on as few lines as the console's width takes, none cut in two."""
+    line = ""
+    for entry in entries:
+        if line and len(line) + len(sep) + len(entry) > console.width:
+            console.print(Text(line, style="dim"), soft_wrap=True)
+            line = ""
+        line = f"{line}{sep}{entry}" if line else entry
+    console.print(Text(line, style="dim"), soft_wrap=True)
