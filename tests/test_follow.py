@@ -7,6 +7,7 @@ and checks what it reports against the kernel's own state (ip -j link in the nam
 from __future__ import annotations
 
 import json
+import re
 import os
 import signal
 import subprocess
@@ -106,6 +107,11 @@ def test_the_saved_to_line_keeps_a_long_path_whole(lab, tmp_path):
 def test_text_view_names_the_pods_and_gives_the_curl_result_and_a_summary(lab):
     out = run_tracer("follow", "curl", "httpbin", store=lab.store, check=True).stdout
     assert "request 1: HTTP 200 in" in out
+    # ... and the bytes received: httpbin's /get answer, as curl counted them
+    got = re.search(r"request 1: HTTP 200 in [0-9.]+ ms, ([0-9,]+) bytes", out)
+    assert got and int(got.group(1).replace(",", "")) > 100, out
+    doc = follow_json(lab, "--path", "/bytes/1234")
+    assert doc["follow"]["curl"][0]["bytes"] == 1234
     assert "(curl)" in out and "(httpbin)" in out
     summary = next(line for line in out.splitlines() if line.startswith("summary:"))
     assert "6 hops" in summary and "MAC rewrite" in summary and "VNI 4096" in summary and "4789" in summary

@@ -14,7 +14,8 @@ CURL_ERRORS = {
 
 
 def curl_argv(url: str, max_time: float) -> list[str]:
-    return ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code} %{time_total} %{local_port}", "--max-time", f"{max_time:g}", url]
+    return ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code} %{time_total} %{local_port} %{size_download}",
+            "--max-time", f"{max_time:g}", url]
 
 
 def fire(backend: FollowBackend, way: Way, url: str, max_time: float) -> CurlResult:
@@ -29,11 +30,12 @@ def fire(backend: FollowBackend, way: Way, url: str, max_time: float) -> CurlRes
     status = int(words[0]) if words and words[0].isdigit() and words[0] != "000" else None
     took = float(words[1]) if len(words) > 1 and _is_float(words[1]) else None
     port = int(words[2]) if len(words) > 2 and words[2].isdigit() and words[2] != "0" else None
+    size = int(words[3]) if len(words) > 3 and words[3].isdigit() and status is not None else None
     error = None
     if res.returncode != 0:
         error = CURL_ERRORS.get(res.returncode) or (res.stderr.decode(errors="replace").strip()[-200:]
                                                      or f"curl exited with {res.returncode}")
-    return CurlResult(status=status, time=took, exit_code=res.returncode, error=error, local_port=port)
+    return CurlResult(status=status, time=took, exit_code=res.returncode, error=error, local_port=port, bytes=size)
 
 
 def _no_curl(res: ExecResult) -> bool:

@@ -20,6 +20,8 @@ class CurlResult:
     local_port: int | None = None
     """The source port curl's connection used: its flow is `<src ip>:<local_port>`. None when
     curl got no connection."""
+    bytes: int | None = None
+    """Bytes of the answer's body curl received (None without an HTTP answer)."""
 
     @property
     def ok(self) -> bool:

@@ -12,8 +12,9 @@ from tracer.render.text import safe
 
 def curl_text(c: CurlResult) -> str:
     took = f" in {c.time * 1000:.1f} ms" if c.time is not None else ""
+    got = f", {c.bytes:,} bytes" if c.bytes is not None else ""
     if c.exit_code == 0 and c.status is not None:
-        return f"HTTP {c.status}{took}"
+        return f"HTTP {c.status}{took}{got}"
     return f"failed: {c.error}" + (f" (HTTP {c.status})" if c.status else "") + took
 
 
