@@ -354,7 +354,9 @@ def test_follow_live_is_watch_and_ctrl_c_ends_it_cleanly(lab):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=store_env(lab.store))
     try:
         agents = wait_for(lambda: agents_of(proc.pid))
-        time.sleep(1.5)  # a request or two, live
+        # a request or two, live: the agents must be ready first, which on two busy CPUs can take
+        # more than a second (at 1.5 s a run once showed request 1 still in flight, no answer yet)
+        time.sleep(3.0)
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=15)
     finally:

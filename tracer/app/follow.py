@@ -177,11 +177,16 @@ def follow(backend: FollowBackend, req: FollowRequest, *, present: Callable[[Fol
            progress: Progress = lambda _: None) -> FollowResult:
     """The whole `tracer follow`: capture, analyze as `tracer analyze` would, and hand the run and
     its analysis to `present` (to show them) before everything the run started is removed."""
-    created = prepare_save_dir(req.save)
-    tmp = None if req.save else tempfile.mkdtemp(prefix="tracer-follow-")
+    # The directories are named before the `try` and made inside it: a Ctrl-C at any moment
+    # finds in `finally` whatever was made (mkdtemp's name would reach us only after it had made it).
+    creates = bool(req.save) and not os.path.isdir(req.save)
+    tmp = None if req.save else os.path.join(tempfile.gettempdir(), f"tracer-follow-{os.urandom(6).hex()}")
     directory = Path(req.save or tmp)
     done = False
     try:
+        prepare_save_dir(req.save)
+        if tmp:
+            os.mkdir(tmp, 0o700)
         result = capture(backend, req, directory, progress)
         with result.timings.phase("correlate"):
             from tracer.app.analyze import AnalyzeRequest, analyze
@@ -205,7 +210,7 @@ def follow(backend: FollowBackend, req: FollowRequest, *, present: Callable[[Fol
             backend.close()  # reaps the agents (and, on Kubernetes, deletes the capture pods)
             if tmp:
                 shutil.rmtree(tmp, ignore_errors=True)
-            elif created and not done and not os.listdir(directory):
+            elif creates and not done and directory.is_dir() and not any(directory.iterdir()):
                 directory.rmdir()  # (made for a run that captured nothing: not left behind)
     return result
 
