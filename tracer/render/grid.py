@@ -42,11 +42,8 @@ def row_cells(p: PacketTrace, points: list[str], compact: bool = False) -> list[
         if h is not None:
             vni = None
             if "encap" in h.changes and h.encap is not None:
-                vni = "" if compact else str(h.encap.vni if h.encap.vni is not None else h.encap.type)
-            c = cell(LiveCell(changes=h.changes, ttl=h.ttl, tunnel=vni))
-            if compact:
-                c = Text.assemble(*((seg.text.replace(" ", ""), seg.style) for seg in c.render(Console())))
-            out.append(c)
+                vni = str(h.encap.vni if h.encap.vni is not None else h.encap.type)
+            out.append(cell(LiveCell(changes=h.changes, ttl=h.ttl, tunnel=vni), compact))
         elif pid in p.gaps:
             out.append(Text("○", style="yellow"))
         elif pid in stopped:

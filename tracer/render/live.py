@@ -14,23 +14,24 @@ from tracer.render.header import curl_text
 from tracer.render.text import safe
 
 
-def cell(c: LiveCell | None) -> Text:
+def cell(c: LiveCell | None, compact: bool = False) -> Text:
     """A cell: `·` not seen; else what changed against the previous point the packet passed:
     `⊕4096` encapsulated (VXLAN VNI), `⊖` decapsulated, `M` MAC rewritten, `●` nothing, then
-    the TTL (yellow where routing took one off)."""
+    the TTL (yellow where routing took one off). `compact`: no spaces and no VNI (`⊕63`)."""
     if c is None:
         return Text("·", style="dim")
+    gap = "" if compact else " "
     t = Text()
     if "encap" in c.changes:
-        t.append(f"⊕{c.tunnel} ", style="bold magenta")
+        t.append(f"⊕{'' if compact else c.tunnel}{gap}", style="bold magenta")
     elif "decap" in c.changes:
-        t.append("⊖ ", style="bold magenta")
+        t.append(f"⊖{gap}", style="bold magenta")
     if "dnat" in c.changes or "snat" in c.changes:
-        t.append("⇄ ", style="bold yellow")
+        t.append(f"⇄{gap}", style="bold yellow")
     if "mac" in c.changes:
-        t.append("M ", style="bold yellow")
+        t.append(f"M{gap}", style="bold yellow")
     if not t:
-        t.append("● ", style="bold green")
+        t.append(f"●{gap}", style="bold green")
     t.append(str(c.ttl), style="bold yellow" if "ttl" in c.changes else "green")
     return t
 
