@@ -357,6 +357,15 @@ def test_a_frame_missing_from_one_middle_capture_is_a_gap_not_a_drop(capsys, tmp
     [i] = [k for k, (mark, _) in enumerate(rows) if mark == "·"]
     assert rows[i][1] == "worker2/eth1"
     assert rows[i - 1] == ["4", "worker1/eth1"] and rows[i + 1] == ["5", "worker2/vxlan.calico"]
+    # the grid marks the same point of that packet ○ (passed, not captured), and no ✗
+    code, grid, err = run_cli(capsys, "analyze", str(gap), "--view", "grid")
+    [row] = [line for line in grid.splitlines() if "○" in line and line.strip()[:1].isdigit()]
+    assert [c.strip() for c in row.split("│")][3:][4] == "○" and "✗" not in grid.split("● seen")[0]
+    # and the merged pcapng's comments say it stopped nowhere (the gap is a point it passed)
+    merged = tmp_path / "gap.pcapng"
+    assert run_cli(capsys, "analyze", str(gap), "--pcapng", str(merged))[0] == 0
+    comments = tshark_lines(merged, "-T", "fields", "-e", "frame.comment")
+    assert len(comments) == 95 and not [c for c in comments if "further" in c]
 
 
 def test_without_path_json_an_eth0_that_saw_nothing_alone_is_not_called_underlay(capsys, tmp_path):

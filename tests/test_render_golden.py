@@ -66,7 +66,7 @@ def test_grid_marks_a_drop_a_retransmission_and_its_interval():
     for row in rows:  # worker2/eth1 saw it, its vxlan.calico did not: the ✗ is there, the rest not on its way
         cells = [c.strip() for c in row.split("│")]
         assert cells[3:] == ["● 64", "● 64", "M 63", "⊕4096 63", "● 63", "✗", "·", "·"]
-    assert "✗ not seen from there on" in text and "○ not captured there" in text
+    # (the ○ of a point passed uncaptured: tests/test_analyze_samples.py's gap case)
 
 
 @pytest.mark.parametrize("scenario,kind", [

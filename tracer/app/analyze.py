@@ -57,7 +57,8 @@ class AnalyzeRequest:
     jobs: int | None = None
     """Processes reading capture files at once (CorrelationOptions.jobs)."""
     view: str | None = None
-    """The text view asked for: hops, grid or summary (None: hops, or the summary for many packets)."""
+    """The text view asked for: hops, grid or summary (None: hops, or the summary for many packets);
+    the caller sets `summary` too for summary."""
     strict_flows: bool = False
     """--flow that matches no flow is an error (tracer analyze; follow shows what it has)."""
     progress: Callable[[float | None], None] | None = None
@@ -76,14 +77,14 @@ def analyze(req: AnalyzeRequest) -> Analysis:
     n = sum(f.summary.packets if f.summary and not f.packets else len(f.packets) for f in shown)
     return Analysis(trace=trace, shown=tuple(shown), chosen_by_flow=bool(req.flows), strict_flows=req.strict_flows,
                     kept_packets=keep,
-                    summary_view=req.summary or req.view == "summary" or not keep or (n > AUTO_SUMMARY_PACKETS and not req.view),
+                    summary_view=req.summary or not keep or (n > AUTO_SUMMARY_PACKETS and not req.view),
                     shown_packets=n, names=dict(req.names or {}), frames=raw_frames(c) if req.pcapng else None)
 
 
 def correlate(req: AnalyzeRequest) -> tuple[Trace, Correlation]:
     """The model of the captures, and the correlation it was described from."""
     inputs = list(req.inputs) + inputs_from_paths(req.paths, req.points)
-    keep = bool(req.pcapng) or not (req.summary or req.view == "summary" or _big(req, inputs))  # (a merged pcapng comments every packet)
+    keep = bool(req.pcapng) or not (req.summary or _big(req, inputs))  # (a merged pcapng comments every packet)
     opts = CorrelationOptions(vxlan_ports=VXLAN_PORTS | frozenset(req.vxlan_ports), window=req.window,
                               keep_packets=keep, way_hint=req.way, pods=frozenset((req.names or {}).values()),
                               ifnames=dict(req.ifnames or {}), captured_together=req.captured_together, jobs=req.jobs)

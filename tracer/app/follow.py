@@ -153,24 +153,23 @@ def write_run_dir(directory: Path, way: Way, captures: dict[str, PointCapture]) 
     (directory / "path.json").write_text(json.dumps(doc, indent=2) + "\n")
 
 
-def prepare_save_dir(path: str | None) -> bool:
+def prepare_save_dir(path: str | None) -> None:
     """Make sure --save's directory can take the captures, before any capture runs (creating it
-    if need be); whether it was created here."""
+    if need be)."""
     if not path:
-        return False
+        return
     if os.path.isdir(path):
         if os.listdir(path):
             raise UsageError(f"--save {path}: the directory is not empty",
                              hint="give a new or empty directory: `tracer analyze DIR` reads every capture in it")
         if not os.access(path, os.W_OK | os.X_OK):
             raise UsageError(f"--save {path}: the directory is not writable", hint="give a directory you can write to")
-        return False
+        return
     try:
         os.makedirs(path)
     except OSError as e:
         raise UsageError(f"--save {path}: cannot create the directory ({e.strerror})",
                          hint="give a new directory in a place you can write to") from None
-    return True
 
 
 def follow(backend: FollowBackend, req: FollowRequest, *, present: Callable[[FollowRun, Analysis], None],
@@ -198,7 +197,7 @@ def follow(backend: FollowBackend, req: FollowRequest, *, present: Callable[[Fol
             areq = AnalyzeRequest(paths=(str(directory),), way=tuple(p.id for p in way.points), names=names,
                                   output=req.output, pcapng=req.pcapng,
                                   flows=() if req.all_flows else own_flows(result), all_flows=req.all_flows,
-                                  view=req.view,
+                                  view=req.view, summary=req.view == "summary",
                                   captured_together=True)  # (every agent listened before curl, until its end)
             so_far = result.as_run(req.save)  # (the JSON's timings: up to the correlation)
             progress(None)

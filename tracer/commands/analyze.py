@@ -71,6 +71,7 @@ def command(paths, points, vxlan_ports, flows, all_flows, summary, view, output,
     """
     if not paths and not points:
         raise UsageError("no captures given", "pass capture files or a directory, e.g.: tracer analyze pcaps/http-get")
+    summary = summary or view == "summary"
     path_file = path_file or find_path_file(paths)
     way, names, named, together = read_path_file(path_file) if path_file else ((), {}, {}, False)
     named.update(parse_ifnames(ifnames))
@@ -82,7 +83,7 @@ def command(paths, points, vxlan_ports, flows, all_flows, summary, view, output,
     done = progress or (lambda share: None)  # (called with None: the progress line wiped)
     with no_cyclic_gc():  # (the model and the document too)
         try:
-            show(analyze(req), sys.stdout, output=output, summary=summary or view == "summary", pcapng=pcapng,
+            show(analyze(req), sys.stdout, output=output, summary=summary, pcapng=pcapng,
                  view=view, progress=done)
         finally:
             done(None)

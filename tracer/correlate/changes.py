@@ -157,26 +157,26 @@ def hop_why(changes: tuple[str, ...], prev: Frame | None, prev_point, fr: Frame,
 def drop_hint(last, nxt) -> str:
     """What to look at for a packet last seen at point `last` and not at `nxt`, the next on its
     way (both correlation's points: node, interface, role); "" when the roles tell nothing."""
-    a, b = (last.role, last.node, last.interface), (nxt.role, nxt.node, nxt.interface)
+    a, b = last.role, nxt.role
     if last.node != nxt.node:
-        if a[0] == b[0] == "underlay":
+        if a == b == "underlay":
             return (f"it left {last.node} on {last.interface} but did not reach {nxt.node}'s {nxt.interface}: look at "
                     f"the underlay between them (routes, a firewall; the MTU: VXLAN adds 50 bytes)")
         return ""
     node = last.node
-    if a[0] == "underlay" and b[0] == "tunnel":
+    if a == "underlay" and b == "tunnel":
         return (f"{node} took it in on {last.interface} but {nxt.interface} never had it: look for a rule dropping "
                 f"the tunnel's UDP port on {node} (iptables -L INPUT), a VNI or port that differs between the nodes "
                 f"(ip -d link show {nxt.interface}), or an outer destination that is not {node}'s")
-    if a[0] == "pod-veth" and b[0] in ("tunnel", "bridge", "underlay"):
+    if a == "pod-veth" and b in ("tunnel", "bridge", "underlay"):
         return (f"{node} got it from the pod on {last.interface} but did not send it on: look for a policy drop "
                 f"(iptables -L FORWARD, Calico's cali-* chains), the route to the destination (ip route get), "
                 f"or rp_filter")
-    if a[0] == "tunnel" and b[0] == "underlay":
+    if a == "tunnel" and b == "underlay":
         return (f"{node} encapsulated it on {last.interface} but did not send it out of {nxt.interface}: look at the "
                 f"tunnel's neighbour and FDB entries (bridge fdb show dev {last.interface}) and the route to the "
                 f"other node")
-    if a[0] in ("tunnel", "bridge", "underlay") and b[0] == "pod-veth":
+    if a in ("tunnel", "bridge", "underlay") and b == "pod-veth":
         return (f"{node} had it on {last.interface} but did not hand it to the pod's {nxt.interface}: look for a "
                 f"policy drop on the way in (Calico's cali-tw-* chains) or the route to the pod")
     return ""

@@ -7,7 +7,7 @@ from dataclasses import replace
 
 from tracer.correlate.flows import FlowState
 from tracer.correlate.changes import (
-    PROTO_NAMES, drop_hint, encapsulation, endpoint, hop_changes, hop_why, packet_summary,
+    PROTO_NAMES, drop_hint, encapsulation, endpoint, hop_changes, hop_why, packet_label, packet_summary,
 )
 from tracer.correlate.order import PacketSighting
 from tracer.correlate.result import Correlation
@@ -175,7 +175,7 @@ def _nat(c: Correlation, f: FlowState, client: tuple, ways: dict[str, list[int]]
         found = [n for n in f.nat if n[0] == kind and test(n)]
         if found:
             _, before, after, p = min(found, key=place)  # (min keeps the first of equals)
-            k = place((None, None, None, p))
+            k = way.index(p) if p in way else len(way)
             previous = c.points[way[k - 1]].id if 0 < k < len(way) else None
             return Nat(original=endpoint(before), translated=endpoint(after), kind=kind, point=c.points[p].id,
                        previous_point=previous)
@@ -191,12 +191,13 @@ def _packet(c: Correlation, seq: list[PacketSighting], client: tuple, ways: dict
     hops = _hops(c, seq, direction)
     way = ways.get(direction, [])
     seen = {s.point for s in seq}
-    start = way.index(seq[0].point) if seq[0].point in way else 0
+    pos = {p: k for k, p in enumerate(way)}
+    start = pos.get(seq[0].point, 0)
     unseen = [p for p in way[start:] if p not in seen]
     missing = tuple(c.points[p].id for p in unseen)
-    last = max((way.index(p) for p in seen if p in way), default=-1)
-    gaps = tuple(c.points[p].id for p in unseen if way.index(p) < last)
-    after = [p for p in unseen if way.index(p) > last]
+    last = max((pos[p] for p in seen if p in pos), default=-1)
+    gaps = tuple(c.points[p].id for p in unseen if pos[p] < last)
+    after = [p for p in unseen if pos[p] > last]
     hint = ""
     if after and not uncovered >> after[0] & 1 and seq[-1].point in way:
         hint = drop_hint(c.points[way[last]], c.points[after[0]])
@@ -204,7 +205,8 @@ def _packet(c: Correlation, seq: list[PacketSighting], client: tuple, ways: dict
     flags = tcp_flags_str(first.tcp_flags) if first.proto == PROTO_TCP else None
     return PacketTrace(direction=direction, tcp_flags=flags, ip_id=first.ip_id or 0,
                        payload_bytes=first.payload_len or 0, hops=hops, last_seen=c.points[seq[-1].point].id,
-                       missing=missing, not_captured=not_captured, gaps=gaps, hint=hint, summary=packet_summary(first))
+                       missing=missing, not_captured=not_captured, gaps=gaps, hint=hint, summary=packet_summary(first),
+                       label=packet_label(first))
 
 
 def _retransmissions(packets: list[PacketTrace], records: list[list[PacketSighting]]) -> tuple[PacketTrace, ...]:

@@ -29,11 +29,9 @@ def mask_info(pts, mask: int, way: tuple[int, ...]) -> tuple:
         if seen:
             stopped_at, next_point = pts[way[seen[-1]]].id, way[seen[-1] + 1]
     last = max((k for k, p in enumerate(way) if mask >> p & 1), default=-1)
-    segs = tuple(((a, b), not mask >> b & 1 and k + 1 > last, not mask >> b & 1 and k + 1 < last)
-                 for k, (a, b) in enumerate(zip(way, way[1:])) if mask >> a & 1)
-    first = min((k for k, p in enumerate(way) if mask >> p & 1), default=last)
-    gap = any(not mask >> way[k] & 1 for k in range(first + 1, last))
-    return ids, got_there, stopped_at, next_point, segs, gap
+    segs = tuple(((a, b), missed and k + 1 > last, missed and k + 1 < last)
+                 for k, (a, b) in enumerate(zip(way, way[1:])) if mask >> a & 1 for missed in (not mask >> b & 1,))
+    return ids, got_there, stopped_at, next_point, segs, any(s[2] for s in segs)
 
 
 def flow_ways(c: Correlation, f: FlowState, client: tuple, cache: dict | None = None) -> dict[str, list[int]]:

@@ -114,6 +114,8 @@ class PacketTrace:
     not capturing then)."""
     summary: str = ""
     """Short description, e.g. `SYN 10.1.38.203:56312 -> 10.1.201.77:80`."""
+    label: str = ""
+    """Shorter, without addresses (a grid's columns say them), e.g. `SYN`, `PSH-ACK GET /get`."""
     retransmission: bool = False
     """A TCP segment sent again: data, SYN or FIN beginning before the end of what its direction
     had sent (Wireshark's rule; not a keep-alive, not the same IP packet seen twice, not a RST)."""

@@ -24,18 +24,16 @@ LEGEND = ("● seen", "⊕ encapsulated (VNI)", "⊖ decapsulated", "M MAC rewri
 
 
 def label(p: PacketTrace) -> str:
-    """`SYN`, `PSH-ACK GET /get`: the packet's summary without its addresses (the columns say them)."""
-    left, _, right = p.summary.partition(" -> ")
-    word = left.rsplit(" ", 1)[0] if right else p.summary
-    rest = right.split(" ", 1)[1] if " " in right else ""
-    return f"{word} {rest}".strip() + (" (again)" if p.retransmission else "")
+    """`SYN`, `PSH-ACK GET /get`, `SYN (again)`: the packet without its addresses."""
+    return p.label + (" (again)" if p.retransmission else "")
 
 
 def row_cells(p: PacketTrace, points: list[str], compact: bool = False) -> list[Text]:
     """The packet's mark at each point of the way, in the way's order (`compact`: no spaces, no
     VNI, for a grid that must fit a narrow screen)."""
     hops = {h.point: h for h in p.hops}
-    stopped = set(p.stopped)
+    stopped = p.stopped
+    lost_at = stopped[0] if stopped else None
     out = []
     for pid in points:
         h = hops.get(pid)
@@ -47,13 +45,14 @@ def row_cells(p: PacketTrace, points: list[str], compact: bool = False) -> list[
         elif pid in p.gaps:
             out.append(Text("○", style="yellow"))
         elif pid in stopped:
-            out.append(Text("✗", style="bold red") if pid == p.stopped[0] else Text("·", style="dim"))
+            out.append(Text("✗", style="bold red") if pid == lost_at else Text("·", style="dim"))
         else:
             out.append(Text("·", style="dim"))
     return out
 
 
 WIDE_COLUMN = 11  # a point's column at full size: its name's longest part, or "⊕4096 63", and the rule
+
 def render_grid(trace: Trace, console: Console, flows: list[Flow], names: dict[str, str] | None = None) -> None:
     names = names or {}
     render_warnings(trace, console)

@@ -91,7 +91,8 @@ def write_pcapng(trace: Trace, frames: tuple[tuple[tuple[RawFrame, ...], ...], .
 
 def _further(p) -> str:
     """What the last hop's comment adds about the way on: where the packet was not seen next."""
-    if not p.missing:
+    stopped = p.stopped  # (a gap is a point it passed: not where it ended)
+    if not stopped:
         return ""
-    how = "not captured" if p.missing[0] in p.not_captured else "not seen"
-    return f"; {how} further (next: {p.missing[0]})"
+    how = "not captured" if stopped[0] in p.not_captured else "not seen"
+    return f"; {how} further (next: {stopped[0]})"
