@@ -83,6 +83,12 @@ def tcp(sport: int, dport: int, *, seq: int = 1000, ack: int = 0, flags: int = 0
     return struct.pack("!HHIIBBHHH", sport, dport, seq, ack, 5 << 4, flags, 65535, 0, 0) + payload
 
 
+def arp(op: int, sender_mac: str, sender_ip: str, target_mac: str, target_ip: str) -> bytes:
+    """An ARP packet for Ethernet/IPv4 (op 1 request, 2 reply), to go in an Ethernet frame (0x0806)."""
+    return struct.pack("!HHBBH6s4s6s4s", 1, 0x0800, 6, 4, op, mac(sender_mac), ip4(sender_ip), mac(target_mac),
+                       ip4(target_ip))
+
+
 def udp(sport: int, dport: int, payload: bytes) -> bytes:
     return struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
 

@@ -376,3 +376,28 @@ def test_follow_view_grid_is_a_row_per_packet_with_a_mark_per_point(lab, real):
     # the way's six points: curl's veth, the tunnel (MACs rewritten, routed), the NICs, the other node
     assert cells == ["● 64", "M 63", "⊕4096 63", "● 63", "⊖ 63", "M 62"]
     assert "⊕ encapsulated (VNI)" in proc.stdout
+
+
+def test_the_pods_arp_for_its_gateway_is_shown_as_packets_of_the_way(lab, tmp_path):
+    """Step 3.3: with the pod's neighbour entry gone, the run shows its who-has 169.254.1.1 and the
+    proxy-ARP answer from the host end of its veth (the kernel's MAC for it), in the view, the
+    JSON and the merged pcapng."""
+    pod, node = lab.pod("curl"), lab.node("worker1")
+    ns_run(pod.netns, "ip", "neigh", "flush", "all")
+    merged = tmp_path / "run.pcapng"
+    doc = follow_json(lab, "--pcapng", str(merged))
+    cali = f"worker1/{pod.host_veth}"
+    arp = [f for f in doc["flows"] if f["protocol"] == "arp" and f["client"] == pod.ip]
+    assert arp, [f["protocol"] for f in doc["flows"]]
+    asks = [p for p in arp[0]["packets"] if p["hops"][0]["arp"]["op"] == "request"]
+    answers = [p for p in arp[0]["packets"] if p["hops"][0]["arp"]["op"] == "reply"]
+    assert asks and answers
+    assert asks[0]["hops"][0]["arp"]["target_ip"] == "169.254.1.1" and asks[0]["hops"][0]["point"] == cali
+    assert answers[0]["hops"][0]["arp"]["sender_mac"] == mac(node.netns, pod.host_veth) == "ee:ee:ee:ee:ee:ee"
+    assert "proxy-ARP" in answers[0]["hops"][0]["why"]
+    assert doc["follow"]["curl"][0]["status"] == 200
+    # every frame the agents captured is in the merged pcapng (tshark counts them)
+    captured = sum(c["packets"] for c in doc["follow"]["captures"])
+    out = subprocess.run(["tshark", "-n", "-r", str(merged), "-T", "fields", "-e", "_ws.col.Protocol"],
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert len(out) == captured and "ARP" in out

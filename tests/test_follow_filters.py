@@ -8,10 +8,12 @@ from types import SimpleNamespace
 
 import pytest
 
-from tracer.cluster.filters import capture_plan, flow_filter, underlay_filter
+from factories import CURL_MAC, arp, eth, ipv4, pcap_bytes, tcp
+from tracer.cluster.filters import capture_plan, flow_filter, point_filter, underlay_filter
 
 SAMPLES = Path(__file__).resolve().parents[1] / "pcaps" / "http-get"
 CURL, HTTPBIN = "172.18.166.139", "172.18.104.14"
+CALI, GATEWAY = "ee:ee:ee:ee:ee:ee", "169.254.1.1"
 
 
 def way(src=CURL, dst=HTTPBIN):
@@ -27,6 +29,10 @@ def way(src=CURL, dst=HTTPBIN):
     )
 
 
+def pod_veth_filter(w, port: int) -> str:
+    return point_filter(w.points[0], w, port)
+
+
 def matches(pcap: Path, bpf: str) -> int:
     out = subprocess.run(["tcpdump", "-n", "-r", str(pcap), bpf], capture_output=True, text=True, check=True)
     return sum(1 for line in out.stdout.splitlines() if line[:1].isdigit())  # inner headers get a line too
@@ -37,7 +43,29 @@ def test_the_plan_is_each_node_s_points_in_the_order_of_the_way():
     assert {n: [c.interface for c in cs] for n, cs in plan.items()} == {
         "worker1": ["cali35e3a5cb80b", "vxlan.calico", "eth1"], "worker2": ["eth1", "vxlan.calico", "cali4a3c027cd7f"]}
     assert plan["worker1"][2].bpf == underlay_filter(way(), 80)
-    assert plan["worker1"][0].bpf == flow_filter(CURL, HTTPBIN, 80)
+    assert plan["worker1"][0].bpf == pod_veth_filter(way(), 80)
+    assert plan["worker1"][1].bpf == flow_filter(CURL, HTTPBIN, 80)  # (no ARP crosses a tunnel device)
+
+
+def test_a_pod_veth_filter_keeps_the_flow_and_the_pods_arp_only(tmp_path):
+    """libpcap (tcpdump -r) on built frames: the flow, both pods' ARP (asked by, asked for), and
+    nothing of another pod or another port."""
+    other = "172.18.166.140"
+    frames = {
+        "syn": eth(CURL_MAC, CALI, 0x0800, ipv4(CURL, HTTPBIN, 6, tcp(45688, 80))),
+        "other port": eth(CURL_MAC, CALI, 0x0800, ipv4(CURL, HTTPBIN, 6, tcp(45688, 8080))),
+        "who-has gw": eth(CURL_MAC, "ff:ff:ff:ff:ff:ff", 0x0806, arp(1, CURL_MAC, CURL, "00:00:00:00:00:00", GATEWAY)),
+        "proxy-arp": eth(CALI, CURL_MAC, 0x0806, arp(2, CALI, GATEWAY, CURL_MAC, CURL)),
+        "node asks for httpbin": eth(CALI, "ff:ff:ff:ff:ff:ff", 0x0806,
+                                     arp(1, CALI, "192.168.56.12", "00:00:00:00:00:00", HTTPBIN)),
+        "another pod's arp": eth(CURL_MAC, "ff:ff:ff:ff:ff:ff", 0x0806,
+                                 arp(1, CURL_MAC, other, "00:00:00:00:00:00", GATEWAY)),
+    }
+    keep = {"syn", "who-has gw", "proxy-arp", "node asks for httpbin"}
+    for name, frame in frames.items():
+        pcap = tmp_path / "one.pcap"
+        pcap.write_bytes(pcap_bytes([frame]))
+        assert matches(pcap, pod_veth_filter(way(), 80)) == (name in keep), name
 
 
 @pytest.mark.parametrize("point", ["worker1/eth1", "worker2/eth1"])

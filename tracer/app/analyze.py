@@ -21,7 +21,7 @@ from tracer.decode import VXLAN_PORTS
 from tracer.errors import NotFoundError, UsageError
 from tracer.model import Flow, Trace
 from tracer.model.analysis import Analysis
-from tracer.model.trace import RawFrame
+from tracer.model.trace import OtherFrame, RawFrame
 
 __all__ = ["AnalyzeRequest", "Analysis", "analyze", "correlate", "find_path_file", "no_cyclic_gc", "read_path_file",
            "select_flows"]
@@ -59,6 +59,8 @@ class AnalyzeRequest:
     view: str | None = None
     """The text view asked for: hops, grid or summary (None: hops, or the summary for many packets);
     the caller sets `summary` too for summary."""
+    related_arp: bool = False
+    """Show the ARP exchanges of the chosen flows' addresses beside them (follow's own flows)."""
     strict_flows: bool = False
     """--flow that matches no flow is an error (tracer analyze; follow shows what it has)."""
     progress: Callable[[float | None], None] | None = None
@@ -68,7 +70,7 @@ class AnalyzeRequest:
 def analyze(req: AnalyzeRequest) -> Analysis:
     """Read, correlate and describe the captures; choose what to show."""
     trace, c = correlate(req)
-    shown = select_flows(trace, req.flows, req.all_flows)
+    shown = select_flows(trace, req.flows, req.all_flows, related_arp=req.related_arp)
     if req.flows and not shown and trace.flows and req.output == "text" and req.strict_flows:
         n = len(trace.flows)
         raise NotFoundError(f"no flow matches --flow {' '.join(req.flows)}: the captures hold {n:,} flow{'s' if n != 1 else ''}",
@@ -78,7 +80,8 @@ def analyze(req: AnalyzeRequest) -> Analysis:
     return Analysis(trace=trace, shown=tuple(shown), chosen_by_flow=bool(req.flows), strict_flows=req.strict_flows,
                     kept_packets=keep,
                     summary_view=req.summary or not keep or (n > AUTO_SUMMARY_PACKETS and not req.view),
-                    shown_packets=n, names=dict(req.names or {}), frames=raw_frames(c) if req.pcapng else None)
+                    shown_packets=n, names=dict(req.names or {}), frames=raw_frames(c) if req.pcapng else None,
+                    other_frames=other_frames(c) if req.pcapng else ())
 
 
 def correlate(req: AnalyzeRequest) -> tuple[Trace, Correlation]:
@@ -99,6 +102,13 @@ def raw_frames(c: Correlation) -> tuple[tuple[tuple[RawFrame, ...], ...], ...]:
                              for s in seq) for seq in f.records) for f in c.flows)
 
 
+def other_frames(c: Correlation) -> tuple[OtherFrame, ...]:
+    """The frames no flow holds, with why (what the decoder said of them)."""
+    return tuple(OtherFrame(point=c.points[p].id, time=t, why=fr.undecoded or "not an IP or ARP packet",
+                            frame=RawFrame(linktype=fr.linktype, data=fr.data, orig_len=fr.orig_len))
+                 for p, t, fr in c.unfollowed)
+
+
 def _big(req: AnalyzeRequest, inputs: list[CaptureInput]) -> bool:
     """Whether the text view will be the summary anyway: big captures, no flows chosen, no
     merged pcapng (which comments every packet's hops)."""
@@ -107,16 +117,33 @@ def _big(req: AnalyzeRequest, inputs: list[CaptureInput]) -> bool:
     return total_size(i.path for i in inputs) >= AUTO_SUMMARY_BYTES
 
 
-def select_flows(trace: Trace, specs: tuple[str, ...], all_flows: bool) -> list[Flow]:
+def select_flows(trace: Trace, specs: tuple[str, ...], all_flows: bool, related_arp: bool = False) -> list[Flow]:
     """--flow specs if given; else the HTTP flows and those with packets that stopped on the way
-    (a flow whose SYN was dropped never shows HTTP); else every flow."""
+    (a flow whose SYN was dropped never shows HTTP); else every flow. Chosen so (or with
+    `related_arp`), the ARP exchanges of the chosen flows' addresses are shown too: step 3.3 of
+    their way (the pod resolving its gateway, the node resolving the pod)."""
     flows = list(trace.flows)
     if specs:
-        return [f for i, f in enumerate(flows, 1) if any(_matches(f, i, s) for s in specs)]
-    if all_flows:
+        chosen = [f for i, f in enumerate(flows, 1) if any(_matches(f, i, s) for s in specs)]
+    elif all_flows:
         return flows
-    chosen = [f for f in flows if f.http or (f.summary is not None and f.summary.stopped)]
-    return chosen or flows
+    else:
+        chosen = [f for f in flows if f.http or (f.summary is not None and f.summary.stopped)]
+        if not chosen:
+            return flows
+        related_arp = True
+    if not related_arp:
+        return chosen
+    ips = {_ip(a) for f in chosen for a in (f.client, f.server, *((f.nat.original, f.nat.translated) if f.nat else ()))}
+    keep = {id(f) for f in chosen} | {id(f) for f in flows if f.protocol == "arp" and (f.client in ips or f.server in ips)}
+    return [f for f in flows if id(f) in keep]  # (in their numbers' order)
+
+
+def _ip(addr: str) -> str:
+    """`10.1.2.3:80` -> `10.1.2.3`; `[fd00::1]:80` -> `fd00::1`; an address without port as it is."""
+    if addr.startswith("["):
+        return addr[1:].split("]", 1)[0]
+    return addr.rsplit(":", 1)[0] if addr.count(":") == 1 else addr
 
 
 def _matches(f: Flow, index: int, spec: str) -> bool:

@@ -196,7 +196,7 @@ def follow(backend: FollowBackend, req: FollowRequest, *, present: Callable[[Fol
             names = {way.src.pod.ip: way.src.pod.name, way.dst.pod.ip: way.dst.pod.name}
             areq = AnalyzeRequest(paths=(str(directory),), way=tuple(p.id for p in way.points), names=names,
                                   output=req.output, pcapng=req.pcapng,
-                                  flows=() if req.all_flows else own_flows(result), all_flows=req.all_flows,
+                                  flows=() if req.all_flows else own_flows(result), all_flows=req.all_flows, related_arp=True,
                                   view=req.view, summary=req.view == "summary",
                                   captured_together=True)  # (every agent listened before curl, until its end)
             so_far = result.as_run(req.save)  # (the JSON's timings: up to the correlation)

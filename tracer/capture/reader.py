@@ -65,6 +65,9 @@ class CaptureSet:
         self.points: list[PointState] = []
         self.point_index: dict[str, int] = {}
         self.warnings: list[str] = []
+        self.unfollowed: list[tuple[int, float, object]] = []
+        """With keep_packets: the frames that are no IP or ARP packet (point, time, Frame), for
+        the merged pcapng, which writes every frame read."""
         self._caps: list = []  # (pcapio.CaptureFile of each input, once opened: their `read`)
         self._headers_only: list[str] = []  # inputs that are a pcap header and nothing else
         self._total = 1
@@ -216,7 +219,10 @@ class CaptureSet:
                     if pidx is None:
                         pidx = split[i][ifindex] = self._point(inp.split_node, self._ifname(inp, ifindex), inp.path)
                 e = self.points[pidx].stats.add_frame(fr, rec.time)
-                if e is not None:
+                if e is None:
+                    if keep:
+                        self.unfollowed.append((pidx, rec.time, fr))
+                else:
                     batch.append(from_frame(rec.time, pidx, fr, e, keep))
                     if len(batch) >= BATCH:
                         cap.read = max(cap.read, taken)  # (a fast reader before may have read ahead)

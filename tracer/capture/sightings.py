@@ -8,12 +8,12 @@ its fields are read by the names below, once each:
 T      capture time (seconds, the node's own clock)
 P      the point's index
 KEY    `identity` of the innermost packet: what stays the same at every point of its way
-TTL    its TTL (hop limit)
+TTL    its TTL (hop limit); 0 for ARP, which has none
 CODE   point | ttl << 16 | tunnels peeled << 24 in one int: what orders a packet's sightings,
        compared at once
 ENDS   its addresses and ports as bytes (source IP, destination IP, then source and destination
-       port when the protocol has ports): `split_ends` reads them back
-PROTO  the IP protocol
+       port when the protocol has ports; ARP's sender and target IP): `split_ends` reads them back
+PROTO  the IP protocol (PROTO_ARP for ARP)
 FLAGS  TCP flags (None for other protocols)
 HEAD   the first 8 bytes of its payload (to spot HTTP)
 FRAME  the decoded Frame when packets are kept, else None
@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import struct
 
-from tracer.decode import PROTO_TCP, PROTO_UDP, Frame
+from tracer.decode import PROTO_ARP, PROTO_TCP, PROTO_UDP, Frame
 
 T, P, KEY, TTL, CODE, ENDS, PROTO, FLAGS, HEAD, FRAME, BIT = range(11)
 CALICO_MAC = b"\xee" * 6
@@ -45,7 +45,10 @@ def identity(fr: Frame):
 
     A TCP segment's is its IP ID, sequence and acknowledgement numbers, flags and payload length
     packed into bytes (tcp_key: one object, cheap to hash, compare and send between processes);
-    the others' a tuple."""
+    the others' a tuple. An ARP packet's is all it says (operation, sender and target): the
+    same request sent again is told apart by the time it is seen again at a point."""
+    if fr.arp is not None:
+        return (PROTO_ARP, *fr.arp)
     p = fr.proto
     if fr.fragment:
         return (p, fr.ip_id, -1, fr.payload_len, fr.ip_len)
@@ -68,12 +71,17 @@ def points_mask(obs: list[tuple]) -> int:
 
 
 def ends_of(fr: Frame) -> bytes:
+    if fr.arp is not None:
+        return fr.arp[2] + fr.arp[4]
     e = fr.ip_src + fr.ip_dst
     return e + _pack_ports(fr.sport, fr.dport) if fr.sport is not None and fr.dport is not None else e
 
 
 def from_frame(ts: float, point: int, fr: Frame, ends: bytes, keep: bool) -> tuple:
-    """The sighting of a decoded IP frame (PointStats.add_frame gives its ends)."""
+    """The sighting of a decoded IP or ARP frame (PointStats.add_frame gives its ends)."""
+    if fr.arp is not None:
+        return (ts, point, identity(fr), 0, point | len(fr.tunnels) << 24, ends, PROTO_ARP, None, b"",
+                fr if keep else None, 1 << point)
     po = fr.payload_offset
     head = fr.data[po:po + 8] if fr.payload_len and po >= 0 else b""
     return (ts, point, identity(fr), fr.ttl, point | fr.ttl << 16 | len(fr.tunnels) << 24, ends, fr.proto,
@@ -127,7 +135,7 @@ class PointStats:
             self.last = last
 
     def add_frame(self, fr: Frame, time: float) -> bytes | None:
-        """Count a decoded frame; its `ends` if it is an IP packet the correlator follows, else None."""
+        """Count a decoded frame; its `ends` if it is an IP or ARP packet the correlator follows, else None."""
         self.frames += 1
         if time < self.first:
             self.first = time
@@ -137,6 +145,10 @@ class PointStats:
             self.encapsulated += 1
         if fr.undecoded is not None and fr.arp is None:
             self.undecoded += 1
+        if fr.arp is not None:  # (its addresses are no flow's: not the point's IPs)
+            if not self.calico_mac and (fr.eth_src == CALICO_MAC or fr.eth_dst == CALICO_MAC):
+                self.calico_mac = True
+            return ends_of(fr)
         if fr.ip_src is None or fr.proto is None:
             if not self.calico_mac and (fr.eth_src == CALICO_MAC or fr.eth_dst == CALICO_MAC):
                 self.calico_mac = True

@@ -40,10 +40,21 @@ def underlay_filter(way: Way, port: int) -> str:
             f" and udp[39]=6 and (udp[50:2]={port} or udp[52:2]={port})")
 
 
+def arp_filter(ip: str) -> str:
+    """ARP asking for or answering about `ip`, or sent by it: a pod resolving its gateway
+    (Calico: who-has 169.254.1.1, answered by proxy-ARP), the node resolving the pod."""
+    return f"arp host {ip}"
+
+
 def point_filter(point: WayPoint, way: Way, port: int) -> str:
+    """A pod's veth (and a bridge) carries the pods' ARP too: step 3.3 of the way, shown as
+    packets of it when the run makes the pod or its node resolve an address."""
     if point.role == "underlay":
         return underlay_filter(way, port)
-    return flow_filter(way.src.pod.ip, way.dst.pod.ip, port)
+    flow = flow_filter(way.src.pod.ip, way.dst.pod.ip, port)
+    if point.role in ("pod-veth", "bridge"):
+        return f"({flow}) or {arp_filter(way.src.pod.ip)} or {arp_filter(way.dst.pod.ip)}"
+    return flow
 
 
 def capture_plan(way: Way, port: int) -> dict[str, list[CaptureSpec]]:

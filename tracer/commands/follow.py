@@ -95,7 +95,7 @@ def command(src, dst, port, url_path, count, save, output, pcapng, view, all_flo
             from tracer.render.header import follow_header
 
             show(analysis, sys.stdout, output=output, pcapng=pcapng, extra_json={"follow": follow_document(done)},
-                 header=follow_header(done), hint=SUMMARY_HINT, view=view, summary=view == "summary")
+                 header=follow_header(done, analysis.trace), hint=SUMMARY_HINT, view=view, summary=view == "summary")
 
         _preload_view()
         with Spinner(sys.stderr) as progress:

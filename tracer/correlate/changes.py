@@ -6,12 +6,16 @@ and the live grid (tracer.app.watch), so that "what changed" means the same in a
 
 from __future__ import annotations
 
-from tracer.capture.sightings import HTTP_STARTS
-from tracer.decode import PROTO_GRE, PROTO_ICMP, PROTO_ICMPV6, PROTO_IPIP, PROTO_TCP, PROTO_UDP, Frame, fmt_ip, fmt_mac, tcp_flags_str
-from tracer.model import Encapsulation
+from tracer.capture.sightings import CALICO_MAC, HTTP_STARTS
+from tracer.decode import (
+    ARP_REPLY, ARP_REQUEST, PROTO_ARP, PROTO_GRE, PROTO_ICMP, PROTO_ICMPV6, PROTO_IPIP, PROTO_TCP, PROTO_UDP, Frame,
+    fmt_ip, fmt_mac, tcp_flags_str,
+)
+from tracer.model import Arp, Encapsulation
 
 PROTO_NAMES = {PROTO_TCP: "tcp", PROTO_UDP: "udp", PROTO_ICMP: "icmp", PROTO_ICMPV6: "icmpv6", PROTO_GRE: "gre",
-               PROTO_IPIP: "ipip"}
+               PROTO_IPIP: "ipip", PROTO_ARP: "arp"}
+ARP_OPS = {ARP_REQUEST: "request", ARP_REPLY: "reply"}
 FLAG_WORDS = {"S": "SYN", "SA": "SYN-ACK", "A": "ACK", "PA": "PSH-ACK", "FA": "FIN-ACK", "R": "RST", "RA": "RST-ACK",
               "FPA": "FIN-PSH-ACK"}
 TUNNEL_NAMES = {"vxlan": "VXLAN", "geneve": "Geneve", "ipip": "IP-in-IP", "gre": "GRE", "erspan": "ERSPAN"}
@@ -25,8 +29,35 @@ def endpoint(ep: tuple) -> str:
     return f"[{s}]:{port}" if ":" in s else f"{s}:{port}"
 
 
+def frame_ends(fr: Frame) -> tuple[tuple, tuple]:
+    """The frame's (source IP, port) and (destination IP, port); ARP's sender and target IP."""
+    if fr.arp is not None:
+        return (fr.arp[2], None), (fr.arp[4], None)
+    return (fr.ip_src, fr.sport), (fr.ip_dst, fr.dport)
+
+
+def arp_fields(fr: Frame) -> Arp | None:
+    if fr.arp is None:
+        return None
+    op, smac, sip, tmac, tip = fr.arp
+    return Arp(op=ARP_OPS.get(op, f"op {op}"), sender_mac=fmt_mac(smac), sender_ip=fmt_ip(sip),
+               target_mac=fmt_mac(tmac), target_ip=fmt_ip(tip))
+
+
+def _arp_words(fr: Frame, short: bool) -> str:
+    """tcpdump's words: `who-has 169.254.1.1 tell 10.1.38.203`, `169.254.1.1 is-at ee:ee:…`."""
+    op, smac, sip, _, tip = fr.arp
+    if op == ARP_REQUEST:
+        return f"who-has {fmt_ip(tip)}" + ("" if short else f" tell {fmt_ip(sip)}")
+    if op == ARP_REPLY:
+        return f"is-at {fmt_mac(smac)}" if short else f"{fmt_ip(sip)} is-at {fmt_mac(smac)}"
+    return f"ARP op {op}"
+
+
 def packet_summary(fr: Frame) -> str:
     """`SYN 10.1.38.203:56312 -> 10.1.201.77:80`, `GET /get`, `ICMP echo 7`: one packet in words."""
+    if fr.arp is not None:
+        return "ARP " + _arp_words(fr, short=False)
     src, dst = endpoint((fr.ip_src, fr.sport)), endpoint((fr.ip_dst, fr.dport))
     if fr.proto == PROTO_TCP:
         flags = tcp_flags_str(fr.tcp_flags)
@@ -48,6 +79,8 @@ def packet_summary(fr: Frame) -> str:
 
 def packet_label(fr: Frame) -> str:
     """`SYN`, `PSH-ACK GET /get`, `PSH-ACK HTTP/1.1 200`: short enough for a projector."""
+    if fr.arp is not None:
+        return _arp_words(fr, short=True)
     flags = tcp_flags_str(fr.tcp_flags)
     text = FLAG_WORDS.get(flags, flags or PROTO_NAMES.get(fr.proto, "?").upper())
     if fr.payload_len:
@@ -98,13 +131,30 @@ INITIAL_TTLS = (64, 128, 255)
 
 def first_seen(fr: Frame, point) -> str:
     """The first hop of a packet in the captures: as its pod sent it only where a pod's veth saw
-    it with an initial TTL; else what its TTL tells of the way before."""
+    it with an initial TTL; else what its TTL tells of the way before. ARP: what it asks or
+    answers, and who answers when it is Calico's proxy-ARP."""
+    if fr.arp is not None:
+        return _arp_why(fr)
     ttl = fr.ttl
     if ttl is None or ttl in INITIAL_TTLS:
         return "as the pod sent it" if point.role == "pod-veth" else "first seen here"
     routed = min(t for t in INITIAL_TTLS if t > ttl) - ttl
     times = {1: "once", 2: "twice"}.get(routed, f"{routed} times")
     return f"first seen here; TTL {ttl}: routed {times} before"
+
+
+def _arp_why(fr: Frame) -> str:
+    op, smac, sip, tmac, tip = fr.arp
+    if op == ARP_REQUEST:
+        asker = "the host end of the veth" if smac == CALICO_MAC else fmt_mac(smac)
+        how = "broadcast" if fr.eth_dst in (None, b"\xff" * 6) else f"unicast to {fmt_mac(fr.eth_dst)} (checking an entry it has)"
+        return f"ARP request: who has {fmt_ip(tip)}? tell {fmt_ip(sip)} ({asker}); {how}"
+    if op == ARP_REPLY:
+        if smac == CALICO_MAC:
+            return (f"ARP reply: {fmt_ip(sip)} is at {fmt_mac(smac)}: proxy-ARP, the host end of the veth answers "
+                    f"for every address with its own MAC (Calico)")
+        return f"ARP reply: {fmt_ip(sip)} is at {fmt_mac(smac)} (to {fmt_ip(tip)} at {fmt_mac(tmac)})"
+    return f"ARP operation {op} from {fmt_ip(sip)} ({fmt_mac(smac)})"
 
 
 def hop_why(changes: tuple[str, ...], prev: Frame | None, prev_point, fr: Frame, point, enc: Encapsulation | None,

@@ -7,7 +7,8 @@ from dataclasses import replace
 
 from tracer.correlate.flows import FlowState
 from tracer.correlate.changes import (
-    PROTO_NAMES, drop_hint, encapsulation, endpoint, hop_changes, hop_why, packet_label, packet_summary,
+    PROTO_NAMES, arp_fields, drop_hint, encapsulation, endpoint, frame_ends, hop_changes, hop_why, packet_label,
+    packet_summary,
 )
 from tracer.correlate.order import PacketSighting
 from tracer.correlate.result import Correlation
@@ -187,7 +188,7 @@ def _nat(c: Correlation, f: FlowState, client: tuple, ways: dict[str, list[int]]
 def _packet(c: Correlation, seq: list[PacketSighting], client: tuple, ways: dict[str, list[int]],
             uncovered: int = 0) -> PacketTrace:
     first = seq[0].frame
-    direction = "request" if (first.ip_src, first.sport) == client else "response"
+    direction = "request" if frame_ends(first)[0] == client else "response"
     hops = _hops(c, seq, direction)
     way = ways.get(direction, [])
     seen = {s.point for s in seq}
@@ -252,10 +253,12 @@ def _hops(c: Correlation, seq: list[PacketSighting], direction: str) -> tuple[Ho
         enc = encapsulation(fr)
         changes = () if prev is None else hop_changes(prev, fr)
         why = hop_why(changes, prev, prev_point, fr, p, enc, direction)
+        (src, _), (dst, _) = frame_ends(fr)
         hops.append(Hop(point=p.id, time=s.time, offset=round(corrected - t0, 9), direction=s.direction,
-                        eth_src=fmt_mac(fr.eth_src), eth_dst=fmt_mac(fr.eth_dst), ip_src=fmt_ip(fr.ip_src),
-                        ip_dst=fmt_ip(fr.ip_dst), sport=fr.sport, dport=fr.dport, ttl=fr.ttl, encap=enc,
-                        changes=tuple(changes), why=why))
+                        eth_src=fmt_mac(fr.eth_src), eth_dst=fmt_mac(fr.eth_dst), ip_src=fmt_ip(src),
+                        ip_dst=fmt_ip(dst), sport=fr.sport, dport=fr.dport, ttl=fr.ttl, encap=enc,
+                        changes=tuple(changes), why=why, frame_bytes=fr.orig_len,
+                        ip_id=fr.ip_id if fr.ip_version == 4 else None, arp=arp_fields(fr)))
         prev, prev_point = fr, p
     return tuple(hops)
 

@@ -116,7 +116,8 @@ class Correlator:
                     flow.uncovered = [u for _, u in kept]
         return Correlation(points=self.points, point_index=self.captures.point_index, flows=flows,
                            clocks=self.clocks, window=window, latency=self.latency, warnings=self.captures.warnings,
-                           total_frames=total_frames, packets=self.distinct, options=self.opts)
+                           total_frames=total_frames, packets=self.distinct, options=self.opts,
+                           unfollowed=self.captures.unfollowed)
 
     def _loop(self) -> None:
         """Read, merge by time, gather each packet's sightings, finalize it."""

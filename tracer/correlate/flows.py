@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections import Counter
 
 from tracer.capture.sightings import split_ends
+from tracer.decode import PROTO_ARP
 
 
 class FlowState:
@@ -129,11 +130,13 @@ class FlowTable:
             prev = cur
 
     def ordered(self) -> list[FlowState]:
-        """Each flow once, in the order every view shows them: HTTP first, then by packets, then by time."""
+        """Each flow once, in the order every view numbers them: the HTTP flows first, in the order
+        they began (request order: `follow --count 5`'s flow 1 is request 1), then the other IP
+        flows, then ARP, each by packets, then by time."""
         seen, out = set(), []
         for f in self.by_key.values():
             if id(f) not in seen:
                 seen.add(id(f))
                 out.append(f)
-        out.sort(key=lambda f: (not f.http, -f.packets, f.first_time))
+        out.sort(key=lambda f: (0, f.first_time, 0) if f.http else (1 + (f.proto == PROTO_ARP), -f.packets, f.first_time))
         return out

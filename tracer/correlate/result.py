@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from tracer.capture.reader import PointState
@@ -23,7 +23,7 @@ class Correlation:
     point_index: dict[str, int]
     """Point id (`node/interface`) -> its index in `points`."""
     flows: list[FlowState]
-    """Each flow once, in the order every view shows them (HTTP first, then by packets, then by time)."""
+    """Each flow once, in the order every view numbers them (FlowTable.ordered: HTTP flows in request order first)."""
     clocks: Clocks
     window: Window
     """When each node was capturing, on the reference clock, with the final offsets."""
@@ -33,6 +33,8 @@ class Correlation:
     packets: int
     """Distinct packets (a packet seen at several points is one)."""
     options: CorrelationOptions
+    unfollowed: list[tuple] = field(default_factory=list)
+    """With kept packets: the frames that are no IP or ARP packet, (point index, time, Frame)."""
 
     @property
     def offsets(self) -> dict[str, float]:

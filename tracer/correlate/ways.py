@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 from tracer.capture.roles import INGRESS_RANK
 from tracer.correlate.flows import FlowState
 from tracer.correlate.result import Correlation
+from tracer.decode import PROTO_ARP
 
 
 def mask_info(pts, mask: int, way: tuple[int, ...]) -> tuple:
@@ -41,7 +42,8 @@ def flow_ways(c: Correlation, f: FlowState, client: tuple, cache: dict | None = 
     points, the server's addresses) is the same for most flows of a capture: `cache` keeps the
     answer per such key.
     """
-    servers = frozenset(ck[1][0] for ck in f.cks) | frozenset(ck[2][0] for ck in f.cks)
+    # (and whether it is ARP, whose way the hint does not complete)
+    servers = (f.proto == PROTO_ARP, frozenset(ck[1][0] for ck in f.cks) | frozenset(ck[2][0] for ck in f.cks))
     quick = None
     if cache is not None and f.tallies:
         # the tallies' keys are shared by every flow of the same kinds: a cheap key to the quick key
@@ -70,7 +72,9 @@ def flow_ways(c: Correlation, f: FlowState, client: tuple, cache: dict | None = 
         ways["request"] = insert_missing(req, list(reversed(resp)))
         ways["response"] = insert_missing(resp, list(reversed(req)))
     hint = [c.point_index[p] for p in c.options.way_hint if p in c.point_index]
-    if hint and "request" in ways:
+    if f.proto == PROTO_ARP:
+        pass  # (ARP stays on its link: its way is where it was seen, not the request's)
+    elif hint and "request" in ways:
         if set(ways["request"]) & set(hint):
             ways["request"] = insert_missing(ways["request"], hint)
             if "response" in ways:

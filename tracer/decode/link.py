@@ -36,6 +36,10 @@ LINKTYPE_NAMES = {
 }
 
 ETH_IPV4, ETH_IPV6, ETH_ARP = 0x0800, 0x86DD, 0x0806
+PROTO_ARP = ETH_ARP
+"""The protocol number tracer files ARP packets under beside IP's (its ethertype: every IP
+protocol number is below 256, so none is taken)."""
+ARP_REQUEST, ARP_REPLY = 1, 2
 ETH_VLAN = frozenset({0x8100, 0x88A8, 0x9100})
 ETH_TEB = 0x6558  # transparent Ethernet bridging: an Ethernet frame follows
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from tracer.model.trace import Flow, RawFrame, Trace
+from tracer.model.trace import Flow, OtherFrame, RawFrame, Trace
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -27,6 +27,8 @@ class Analysis:
     """IP -> pod name, shown next to addresses."""
     frames: tuple[tuple[tuple[RawFrame, ...], ...], ...] | None = None
     """With --pcapng: every kept packet's frames, per flow of `trace.flows`, per packet, per hop."""
+    other_frames: tuple[OtherFrame, ...] = ()
+    """With --pcapng: the frames that are no packet of a flow (see OtherFrame)."""
 
     @property
     def document_trace(self) -> Trace:

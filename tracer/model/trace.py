@@ -27,7 +27,7 @@ class CapturePoint:
     packets: int = 0
     """Frames read at this point."""
     undecoded: int = 0
-    """Frames that could not be decoded down to an IP packet (ARP, LLDP, cut short, ...)."""
+    """Frames that could not be decoded down to an IP or ARP packet (LLDP, cut short, ...)."""
     files: tuple[str, ...] = ()
     """Capture files this point was read from."""
 
@@ -52,6 +52,18 @@ class Encapsulation:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Arp:
+    """An ARP packet's own fields (the hop's ip_src and ip_dst are its sender and target IP)."""
+
+    op: str
+    """request | reply (or `op N` for another operation)"""
+    sender_mac: str
+    sender_ip: str
+    target_mac: str
+    target_ip: str
+
+
+@dataclass(frozen=True, kw_only=True)
 class Hop:
     """One sighting of a packet at one capture point, with what changed since the previous hop."""
 
@@ -66,15 +78,24 @@ class Hop:
     eth_src: str | None
     eth_dst: str | None
     ip_src: str
+    """The packet's source IP (ARP: the sender's)."""
     ip_dst: str
+    """Its destination IP (ARP: the target's, the address asked for)."""
     sport: int | None
     dport: int | None
-    ttl: int
+    ttl: int | None
+    """The inner packet's TTL or hop limit (None for ARP, which has none)."""
     encap: Encapsulation | None
     changes: tuple[str, ...] = ()
     """What changed against the previous hop: mac, ttl, encap, decap, dnat, snat, ..."""
     why: str = ""
     """One sentence: why it changed (routing, VXLAN, kube-proxy, ...)."""
+    frame_bytes: int | None = None
+    """The frame's length on the wire at this point, outer headers included (tunnel and link)."""
+    ip_id: int | None = None
+    """The inner IP header's ID at this point (IPv4; None for IPv6 and ARP)."""
+    arp: Arp | None = None
+    """For an ARP packet: what it asks or answers."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -86,6 +107,17 @@ class RawFrame:
     orig_len: int
     summary: str = ""
     """The frame in words as it is at this hop (its own addresses: NAT shows), e.g. `SYN a:p -> b:q`."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class OtherFrame:
+    """A frame that is no packet of a flow (not IP or ARP, or not decodable): the merged pcapng
+    writes it too, saying why it was not followed."""
+
+    point: str
+    time: float
+    frame: RawFrame
+    why: str
 
 
 @dataclass(frozen=True, kw_only=True)

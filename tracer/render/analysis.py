@@ -25,7 +25,7 @@ def show(a: Analysis, out: TextIO, *, output: str = "text", summary: bool = Fals
         from tracer.render.pcapng import write_pcapng
 
         assert a.frames is not None, "analyze() keeps the frames when asked for a pcapng"
-        n = write_pcapng(a.trace, a.frames, pcapng)
+        n = write_pcapng(a.trace, a.frames, pcapng, a.other_frames)
         progress(None)
         k = len(a.trace.points)
         print(f"tracer: wrote {pcapng}: {n:,} frame{'s' if n != 1 else ''} of {k} point{'s' if k != 1 else ''}, "

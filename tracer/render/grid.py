@@ -72,7 +72,7 @@ def render_grid(trace: Trace, console: Console, flows: list[Flow], names: dict[s
         t = Table(show_edge=False, pad_edge=False, expand=False, padding=(0, 0 if compact else 1))
         t.add_column("#", justify="right")
         t.add_column("+time", justify="right")
-        t.add_column("packet", no_wrap=True, max_width=14 if compact else 24)
+        t.add_column("packet", no_wrap=True, max_width=14 if compact else 26)
         for i, pid in enumerate(points, 1):
             node, _, iface = pid.partition("/")
             head = str(i) if compact else f"{i} {safe(node)}\n{safe(iface)}"

@@ -6,6 +6,7 @@ from __future__ import annotations
 from rich.console import Group
 from rich.text import Text
 
+from tracer.model import Trace
 from tracer.model.follow import CurlResult, FollowRun
 from tracer.render.text import safe
 
@@ -18,7 +19,8 @@ def curl_text(c: CurlResult) -> str:
     return f"failed: {c.error}" + (f" (HTTP {c.status})" if c.status else "") + took
 
 
-def follow_header(r: FollowRun) -> Group:
+def follow_header(r: FollowRun, trace: Trace | None = None) -> Group:
+    """`trace` (the run's analysis): tells the request's frames from the ARP the veths carried."""
     s, d = r.way.src.pod, r.way.dst.pod
     lines = [Text(f"follow {safe(s.name)} ({s.ip}, {safe(s.node)}) -> {safe(d.name)} ({d.ip}, {safe(d.node)}): "
                   f"GET {safe(r.url)}  [{r.backend}]", style="bold")]
@@ -30,7 +32,7 @@ def follow_header(r: FollowRun) -> Group:
     if dropped:
         what += f", {dropped} dropped by the kernel (the agent could not keep up)"
     lines.append(Text(what, style="yellow" if dropped else "dim"))
-    if not frames:
+    if not frames or trace is not None and all(f.protocol == "arp" for f in trace.flows):
         lines.append(Text(f"  nothing left {safe(s.name)}: no frame of the request at any point of the way",
                           style="red"))
     for w in r.way.warnings:  # (what discovery found bent in the way: the likely cause of a failure)

@@ -86,7 +86,7 @@ def packet_table(p: PacketTrace, index: int, names: dict[str, str], narrow: bool
         encap = _encap_text(h)
         if h.encap is not None:
             addr.append_text(_outer_lines(h, sep, encap))
-        ttl = Text(str(h.ttl), style=CHANGE_STYLE if "ttl" in ch else "")
+        ttl = Text("-" if h.ttl is None else str(h.ttl), style=CHANGE_STYLE if "ttl" in ch else "")
         t.add_row(str(i), Text(_point_name(h.point, narrow)), h.direction, duration(h.offset), ttl, addr, encap)
         notes.append(f"{i:>2} ", style="dim")
         notes.append(safe(h.why) + "\n", style=ENCAP_STYLE if ch & {"encap", "decap"} else ("yellow" if ch else "dim"))
@@ -232,15 +232,36 @@ def flow_header(f: Flow, index: int, names: dict[str, str]) -> Text:
     return t
 
 
+def arp_summary(f: Flow) -> str:
+    """An ARP exchange in one line: who asked for what, how often, and the answer (or none)."""
+    asks = [p.hops[0].arp for p in f.packets if p.hops and p.hops[0].arp and p.hops[0].arp.op == "request"]
+    answers = [p.hops[0].arp for p in f.packets if p.hops and p.hops[0].arp and p.hops[0].arp.op == "reply"]
+    parts = []
+    if asks:
+        a = asks[0]
+        parts.append(f"{a.sender_ip} asked for {a.target_ip} {_times(len(asks))}")
+    for r in {(r.sender_ip, r.sender_mac): r for r in answers}.values():
+        parts.append(f"answer: {r.sender_ip} is at {r.sender_mac}")
+    if asks and not answers:
+        parts.append("no answer seen")
+    return ", ".join(parts)
+
+
+def _times(n: int) -> str:
+    return {1: "once", 2: "twice"}.get(n, f"{n} times")
+
+
 def summary_line(f: Flow) -> Text:
     """MAC rewrites, encapsulation (VNI, port, +bytes), hops: the request's way in one line."""
+    if f.protocol == "arp":
+        return Text("summary: " + arp_summary(f), style="bold")
     req = next((p for p in f.packets if p.direction == "request" and not p.stopped), None) or (f.packets[0] if f.packets else None)
     if req is None:
         return Text("")
     macs = sum(1 for h in req.hops if "mac" in h.changes)
     enc = next((h.encap for h in req.hops if h.encap is not None), None)
     parts = [f"{len(req.hops)} hops", f"{macs} MAC rewrite{'s' if macs != 1 else ''}"]
-    ttls = [h.ttl for h in req.hops]
+    ttls = [h.ttl for h in req.hops if h.ttl is not None]
     if ttls:
         parts.append(f"TTL {ttls[0]} -> {ttls[-1]}")
     if f.nat:

@@ -22,7 +22,8 @@ def _hop(h: Hop) -> dict:
         "point": h.point, "time": h.time, "offset": h.offset, "direction": h.direction,
         "eth_src": h.eth_src, "eth_dst": h.eth_dst, "ip_src": h.ip_src, "ip_dst": h.ip_dst,
         "sport": h.sport, "dport": h.dport, "ttl": h.ttl, "encap": _encap(h.encap),
-        "changes": list(h.changes), "why": h.why,
+        "changes": list(h.changes), "why": h.why, "frame_bytes": h.frame_bytes, "ip_id": h.ip_id,
+        "arp": None if h.arp is None else dataclasses.asdict(h.arp),
     }
 
 

@@ -32,7 +32,10 @@ def cell(c: LiveCell | None, compact: bool = False) -> Text:
         t.append(f"M{gap}", style="bold yellow")
     if not t:
         t.append(f"●{gap}", style="bold green")
-    t.append(str(c.ttl), style="bold yellow" if "ttl" in c.changes else "green")
+    if c.ttl is None:  # (ARP: no TTL)
+        t.rstrip()
+    else:
+        t.append(str(c.ttl), style="bold yellow" if "ttl" in c.changes else "green")
     return t
 
 

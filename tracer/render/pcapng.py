@@ -12,7 +12,7 @@ from typing import BinaryIO
 
 from tracer.errors import CaptureFileError
 from tracer.model import Trace
-from tracer.model.trace import RawFrame
+from tracer.model.trace import OtherFrame, RawFrame
 
 TSRESOL_NS = 9
 
@@ -68,12 +68,16 @@ class PcapngWriter:
             f.write(_block(6, body))
 
 
-def write_pcapng(trace: Trace, frames: tuple[tuple[tuple[RawFrame, ...], ...], ...], path: str) -> int:
-    """Every hop of every kept packet, commented `flow F packet P hop H/N ...` with what that
-    frame is and what happened at that hop; how many. `frames` holds each hop's frame as
-    captured, per flow of `trace.flows`, per packet, per hop."""
+def write_pcapng(trace: Trace, frames: tuple[tuple[tuple[RawFrame, ...], ...], ...], path: str,
+                 others: tuple[OtherFrame, ...] = ()) -> int:
+    """Every frame read: every hop of every kept packet, commented `flow F packet P hop H/N ...`
+    with what that frame is and what happened at that hop, and the frames of no flow (`others`),
+    commented with why; how many. `frames` holds each hop's frame as captured, per flow of
+    `trace.flows`, per packet, per hop."""
     w = PcapngWriter(path)
-    n = 0
+    for o in others:
+        w.add(o.point, o.frame.linktype, o.time, o.frame.data, o.frame.orig_len, f"not followed: {o.why}")
+    n = len(others)
     for fi, (flow, packets) in enumerate(zip(trace.flows, frames, strict=True), 1):
         for pi, (p, raws) in enumerate(zip(flow.packets, packets, strict=True), 1):
             again = " (retransmission)" if p.retransmission else ""
@@ -81,8 +85,9 @@ def write_pcapng(trace: Trace, frames: tuple[tuple[tuple[RawFrame, ...], ...], .
                 note = ""
                 if h.encap is not None:
                     note = f", encapsulated {h.encap.type.upper()}" + (f" VNI {h.encap.vni}" if h.encap.vni is not None else "")
+                ttl = f", TTL {h.ttl}" if h.ttl is not None else ""
                 w.add(h.point, raw.linktype, h.time, raw.data, raw.orig_len,
-                      f"flow {fi} packet {pi} hop {hi}/{len(raws)} {raw.summary}{again}, TTL {h.ttl}{note}: {h.why}"
+                      f"flow {fi} packet {pi} hop {hi}/{len(raws)} {raw.summary}{again}{ttl}{note}: {h.why}"
                       f"{_further(p) if hi == len(raws) else ''}", h.direction)
                 n += 1
     w.close()
