@@ -135,7 +135,8 @@ def test_a_default_terminal_cuts_nothing(scenario, kind, width, monkeypatch):
     # each outer header's label stands on the line of its first address
     lines = text.splitlines()
     assert all(ln.split()[0].startswith("52:54:00:00:56:") for ln in lines if "outer MAC" in ln)  # the NICs
-    assert all(ln.split()[0].startswith("192.168.56.") for ln in lines if "outer IP" in ln)
+    # ... and the outer TTL on the outer IP's line, before it (the TTL column)
+    assert all(ln.split()[0] == "64" and ln.split()[1].startswith("192.168.56.") for ln in lines if "outer IP" in ln)
 
 
 def _styled_cells(console: Console, renderable) -> list[tuple[str, object]]:

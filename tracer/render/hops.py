@@ -64,9 +64,11 @@ def packet_table(p: PacketTrace, index: int, names: dict[str, str], narrow: bool
     seen = len(p.hops)
     total = seen + len(p.missing)
     title.append(f"  ({seen}/{total} points)", style="red" if p.stopped else ("yellow" if p.gaps else "green"))
+    if p.hops and p.hops[0].ip_id is not None:
+        title.append(f"  IP ID {p.ip_id}", style="dim")
     t = Table(title=title, title_justify="left", show_edge=False, pad_edge=False, expand=False,
               caption_justify="left", box=box.SIMPLE_HEAD)
-    for col, kw in (("#", {"justify": "right"}), ("point", {}), ("dir", {}), ("+time", {"justify": "right"}),
+    for col, kw in (("#", {"justify": "right"}), ("point", {}), ("dir", {}), ("+time\nbytes", {"justify": "right"}),
                     ("TTL", {"justify": "right"}), ("L2 src → dst\nL3 src → dst", {}), ("encap", {})):
         if narrow and col == "point":
             kw = {"overflow": "fold", "min_width": 12}
@@ -86,8 +88,10 @@ def packet_table(p: PacketTrace, index: int, names: dict[str, str], narrow: bool
         encap = _encap_text(h)
         if h.encap is not None:
             addr.append_text(_outer_lines(h, sep, encap))
-        ttl = Text("-" if h.ttl is None else str(h.ttl), style=CHANGE_STYLE if "ttl" in ch else "")
-        t.add_row(str(i), Text(_point_name(h.point, narrow)), h.direction, duration(h.offset), ttl, addr, encap)
+        # (the frame's length under its time: the row is two lines high anyway, and 80 columns are few)
+        when = duration(h.offset) + ("" if h.frame_bytes is None else f"\n{h.frame_bytes}")
+        t.add_row(str(i), Text(_point_name(h.point, narrow)), h.direction, when, _ttl_text(h, ch, sep.count("\n") + 1),
+                  addr, encap)
         notes.append(f"{i:>2} ", style="dim")
         notes.append(safe(h.why) + "\n", style=ENCAP_STYLE if ch & {"encap", "decap"} else ("yellow" if ch else "dim"))
     stopped = p.stopped
@@ -108,6 +112,17 @@ def packet_table(p: PacketTrace, index: int, names: dict[str, str], narrow: bool
                      "unseen\n", style="yellow")
     notes.rstrip()
     t.caption = notes
+    return t
+
+
+def _ttl_text(h: Hop, changed: set[str], lines: int) -> Text:
+    """The inner packet's TTL on its L3 line; under a tunnel, the outer header's TTL on the outer
+    IP line too (what the underlay's routers count down). `lines`: lines an address pair takes."""
+    t = Text("\n" * lines)
+    t.append("-" if h.ttl is None else str(h.ttl), style=CHANGE_STYLE if "ttl" in changed else "")
+    if h.encap is not None and h.encap.outer_ttl is not None:
+        pairs = 2 if h.encap.outer_eth_src else 1  # (outer MAC, outer IP: the outer IP's is the last)
+        t.append("\n" * (lines * pairs) + str(h.encap.outer_ttl), style=ENCAP_STYLE)
     return t
 
 
