@@ -189,8 +189,10 @@ def test_a_drop_shows_without_path_json_from_the_points_roles(capsys, tmp_path):
     for p in doc["flows"][0]["packets"]:
         assert [h["point"] for h in p["hops"]] == way[:5]
         assert p["last_seen"] == way[4] and p["missing"] == way[5:7]
-    code, out, err = run_cli(capsys, "analyze", str(d))
+    code, out, err = run_cli(capsys, "analyze", str(d), "--view", "hops")
     assert code == 0 and f"stopped after {way[4]}: not seen at {', '.join(way[5:7])}" in out
+    code, out, err = run_cli(capsys, "analyze", str(d))  # the grid: a note under it
+    assert code == 0 and f"packets 1, 2: ✗ stopped after {way[4]}: not seen at {way[5]} nor after" in out
 
 
 def test_a_node_s_way_out_is_not_taken_for_a_way_in(capsys, tmp_path):
@@ -348,7 +350,10 @@ def test_a_frame_missing_from_one_middle_capture_is_a_gap_not_a_drop(capsys, tmp
         return
     [p] = [p for p in flow["packets"] if p["missing"]]
     assert p["gaps"] == p["missing"] == ["worker2/eth1"] and p["last_seen"] == "httpbin/eth0"
-    code, text, err = run_cli(capsys, "analyze", str(gap))
+    code, grid, err = run_cli(capsys, "analyze", str(gap))
+    assert code == 0, err
+    assert "○ not captured at worker2/eth1: seen before and after" in grid and "stopped after" not in grid
+    code, text, err = run_cli(capsys, "analyze", str(gap), "--view", "hops")
     assert code == 0, err
     assert "not captured at worker2/eth1: seen before and after" in text and "stopped after" not in text
     assert "stopped on the way" not in text and "1 not captured at a point it passed" in text

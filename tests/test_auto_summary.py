@@ -36,7 +36,9 @@ def test_chosen_flows_of_big_captures_show_their_hops(capsys, monkeypatch):
     monkeypatch.setattr(analyze_app, "AUTO_SUMMARY_BYTES", 1)
     code, out, err = run_cli(capsys, "analyze", HTTP_GET, "--flow", "1")
     assert code == 0, err
-    assert out == small and "VXLAN encapsulated" in out  # (the hop view, as for small captures)
+    assert out == small and "⊕4096" in out  # (the grid of its packets, as for small captures)
+    code, hops_small, err = run_cli(capsys, "analyze", HTTP_GET, "--flow", "1", "--view", "hops")
+    assert "VXLAN encapsulated" in hops_small
 
 
 def test_small_captures_with_many_packets_are_summarized_too(capsys, monkeypatch):

@@ -63,7 +63,7 @@ def test_a_node_not_capturing_yet_is_marked(late_worker2, capsys):
     assert summary["stopped"] == {"worker1/eth1": 2}  # SYN and ACK, requests (the SYN-ACK's way starts later)
     assert summary["not_captured"] == 2
 
-    code, out, _ = run_cli(capsys, "analyze", str(late_worker2))
+    code, out, _ = run_cli(capsys, "analyze", str(late_worker2), "--view", "hops")
     assert code == 0
     first = " ".join(out.split("packet 2:")[0].split())  # (the notes wrap at the table's width)
     assert first.count("not seen here (nothing captured then)") == 4  # still missing, and why it may be

@@ -46,4 +46,8 @@ def test_view_summary_is_the_summary(capsys):
     b = run_cli(capsys, "analyze", str(SAMPLES / "http-get"), "--view", "summary")
     assert a == b and a[0] == 0
     hops = run_cli(capsys, "analyze", str(SAMPLES / "http-get"), "--view", "hops")
-    assert hops == run_cli(capsys, "analyze", str(SAMPLES / "http-get")) and "packet 1:" in hops[1]
+    grid = run_cli(capsys, "analyze", str(SAMPLES / "http-get"), "--view", "grid")
+    default = run_cli(capsys, "analyze", str(SAMPLES / "http-get"))
+    assert "packet 1:" in hops[1] and "packet 1:" not in default[1]
+    # a few flows: the grid is the default, with a line saying how to get the hop tables
+    assert default[1] == grid[1] + "--view hops: each packet's hops with their addresses, MACs, TTLs and why\n"

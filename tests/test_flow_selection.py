@@ -111,8 +111,10 @@ def test_retransmissions_as_wireshark_tells_them(capsys, tmp_path):
     import json
     packets = [p for f in json.loads(out)["flows"] for p in f["packets"]]
     assert [p["retransmission"] for p in packets] == [r for _, r in frames]
-    code, out, err = run_cli(capsys, "analyze", str(tmp_path), "--all-flows")
+    code, out, err = run_cli(capsys, "analyze", str(tmp_path), "--all-flows", "--view", "hops")
     assert out.count("(retransmission)") == 2
+    code, out, err = run_cli(capsys, "analyze", str(tmp_path), "--all-flows")  # the grid
+    assert out.count("(again)") == 2 and out.count(": sent again: a retransmission") == 1  # (one note for both)
 
 
 def test_a_flow_by_its_number_with_a_hash(capsys, tmp_path):

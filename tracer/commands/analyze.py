@@ -27,7 +27,7 @@ from tracer.errors import UsageError
 @click.option("--summary", is_flag=True, help="Flows, packets per point, loss and latency per segment, no hops.")
 @click.option("--view", type=click.Choice(VIEWS), default=None,
               help="The text view: hops (a table per packet), grid (a row per packet, a column per point, a mark "
-                   "per hop: for a class), summary (= --summary). Default: hops, the summary for many packets.")
+                   "per hop: for a class), summary (= --summary). Default: the grid, the summary for many packets.")
 @click.option("--output", "-o", type=click.Choice(list(OUTPUTS)), default="text", show_default=True,
               help="json: the tracer.trace/v1 document on stdout.")
 @click.option("--pcapng", "pcapng", type=click.Path(dir_okay=False, writable=True), metavar="FILE",
@@ -55,8 +55,10 @@ def command(paths, points, vxlan_ports, flows, all_flows, summary, view, output,
     <node>/any.pcap and each interface in it is a point of its own, <node>/<interface>
     (named by --path-file or --ifname, else if<index>).
 
-    The view is each packet's hops in the HTTP flows and those with packets that stopped on
-    the way (or those --flow chooses, or --all-flows); flows are numbered as --flow takes them.
+    The view is a grid of the packets (a row each, a mark at every point of the way; --view
+    hops: a table of each packet's hops) of the HTTP flows and those with packets that stopped
+    on the way, with the ARP exchanges of their addresses (or those --flow chooses, or
+    --all-flows); flows are numbered as --flow takes them: HTTP flows in request order.
     It is the summary (flows, loss and latency per segment) when there are more than 400 such
     packets, or when the captures add up to 16 MiB or more and neither --flow nor --pcapng is
     given. On a terminal, a line on stderr tells how far the reading of big captures has got.

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
               help="Write one merged pcapng, an interface per point, each frame commented with its hop.")
 @click.option("--view", type=click.Choice(VIEWS), default=None,
               help="The text view: hops (a table per packet), grid (a row per packet, a column per point, a mark "
-                   "per hop: for a class), summary. Default: hops, the summary for many packets.")
+                   "per hop: for a class), summary. Default: the grid, the summary for many packets.")
 @click.option("--all-flows", is_flag=True,
               help="Show every flow the captures hold, not only the connections this run's curl made.")
 @click.option("--live", is_flag=True, help="Send a request every second and light up each hop live (= tracer watch).")

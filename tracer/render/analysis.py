@@ -68,12 +68,14 @@ def show_text(a: Analysis, out: TextIO, *, summary: bool, extra_json: dict | Non
             console.print(f"{why}{a.shown_packets:,} packets in the selected flows: showing the summary "
                           f"({hint})", style="dim")
         summary_view.render_summary(trace, console, shown)
-    elif view == "grid":
+    elif view == "hops":
+        hops.render_hops(trace, console, shown, a.names)
+    else:  # (the default for a few flows: a row per packet, a mark per point, what a class can read)
         from tracer.render.grid import render_grid
 
         render_grid(trace, console, shown, a.names)
-    else:
-        hops.render_hops(trace, console, shown, a.names)
+        if view is None and any(f.packets for f in shown):
+            console.print("--view hops: each packet's hops with their addresses, MACs, TTLs and why", style="dim")
 
 
 def _width(out: TextIO) -> int | None:

@@ -16,7 +16,7 @@ from tracer.model import Flow, PacketTrace, Trace, duration
 from tracer.model.live import LiveCell
 from tracer.render.hops import flow_header, summary_line
 from tracer.render.live import cell
-from tracer.render.text import flow_numbers, render_footer, render_warnings, safe
+from tracer.render.text import flow_numbers, render_footer, render_no_flows, render_warnings, safe
 
 LEGEND = ("● seen", "⊕ encapsulated (VNI)", "⊖ decapsulated", "M MAC rewritten", "⇄ NAT", "N the TTL (yellow: routed)",
           "○ not captured there", "✗ not seen from there on", "· not on its way")
@@ -57,7 +57,7 @@ def render_grid(trace: Trace, console: Console, flows: list[Flow], names: dict[s
     names = names or {}
     render_warnings(trace, console)
     if not flows:
-        console.print("No IP flows found in these captures.", style="yellow")
+        render_no_flows(trace, console)
     number = flow_numbers(trace)
     for f in flows:
         console.print(flow_header(f, number[id(f)], names))
@@ -87,10 +87,49 @@ def render_grid(trace: Trace, console: Console, flows: list[Flow], names: dict[s
             arrow.append(safe(label(p)), style="yellow" if p.retransmission else "")
             t.add_row(str(k), duration(start - t0), arrow, *row_cells(p, points, compact))
         console.print(t)
+        for note in packet_notes(f.packets):
+            console.print(note)
         console.print(summary_line(f))
         console.print()
     _print_entries(console, LEGEND)
     render_footer(trace, console)
+
+
+def packet_notes(packets) -> list[Text]:
+    """Under the grid, what its marks cannot say: where packets stopped and what to look at,
+    where they were not captured, which were retransmissions; packets that share a note share
+    its line (`packets 1, 2: ...`)."""
+    notes: dict[tuple[str, str], list[int]] = {}
+    for k, p in enumerate(packets, 1):
+        if p.retransmission:
+            notes.setdefault(("yellow", "sent again: a retransmission (+time says after how long)"), []).append(k)
+        if p.gaps:
+            notes.setdefault(("yellow", f"○ not captured at {', '.join(safe(m) for m in p.gaps)}: seen before and "
+                                        "after (a frame the capture missed, not a loss)"), []).append(k)
+        stopped = p.stopped
+        if stopped:
+            unsure = [m for m in stopped if m in p.not_captured]
+            text = f"✗ stopped after {safe(p.last_seen)}: not seen at {safe(stopped[0])}" + (" nor after" if len(stopped) > 1 else "")
+            if unsure:
+                text += f" (nothing captured then at {', '.join(safe(m) for m in unsure)}: it may have gone on unseen)"
+            if p.hint:
+                text += f"\n    {safe(p.hint)}"
+            notes.setdefault(("red", text), []).append(k)
+    out = []
+    for (style, text), ks in notes.items():
+        which = f"packet {ks[0]}" if len(ks) == 1 else f"packets {_ranges(ks)}"
+        out.append(Text(f"  {which}: {text}", style=style))
+    return out
+
+
+def _ranges(ks: list[int]) -> str:
+    """[1, 2, 3, 5, 7, 8] -> `1-3, 5, 7, 8`."""
+    parts, start = [], ks[0]
+    for a, b in zip(ks, ks[1:] + [None]):
+        if b != a + 1:
+            parts.extend([str(start)] if start == a else [str(start), str(a)] if a == start + 1 else [f"{start}-{a}"])
+            start = b
+    return ", ".join(parts)
 
 
 def _corrected(trace: Trace, p: PacketTrace) -> float:

@@ -10,7 +10,7 @@ from rich.table import Table
 from rich.text import Span, Text
 
 from tracer.model import Flow, Hop, PacketTrace, Trace, duration
-from tracer.render.text import flow_numbers, render_footer, render_warnings, safe
+from tracer.render.text import flow_numbers, render_footer, render_no_flows, render_warnings, safe
 
 CHANGE_STYLE = "bold yellow"
 ENCAP_STYLE = "bold magenta"
@@ -300,9 +300,7 @@ def render_hops(trace: Trace, console: Console, flows: list[Flow], names: dict[s
     names = names or {}
     render_warnings(trace, console)
     if not flows:
-        n = len(trace.flows)
-        console.print(f"None of the {n} flow{'s' if n != 1 else ''} in the captures is the one asked for." if n else
-                      "No IP flows found in these captures.", style="yellow")
+        render_no_flows(trace, console)
     number = flow_numbers(trace)
     for f in flows:
         console.print(flow_header(f, number[id(f)], names))

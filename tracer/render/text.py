@@ -23,6 +23,13 @@ def flow_numbers(trace: Trace) -> dict[int, int]:
     return {id(f): i for i, f in enumerate(trace.flows, 1)}
 
 
+def render_no_flows(trace: Trace, console: Console) -> None:
+    """What a view says when it has no flow to show."""
+    n = len(trace.flows)
+    console.print(f"None of the {n} flow{'s' if n != 1 else ''} in the captures is the one asked for." if n else
+                  "No IP flows found in these captures.", style="yellow")
+
+
 def render_footer(trace: Trace, console: Console) -> None:
     pts = Table(title="capture points", title_justify="left", show_edge=False, pad_edge=False)
     for col in ("point", "role", "frames", "undecoded"):
