@@ -276,6 +276,11 @@ def test_ctrl_c_at_any_phase_leaves_no_agent_and_the_lab_intact(lab, tmp_path, p
     assert processes_with(run_id) == [] and all(not Path(f"/proc/{a}").exists() for a in agents)
     assert not list(tmp_path.glob("tracer-follow-*"))
     assert sorted(netns.with_prefix(lab.store.prefix)) == sorted(lab.state.namespaces)
+    if phase == "request in flight":  # the agents listened: what they had is shown before the end
+        assert "request 1: failed: interrupted (Ctrl-C)" in out and "interrupted (Ctrl-C): what follows" in out
+        assert "→ SYN" in out and "GET /delay/2" in out, out
+    else:
+        assert "→ SYN" not in out
     assert follow_json(lab)["follow"]["curl"][0]["status"] == 200
 
 
@@ -401,3 +406,25 @@ def test_the_pods_arp_for_its_gateway_is_shown_as_packets_of_the_way(lab, tmp_pa
     out = subprocess.run(["tshark", "-n", "-r", str(merged), "-T", "fields", "-e", "_ws.col.Protocol"],
                          capture_output=True, text=True, check=True).stdout.split()
     assert len(out) == captured and "ARP" in out
+
+
+def test_a_save_that_fails_after_the_run_still_shows_it_and_says_what_failed(lab, tmp_path):
+    """The --save directory checked before capturing is gone when the captures are written (here:
+    a file in its place): the run is shown all the same, one line says what failed, exit 1."""
+    save = tmp_path / "run"
+    env = {**store_env(lab.store), "TMPDIR": str(tmp_path)}
+    proc = subprocess.Popen([sys.executable, "-m", "tracer", "follow", "curl", "httpbin", "--path", "/delay/1",
+                             "--save", str(save)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        wait_for(lambda: any("curl" in cmdline(c) for c in children(proc.pid)))
+        save.rmdir()
+        save.write_text("in the way\n")
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1, err
+    assert "request 1: HTTP 200" in out and "→ SYN" in out  # the run, shown
+    assert f"not saved: --save {save}: could not write the captures" in out
+    assert err.strip().splitlines()[-1].startswith(f"tracer: --save {save}: could not write the captures (")
+    assert save.read_text() == "in the way\n" and not list(tmp_path.glob("tracer-follow-*"))

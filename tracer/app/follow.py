@@ -29,7 +29,7 @@ from tracer.cluster.agents import PointCapture
 from tracer.cluster.discover import discover
 from tracer.cluster.ports import FollowBackend
 from tracer.cluster.session import CaptureSession
-from tracer.errors import UsageError
+from tracer.errors import ExitCode, UsageError
 from tracer.model import Way
 from tracer.model.follow import CurlResult, FollowRun, PointCount
 
@@ -95,13 +95,20 @@ class FollowResult:
     captures: dict[str, PointCapture] = field(default_factory=dict)
     """Point id (node/interface) -> what its agent captured."""
     timings: Timings = field(default_factory=Timings)
+    interrupted: bool = False
+    """Ctrl-C (or SIGTERM) came while the requests ran: what was captured until then is kept and
+    shown, and the caller ends the run as interrupted after that."""
+    save_error: str | None = None
+    """--save's directory could not take the captures after the run (the disk full, the
+    directory gone): what failed. The run is shown all the same, from a temporary directory."""
 
     def as_run(self, saved: str | None) -> FollowRun:
         """The run as the model has it (what its header and JSON show), as it is now."""
         return FollowRun(way=self.way, run_id=self.run_id, backend=self.backend, url=self.url, curls=tuple(self.curls),
                          captures=tuple(PointCount(point=p, packets=c.packets, dropped=c.dropped)
                                         for p, c in self.captures.items()),
-                         saved=saved, timings=asdict(self.timings))
+                         saved=None if self.save_error else saved, timings=asdict(self.timings),
+                         interrupted=self.interrupted, save_error=self.save_error)
 
 
 # --- the whole run -----------------------------------------------------------------------------
@@ -123,14 +130,30 @@ def capture(backend: FollowBackend, req: FollowRequest, directory: Path, progres
         with timings.phase("agents_ready"):
             progress(f"starting capture agents on {', '.join(session.plan)}")
             session.start(req.timeout)
-        with timings.phase("request"):
-            for i in range(req.count):
-                progress(f"curl {url}" + (f" ({i + 1}/{req.count})" if req.count > 1 else ""))
-                result.curls.append(fire(backend, way, url, req.timeout))
+        try:
+            with timings.phase("request"):
+                for i in range(req.count):
+                    progress(f"curl {url}" + (f" ({i + 1}/{req.count})" if req.count > 1 else ""))
+                    result.curls.append(fire(backend, way, url, req.timeout))
+        except KeyboardInterrupt:
+            # Every agent listens: what it has is worth showing (a request that hangs is what one
+            # interrupts). The request in flight is ended (its curl with it); a second Ctrl-C
+            # while collecting ends the run at once, as before.
+            result.interrupted = True
+            if len(result.curls) < req.count:
+                result.curls.append(CurlResult(status=None, time=None, exit_code=int(ExitCode.INTERRUPTED),
+                                               error="interrupted (Ctrl-C): shown as far as it got"))
         with timings.phase("collect"):
-            progress("collecting the captures")
+            progress("interrupted: collecting what was captured so far (Ctrl-C again to quit)" if result.interrupted
+                     else "collecting the captures")
             result.captures = session.stop_and_collect(req.timeout)
-            write_run_dir(directory, way, result.captures)
+            try:
+                write_run_dir(directory, way, result.captures)
+            except OSError as e:
+                if not req.save:
+                    raise
+                result.save_error = (f"--save {req.save}: could not write the captures ({e.strerror or e}); what is "
+                                     "there is incomplete")
     except BaseException:
         with uninterrupted():
             session.close()
@@ -187,6 +210,11 @@ def follow(backend: FollowBackend, req: FollowRequest, *, present: Callable[[Fol
         if tmp:
             os.mkdir(tmp, 0o700)
         result = capture(backend, req, directory, progress)
+        if result.save_error:  # (shown from a directory of our own; what --save's holds is incomplete)
+            tmp = os.path.join(tempfile.gettempdir(), f"tracer-follow-{os.urandom(6).hex()}")
+            os.mkdir(tmp, 0o700)
+            directory = Path(tmp)
+            write_run_dir(directory, result.way, result.captures)
         with result.timings.phase("correlate"):
             from tracer.app.analyze import AnalyzeRequest, analyze
             from tracer.correlate.engine import no_cyclic_gc

@@ -66,7 +66,8 @@ def command(src, dst, port, url_path, count, save, output, pcapng, view, all_flo
     \b
     Exit codes: 0 every request got an HTTP answer (whatever its status), 7 a request got none
     (curl failed: refused, reset, timed out; the hops are shown all the same), 2 bad usage,
-    4 no such pod, 5 needs root or RBAC, 6 the cluster or lab failed, 130 interrupted.
+    1 the captures could not be saved (--save; the run is shown all the same), 4 no such pod, 5 needs root or RBAC, 6 the cluster or lab failed, 130 interrupted (Ctrl-C
+    while the requests run shows what was captured until then; again while collecting quits).
     """
     if not url_path.startswith("/"):
         url_path = "/" + url_path
@@ -102,6 +103,11 @@ def command(src, dst, port, url_path, count, save, output, pcapng, view, all_flo
             result = follow(fb, req, present=present, progress=progress)
     if timings_file:
         Path(timings_file).write_text(json.dumps(asdict(result.timings)) + "\n")
+    if result.interrupted:
+        raise KeyboardInterrupt  # (shown: now end as interrupted, 130)
+    if result.save_error:
+        click.secho(f"tracer: {result.save_error}", fg="red", err=True)  # (the run was shown, from elsewhere)
+        sys.exit(int(ExitCode.ERROR))
     if any(c.exit_code != 0 for c in result.curls):
         sys.exit(int(ExitCode.NO_ANSWER))  # (the view says how it failed)
 

@@ -54,3 +54,7 @@ class FollowRun:
     """The directory the captures were kept in (--save), else None."""
     timings: dict[str, float]
     """Seconds of each phase so far: discover, agents_ready, request, collect, correlate."""
+    interrupted: bool = False
+    """Ctrl-C came while the requests ran: the captures end there."""
+    save_error: str | None = None
+    """What failed when --save's directory was written after the run (the run is shown anyway)."""

@@ -39,6 +39,10 @@ def follow_header(r: FollowRun, trace: Trace | None = None) -> Group:
         lines.append(Text(f"  warning: {safe(w)}", style="yellow"))
     if r.way.same_node:
         lines.append(Text(f"  both pods run on {safe(s.node)}: no tunnel, the way is their two veths", style="yellow"))
+    if r.save_error:
+        lines.append(Text(f"  not saved: {safe(r.save_error)}", style="red", no_wrap=True))
+    if r.interrupted:
+        lines.append(Text("  interrupted (Ctrl-C): what follows is what was captured until then", style="yellow"))
     if r.saved:
         lines.append(Text(f"  saved to {safe(r.saved)} (tracer analyze {safe(r.saved)})", style="dim", no_wrap=True))
     lines.append(Text(""))

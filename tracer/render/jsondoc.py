@@ -113,4 +113,6 @@ def follow_document(r: FollowRun) -> dict[str, Any]:
         "captures": [{"point": c.point, "packets": c.packets, "dropped": c.dropped} for c in r.captures],
         "saved": r.saved,
         "timings": dict(r.timings),
+        "interrupted": r.interrupted,
+        "save_error": r.save_error,
     }
