@@ -15,11 +15,10 @@ from rich.text import Text
 from tracer.model import Flow, PacketTrace, Trace, duration
 from tracer.model.live import LiveCell
 from tracer.render.hops import flow_header, summary_line
-from tracer.render.live import cell
+from tracer.render.live import CELL_MARKS, cell
 from tracer.render.text import flow_numbers, render_footer, render_no_flows, render_warnings, safe
 
-LEGEND = ("● seen", "⊕ encapsulated (VNI)", "⊖ decapsulated", "M MAC rewritten", "⇄ NAT", "N the TTL (yellow: routed)",
-          "○ not captured there", "✗ not seen from there on", "· not on its way")
+LEGEND = (*CELL_MARKS, "○ not captured there", "✗ not seen from there on", "· not on its way (or after ✗)")
 """Every mark the grid uses."""
 
 

@@ -39,6 +39,10 @@ def cell(c: LiveCell | None, compact: bool = False) -> Text:
     return t
 
 
+CELL_MARKS = ("● seen", "⊕ encapsulated (VNI)", "⊖ decapsulated", "M MAC rewritten", "⇄ NAT", "N the TTL (yellow: routed)")
+"""What each mark of `cell` means (every view that shows cells gives these in its legend)."""
+
+
 def title(s: LiveSnapshot) -> str:
     src, dst = s.way.src.pod, s.way.dst.pod
     return (f"watch {safe(src.name)} ({src.node}) → {safe(dst.name)} ({dst.node}): "
@@ -67,7 +71,7 @@ def view(s: LiveSnapshot) -> Group:
         tu = way.tunnel
         legend.append(f"\n{safe(tu.device)} VNI {tu.vni} UDP {tu.udp_port} +50B: {tu.src_node_ip} ↔ {tu.dst_node_ip}",
                       style="dim")
-    keys = Text("● seen  ⊕ encapsulated (VNI)  ⊖ decapsulated  M MAC rewritten  N TTL", style="dim")
+    keys = Text("  ".join((*CELL_MARKS, "· not seen there (yet)")), style="dim")
     parts = [head, legend, t, keys, Text(f"{s.frames} frames captured  ·  Ctrl-C to stop", style="dim")]
     parts += [Text(f"warning: {safe(e)}", style="red") for e in s.errors[-3:]]
     return Group(*parts)
