@@ -121,6 +121,8 @@ def test_count_gives_one_flow_per_request(lab):
     doc = follow_json(lab, "--count", "3")
     assert [c["status"] for c in doc["follow"]["curl"]] == [200, 200, 200]
     assert len(doc["flows"]) == 3
+    # numbered in request order: flow N is request N (its client port is that curl's)
+    assert [f["client"].rsplit(":", 1)[1] for f in doc["flows"]] == [str(c["local_port"]) for c in doc["follow"]["curl"]]
     assert all(not p["missing"] for f in doc["flows"] for p in f["packets"])
 
 
@@ -137,6 +139,8 @@ def test_proxy_arp_off_says_nothing_left_the_pod_and_why_and_exits_7(lab):
     assert "request 1: failed: timed out" in proc.stdout
     assert "nothing left curl: no frame of the request at any point of the way" in proc.stdout
     assert f"warning: proxy_arp is 0 on worker1/{pod.host_veth}: nobody answers ARP for 169.254.1.1" in proc.stdout
+    # ... and the pod's unanswered who-has, captured on its veth, is shown as what did leave it
+    assert f"{pod.ip} asked for 169.254.1.1" in proc.stdout and "no answer seen" in proc.stdout
 
 
 def test_a_refused_port_is_still_traced_and_exits_7(lab):
