@@ -22,7 +22,8 @@ def way(src=CURL, dst=HTTPBIN):
     point = lambda node, iface, role: SimpleNamespace(node=node, interface=iface, role=role)  # noqa: E731
     return SimpleNamespace(
         src=pod(src), dst=pod(dst),
-        tunnel=SimpleNamespace(udp_port=4789, src_node_ip="192.168.56.11", dst_node_ip="192.168.56.12"),
+        tunnel=SimpleNamespace(udp_port=4789, src_node_ip="192.168.56.11", dst_node_ip="192.168.56.12",
+                               encapsulation="vxlan"),
         points=(point("worker1", "cali35e3a5cb80b", "pod-veth"), point("worker1", "vxlan.calico", "tunnel"),
                 point("worker1", "eth1", "underlay"), point("worker2", "eth1", "underlay"),
                 point("worker2", "vxlan.calico", "tunnel"), point("worker2", "cali4a3c027cd7f", "pod-veth")),

@@ -11,7 +11,7 @@ import pytest
 
 from conftest import leftovers, run_tracer, store_env
 from tracer.errors import LabError, NotFoundError
-from tracer.cluster.lab import Lab, StateStore, calico_vxlan, exercise, netns, up
+from tracer.cluster.lab import Lab, StateStore, exercise, netns, up, wiring
 from tracer.cluster.lab.state import process_start_time
 
 pytestmark = pytest.mark.root
@@ -61,7 +61,7 @@ def test_up_status_down_from_new_processes(store: StateStore) -> None:
 
 def test_failed_up_tears_down_what_it_built(store: StateStore, monkeypatch: pytest.MonkeyPatch) -> None:
     # Fail late: namespaces, links and httpbin exist by the time the pods are configured.
-    monkeypatch.setattr(calico_vxlan, "_pod_config", lambda pod: ["route add 10.0.0.0/8 via 203.0.113.1"])
+    monkeypatch.setattr(wiring, "pod_side_slash32", lambda pod, gateway: ["route add 10.0.0.0/8 via 203.0.113.1"])
     with pytest.raises(LabError, match="failed"):
         up(exercise(), store=store)
     assert leftovers(store) == []

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from tracer.cluster.lab import Lab, StateStore, exercise, netns, require_root
-from tracer.cluster.lab.topology import with_pods
+from tracer.cluster.lab.topology import CALICO_VXLAN, CNI_NOTES, CNI_TITLES, CNIS, with_pods
 from tracer.cluster.lab import down as remove_lab, up as build_lab
 from tracer.errors import ExitCode
 from tracer.model.lab import LabNodeView, LabPodView, LabRemoved, LabUp, LabView, NoLab
@@ -16,16 +16,17 @@ from tracer.model.lab import LabNodeView, LabPodView, LabRemoved, LabUp, LabView
 Progress = Callable[[str], None]
 """Told each step of `up` as it starts ("creating network namespaces", ...)."""
 
-__all__ = ["Progress", "down", "exec_in", "require_root", "status", "up", "view"]
+__all__ = ["CNIS", "Progress", "down", "exec_in", "require_root", "status", "up", "view"]
 # require_root is exported for the command: `lab exec` says it needs root before it checks its
 # own command line, as it always has.
 
 
-def up(nodes: int, progress: Progress = lambda _: None, pods: tuple[tuple[str, str, str], ...] = ()) -> LabUp:
-    """Build the exercise's lab with `nodes` nodes and the extra `pods` (name, node, app)
-    (TRACER_LAB_PREFIX / TRACER_STATE_DIR); on failure nothing is left behind. A bad node count
-    or pod is reported before the need for root."""
-    topology = with_pods(exercise(nodes), pods)
+def up(nodes: int, progress: Progress = lambda _: None, pods: tuple[tuple[str, str, str], ...] = (),
+       cni: str = CALICO_VXLAN) -> LabUp:
+    """Build the exercise's lab with `nodes` nodes and the extra `pods` (name, node, app) on the
+    data path `cni` (TRACER_LAB_PREFIX / TRACER_STATE_DIR); on failure nothing is left behind.
+    A bad node count or pod is reported before the need for root."""
+    topology = with_pods(exercise(nodes, cni), pods)
     start = time.monotonic()
     lab = build_lab(topology, progress=progress)
     return LabUp(lab=view(lab), seconds=time.monotonic() - start)
@@ -67,7 +68,8 @@ def view(lab: Lab) -> LabView:
     alive = [p for p in state.processes if p.alive()]
     return LabView(
         prefix=state.prefix, cni=topo.cni, complete=state.complete, state=str(lab.store.path),
-        vni=topo.vni, udp_port=topo.udp_port, mtu=topo.mtu,
+        vni=topo.vni, udp_port=topo.udp_port, mtu=topo.mtu, title=CNI_TITLES.get(topo.cni, topo.cni),
+        notes=CNI_NOTES.get(topo.cni, ()),
         nodes=tuple(
             LabNodeView(
                 name=n.name, netns=n.netns, underlay_ip=n.underlay_ip, underlay_nic=n.underlay_nic,
@@ -80,7 +82,7 @@ def view(lab: Lab) -> LabView:
             LabPodView(
                 name=p.name, namespace=p.namespace, node=p.node, ip=p.ip, mac=p.mac, netns=p.netns,
                 host_veth=p.host_veth, host_veth_mac=p.host_veth_mac, app=p.app,
-                pid=next((r.pid for r in alive if r.netns == p.netns), None),
+                pid=next((r.pid for r in alive if r.netns == p.netns), None), identity=p.identity,
             )
             for p in lab.pods
         ),

@@ -1,10 +1,11 @@
 """The kernel (BPF) filters `tracer follow` gives its capture agents: per point of the way, just
 this flow's packets.
 
-The underlay filter is the encapsulation's, not the CNI's: every VXLAN data path (Calico's,
-Flannel's) puts the same outer headers on the wire, and every tunnel the way model knows is a
-VXLAN one (`NodeTunnel`: VNI, UDP port). A data path with another encapsulation (IPIP) adds its
-filter here, chosen by the tunnel's kind.
+The underlay filter is the encapsulation's, not the CNI's, chosen by the way's `NodeTunnel`:
+VXLAN on the tunnel's own port (4789 Calico, 8472 Flannel and Cilium) with the inner headers
+at fixed offsets, Geneve (6081) with them after its variable options, IP-in-IP as IP protocol 4
+with the inner header after the outer one, and with no encapsulation the flow's own packets.
+The VNI is never part of a filter (Cilium's is the source's identity).
 """
 
 from __future__ import annotations
@@ -26,18 +27,31 @@ def flow_filter(src_ip: str, dst_ip: str, port: int) -> str:
 
 
 def underlay_filter(way: Way, port: int) -> str:
-    """On underlay NICs: this flow's packets inside the VXLAN between the two nodes.
-
-    After the 8-byte UDP, 8-byte VXLAN and 14-byte inner Ethernet headers, the inner IPv4 header
-    starts at udp[30]: protocol at udp[39], source at udp[42:4], destination at udp[46:4], and
-    (without IP options, as Linux sends TCP) the TCP ports at udp[50:2] and udp[52:2].
-    """
+    """On underlay NICs: this flow's packets, inside the tunnel between the two nodes."""
     t = way.tunnel
     assert t is not None
     a, b = _bpf_hex(way.src.pod.ip), _bpf_hex(way.dst.pod.ip)
-    return (f"udp port {t.udp_port} and host {t.src_node_ip} and host {t.dst_node_ip}"
-            f" and ((udp[42:4]={a} and udp[46:4]={b}) or (udp[42:4]={b} and udp[46:4]={a}))"
-            f" and udp[39]=6 and (udp[50:2]={port} or udp[52:2]={port})")
+    if t.encapsulation == "none":
+        return flow_filter(way.src.pod.ip, way.dst.pod.ip, port)
+    nodes = f"host {t.src_node_ip} and host {t.dst_node_ip}"
+    if t.encapsulation == "ipip":
+        # the inner IPv4 header right after the outer one (20 bytes: Linux sends no options)
+        return f"ip proto 4 and {nodes} and {_inner_match('ip', 20, a, b, port)}"
+    if t.encapsulation == "geneve":
+        # 8 bytes UDP, 8 of Geneve and its options (udp[8] & 0x3f words), 14 of inner Ethernet
+        return f"udp port {t.udp_port} and {nodes} and {_inner_match('udp', '(30 + (udp[8] & 0x3f) * 4)', a, b, port)}"
+    # VXLAN: 8 bytes UDP, 8 VXLAN, 14 inner Ethernet: the inner IPv4 header at udp[30]
+    return f"udp port {t.udp_port} and {nodes} and {_inner_match('udp', 30, a, b, port)}"
+
+
+def _inner_match(proto: str, ip: int | str, a: str, b: str, port: int) -> str:
+    """The inner IPv4 header at `proto[ip]` (a number or a BPF expression): between the two pods
+    (either way), TCP, the port at either end (no inner IP options, as Linux sends TCP)."""
+    def at(k: int) -> str:
+        return f"{proto}[{ip} + {k}" if isinstance(ip, str) else f"{proto}[{ip + k}"
+
+    return (f"(({at(12)}:4]={a} and {at(16)}:4]={b}) or ({at(12)}:4]={b} and {at(16)}:4]={a}))"
+            f" and {at(9)}]=6 and ({at(20)}:2]={port} or {at(22)}:2]={port})")
 
 
 def arp_filter(ip: str) -> str:

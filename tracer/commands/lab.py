@@ -6,33 +6,40 @@ import click
 from rich.console import Console
 
 from tracer.app import lab
+
 from tracer.model.lab import NoLab
 from tracer.render.lab import building, down_line, no_lab_line, render_status, render_up, status_json, stdout_console
 
 
 @click.group()
 def command() -> None:
-    """A Calico VXLAN cluster (worker1 + worker2, pods curl and httpbin) in network namespaces."""
+    """The exercise's cluster (worker1 + worker2, pods curl and httpbin) in network namespaces:
+    Calico VXLAN, or another CNI's data path (--cni)."""
 
 
 @command.command("up")
 @click.option("--nodes", "nodes", type=int, default=2, show_default=True,
               help="Number of nodes; each node after worker2 gets a pod podN serving httpbin.")
+@click.option("--cni", type=click.Choice(lab.CNIS), default=lab.CNIS[0], show_default=True,
+              help="The data path: Calico with VXLAN, no encapsulation (BGP) or IPIP; Flannel VXLAN or host-gw "
+                   "(a bridge cni0 per node); Cilium's tunnel with VXLAN or Geneve (collect-metadata, the VNI the "
+                   "source's identity). IPIP and Geneve only where the kernel has those devices.")
 @click.option("--pod", "pods", multiple=True, metavar="NAME=NODE[:APP]",
               help="One more pod on NODE, serving httpbin (APP httpbin, the default) or a client (curl), at the "
                    "next free address of the node's block. Repeatable.")
-def up_cmd(nodes: int, pods: tuple[str, ...]) -> None:
+def up_cmd(nodes: int, cni: str, pods: tuple[str, ...]) -> None:
     """Build the lab (needs root); fails cleanly, leaving nothing behind.
 
     \b
     Examples:
       tracer lab up
       tracer lab up --pod httpbin2=worker1    # the same-node way beside the other: path curl httpbin2
+      tracer lab up --cni flannel-vxlan       # k3s' default: a bridge, flannel.1 on UDP 8472, VNI 1
     """
     extra = tuple(_pod_spec(p) for p in pods)
     err = Console(stderr=True)
     with building(err) as progress:
-        result = lab.up(nodes, progress, extra)
+        result = lab.up(nodes, progress, extra, cni)
     render_up(result, err, stdout_console())
 
 

@@ -39,6 +39,8 @@ class LabPodView:
     host_veth_mac: str
     app: str
     pid: int | None
+    identity: int = 0
+    """Cilium: the pod's security identity (the VNI of what it sends to another node); else 0."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -50,11 +52,16 @@ class LabView:
     complete: bool
     state: str
     """Path of the state file."""
-    vni: int
-    udp_port: int
+    vni: int | None
+    """None where no VNI is fixed (Cilium: the source's identity) or there is no tunnel."""
+    udp_port: int | None
     mtu: int
     nodes: tuple[LabNodeView, ...]
     pods: tuple[LabPodView, ...]
+    title: str = ""
+    """The data path in words, e.g. `Flannel VXLAN`."""
+    notes: tuple[str, ...] = ()
+    """What to know of it (and, for Cilium, where the lab differs from a real node)."""
 
 
 @dataclass(frozen=True)

@@ -73,18 +73,33 @@ class PodEnd:
     proxy_delay: int | None
     node_route: str
     """The node's route to this pod: `<pod ip> dev <host veth> scope link`."""
+    bridge: str | None = None
+    """The bridge the host veth is a port of (Flannel's cni0), else None."""
+    bridge_mac: str | None = None
+    arp_by: str = "proxy-arp"
+    """Who answers the pod's ARP for its gateway: `proxy-arp` (the host veth, Calico), `bridge`
+    (the bridge owns the gateway address, Flannel), `node` (the gateway is the node's own address:
+    the kernel answers with the host veth's MAC, as Cilium's eBPF ARP responder does)."""
+
+    @property
+    def gateway_hop_mac(self) -> str:
+        """The MAC the pod's frames to its gateway go to: the bridge's, else the host veth's."""
+        return self.bridge_mac if self.bridge and self.bridge_mac else self.host_veth_mac
 
 
 @dataclass(frozen=True, kw_only=True)
 class NodeTunnel:
-    """The VXLAN hop between the two nodes: the tunnel devices and the underlay NICs under them.
+    """The hop between the two nodes: the tunnel devices and the underlay NICs under them (with
+    no encapsulation, `device` is the underlay NIC the route takes and no VNI or port is set).
 
     (Not `tracer.decode.TunnelHeader`, which is one tunnel header seen in one frame.)
     """
 
     device: str
-    vni: int
-    udp_port: int
+    vni: int | None
+    """None where no VNI is fixed (Cilium: each packet's is its source's security identity) or
+    without encapsulation."""
+    udp_port: int | None
     mtu: int
     src_mac: str
     """MAC of the source node's tunnel device."""
@@ -100,6 +115,10 @@ class NodeTunnel:
     underlay_src_mac: str
     underlay_dst: str
     underlay_dst_mac: str
+    encapsulation: str = "vxlan"
+    """vxlan | geneve | ipip | none (routed: the pods' packets cross the underlay as they are)."""
+    collect_metadata: bool = False
+    """The tunnel device is collect-metadata (`external`): no FDB, the route or eBPF names the peer."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -113,6 +132,8 @@ class Way:
     points: tuple[WayPoint, ...]
     warnings: tuple[str, ...] = ()
     """Things in the state that break or bend the expected way (e.g. proxy_arp off)."""
+    data_path: str = ""
+    """The data path discovery recognised, in words (e.g. `Flannel VXLAN`); "" for the same node."""
 
     @property
     def same_node(self) -> bool:
@@ -153,4 +174,5 @@ class Way:
             "tunnel": asdict(self.tunnel) if self.tunnel else None,
             "points": [{"id": p.id, **asdict(p)} for p in self.points],
             "warnings": list(self.warnings),
+            "data_path": self.data_path,
         }

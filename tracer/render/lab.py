@@ -39,18 +39,27 @@ def render_status(lab: LabView, out: Console) -> None:
     """Two tables: the nodes (underlay, block, tunnel) and the pods (IP, MACs, host veth, app)."""
     if not lab.complete:
         out.print("[yellow]this lab was not completed (up failed or was interrupted): run tracer lab down[/]")
-    nodes = Table(title=f"nodes ({lab.cni}, VNI {lab.vni}, UDP {lab.udp_port}, MTU {lab.mtu})")
-    for col in ("node", "netns", "underlay", "NIC MAC", "block", "tunnel IP", "vxlan MAC"):
+    tunnel = [f"VNI {lab.vni}" if lab.vni is not None else ("VNI: the source's identity" if lab.udp_port else ""),
+              f"UDP {lab.udp_port}" if lab.udp_port else "", f"MTU {lab.mtu}"]
+    title = escape(", ".join(x for x in (f"{lab.cni}: {lab.title or lab.cni}", *tunnel) if x))
+    tunneled = any(n.tunnel_device for n in lab.nodes)
+    nodes = Table(title=f"nodes ({title})")
+    for col in ("node", "netns", "underlay", "NIC MAC", "block", *(("tunnel IP", "tunnel MAC") if tunneled else ())):
         nodes.add_column(col, overflow="fold")
     for n in lab.nodes:
         nodes.add_row(n.name, n.netns, f"{n.underlay_nic} {n.underlay_ip}", n.underlay_mac, n.block,
-                      f"{n.tunnel_device} {n.tunnel_ip}", n.tunnel_mac)
+                      *((f"{n.tunnel_device} {n.tunnel_ip}", n.tunnel_mac) if tunneled else ()))
     pods = Table(title="pods")
-    for col in ("pod", "node", "IP", "eth0 MAC", "host veth", "veth MAC", "netns", "app"):
+    identities = any(p.identity for p in lab.pods)
+    for col in ("pod", "node", "IP", "eth0 MAC", "host veth", "veth MAC", *(("identity",) if identities else ()),
+                "netns", "app"):
         pods.add_column(col, overflow="fold")
     for p in lab.pods:
-        pods.add_row(p.name, p.node, p.ip, p.mac, p.host_veth, p.host_veth_mac, p.netns, p.app)
+        pods.add_row(p.name, p.node, p.ip, p.mac, p.host_veth, p.host_veth_mac,
+                     *((str(p.identity),) if identities else ()), p.netns, p.app)
     out.print(nodes, pods)
+    for note in lab.notes:
+        out.print(f"[dim]{escape(note)}[/]")
 
 
 def no_lab_line(none: NoLab) -> str:
@@ -83,6 +92,8 @@ def lab_document(lab: LabView) -> dict[str, Any]:
         "vni": lab.vni,
         "udp_port": lab.udp_port,
         "mtu": lab.mtu,
+        "title": lab.title,
+        "notes": list(lab.notes),
         "nodes": [
             {"name": n.name, "netns": n.netns, "underlay_ip": n.underlay_ip, "underlay_nic": n.underlay_nic,
              "underlay_mac": n.underlay_mac, "block": n.block, "tunnel_device": n.tunnel_device,
@@ -91,7 +102,8 @@ def lab_document(lab: LabView) -> dict[str, Any]:
         ],
         "pods": [
             {"name": p.name, "namespace": p.namespace, "node": p.node, "ip": p.ip, "mac": p.mac, "netns": p.netns,
-             "host_veth": p.host_veth, "host_veth_mac": p.host_veth_mac, "app": p.app, "pid": p.pid}
+             "host_veth": p.host_veth, "host_veth_mac": p.host_veth_mac, "app": p.app, "pid": p.pid,
+             "identity": p.identity}
             for p in lab.pods
         ],
     }

@@ -11,21 +11,29 @@ and its capture points. State is read through a `Backend`, each read once (trace
 from __future__ import annotations
 
 import importlib
+from dataclasses import replace
 from collections.abc import Sequence
 from typing import Protocol, cast
 
-from tracer.cluster.discover.pod_ends import end_warnings, pod_end, veth_point
+from tracer.cluster.discover.pod_ends import end_points, end_warnings, pod_end
 from tracer.cluster.discover.readers import NodeState, PodReads, Read, read_at_once
 from tracer.cluster.ports import Backend
 from tracer.errors import ClusterError
-from tracer.model import NodeTunnel, PodRef, Way, WayPoint
+from tracer.model import NodeTunnel, PodEnd, PodRef, Way, WayPoint
 
 __all__ = ["DATA_PATHS", "DataPath", "data_paths", "discover"]
 
-DATA_PATHS = ("tracer.cluster.discover.calico_vxlan",)
-"""The data paths discovery knows, tried in this order: modules that are a `DataPath`. Flannel
-VXLAN would be one more module and one more line here; a data path with another encapsulation
-(Calico IPIP) also needs its tunnel in the model and its underlay filter in tracer.cluster.filters."""
+DATA_PATHS = (
+    "tracer.cluster.discover.flannel_vxlan",
+    "tracer.cluster.discover.cilium",
+    "tracer.cluster.discover.calico_vxlan",
+    "tracer.cluster.discover.calico_ipip",
+    "tracer.cluster.discover.routed",
+)
+"""The data paths discovery knows, tried in this order (the first that recognizes the source
+node's state wins: Flannel's and Cilium's vxlan devices before Calico's, which takes any other
+vxlan device; routed last, which takes a route via another host): modules that are a `DataPath`.
+A data path with a new encapsulation also needs its underlay filter in tracer.cluster.filters."""
 
 
 class DataPath(Protocol):
@@ -50,6 +58,9 @@ class DataPath(Protocol):
         """The tunnel between the nodes and its capture points, in the request's order; a
         ClusterError that says what is missing when the state does not add up."""
 
+    def title(self, src_end: PodEnd) -> str:
+        """The way in words, as `tracer path` names it (the pod's end can tell, e.g. a bridge)."""
+
 
 def data_paths() -> tuple[DataPath, ...]:
     return tuple(cast(DataPath, importlib.import_module(name)) for name in DATA_PATHS)
@@ -73,12 +84,26 @@ def discover(backend: Backend, src: str, dst: str) -> Way:
     dst_end = pod_end(dst_reads, dst_node)
     warnings = [*end_warnings(src_end, src_node), *end_warnings(dst_end, dst_node)]
 
-    first = veth_point(src_end, src_node, "ingress")
-    last = veth_point(dst_end, dst_node, "egress")
     if dst_pod.node == src_pod.node:
-        return Way(src=src_end, dst=dst_end, tunnel=None, points=(first, last), warnings=tuple(warnings))
-    tunnel, between = _data_path_of(src_node, dst_pod).between_nodes(src_node, dst_node, dst_pod)
-    return Way(src=src_end, dst=dst_end, tunnel=tunnel, points=(first, *between, last), warnings=tuple(warnings))
+        return Way(src=src_end, dst=dst_end, tunnel=None, points=_same_node_points(src_end, dst_end, src_node),
+                   warnings=tuple(warnings))
+    path = _data_path_of(src_node, dst_pod)
+    tunnel, between = path.between_nodes(src_node, dst_node, dst_pod)
+    first = end_points(src_end, src_node, "ingress")
+    last = end_points(dst_end, dst_node, "egress")
+    title = path.title(src_end)
+    return Way(src=src_end, dst=dst_end, tunnel=tunnel, points=(*first, *between, *last), warnings=tuple(warnings),
+               data_path=title)
+
+
+def _same_node_points(src: PodEnd, dst: PodEnd, node: NodeState) -> tuple[WayPoint, ...]:
+    """Both pods on one node: routed by the node between their veths (TTL-1), or, on one bridge
+    whose subnet both share, switched from port to port (the frame unchanged, pod MAC to pod MAC)."""
+    if src.bridge is not None and src.bridge == dst.bridge:
+        a = end_points(src, node, "ingress", routed=False)[0]
+        b = end_points(dst, node, "egress", routed=False)[0]
+        return (replace(a, eth_dst=dst.mac), replace(b, eth_src=src.mac))
+    return (*end_points(src, node, "ingress"), *end_points(dst, node, "egress"))
 
 
 def _prefetch(src: PodReads, dst: PodReads, src_node: NodeState, dst_node: NodeState, dst_pod: PodRef) -> None:
@@ -118,7 +143,7 @@ def _data_path_of(src: NodeState, dst_pod: PodRef) -> DataPath:
     device = src.device_toward(dst_pod.ip)
     kind = device.get("linkinfo", {}).get("info_kind")
     raise ClusterError(
-        f"node {src.name} sends {dst_pod.ip} out of {device['ifname']} ({kind or 'no tunnel'})",
-        hint=f"tracer knows the {' and '.join(p.NAME for p in paths)} way{'s' * (len(paths) > 1)} so far "
-             f"({', '.join(p.DEVICE for p in paths)})",
+        f"node {src.name} sends {dst_pod.ip} as `{src.route_for(dst_pod.ip)}`, out of {device['ifname']} "
+        f"({kind or 'no tunnel'}): not a way tracer knows",
+        hint=f"tracer knows {', '.join(f'{p.NAME} ({p.DEVICE})' for p in paths)}",
     )

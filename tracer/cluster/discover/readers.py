@@ -66,7 +66,7 @@ class NodeState:
         return res.stdout.decode()
 
     def json(self, argv: Sequence[str]) -> list[dict[str, Any]]:
-        return json.loads(self.run(argv) or "[]")
+        return json.loads(self.run(argv) or "[]", object_pairs_hook=_first_wins)
 
     @property
     def links(self) -> list[dict[str, Any]]:
@@ -141,10 +141,25 @@ class NodeState:
         return None
 
 
+def _first_wins(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose repeated keys keep their first value, the others as `encap_<key>`:
+    `ip -j route` prints a lightweight tunnel's `dst` (`encap ip id 5 dst 192.168.56.12`) after
+    the route's own `dst`, under the same key."""
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            out[f"encap_{k}"] = v
+        else:
+            out[k] = v
+    return out
+
+
 def _route_text(route: dict[str, Any]) -> str:
     parts = [route["dst"]]
     if "gateway" in route:
         parts += ["via", route["gateway"]]
+    if route.get("encap"):
+        parts += ["encap", route["encap"], "id", str(route.get("id")), "dst", str(route.get("encap_dst"))]
     parts += ["dev", route["dev"]]
     if route.get("scope") not in (None, "global", "universe"):
         parts += ["scope", route["scope"]]

@@ -21,10 +21,21 @@ from tracer.model import PodRef
 from tracer.errors import LabError, NotFoundError, PermissionError_, UsageError
 from tracer.cluster.lab import netns
 from tracer.cluster.lab.state import LabState, ProcessRecord, StateStore, process_start_time, stop_process
-from tracer.cluster.lab.topology import CALI_MAC, CALICO_VXLAN, UNDERLAY, Names, Topology
+from tracer.cluster.lab.topology import (
+    CALICO_BGP, CALICO_IPIP, CALICO_VXLAN, CILIUM_GENEVE, CILIUM_VXLAN, FLANNEL_HOST_GW, FLANNEL_VXLAN, UNDERLAY, Names,
+    Topology,
+)
 
-# CNI mode -> module with `build(topology, names)`. Flannel or IPIP would be one more line.
-BUILDERS = {CALICO_VXLAN: "tracer.cluster.lab.calico_vxlan"}
+# CNI mode -> `module` with `build(topology, names)`, or `module:function` (one module, two modes).
+BUILDERS = {
+    CALICO_VXLAN: "tracer.cluster.lab.calico_vxlan",
+    CALICO_BGP: "tracer.cluster.lab.calico_bgp",
+    CALICO_IPIP: "tracer.cluster.lab.calico_ipip",
+    FLANNEL_VXLAN: "tracer.cluster.lab.flannel:build_vxlan",
+    FLANNEL_HOST_GW: "tracer.cluster.lab.flannel:build_host_gw",
+    CILIUM_VXLAN: "tracer.cluster.lab.cilium:build_vxlan",
+    CILIUM_GENEVE: "tracer.cluster.lab.cilium:build_geneve",
+}
 HTTP_PORT = 80
 NETNS_AWARE = ("ip", "bridge")
 """Tools that enter a named network namespace themselves (-n), without `ip netns exec`."""
@@ -73,6 +84,8 @@ class LabPod:
     """The `cali...` end of the pod's veth on its node."""
     host_veth_mac: str
     app: str
+    identity: int = 0
+    """Cilium: the pod's security identity."""
 
     def ref(self) -> PodRef:
         return PodRef(name=self.name, namespace=self.namespace, node=self.node, ip=self.ip)
@@ -97,7 +110,7 @@ class Lab:
         self.pods = tuple(
             LabPod(
                 name=p.name, namespace=p.namespace, node=p.node, ip=p.ip, mac=p.mac,
-                netns=self.names.netns(p.name), host_veth=p.host_veth, host_veth_mac=CALI_MAC, app=p.app,
+                netns=self.names.netns(p.name), host_veth=p.host_veth, host_veth_mac=p.host_veth_mac, app=p.app, identity=p.identity,
             )
             for p in topo.pods
         )
@@ -203,7 +216,8 @@ def up(topology: Topology, *, store: StateStore | None = None, progress: Progres
             f"network namespace {taken[0]} exists, but no lab state records it",
             hint=f"tracer leaves it alone: remove it yourself (ip netns del {taken[0]}) or set TRACER_LAB_PREFIX",
         )
-    builder = importlib.import_module(BUILDERS[topology.cni])
+    module, _, function = BUILDERS[topology.cni].partition(":")
+    build = getattr(importlib.import_module(module), function or "build")
     state = LabState(prefix=store.prefix, topology=topology)
     try:
         progress("creating network namespaces")
@@ -216,7 +230,7 @@ def up(topology: Topology, *, store: StateStore | None = None, progress: Progres
                 state.processes.append(_start_httpbin(names.netns(pod.name), store.log_path(pod.name)))
                 store.save(state)
         progress(f"wiring {topology.cni}")
-        builder.build(topology, names)
+        build(topology, names)
         progress("waiting for httpbin")
         lab = Lab(state, store)
         _wait_for_httpbin(lab)

@@ -17,10 +17,77 @@ from typing import Any
 from tracer.errors import UsageError
 
 CALICO_VXLAN = "calico-vxlan"
+CALICO_BGP = "calico-bgp"
+CALICO_IPIP = "calico-ipip"
+FLANNEL_VXLAN = "flannel-vxlan"
+FLANNEL_HOST_GW = "flannel-host-gw"
+CILIUM_VXLAN = "cilium-vxlan"
+CILIUM_GENEVE = "cilium-geneve"
+CNIS = (CALICO_VXLAN, CALICO_BGP, CALICO_IPIP, FLANNEL_VXLAN, FLANNEL_HOST_GW, CILIUM_VXLAN, CILIUM_GENEVE)
+"""The data paths the lab builds (`tracer lab up --cni NAME`); the first is the default."""
+CNI_TITLES = {
+    CALICO_VXLAN: "Calico VXLAN", CALICO_BGP: "Calico, no encapsulation (BGP routes)", CALICO_IPIP: "Calico IPIP",
+    FLANNEL_VXLAN: "Flannel VXLAN", FLANNEL_HOST_GW: "Flannel host-gw", CILIUM_VXLAN: "Cilium tunnel, VXLAN",
+    CILIUM_GENEVE: "Cilium tunnel, Geneve",
+}
+_CILIUM_NOTES = (
+    "the VNI is the sending pod's security identity (an `ip rule from <pod IP>` picks a table whose routes "
+    "encapsulate with it); there is no FDB: each route names the other node",
+    "where a real Cilium node differs: its routes go via cilium_host and eBPF programs on lxc and the tunnel "
+    "device set the tunnel key and redirect (bpf_redirect_peer can hide packets from the host-side lxc); here "
+    "the kernel routes, so every hop shows and each node takes one off the TTL",
+)
+CNI_NOTES = {
+    CALICO_VXLAN: ("proxy-ARP on every cali* answers the pods' 169.254.1.1 with ee:ee:ee:ee:ee:ee",),
+    CALICO_BGP: ("each node routes the other's block via the other's underlay IP out of eth1: no tunnel, nothing "
+                 "added; the pod side is Calico's (169.254.1.1, proxy-ARP)",),
+    CALICO_IPIP: ("tunl0: IP protocol 4, 20 bytes added, raw IP (no Ethernet header) on tunl0",),
+    FLANNEL_VXLAN: ("pod veths are ports of the bridge cni0, whose .1 is the pods' gateway; flannel.1 has one route, "
+                    "one neighbour and one FDB entry per other node",),
+    FLANNEL_HOST_GW: ("pod veths are ports of the bridge cni0 (.1 the gateway); each node routes the other's /24 via "
+                      "the other's underlay IP: no tunnel",),
+    CILIUM_VXLAN: _CILIUM_NOTES,
+    CILIUM_GENEVE: _CILIUM_NOTES,
+}
+"""What `tracer lab status` says of each data path, beside its tables."""
 # The MAC Calico gives every host-side veth, and the gateway address every pod routes to.
 CALI_MAC = "ee:ee:ee:ee:ee:ee"
 POD_GATEWAY = "169.254.1.1"
 MAX_NODES = 20
+
+
+@dataclass(frozen=True, kw_only=True)
+class AddressPlan:
+    """What a CNI family hands out: each node's pod block, the tunnel device and its numbers."""
+
+    blocks: tuple[str, ...]
+    """Worker1's and worker2's blocks; node N (N >= 3) gets `extra_block.format(n=N)`."""
+    extra_block: str
+    pod_hosts: tuple[int, int]
+    """curl's and httpbin's host numbers in their node's block; podN's is 10."""
+    tunnel_device: str
+    """"" when the data path has none (routed)."""
+    vni: int | None
+    udp_port: int | None
+    mtu: int
+
+
+_CALICO = dict(blocks=("172.18.166.128/26", "172.18.104.0/26"), extra_block="172.18.{n}.0/26", pod_hosts=(11, 14))
+PLANS = {
+    CALICO_VXLAN: AddressPlan(**_CALICO, tunnel_device="vxlan.calico", vni=4096, udp_port=4789, mtu=1450),
+    CALICO_BGP: AddressPlan(**_CALICO, tunnel_device="", vni=None, udp_port=None, mtu=1500),
+    CALICO_IPIP: AddressPlan(**_CALICO, tunnel_device="tunl0", vni=None, udp_port=None, mtu=1480),
+    # k3s' cluster CIDR 10.42.0.0/16, a /24 per node, flannel.1 (VNI 1) on the kernel's port 8472
+    FLANNEL_VXLAN: AddressPlan(blocks=("10.42.0.0/24", "10.42.1.0/24"), extra_block="10.42.{n}.0/24",
+                               pod_hosts=(5, 7), tunnel_device="flannel.1", vni=1, udp_port=8472, mtu=1450),
+    FLANNEL_HOST_GW: AddressPlan(blocks=("10.42.0.0/24", "10.42.1.0/24"), extra_block="10.42.{n}.0/24",
+                                 pod_hosts=(5, 7), tunnel_device="", vni=None, udp_port=None, mtu=1500),
+    # Cilium's cluster pool 10.0.0.0/8 in /24s; the VNI is the source's security identity (none fixed)
+    CILIUM_VXLAN: AddressPlan(blocks=("10.0.1.0/24", "10.0.2.0/24"), extra_block="10.0.{n}.0/24", pod_hosts=(5, 7),
+                              tunnel_device="cilium_vxlan", vni=None, udp_port=8472, mtu=1450),
+    CILIUM_GENEVE: AddressPlan(blocks=("10.0.1.0/24", "10.0.2.0/24"), extra_block="10.0.{n}.0/24", pod_hosts=(5, 7),
+                               tunnel_device="cilium_geneve", vni=None, udp_port=6081, mtu=1450),
+}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -36,9 +103,12 @@ class NodeSpec:
     block: str
     """The node's pod IP block (CIDR, /26 as Calico's IPAM hands out)."""
     tunnel_ip: str
-    """The tunnel device's address, taken from the node's own block (used as a /32)."""
+    """The tunnel device's address, taken from the node's own block (used as a /32); Flannel:
+    the block's .0, Cilium: the router IP (cilium_host's, the pods' gateway)."""
     tunnel_mac: str
-    """Fixed MAC of the tunnel device (vxlan.calico)."""
+    """Fixed MAC of the tunnel device (vxlan.calico, flannel.1, cilium_vxlan)."""
+    bridge_mac: str = ""
+    """Flannel: the fixed MAC of cni0, the bridge whose .1 is the pods' gateway."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -57,10 +127,20 @@ class PodSpec:
     """Fixed MAC of the pod's eth0."""
     app: str
     """What runs in the pod: `curl` (a client, nothing started) or `httpbin` (served on :80)."""
+    veth_name: str = ""
+    """The host end of its veth as its CNI names it ("": Calico's name, see host_veth)."""
+    veth_mac: str = ""
+    """That end's MAC ("": Calico's ee:ee:ee:ee:ee:ee)."""
+    identity: int = 0
+    """Cilium: the pod's security identity, the VNI of what it sends to another node."""
 
     @property
     def host_veth(self) -> str:
-        return calico_veth_name(self.namespace, self.name)
+        return self.veth_name or calico_veth_name(self.namespace, self.name)
+
+    @property
+    def host_veth_mac(self) -> str:
+        return self.veth_mac or CALI_MAC
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -76,10 +156,12 @@ class Topology:
     underlay_nic: str = "eth1"
     """Name of each node's underlay NIC (eth1 as in the exercise)."""
     tunnel_device: str = "vxlan.calico"
-    vni: int = 4096
-    udp_port: int = 4789
+    """"" for a data path without one (Calico BGP, Flannel host-gw)."""
+    vni: int | None = 4096
+    """None where there is no fixed one (Cilium: the source's identity) or no tunnel."""
+    udp_port: int | None = 4789
     mtu: int = 1450
-    """Pod and tunnel MTU: 50 bytes of VXLAN less than the 1500 underlay."""
+    """Pod and tunnel MTU: the encapsulation's bytes less than the 1500 underlay."""
     nodes: tuple[NodeSpec, ...]
     pods: tuple[PodSpec, ...]
 
@@ -112,39 +194,60 @@ def pod_mac(ip: str) -> str:
     return "0a:58:" + ":".join(f"{b:02x}" for b in ipaddress.IPv4Address(ip).packed)
 
 
-def _node(index: int, block: str) -> NodeSpec:
+def _node(index: int, block: str, cni: str = CALICO_VXLAN) -> NodeSpec:
     net = ipaddress.IPv4Network(block)
+    tunnel_ip = net.network_address + (1 if cni.startswith("cilium") else 0)  # (Cilium: the router IP, .1)
     return NodeSpec(
         name=f"worker{index}",
         underlay_ip=f"192.168.56.{10 + index}",
         underlay_mac=f"52:54:00:00:56:{10 + index:02x}",
         block=block,
-        tunnel_ip=str(net.network_address),
+        tunnel_ip=str(tunnel_ip),
         tunnel_mac=f"66:ca:11:c0:00:{index:02x}",
+        bridge_mac=f"6e:cb:00:00:00:{index:02x}" if cni.startswith("flannel") else "",
     )
 
 
-def _pod(name: str, node: str, ip: str, app: str) -> PodSpec:
+def _pod(name: str, node: str, ip: str, app: str, cni: str = CALICO_VXLAN) -> PodSpec:
+    """A pod with the host veth its CNI would give it (a fixed name and MAC, so captures are
+    deterministic: real Flannel and Cilium names and MACs are random or hashed per endpoint)."""
+    digest = hashlib.sha256(f"{cni}/{name}".encode()).hexdigest()
+    if cni.startswith("flannel"):  # the bridge plugin: veth + 8 hex, a random MAC
+        return PodSpec(name=name, node=node, ip=ip, mac=pod_mac(ip), app=app, veth_name="veth" + digest[:8],
+                       veth_mac="ca:fe:" + ":".join(digest[8 + 2 * i:10 + 2 * i] for i in range(4)))
+    if cni.startswith("cilium"):  # lxc + 12 hex of the endpoint; an identity of the cluster's range
+        return PodSpec(name=name, node=node, ip=ip, mac=pod_mac(ip), app=app, veth_name="lxc" + digest[:12],
+                       veth_mac="da:7e:" + ":".join(digest[12 + 2 * i:14 + 2 * i] for i in range(4)),
+                       identity=256 + int(digest[20:28], 16) % 65000)
     return PodSpec(name=name, node=node, ip=ip, mac=pod_mac(ip), app=app)
 
 
-def exercise(nodes: int = 2) -> Topology:
-    """The exercise's cluster: curl on worker1, httpbin on worker2, with the seed's addresses.
+def exercise(nodes: int = 2, cni: str = CALICO_VXLAN) -> Topology:
+    """The exercise's cluster: curl on worker1, httpbin on worker2, with the seed's addresses
+    (another CNI: its own address plan, see PLANS).
 
-    Each extra node `workerN` (N >= 3) gets the block 172.18.N.0/26 and a pod `podN` at
-    172.18.N.10 that serves httpbin too, so there is a target on every node.
+    Each extra node `workerN` (N >= 3) gets its block (Calico: 172.18.N.0/26) and a pod `podN`
+    at host 10 of it that serves httpbin too, so there is a target on every node.
     """
     if not 2 <= nodes <= MAX_NODES:
         raise UsageError(f"--nodes must be between 2 and {MAX_NODES}, not {nodes}")
-    node_specs = [_node(1, "172.18.166.128/26"), _node(2, "172.18.104.0/26")]
+    if cni not in PLANS:
+        raise UsageError(f"--cni {cni!r}: the lab builds {', '.join(CNIS)}")
+    plan = PLANS[cni]
+    blocks = [*plan.blocks, *(plan.extra_block.format(n=i) for i in range(3, nodes + 1))]
+    node_specs = [_node(i, block, cni) for i, block in enumerate(blocks, 1)]
+
+    def host(block: str, n: int) -> str:
+        return str(ipaddress.IPv4Network(block).network_address + n)
+
     pod_specs = [
-        _pod("curl", "worker1", "172.18.166.139", "curl"),
-        _pod("httpbin", "worker2", "172.18.104.14", "httpbin"),
+        _pod("curl", "worker1", host(blocks[0], plan.pod_hosts[0]), "curl", cni),
+        _pod("httpbin", "worker2", host(blocks[1], plan.pod_hosts[1]), "httpbin", cni),
     ]
     for i in range(3, nodes + 1):
-        node_specs.append(_node(i, f"172.18.{i}.0/26"))
-        pod_specs.append(_pod(f"pod{i}", f"worker{i}", f"172.18.{i}.10", "httpbin"))
-    return Topology(nodes=tuple(node_specs), pods=tuple(pod_specs))
+        pod_specs.append(_pod(f"pod{i}", f"worker{i}", host(blocks[i - 1], 10), "httpbin", cni))
+    return Topology(cni=cni, tunnel_device=plan.tunnel_device, vni=plan.vni, udp_port=plan.udp_port, mtu=plan.mtu,
+                    nodes=tuple(node_specs), pods=tuple(pod_specs))
 
 
 APPS = ("curl", "httpbin")
@@ -167,12 +270,13 @@ def with_pods(topology: Topology, extra: tuple[tuple[str, str, str], ...]) -> To
         if app not in APPS:
             raise UsageError(f"--pod {name}={node}:{app}: the app is one of {', '.join(APPS)}")
         hosts = list(ipaddress.IPv4Network(spec.block).hosts())
-        used = {ipaddress.IPv4Address(p.ip) for p in pods} | {ipaddress.IPv4Address(spec.tunnel_ip)}
+        gateway = ipaddress.IPv4Network(spec.block).network_address + 1  # (Flannel's cni0, Cilium's router)
+        used = {ipaddress.IPv4Address(p.ip) for p in pods} | {ipaddress.IPv4Address(spec.tunnel_ip), gateway}
         mine = [h for h in hosts if h in used]
         free = [h for h in hosts if h not in used and (not mine or h > max(mine))] or [h for h in hosts if h not in used]
         if not free:
             raise UsageError(f"--pod {name}={node}: no address left in {node}'s block {spec.block}")
-        pods.append(_pod(name, node, str(free[0]), app))
+        pods.append(_pod(name, node, str(free[0]), app, topology.cni))
     return dataclasses.replace(topology, pods=tuple(pods))
 
 

@@ -1,0 +1,40 @@
+"""Wire a `Topology` the way Calico in `ipipMode: Always` does, where the kernel has IP-in-IP
+devices: `tunl0` (the ipip module's fallback device, NOARP, MTU 1480) with the node's tunnel
+address as a /32, and each other node's block routed `via <its underlay IP> dev tunl0 onlink`;
+outer IP protocol 4, 20 bytes more, no Ethernet header on tunl0 (captures there are raw IP).
+The pod side is Calico's (tracer.cluster.lab.calico_vxlan). Where the kernel has no ipip
+devices (`ip link add type ipip`: Unknown device type) it refuses before wiring anything.
+"""
+
+from __future__ import annotations
+
+import subprocess
+
+from tracer.cluster.lab import netns, wiring
+from tracer.cluster.lab.calico_vxlan import calico_sysctls
+from tracer.cluster.lab.topology import CALICO_IPIP, POD_GATEWAY, Names, NodeSpec, Topology
+
+NAME = "Calico IPIP"
+
+
+def build(topo: Topology, names: Names) -> None:
+    wiring.refuse_without("ipip", CALICO_IPIP, names, topo.nodes[0].name, "type ipip local 192.0.2.1")
+    wiring.base(topo, names)
+    for node in topo.nodes:
+        ns = names.netns(node.name)
+        netns.batch(ns, wiring.pod_veths(topo, node, names))
+        # (the module makes tunl0 in every namespace; a kernel told not to has it made here)
+        if subprocess.run(["ip", "-n", ns, "link", "show", "tunl0"], capture_output=True).returncode != 0:
+            netns.batch(ns, ["link add tunl0 type ipip"])
+        netns.sysctl(ns, calico_sysctls(topo, node))
+        netns.batch(ns, [*wiring.node_underlay(topo, node), *wiring.pod_routes_on_node(topo, node),
+                         *_tunl0(topo, node)])
+    for pod in topo.pods:
+        netns.batch(names.netns(pod.name), wiring.pod_side_slash32(pod, POD_GATEWAY))
+    wiring.underlay_up(topo, names)
+
+
+def _tunl0(topo: Topology, node: NodeSpec) -> list[str]:
+    return [f"link set tunl0 mtu {topo.mtu} up", f"addr add {node.tunnel_ip}/32 dev tunl0",
+            *(f"route add {other.block} via {other.underlay_ip} dev tunl0 onlink"
+              for other in wiring.other_nodes(topo, node))]
