@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from factories import CURL_MAC, arp, eth, ipv4, pcap_bytes, tcp
+from factories import CURL_MAC, arp, eth, geneve, ipv4, pcap_bytes, tcp, udp, vxlan
 from tracer.cluster.filters import capture_plan, flow_filter, point_filter, underlay_filter
 
 SAMPLES = Path(__file__).resolve().parents[1] / "pcaps" / "http-get"
@@ -75,3 +75,44 @@ def test_the_underlay_filter_keeps_exactly_the_flow_inside_the_vxlan(point):
     assert matches(pcap, underlay_filter(way(), 80)) == matches(pcap, "udp port 4789") == 12
     assert matches(pcap, underlay_filter(way(), 8080)) == 0  # another port of the same pods
     assert matches(pcap, underlay_filter(way(CURL, "172.18.104.15"), 80)) == 0  # another pod
+
+
+NODE1, NODE2 = "192.168.56.11", "192.168.56.12"
+
+
+def _tunnel_way(encapsulation: str, port: int | None):
+    w = way()
+    w.tunnel = SimpleNamespace(udp_port=port, src_node_ip=NODE1, dst_node_ip=NODE2, encapsulation=encapsulation)
+    return w
+
+
+def _inner(src=CURL, dst=HTTPBIN, dport=80) -> bytes:
+    return ipv4(src, dst, 6, tcp(45688, dport))
+
+
+@pytest.mark.parametrize("encapsulation,port,outer", [
+    ("vxlan", 8472, lambda inner: ipv4(NODE1, NODE2, 17, udp(40000, 8472, vxlan(1, eth(CURL_MAC, CALI, 0x0800, inner))))),
+    # Geneve with 8 bytes of options: the inner headers sit further in, and the filter follows them
+    ("geneve", 6081, lambda inner: ipv4(NODE1, NODE2, 17, udp(40000, 6081, geneve(
+        4242, eth(CURL_MAC, CALI, 0x0800, inner), options=bytes.fromhex("0102030400000000"))))),
+    ("ipip", None, lambda inner: ipv4(NODE1, NODE2, 4, inner)),
+    ("none", None, lambda inner: inner),
+])
+def test_the_underlay_filter_of_each_encapsulation(tmp_path, encapsulation, port, outer):
+    """libpcap on crafted frames: the flow inside the tunnel (either way round) passes; another
+    pod, another port, another tunnel port do not."""
+    w = _tunnel_way(encapsulation, port)
+    bpf = underlay_filter(w, 80)
+    cases = {
+        "the flow": (outer(_inner()), True),
+        "its reply": (outer(ipv4(HTTPBIN, CURL, 6, tcp(80, 45688, flags=0x12))), True),
+        "another pod": (outer(_inner(dst="172.18.104.15")), False),
+        "another port": (outer(_inner(dport=8080)), False),
+    }
+    if port:  # the same tunnel on another UDP port is another tunnel
+        other = ipv4(NODE1, NODE2, 17, udp(40000, 4789, vxlan(1, eth(CURL_MAC, CALI, 0x0800, _inner()))))
+        cases["another tunnel port"] = (other, False)
+    for name, (packet, keep) in cases.items():
+        pcap = tmp_path / "one.pcap"
+        pcap.write_bytes(pcap_bytes([eth("52:54:00:00:56:0b", "52:54:00:00:56:0c", 0x0800, packet)]))
+        assert matches(pcap, bpf) == (1 if keep else 0), (encapsulation, name, bpf)

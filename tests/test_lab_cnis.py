@@ -249,3 +249,21 @@ def test_lab_status_names_the_data_path_and_exec_works_the_same(cni_lab: Lab) ->
     pod = run_tracer("lab", "exec", "curl", "--", "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}",
                      f"http://{cni_lab.pod('httpbin').ip}/get", store=cni_lab.store, check=True).stdout
     assert pod == "200"
+
+
+def test_analyze_places_the_points_from_the_captures_alone(cni_lab: Lab, tmp_path) -> None:
+    """follow --save, path.json taken away: roles from names and traffic (cni0 a bridge, lxc and
+    veth pod veths, 8472 VXLAN), the order from the TTLs and roles, no packet lost."""
+    run = tmp_path / "run"
+    run_tracer("follow", "curl", "httpbin", "--save", str(run), store=cni_lab.store, check=True)
+    (run / "path.json").unlink()
+    doc = json.loads(run_tracer("analyze", str(run), "-o", "json", store=cni_lab.store, check=True).stdout)
+    roles = {p["id"]: p["role"] for p in doc["points"]}
+    want = {"cni0": "bridge", "flannel.1": "tunnel", "cilium_vxlan": "tunnel", "eth1": "underlay"}
+    for pid, role in roles.items():
+        iface = pid.split("/", 1)[1]
+        assert role == want.get(iface, "pod-veth"), (pid, role)
+    flow = next(f for f in doc["flows"] if f["protocol"] == "tcp")
+    syn = next(p for p in flow["packets"] if p["tcp_flags"] == "S")
+    assert [h["point"] for h in syn["hops"]] == _way(cni_lab)
+    assert all(not p["missing"] for p in flow["packets"])

@@ -195,7 +195,12 @@ def hop_why(changes: tuple[str, ...], prev: Frame | None, prev_point, fr: Frame,
     elif fr.tunnels and prev.tunnels and prev_point.node != point.node:
         words.append(f"crossed the underlay from {prev_point.node} to {point.node}")
     if not words:
-        if prev_point.node != point.node and prev_point.role == point.role == "pod-veth":
+        if prev_point.node == point.node and {prev_point.role, point.role} == {"pod-veth", "bridge"}:
+            bridge, port = (point, prev_point) if point.role == "bridge" else (prev_point, point)
+            words.append(f"the bridge {bridge.interface} took it in from its port {port.interface}, unchanged"
+                         if point.role == "bridge" else f"the bridge {bridge.interface} switched it out of its port "
+                         f"{port.interface}, unchanged")
+        elif prev_point.node != point.node and prev_point.role == point.role == "pod-veth":
             words.append(f"crossed the veth pair from {prev_point.node} to {point.node} unchanged")
         elif prev_point.node != point.node:
             words.append(f"reached {point.node} unchanged")
