@@ -6,24 +6,15 @@ is Calico's as in VXLAN mode (tracer.cluster.lab.calico_vxlan); MTU 1500, nothin
 
 from __future__ import annotations
 
-from tracer.cluster.lab import netns, wiring
-from tracer.cluster.lab.calico_vxlan import calico_sysctls
-from tracer.cluster.lab.topology import POD_GATEWAY, Names, NodeSpec, Topology
+from tracer.cluster.lab import wiring
+from tracer.cluster.lab.calico_vxlan import build_calico
+from tracer.cluster.lab.topology import Names, NodeSpec, Topology
 
 NAME = "Calico BGP, no encapsulation"
 
 
 def build(topo: Topology, names: Names) -> None:
-    wiring.base(topo, names)
-    for node in topo.nodes:
-        ns = names.netns(node.name)
-        netns.batch(ns, wiring.pod_veths(topo, node, names))
-        netns.sysctl(ns, calico_sysctls(topo, node))
-        netns.batch(ns, [*wiring.node_underlay(topo, node), *wiring.pod_routes_on_node(topo, node),
-                         *_bgp_routes(topo, node)])
-    for pod in topo.pods:
-        netns.batch(names.netns(pod.name), wiring.pod_side_slash32(pod, POD_GATEWAY))
-    wiring.underlay_up(topo, names)
+    build_calico(topo, names, devices=lambda node: [], tables=lambda node: _bgp_routes(topo, node))
 
 
 def _bgp_routes(topo: Topology, node: NodeSpec) -> list[str]:

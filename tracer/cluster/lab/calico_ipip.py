@@ -10,28 +10,22 @@ from __future__ import annotations
 
 import subprocess
 
-from tracer.cluster.lab import netns, wiring
-from tracer.cluster.lab.calico_vxlan import calico_sysctls
-from tracer.cluster.lab.topology import CALICO_IPIP, POD_GATEWAY, Names, NodeSpec, Topology
+from tracer.cluster.lab import wiring
+from tracer.cluster.lab.calico_vxlan import build_calico
+from tracer.cluster.lab.topology import CALICO_IPIP, Names, NodeSpec, Topology
 
 NAME = "Calico IPIP"
 
 
 def build(topo: Topology, names: Names) -> None:
     wiring.refuse_without("ipip", CALICO_IPIP, names, topo.nodes[0].name, "type ipip local 192.0.2.1")
-    wiring.base(topo, names)
-    for node in topo.nodes:
-        ns = names.netns(node.name)
-        netns.batch(ns, wiring.pod_veths(topo, node, names))
+
+    def devices(node: NodeSpec) -> list[str]:
         # (the module makes tunl0 in every namespace; a kernel told not to has it made here)
-        if subprocess.run(["ip", "-n", ns, "link", "show", "tunl0"], capture_output=True).returncode != 0:
-            netns.batch(ns, ["link add tunl0 type ipip"])
-        netns.sysctl(ns, calico_sysctls(topo, node))
-        netns.batch(ns, [*wiring.node_underlay(topo, node), *wiring.pod_routes_on_node(topo, node),
-                         *_tunl0(topo, node)])
-    for pod in topo.pods:
-        netns.batch(names.netns(pod.name), wiring.pod_side_slash32(pod, POD_GATEWAY))
-    wiring.underlay_up(topo, names)
+        shown = subprocess.run(["ip", "-n", names.netns(node.name), "link", "show", "tunl0"], capture_output=True)
+        return [] if shown.returncode == 0 else ["link add tunl0 type ipip"]
+
+    build_calico(topo, names, devices=devices, tables=lambda node: _tunl0(topo, node))
 
 
 def _tunl0(topo: Topology, node: NodeSpec) -> list[str]:

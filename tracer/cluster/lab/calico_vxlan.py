@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from tracer.cluster.lab import netns, wiring
 from tracer.cluster.lab.topology import POD_GATEWAY, Names, NodeSpec, Topology
 
@@ -19,14 +21,23 @@ NAME = "Calico VXLAN"
 
 
 def build(topo: Topology, names: Names) -> None:
+    build_calico(topo, names, devices=lambda node: [wiring.static_vxlan_device(topo, node)],
+                 tables=lambda node: wiring.static_vxlan_tables(topo, node),
+                 fdb=lambda node: wiring.static_vxlan_fdb(topo, node))
+
+
+def build_calico(topo: Topology, names: Names, *, devices: Callable[[NodeSpec], list[str]],
+                 tables: Callable[[NodeSpec], list[str]], fdb: Callable[[NodeSpec], list[str]] = lambda node: []) -> None:
+    """Calico's pod side and sysctls on every node, with the mode's own `devices` (made with the
+    veths), routing `tables` and `fdb` entries per node (VXLAN, IPIP, none)."""
     wiring.base(topo, names)
     for node in topo.nodes:
         ns = names.netns(node.name)
-        netns.batch(ns, [*wiring.pod_veths(topo, node, names), _vxlan_device(topo, node)])
+        netns.batch(ns, [*wiring.pod_veths(topo, node, names), *devices(node)])
         netns.sysctl(ns, calico_sysctls(topo, node))
-        netns.batch(ns, [*wiring.node_underlay(topo, node), *_node_config(topo, node),
-                         *wiring.pod_routes_on_node(topo, node)])
-        netns.batch(ns, _node_fdb(topo, node), tool="bridge")
+        netns.batch(ns, [*wiring.node_underlay(topo, node), *tables(node), *wiring.pod_routes_on_node(topo, node)])
+        if entries := fdb(node):
+            netns.batch(ns, entries, tool="bridge")
     for pod in topo.pods:
         netns.batch(names.netns(pod.name), wiring.pod_side_slash32(pod, POD_GATEWAY))
     wiring.underlay_up(topo, names)
@@ -39,24 +50,3 @@ def calico_sysctls(topo: Topology, node: NodeSpec) -> dict[str, str | int]:
         values[f"net.ipv4.conf.{pod.host_veth}.proxy_arp"] = 1
         values[f"net.ipv4.neigh.{pod.host_veth}.proxy_delay"] = 0
     return values
-
-
-def _vxlan_device(topo: Topology, node: NodeSpec) -> str:
-    return (f"link add {topo.tunnel_device} address {node.tunnel_mac} mtu {topo.mtu} type vxlan"
-            f" id {topo.vni} dstport {topo.udp_port} local {node.underlay_ip} dev {topo.underlay_nic} nolearning")
-
-
-def _node_config(topo: Topology, node: NodeSpec) -> list[str]:
-    vx = topo.tunnel_device
-    lines = [f"addr add {node.tunnel_ip}/32 dev {vx}", f"link set {vx} up"]
-    for other in wiring.other_nodes(topo, node):
-        lines += [
-            f"route add {other.block} via {other.tunnel_ip} dev {vx} onlink",
-            f"neigh add {other.tunnel_ip} lladdr {other.tunnel_mac} dev {vx} nud permanent",
-        ]
-    return lines
-
-
-def _node_fdb(topo: Topology, node: NodeSpec) -> list[str]:
-    return [f"fdb add {other.tunnel_mac} dev {topo.tunnel_device} dst {other.underlay_ip} self permanent"
-            for other in wiring.other_nodes(topo, node)]

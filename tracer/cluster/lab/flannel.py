@@ -39,12 +39,11 @@ def _build(topo: Topology, names: Names, *, vxlan: bool) -> None:
     for node in topo.nodes:
         ns = names.netns(node.name)
         netns.batch(ns, [*wiring.pod_veths(topo, node, names), *_bridge(topo, node),
-                         *([_vxlan_device(topo, node)] if vxlan else [])])
+                         *([wiring.static_vxlan_device(topo, node)] if vxlan else [])])
         netns.sysctl(ns, {"net.ipv4.ip_forward": 1})
-        netns.batch(ns, [*wiring.node_underlay(topo, node), *(_vxlan_config(topo, node) if vxlan else _host_gw(topo, node))])
+        netns.batch(ns, [*wiring.node_underlay(topo, node), *(wiring.static_vxlan_tables(topo, node) if vxlan else _host_gw(topo, node))])
         if vxlan:
-            netns.batch(ns, [f"fdb add {o.tunnel_mac} dev {topo.tunnel_device} dst {o.underlay_ip} self permanent"
-                             for o in wiring.other_nodes(topo, node)], tool="bridge")
+            netns.batch(ns, wiring.static_vxlan_fdb(topo, node), tool="bridge")
     for pod in topo.pods:
         netns.batch(names.netns(pod.name), _pod_side(pod, topo.node(pod.node)))
     wiring.underlay_up(topo, names)
@@ -57,20 +56,6 @@ def _bridge(topo: Topology, node: NodeSpec) -> list[str]:
     for pod in topo.pods_on(node.name):
         lines += [f"link set {pod.host_veth} master {BRIDGE}", f"link set {pod.host_veth} type bridge_slave hairpin on",
                   f"link set {pod.host_veth} up"]
-    return lines
-
-
-def _vxlan_device(topo: Topology, node: NodeSpec) -> str:
-    return (f"link add {topo.tunnel_device} address {node.tunnel_mac} mtu {topo.mtu} type vxlan id {topo.vni}"
-            f" dstport {topo.udp_port} local {node.underlay_ip} dev {topo.underlay_nic} nolearning")
-
-
-def _vxlan_config(topo: Topology, node: NodeSpec) -> list[str]:
-    dev = topo.tunnel_device
-    lines = [f"addr add {node.tunnel_ip}/32 dev {dev}", f"link set {dev} up"]
-    for other in wiring.other_nodes(topo, node):
-        lines += [f"neigh add {other.tunnel_ip} lladdr {other.tunnel_mac} dev {dev} nud permanent",
-                  f"route add {other.block} via {other.tunnel_ip} dev {dev} onlink"]
     return lines
 
 

@@ -93,6 +93,29 @@ def pod_side_slash32(pod: PodSpec, gateway: str) -> list[str]:
     ]
 
 
+def static_vxlan_device(topo: Topology, node: NodeSpec) -> str:
+    """The VXLAN device Calico and Flannel both make: its own VNI and port, no learning."""
+    return (f"link add {topo.tunnel_device} address {node.tunnel_mac} mtu {topo.mtu} type vxlan"
+            f" id {topo.vni} dstport {topo.udp_port} local {node.underlay_ip} dev {topo.underlay_nic} nolearning")
+
+
+def static_vxlan_tables(topo: Topology, node: NodeSpec) -> list[str]:
+    """Its address and, per other node, what calico-node and flanneld both write: the block
+    routed via the other tunnel address `onlink` and a permanent neighbour entry for it."""
+    vx = topo.tunnel_device
+    lines = [f"addr add {node.tunnel_ip}/32 dev {vx}", f"link set {vx} up"]
+    for other in other_nodes(topo, node):
+        lines += [f"route add {other.block} via {other.tunnel_ip} dev {vx} onlink",
+                  f"neigh add {other.tunnel_ip} lladdr {other.tunnel_mac} dev {vx} nud permanent"]
+    return lines
+
+
+def static_vxlan_fdb(topo: Topology, node: NodeSpec) -> list[str]:
+    """(for `bridge`) per other node: its tunnel MAC is behind its underlay address."""
+    return [f"fdb add {other.tunnel_mac} dev {topo.tunnel_device} dst {other.underlay_ip} self permanent"
+            for other in other_nodes(topo, node)]
+
+
 def other_nodes(topo: Topology, node: NodeSpec) -> list[NodeSpec]:
     return [n for n in topo.nodes if n.name != node.name]
 
