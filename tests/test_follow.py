@@ -420,7 +420,8 @@ def test_a_save_that_fails_after_the_run_still_shows_it_and_says_what_failed(lab
     proc = subprocess.Popen([sys.executable, "-m", "tracer", "follow", "curl", "httpbin", "--path", "/delay/1",
                              "--save", str(save)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
-        wait_for(lambda: any("curl" in cmdline(c) for c in children(proc.pid)))
+        # (the request's own curl: its URL; discovery's reads run in the curl pod's namespace too)
+        wait_for(lambda: save.is_dir() and any(any("/delay/1" in a for a in cmdline(c)) for c in children(proc.pid)))
         save.rmdir()
         save.write_text("in the way\n")
         out, err = proc.communicate(timeout=30)
