@@ -3,7 +3,8 @@ devices: `tunl0` (the ipip module's fallback device, NOARP, MTU 1480) with the n
 address as a /32, and each other node's block routed `via <its underlay IP> dev tunl0 onlink`;
 outer IP protocol 4, 20 bytes more, no Ethernet header on tunl0 (captures there are raw IP).
 The pod side is Calico's (tracer.cluster.lab.calico_vxlan). Where the kernel has no ipip
-devices (`ip link add type ipip`: Unknown device type) it refuses before wiring anything.
+devices (`ip link add type ipip`: Unknown device type) `lab up` refuses before making anything
+(tracer.cluster.lab.wiring.KERNEL_DEVICES).
 """
 
 from __future__ import annotations
@@ -12,14 +13,12 @@ import subprocess
 
 from tracer.cluster.lab import wiring
 from tracer.cluster.lab.calico_vxlan import build_calico
-from tracer.cluster.lab.topology import CALICO_IPIP, Names, NodeSpec, Topology
+from tracer.cluster.lab.topology import Names, NodeSpec, Topology
 
 NAME = "Calico IPIP"
 
 
 def build(topo: Topology, names: Names) -> None:
-    wiring.refuse_without("ipip", CALICO_IPIP, names, topo.nodes[0].name, "type ipip local 192.0.2.1")
-
     def devices(node: NodeSpec) -> list[str]:
         # (the module makes tunl0 in every namespace; a kernel told not to has it made here)
         shown = subprocess.run(["ip", "-n", names.netns(node.name), "link", "show", "tunl0"], capture_output=True)

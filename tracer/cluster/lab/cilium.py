@@ -21,7 +21,7 @@ each node's forwarding takes the TTL down by one.
 from __future__ import annotations
 
 from tracer.cluster.lab import netns, wiring
-from tracer.cluster.lab.topology import CILIUM_GENEVE, Names, NodeSpec, Topology
+from tracer.cluster.lab.topology import Names, NodeSpec, Topology
 
 HOST_IDENTITY = 1
 """Cilium's reserved identity of the node itself."""
@@ -33,7 +33,6 @@ def build_vxlan(topo: Topology, names: Names) -> None:
 
 
 def build_geneve(topo: Topology, names: Names) -> None:
-    wiring.refuse_without("geneve", CILIUM_GENEVE, names, topo.nodes[0].name, "type geneve external")
     _build(topo, names, f"geneve external dstport {topo.udp_port}")
 
 

@@ -19,7 +19,7 @@ from typing import Any
 from tracer.cluster.ports import ExecResult
 from tracer.model import PodRef
 from tracer.errors import LabError, NotFoundError, PermissionError_, UsageError
-from tracer.cluster.lab import netns
+from tracer.cluster.lab import netns, wiring
 from tracer.cluster.lab.state import LabState, ProcessRecord, StateStore, process_start_time, stop_process
 from tracer.cluster.lab.topology import (
     CALICO_BGP, CALICO_IPIP, CALICO_VXLAN, CILIUM_GENEVE, CILIUM_VXLAN, FLANNEL_HOST_GW, FLANNEL_VXLAN, UNDERLAY, Names,
@@ -210,6 +210,7 @@ def up(topology: Topology, *, store: StateStore | None = None, progress: Progres
         raise UsageError(f"no lab builder for CNI mode {topology.cni!r}", hint="modes: " + ", ".join(BUILDERS))
     _check_httpbin_installed(topology)
     names = Names(prefix=store.prefix)
+    wiring.refuse_without_devices(topology.cni, names)
     wanted = names.all(topology)
     if taken := [n for n in wanted if netns.exists(n)]:
         raise LabError(

@@ -12,7 +12,7 @@ import ipaddress
 import subprocess
 
 from tracer.cluster.lab import netns
-from tracer.cluster.lab.topology import Names, NodeSpec, PodSpec, Topology
+from tracer.cluster.lab.topology import CALICO_IPIP, CILIUM_GENEVE, Names, NodeSpec, PodSpec, Topology
 from tracer.errors import LabError
 
 UNDERLAY_BRIDGE = "br0"
@@ -120,14 +120,24 @@ def other_nodes(topo: Topology, node: NodeSpec) -> list[NodeSpec]:
     return [n for n in topo.nodes if n.name != node.name]
 
 
-def refuse_without(kind: str, cni: str, names: Names, node: str, probe: str) -> None:
-    """Build only where the kernel has `kind` devices: try one in `node`'s namespace (`probe`:
-    the `ip link add` arguments after the name), else say so before anything of it is wired."""
-    ns = names.netns(node)
-    proc = subprocess.run(["ip", "-n", ns, "link", "add", "tracerprobe", *probe.split()], capture_output=True, text=True)
+KERNEL_DEVICES = {CALICO_IPIP: ("ipip", "type ipip local 192.0.2.1"), CILIUM_GENEVE: ("geneve", "type geneve external")}
+"""The data paths whose devices not every kernel has: the kind, and the `ip link add` arguments that try one."""
+
+
+def refuse_without_devices(cni: str, names: Names) -> None:
+    """Before anything is made: where the data path needs a device kind the kernel lacks, say so.
+    Tried in a namespace of the lab's own prefix, removed again."""
+    if cni not in KERNEL_DEVICES:
+        return
+    kind, probe = KERNEL_DEVICES[cni]
+    ns = names.netns("probe")
+    netns.add([ns])
+    try:
+        proc = subprocess.run(["ip", "-n", ns, "link", "add", "probe", *probe.split()], capture_output=True, text=True)
+    finally:
+        netns.delete([ns])
     if proc.returncode != 0:
         why = proc.stderr.strip() or f"ip link add ... type {kind} failed"
         raise LabError(f"--cni {cni} needs {kind} devices, which this kernel does not have (`ip link add ... type "
                        f"{kind}`: {why})", hint=f"load the module where it exists (modprobe {kind}), or take another "
                        "--cni: the lab's VXLAN and routed data paths need only veth, bridge and vxlan")
-    subprocess.run(["ip", "-n", ns, "link", "del", "tracerprobe"], capture_output=True)
