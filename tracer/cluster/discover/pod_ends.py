@@ -122,11 +122,6 @@ def _veth_point(end: PodEnd, node: NodeState, veth: dict[str, Any], direction: s
     return capture_point(node, veth, "pod-veth", direction, eth, explanation)
 
 
-def veth_point(end: PodEnd, node: NodeState, direction: str) -> WayPoint:
-    """The host veth's point alone (see end_points for the whole end)."""
-    return _veth_point(end, node, node.link(ifindex=end.host_veth_ifindex), direction, True)
-
-
 def capture_point(node: NodeState, link: dict[str, Any], role: str, direction: str, eth: tuple[str, str],
                   explanation: str) -> WayPoint:
     """A capture point on `link` (an `ip -j link` entry) of `node`."""
