@@ -14,9 +14,9 @@ from rich.text import Text
 
 from tracer.model import Flow, PacketTrace, Trace, duration
 from tracer.model.live import LiveCell
-from tracer.render.hops import flow_header, summary_line
+from tracer.render.hops import render_flows
 from tracer.render.live import CELL_MARKS, cell
-from tracer.render.text import flow_numbers, render_footer, render_no_flows, render_warnings, safe
+from tracer.render.text import safe
 
 LEGEND = (*CELL_MARKS, "○ not captured there", "✗ not seen from there on", "· not on its way (or after ✗)")
 """Every mark the grid uses."""
@@ -53,45 +53,40 @@ def row_cells(p: PacketTrace, points: list[str], compact: bool = False) -> list[
 WIDE_COLUMN = 11  # a point's column at full size: its name's longest part, or "⊕4096 63", and the rule
 
 def render_grid(trace: Trace, console: Console, flows: list[Flow], names: dict[str, str] | None = None) -> None:
-    names = names or {}
-    render_warnings(trace, console)
-    if not flows:
-        render_no_flows(trace, console)
-    number = flow_numbers(trace)
-    for f in flows:
-        console.print(flow_header(f, number[id(f)], names))
-        points = list(f.summary.way.get("request", ())) if f.summary else []
-        for p in f.packets:  # (points the way does not name: a capture's odd ones, at the end)
-            points += [h.point for h in p.hops if h.point not in points]
-        # (a projector's 80 columns hold eight points only without names in the header: then the
-        # points are numbered there and named in a line above)
-        compact = console.width < 40 + WIDE_COLUMN * len(points)
-        if compact:
-            _print_entries(console, [f"{i} {safe(pid)}" for i, pid in enumerate(points, 1)])
-        t = Table(show_edge=False, pad_edge=False, expand=False, padding=(0, 0 if compact else 1))
-        t.add_column("#", justify="right")
-        t.add_column("+time", justify="right")
-        t.add_column("packet", no_wrap=True, max_width=14 if compact else 26)
-        for i, pid in enumerate(points, 1):
-            node, _, iface = pid.partition("/")
-            head = str(i) if compact else f"{i} {safe(node)}\n{safe(iface)}"
-            t.add_column(head, no_wrap=True, justify="center" if compact else "left",
-                         min_width=4 if compact else 6, max_width=6 if compact else 16)
-        t0 = None
-        for k, p in enumerate(f.packets, 1):
-            start = _corrected(trace, p)
-            t0 = start if t0 is None else t0
-            request = p.direction == "request"
-            arrow = Text("→ " if request else "← ", style="bold cyan" if request else "bold blue")
-            arrow.append(safe(label(p)), style="yellow" if p.retransmission else "")
-            t.add_row(str(k), duration(start - t0), arrow, *row_cells(p, points, compact))
-        console.print(t)
-        for note in packet_notes(f.packets):
-            console.print(note)
-        console.print(summary_line(f))
-        console.print()
-    _print_entries(console, LEGEND)
-    render_footer(trace, console)
+    render_flows(trace, console, flows, names or {}, lambda f: _grid(trace, console, f),
+                 legend=lambda: _print_entries(console, LEGEND))
+
+
+def _grid(trace: Trace, console: Console, f: Flow) -> None:
+    """One flow's grid and the notes under it."""
+    points = list(f.summary.way.get("request", ())) if f.summary else []
+    for p in f.packets:  # (points the way does not name: a capture's odd ones, at the end)
+        points += [h.point for h in p.hops if h.point not in points]
+    # (a projector's 80 columns hold eight points only without names in the header: then the
+    # points are numbered there and named in a line above)
+    compact = console.width < 40 + WIDE_COLUMN * len(points)
+    if compact:
+        _print_entries(console, [f"{i} {safe(pid)}" for i, pid in enumerate(points, 1)])
+    t = Table(show_edge=False, pad_edge=False, expand=False, padding=(0, 0 if compact else 1))
+    t.add_column("#", justify="right")
+    t.add_column("+time", justify="right")
+    t.add_column("packet", no_wrap=True, max_width=14 if compact else 26)
+    for i, pid in enumerate(points, 1):
+        node, _, iface = pid.partition("/")
+        head = str(i) if compact else f"{i} {safe(node)}\n{safe(iface)}"
+        t.add_column(head, no_wrap=True, justify="center" if compact else "left",
+                     min_width=4 if compact else 6, max_width=6 if compact else 16)
+    t0 = None
+    for k, p in enumerate(f.packets, 1):
+        start = _corrected(trace, p)
+        t0 = start if t0 is None else t0
+        request = p.direction == "request"
+        arrow = Text("→ " if request else "← ", style="bold cyan" if request else "bold blue")
+        arrow.append(safe(label(p)), style="yellow" if p.retransmission else "")
+        t.add_row(str(k), duration(start - t0), arrow, *row_cells(p, points, compact))
+    console.print(t)
+    for note in packet_notes(f.packets):
+        console.print(note)
 
 
 def packet_notes(packets) -> list[Text]:

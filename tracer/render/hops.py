@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from rich import box
 from rich.cells import cell_len
 from rich.console import Console
@@ -296,14 +298,27 @@ def summary_line(f: Flow) -> Text:
     return Text("summary: " + ", ".join(parts), style="bold")
 
 
-def render_hops(trace: Trace, console: Console, flows: list[Flow], names: dict[str, str] | None = None) -> None:
-    names = names or {}
+def render_flows(trace: Trace, console: Console, flows: list[Flow], names: dict[str, str],
+                 body: Callable[[Flow], None], legend: Callable[[], None] = lambda: None) -> None:
+    """What every per-flow view shares: the warnings first, each flow's header, its `body`, its
+    summary line, then the `legend` and the capture points."""
     render_warnings(trace, console)
     if not flows:
         render_no_flows(trace, console)
     number = flow_numbers(trace)
     for f in flows:
         console.print(flow_header(f, number[id(f)], names))
+        body(f)
+        console.print(summary_line(f))
+        console.print()
+    legend()
+    render_footer(trace, console)
+
+
+def render_hops(trace: Trace, console: Console, flows: list[Flow], names: dict[str, str] | None = None) -> None:
+    names = names or {}
+
+    def tables(f: Flow) -> None:
         for pi, p in enumerate(f.packets, 1):
             way = f.summary.way.get(p.direction) if f.summary else None
             table = packet_table(p, pi, names, narrow=console.width < NARROW, way=way)
@@ -313,6 +328,5 @@ def render_hops(trace: Trace, console: Console, flows: list[Flow], names: dict[s
             else:
                 console.print(table)
             console.print()
-        console.print(summary_line(f))
-        console.print()
-    render_footer(trace, console)
+
+    render_flows(trace, console, flows, names, tables)
