@@ -4,6 +4,8 @@ tshark's reading of the same bytes."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from factories import (
@@ -92,7 +94,7 @@ def test_the_merged_pcapng_holds_every_frame_read(tmp_path, capsys):
     out = tmp_path / "merged.pcapng"
     analyze_json(capsys, src, "--pcapng", str(out))
     rows = [line.split("\t") for line in tshark_lines(out, "-T", "fields", "-e", "_ws.col.Protocol", "-e", "frame.comment")]
-    assert len(rows) == len(tshark_lines(__import__("pathlib").Path(src))) == 4
+    assert len(rows) == len(tshark_lines(Path(src))) == 4
     by_proto = {proto: comment for proto, comment in rows}
     assert by_proto["LLDP"].startswith("not followed: ethertype 0x88cc")
     assert "ARP who-has 169.254.1.1" in [c for p, c in rows if p == "ARP"][0]
