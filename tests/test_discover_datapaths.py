@@ -86,6 +86,7 @@ def gre_data_path(recognizes: bool = True) -> types.ModuleType:
     m = types.ModuleType("stand_in_gre")
     m.NAME, m.DEVICE = "Stand-in GRE", "tun0"
     m.title = lambda src_end: m.NAME
+    m.bypass = lambda src, dst_pod: ""
     m.reads_ahead = lambda src, dst_pod: ()
     m.recognizes = lambda src, dst_pod: recognizes and src.device_toward(dst_pod.ip)["linkinfo"]["info_kind"] == "gre"
     m.reads_after = lambda src, dst_pod: (lambda: src.sysctl("net/ipv4/conf/tun0/forwarding"),)
@@ -136,7 +137,9 @@ def test_the_hint_names_every_registered_data_path(monkeypatch: pytest.MonkeyPat
         discover(TwoNodes(), "a", "b")
     for module in discovery.data_paths():
         assert f"{module.NAME} ({module.DEVICE})" in e.value.hint
-    assert e.value.hint.endswith(", Stand-in GRE (tun0)")
+    known, _, anyway = e.value.hint.partition("; ")
+    assert known.endswith(", Stand-in GRE (tun0)")
+    assert anyway == "to capture anyway, name the interfaces: tracer follow SRC DST --point NODE/IFACE ..."
 
 
 def test_the_path_document_keeps_its_keys_in_order(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -165,3 +168,126 @@ def test_calico_ipip_from_the_nodes_state() -> None:
     assert (way.points[2].eth_src, way.points[2].eth_dst) == ("52:54:00:00:00:01", "52:54:00:00:00:02")
     bpf = underlay_filter(way, 80)
     assert bpf.startswith("ip proto 4 and host 192.168.0.1 and host 192.168.0.2 and ((ip[32:4]=0x0A000105")
+
+
+# --- follow --point: interfaces named by hand -----------------------------------------------------
+
+def test_point_captures_a_way_no_data_path_knows_between_the_pods_ends() -> None:
+    """GRE through tun0 (no data path knows it): with --point the way is the pods' ends, which
+    every CNI shares, and the named interfaces between them by node, each captured whole."""
+    from tracer.cluster.filters import capture_plan
+
+    way = discover(TwoNodes(), "a", "b", points=("n1/eth1", "n2/eth1", "n1/tun0"))
+    assert [(p.id, p.role, p.direction, p.asked) for p in way.points] == [
+        ("n1/calia", "pod-veth", "ingress", False), ("n1/eth1", "underlay", "egress", True),
+        ("n1/tun0", "tunnel", "egress", True), ("n2/eth1", "underlay", "ingress", True),
+        ("n2/calib", "pod-veth", "egress", False)]
+    assert way.data_path == "unknown" and way.tunnel is not None and way.tunnel.encapsulation == "unknown"
+    assert (way.tunnel.device, way.tunnel.route) == ("tun0", "10.0.2.0/24 via 192.168.0.2 dev tun0 onlink")
+    assert way.warnings == ("node n1 sends 10.0.2.5 as `10.0.2.0/24 via 192.168.0.2 dev tun0 onlink`, out of tun0 "
+                            "(gre): not a way tracer knows: capturing on n1/eth1, n2/eth1, n1/tun0 as --point "
+                            "asked, every frame there",)
+    plan = {n: {s.interface: s.bpf for s in specs} for n, specs in capture_plan(way, 80).items()}
+    assert plan["n1"]["eth1"] == plan["n1"]["tun0"] == plan["n2"]["eth1"] == ""  # (every frame)
+    assert plan["n1"]["calia"].startswith("(host 10.0.1.5 and host 10.0.2.5 and tcp port 80) or arp host")
+    doc = way.to_dict()
+    assert [p["asked"] for p in doc["points"]] == [False, True, True, True, False]
+    assert doc["tunnel"]["encapsulation"] == "unknown"
+
+
+def test_point_on_a_known_way_goes_with_its_node(monkeypatch: pytest.MonkeyPatch) -> None:
+    register(monkeypatch, gre_data_path())
+    way = discover(TwoNodes(), "a", "b", points=("n2/eth1", "n1/eth1", "n1/tun0"))
+    assert [(p.id, p.asked) for p in way.points] == [
+        ("n1/calia", False), ("n1/tun0", False), ("n1/eth1", True), ("n2/eth1", True), ("n2/tun0", False),
+        ("n2/calib", False)]  # (n1/tun0 was on the way already: once, as discovery has it)
+    assert way.data_path == "Stand-in GRE" and way.warnings == ()
+
+
+def test_point_that_names_no_interface_says_what_the_node_has() -> None:
+    from tracer.errors import NotFoundError, UsageError
+
+    with pytest.raises(NotFoundError) as e:
+        discover(TwoNodes(), "a", "b", points=("n2/eth9",))
+    assert (e.value.message, e.value.hint) == ("--point n2/eth9: node n2 has no interface eth9",
+                                               "it has eth1, calib, tun0")
+    for bad in ("eth1", "n1/", "/eth1", "n1/eth1/x"):
+        with pytest.raises(UsageError, match="not NODE/IFACE"):
+            discover(TwoNodes(), "a", "b", points=(bad,))
+
+
+# --- a real Cilium node: routes via cilium_host, and the points its eBPF may bypass --------------
+
+class CiliumNodes(TwoNodes):
+    """A real Cilium node's state in tunnel mode, put together from DATAPATHS.md §6 (not captured
+    from one): the pods' gateway the router IP on cilium_host (answered with the lxc's MAC), node
+    routes to the other node's pod CIDR `via <own router IP> dev cilium_host src <it>`, a
+    FlowBased (external) cilium_vxlan on 8472, no neighbour or FDB entry naming the peer."""
+
+    def exec_pod(self, pod: PodRef, argv: Sequence[str]) -> ExecResult:
+        router = "%02X01000A" % int(pod.node[-1])  # 10.0.N.1, as /proc/net/route has it (little-endian)
+        files = ["4", "0a:58:0a:00:00:0%s" % pod.name[-1], "1450", ROUTE_HEADER,
+                 f"eth0\t00000000\t{router[:2]}01000A\t0003\t0\t0\t0\t00000000\t0\t0\t0",
+                 ARP_HEADER, f"10.0.{pod.node[-1]}.1         0x1         0x2         "
+                             f"02:aa:00:00:00:0{pod.node[-1]}     *        eth0"]
+        return ExecResult(returncode=0, stdout="\n".join(files).encode() + b"\n", stderr=b"")
+
+    def exec_node(self, node: str, argv: Sequence[str]) -> ExecResult:
+        self.node_reads.append((node, tuple(argv)))
+        n, other = node[-1], "n2" if node == "n1" else "n1"
+        pod, far = next(p for p in PODS.values() if p.node == node), next(p for p in PODS.values() if p.node == other)
+        block = far.ip.rsplit(".", 1)[0] + ".0/24"
+        router = f"10.0.{n}.1"
+        answers = {
+            ("ip", "-j", "-d", "addr", "show"): [
+                {"ifindex": 2, "ifname": "eth1", "address": f"52:54:00:00:00:0{n}", "mtu": 1500,
+                 "addr_info": [{"family": "inet", "local": NODE_IPS[node], "prefixlen": 24}]},
+                {"ifindex": 3, "ifname": "cilium_net", "address": f"4e:00:00:00:01:0{n}", "mtu": 1500,
+                 "linkinfo": {"info_kind": "veth"}},
+                {"ifindex": 4, "ifname": "lxc1234567890a" + n, "address": f"02:aa:00:00:00:0{n}", "mtu": 1500,
+                 "linkinfo": {"info_kind": "veth"}},
+                {"ifindex": 5, "ifname": "cilium_host", "address": f"4e:00:00:00:02:0{n}", "mtu": 1500,
+                 "linkinfo": {"info_kind": "veth"},
+                 "addr_info": [{"family": "inet", "local": router, "prefixlen": 32}]},
+                {"ifindex": 6, "ifname": "cilium_vxlan", "address": f"7a:00:00:00:03:0{n}", "mtu": 1500,
+                 "linkinfo": {"info_kind": "vxlan", "info_data": {"external": True, "port": 8472}}},
+            ],
+            ("ip", "-j", "route", "show"): [
+                {"dst": "default", "gateway": "192.168.0.254", "dev": "eth1"},
+                {"dst": pod.ip, "dev": "lxc1234567890a" + n, "scope": "link"},
+                {"dst": block, "gateway": router, "dev": "cilium_host", "prefsrc": router, "metrics": [{"mtu": 1450}]},
+            ],
+            ("ip", "-j", "route", "get", far.ip): [{"dst": far.ip, "gateway": router, "dev": "cilium_host",
+                                                     "prefsrc": router}],
+            ("ip", "-j", "route", "get", NODE_IPS[other]): [{"dst": NODE_IPS[other], "dev": "eth1",
+                                                              "prefsrc": NODE_IPS[node]}],
+            ("ip", "-j", "neigh", "show"): [],
+            ("bridge", "-j", "fdb", "show"): [],
+        }
+        if argv[0] == "cat":
+            return ExecResult(returncode=0, stdout=b"0\n0\n", stderr=b"")
+        return ExecResult(returncode=0, stdout=json.dumps(answers[tuple(argv)]).encode(), stderr=b"")
+
+
+def test_a_real_cilium_node_marks_the_lxc_veths_its_ebpf_may_bypass() -> None:
+    """Via cilium_host, a node may run BPF host routing: bpf_redirect_peer puts the tunnel's
+    packets into the pod past the host side of its lxc. Those points are marked in path (and
+    path.json), the others not; the lab's Cilium (routed by the kernel) marks none."""
+    import io
+
+    from rich.console import Console
+
+    from tracer.render.path import render_way
+
+    way = discover(CiliumNodes(), "a", "b")
+    assert way.data_path == "Cilium tunnel"
+    assert [(p.id, p.role, bool(p.bypass)) for p in way.points] == [
+        ("n1/lxc1234567890a1", "pod-veth", True), ("n1/cilium_vxlan", "tunnel", False),
+        ("n1/eth1", "underlay", False), ("n2/eth1", "underlay", False), ("n2/cilium_vxlan", "tunnel", False),
+        ("n2/lxc1234567890a2", "pod-veth", True)]
+    assert "bpf_redirect_peer" in way.points[0].bypass
+    assert way.src.arp_by == "node" and way.tunnel.collect_metadata and way.tunnel.dst_node_ip == "192.168.0.2"
+    assert [bool(p["bypass"]) for p in way.to_dict()["points"]] == [True, False, False, False, False, True]
+    out = io.StringIO()
+    render_way(way, Console(file=out, width=200, highlight=False, soft_wrap=True))
+    assert out.getvalue().count("may be bypassed: with BPF host routing") == 2

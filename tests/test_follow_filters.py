@@ -19,7 +19,7 @@ CALI, GATEWAY = "ee:ee:ee:ee:ee:ee", "169.254.1.1"
 def way(src=CURL, dst=HTTPBIN):
     """Just what the filters read of a discovered Way."""
     pod = lambda ip: SimpleNamespace(pod=SimpleNamespace(ip=ip))  # noqa: E731
-    point = lambda node, iface, role: SimpleNamespace(node=node, interface=iface, role=role)  # noqa: E731
+    point = lambda node, iface, role: SimpleNamespace(node=node, interface=iface, role=role, asked=False)  # noqa: E731
     return SimpleNamespace(
         src=pod(src), dst=pod(dst),
         tunnel=SimpleNamespace(udp_port=4789, src_node_ip="192.168.56.11", dst_node_ip="192.168.56.12",

@@ -11,6 +11,7 @@ import json
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from tracer.capture.inputs import CaptureInput, inputs_from_paths, total_size
 from tracer.correlate.changes import packet_summary
@@ -24,7 +25,7 @@ from tracer.model.analysis import Analysis
 from tracer.model.trace import OtherFrame, RawFrame
 
 __all__ = ["AnalyzeRequest", "Analysis", "analyze", "correlate", "find_path_file", "no_cyclic_gc", "read_path_file",
-           "select_flows"]
+           "select_flows", "PathHint"]
 
 AUTO_SUMMARY_PACKETS = 400  # more packets than this in the shown flows: the summary view
 AUTO_SUMMARY_BYTES = 16 << 20
@@ -46,6 +47,8 @@ class AnalyzeRequest:
     output: str = "text"
     pcapng: str | None = None
     way: tuple[str, ...] = ()
+    blind: tuple[str, ...] = ()
+    """Points of the way its data path may carry packets past unseen (path.json's `bypass`)."""
     names: dict[str, str] | None = None
     """IP -> pod name, shown next to addresses."""
     window: float = 10.0
@@ -89,7 +92,8 @@ def correlate(req: AnalyzeRequest) -> tuple[Trace, Correlation]:
     inputs = list(req.inputs) + inputs_from_paths(req.paths, req.points)
     keep = bool(req.pcapng) or not (req.summary or _big(req, inputs))  # (a merged pcapng comments every packet)
     opts = CorrelationOptions(vxlan_ports=VXLAN_PORTS | frozenset(req.vxlan_ports), window=req.window,
-                              keep_packets=keep, way_hint=req.way, pods=frozenset((req.names or {}).values()),
+                              keep_packets=keep, way_hint=req.way, blind_points=frozenset(req.blind),
+                              pods=frozenset((req.names or {}).values()),
                               ifnames=dict(req.ifnames or {}), captured_together=req.captured_together, jobs=req.jobs)
     c = Correlator(inputs, opts, req.progress).run()
     return build_trace(c), c
@@ -170,17 +174,28 @@ def find_path_file(paths: Iterable[str]) -> str | None:
     return None
 
 
-def read_path_file(path: str) -> tuple[tuple[str, ...], dict[str, str], dict[tuple[str, int], str], bool]:
+class PathHint(NamedTuple):
+    """What a tracer.path/v1 document tells the analysis (read_path_file)."""
+
+    way: tuple[str, ...]
+    names: dict[str, str]
+    ifnames: dict[tuple[str, int], str]
+    captured_together: bool
+    blind: tuple[str, ...] = ()
+
+
+def read_path_file(path: str) -> PathHint:
     """The request's way, the pods' names, the way's interfaces by (node, index) from a
-    `tracer path --output json` document, and whether it says its captures ran over the whole
+    `tracer path --output json` document, whether it says its captures ran over the whole
     exchange (`tracer follow --save` writes it so: its agents all listen before curl and until
-    the end)."""
+    the end), and the points its data path may bypass."""
     try:
         with open(path) as f:
             doc = json.load(f)
         way = tuple(p["id"] for p in doc.get("points", []))
         ifnames = {(str(p["node"]), int(p["ifindex"])): str(p["interface"])
                    for p in doc.get("points", []) if p.get("ifindex") is not None}
+        blind = tuple(p["id"] for p in doc.get("points", []) if p.get("bypass"))
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise UsageError(f"{path}: not a tracer path document ({e})", "write it with: tracer path SRC DST --output json") from None
     names = {}
@@ -194,4 +209,4 @@ def read_path_file(path: str) -> tuple[tuple[str, ...], dict[str, str], dict[tup
         way = (f"{src['name']}/eth0",) + way
     if isinstance(dst, dict) and dst.get("name"):
         way = way + (f"{dst['name']}/eth0",)
-    return way, names, ifnames, doc.get("captured_together") is True
+    return PathHint(way, names, ifnames, doc.get("captured_together") is True, blind)

@@ -63,6 +63,8 @@ class FollowRequest:
     """Names the run's agents (and capture pods); random when not given."""
     view: str | None = None
     """The text view: hops, grid or summary (None: hops, the summary for many packets)."""
+    points: tuple[str, ...] = ()
+    """NODE/IFACE to capture on as well (--point; on a way tracer does not know, its middle)."""
 
 
 @dataclass(kw_only=True)
@@ -121,7 +123,7 @@ def capture(backend: FollowBackend, req: FollowRequest, directory: Path, progres
         raise UsageError(f"source and destination are the same pod ({req.src})", hint="follow a request between two pods")
     with timings.phase("discover"):
         progress(f"finding the way from {req.src} to {req.dst}")
-        way = discover(backend, req.src, req.dst)
+        way = discover(backend, req.src, req.dst, req.points)
     url = f"http://{way.dst.pod.ip}:{req.port}{req.path}"
     session = CaptureSession(backend, way, req.port, run_id=req.run_id, max_seconds=req.max_seconds)
     result = FollowResult(way=way, run_id=session.run_id, backend=backend.name, url=url, directory=directory,
@@ -222,7 +224,8 @@ def follow(backend: FollowBackend, req: FollowRequest, *, present: Callable[[Fol
             progress("correlating")
             way = result.way
             names = {way.src.pod.ip: way.src.pod.name, way.dst.pod.ip: way.dst.pod.name}
-            areq = AnalyzeRequest(paths=(str(directory),), way=tuple(p.id for p in way.points), names=names,
+            areq = AnalyzeRequest(paths=(str(directory),), way=tuple(p.id for p in way.points),
+                                  blind=tuple(p.id for p in way.points if p.bypass), names=names,
                                   output=req.output, pcapng=req.pcapng,
                                   flows=() if req.all_flows else own_flows(result), all_flows=req.all_flows, related_arp=True,
                                   view=req.view, summary=req.view == "summary",

@@ -9,7 +9,7 @@ from tracer.errors import UsageError
 from tracer.model import Way
 
 
-def find_way(src: str, dst: str, options: BackendOptions) -> Way:
+def find_way(src: str, dst: str, options: BackendOptions, points: tuple[str, ...] = ()) -> Way:
     """The expected way from pod `src` to pod `dst`. SIGTERM ends it as Ctrl-C does, and the
     backend is closed whatever happens (on Kubernetes that deletes the capture pods discovery
     read the nodes through), a second Ctrl-C waiting until it is."""
@@ -18,7 +18,7 @@ def find_way(src: str, dst: str, options: BackendOptions) -> Way:
     with sigterm_interrupts():
         backend = discovery_backend(options)
         try:
-            return discover(backend, src, dst)
+            return discover(backend, src, dst, points)
         finally:
             with uninterrupted():
                 backend.close()

@@ -40,6 +40,8 @@ class WatchRequest:
     """Seconds the agents may take to get ready (and each request at most LIVE_CURL_MAX_TIME)."""
     run_id: str | None = None
     """Names the run's agents (and capture pods); random when not given."""
+    points: tuple[str, ...] = ()
+    """NODE/IFACE to capture on as well (--point)."""
 
 
 def watch(backend: FollowBackend, req: WatchRequest, *, display: Callable[[LiveSnapshot], None],
@@ -48,7 +50,7 @@ def watch(backend: FollowBackend, req: WatchRequest, *, display: Callable[[LiveS
     from when every agent listens; everything started is removed at the end."""
     if req.src == req.dst:
         raise UsageError(f"source and destination are the same pod ({req.src})")
-    way = discover(backend, req.src, req.dst)
+    way = discover(backend, req.src, req.dst, req.points)
     url = f"http://{way.dst.pod.ip}:{req.port}{req.path}"
     state = LiveState(way=way, url=url, backend=backend.name)
     events: queue.Queue = queue.Queue()

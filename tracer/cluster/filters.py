@@ -60,9 +60,16 @@ def arp_filter(ip: str) -> str:
     return f"arp host {ip}"
 
 
+EVERY_FRAME = ""
+"""The filter of a point `--point` named on a way tracer does not know: no filter (what carries
+the flow there, and how, is unknown; the correlator picks the flow's packets out)."""
+
+
 def point_filter(point: WayPoint, way: Way, port: int) -> str:
     """A pod's veth (and a bridge) carries the pods' ARP too: step 3.3 of the way, shown as
     packets of it when the run makes the pod or its node resolve an address."""
+    if point.asked and way.tunnel is not None and way.tunnel.encapsulation == "unknown":
+        return EVERY_FRAME
     if point.role == "underlay":
         return underlay_filter(way, port)
     flow = flow_filter(way.src.pod.ip, way.dst.pod.ip, port)

@@ -75,12 +75,15 @@ def command(paths, points, vxlan_ports, flows, all_flows, summary, view, output,
         raise UsageError("no captures given", "pass capture files or a directory, e.g.: tracer analyze pcaps/http-get")
     summary = summary or view == "summary"
     path_file = path_file or find_path_file(paths)
-    way, names, named, together = read_path_file(path_file) if path_file else ((), {}, {}, False)
+    hint = read_path_file(path_file) if path_file else None
+    named = dict(hint.ifnames) if hint else {}
     named.update(parse_ifnames(ifnames))
     progress = ReadingProgress(sys.stderr) if _terminal(sys.stderr) else None
     req = AnalyzeRequest(paths=tuple(paths), points=tuple(points), vxlan_ports=tuple(vxlan_ports), flows=tuple(flows),
-                         all_flows=all_flows, summary=summary, output=output, pcapng=pcapng, way=way, names=names,
-                         window=window, ifnames=named, captured_together=together, jobs=jobs, strict_flows=True, view=view,
+                         all_flows=all_flows, summary=summary, output=output, pcapng=pcapng,
+                         way=hint.way if hint else (), blind=hint.blind if hint else (),
+                         names=hint.names if hint else {}, window=window, ifnames=named,
+                         captured_together=bool(hint and hint.captured_together), jobs=jobs, strict_flows=True, view=view,
                          progress=progress)
     done = progress or (lambda share: None)  # (called with None: the progress line wiped)
     with no_cyclic_gc():  # (the model and the document too)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import click
 
 from tracer.app.backend import BackendOptions
-from tracer.commands.options import backend_options
+from tracer.commands.options import backend_options, point_option
 from tracer.errors import ExitCode, UsageError
 from tracer.render.outputs import OUTPUTS, VIEWS
 from tracer.render.progress import Spinner
@@ -45,11 +45,12 @@ if TYPE_CHECKING:
 @click.option("--live", is_flag=True, help="Send a request every second and light up each hop live (= tracer watch).")
 @click.option("--timeout", type=click.FloatRange(0.1), default=10.0, show_default=True, metavar="SECONDS",
               help="How long each step may take: agents getting ready, each request, collecting.")
+@point_option
 @backend_options
 @click.option("--timings-file", hidden=True, type=click.Path(dir_okay=False), help="Write the phases' durations (bench).")
 @click.option("--iterations", hidden=True, type=click.IntRange(1), help="--live: stop after N requests (tests).")
-def command(src, dst, port, url_path, count, save, output, pcapng, view, all_flows, live, timeout, backend: BackendOptions,
-            timings_file, iterations):
+def command(src, dst, port, url_path, count, save, output, pcapng, view, all_flows, live, timeout, points,
+            backend: BackendOptions, timings_file, iterations):
     """Capture on every hop of the way while SRC's curl asks DST, then show the packets hop by hop.
 
     Starts a capture agent on each node of the way (`tracer path SRC DST`), each listening on
@@ -82,13 +83,15 @@ def command(src, dst, port, url_path, count, save, output, pcapng, view, all_flo
             from tracer.app.watch import WatchRequest
             from tracer.commands.watch import watch_live
 
-            watch_live(fb, WatchRequest(src=src, dst=dst, port=port, path=url_path, timeout=timeout, run_id=run_id),
+            watch_live(fb, WatchRequest(src=src, dst=dst, port=port, path=url_path, timeout=timeout, run_id=run_id,
+                                            points=points),
                        iterations)
             return
         from tracer.app.follow import FollowRequest, follow
 
         req = FollowRequest(src=src, dst=dst, port=port, path=url_path, count=count, timeout=timeout, save=save,
-                            output=output, pcapng=pcapng, all_flows=all_flows, run_id=run_id, view=view)
+                            output=output, pcapng=pcapng, all_flows=all_flows, run_id=run_id, view=view,
+                            points=points)
 
         def present(done: FollowRun, analysis: Analysis) -> None:
             from tracer.render.analysis import show

@@ -29,3 +29,10 @@ def backend_options(f):
         click.option("--capture-namespace", metavar="NS", help="Kubernetes: where the capture pods run."),
     ]
     return functools.reduce(lambda acc, opt: opt(acc), reversed(opts), command)
+
+
+point_option = click.option(
+    "--point", "points", multiple=True, metavar="NODE/IFACE",
+    help="Capture on this interface too (repeatable), e.g. a second NIC or a bond; on a way tracer does not "
+         "know, the points between the pods' veths: every frame there is captured and the flow's are picked out.")
+"""--point (follow, watch, path): the command gets `points`, a tuple of NODE/IFACE."""

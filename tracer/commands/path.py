@@ -7,7 +7,7 @@ import json
 import click
 
 from tracer.app.backend import BackendOptions
-from tracer.commands.options import backend_options
+from tracer.commands.options import backend_options, point_option
 
 
 @click.command()
@@ -15,8 +15,9 @@ from tracer.commands.options import backend_options
 @click.argument("dst")
 @click.option("--output", "-o", type=click.Choice(["text", "json"]), default="text", show_default=True,
               help="json: the points in order (node/interface, role, MAC, ifindex), as follow captures them.")
+@point_option
 @backend_options
-def command(src: str, dst: str, output: str, backend: BackendOptions) -> None:
+def command(src: str, dst: str, output: str, points: tuple[str, ...], backend: BackendOptions) -> None:
     """Print the capture points a request from pod SRC to pod DST passes, in order.
 
     The exercise's steps 3.1-3.4 (the pod's route, eth0@ifN, proxy-ARP, the cali veth) and
@@ -32,7 +33,7 @@ def command(src: str, dst: str, output: str, backend: BackendOptions) -> None:
     """
     from tracer.app.path import find_way
 
-    way = find_way(src, dst, backend)
+    way = find_way(src, dst, backend, points)
     if output == "json":
         click.echo(json.dumps(way.to_dict(), indent=2))
     else:

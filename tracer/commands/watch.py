@@ -7,7 +7,7 @@ import os
 import click
 
 from tracer.app.backend import BackendOptions
-from tracer.commands.options import backend_options
+from tracer.commands.options import backend_options, point_option
 
 
 @click.command()
@@ -17,9 +17,10 @@ from tracer.commands.options import backend_options
 @click.option("--path", "url_path", default="/get", show_default=True, help="The URL path curl asks for.")
 @click.option("--timeout", type=click.FloatRange(0.1), default=10.0, show_default=True, metavar="SECONDS",
               help="How long the agents may take to get ready.")
+@point_option
 @backend_options
 @click.option("--iterations", hidden=True, type=click.IntRange(1), help="Stop after N requests (tests).")
-def command(src, dst, port, url_path, timeout, backend: BackendOptions, iterations):
+def command(src, dst, port, url_path, timeout, points, backend: BackendOptions, iterations):
     """Send a request from SRC to DST every second and light up each packet at each hop, live.
 
     Encapsulation (⊕), decapsulation (⊖), MAC rewrites and TTLs are marked where they happen.
@@ -31,7 +32,7 @@ def command(src, dst, port, url_path, timeout, backend: BackendOptions, iteratio
     with open_backend(src, dst, run_id, backend) as fb:
         from tracer.app.watch import WatchRequest
 
-        req = WatchRequest(src=src, dst=dst, port=port, timeout=timeout, run_id=run_id,
+        req = WatchRequest(src=src, dst=dst, port=port, timeout=timeout, run_id=run_id, points=points,
                            path=url_path if url_path.startswith("/") else "/" + url_path)
         watch_live(fb, req, iterations)
 

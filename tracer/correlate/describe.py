@@ -12,7 +12,7 @@ from tracer.correlate.changes import (
 )
 from tracer.correlate.order import PacketSighting
 from tracer.correlate.result import Correlation
-from tracer.correlate.ways import flow_ways, point_order
+from tracer.correlate.ways import flow_ways, point_order, visible_way
 from tracer.correlate.ways import mask_info as mask_on_way
 from tracer.decode import PROTO_TCP, fmt_ip, fmt_mac, tcp_flags_str
 from tracer.model import (
@@ -30,11 +30,12 @@ def build_trace(c: Correlation) -> Trace:
     named: dict[tuple, tuple[str, ...]] = {}   # a way by point indices -> by point ids
     masks_seen: dict[tuple, tuple] = {}        # (mask, way) -> what packets with that mask add up to
     late: dict[tuple, int] = {}                # (node, after its end) -> packets that stopped before it uncaptured
+    blind = frozenset(c.point_index[p] for p in c.options.blind_points if p in c.point_index)
 
     def mask_on_way_seen(mask: int, way: tuple[int, ...]) -> tuple:
         info = masks_seen.get((mask, way))
         if info is None:
-            info = masks_seen[(mask, way)] = mask_on_way(pts, mask, way)
+            info = masks_seen[(mask, way)] = mask_on_way(pts, mask, way, blind)
         return info
 
     for f in flows:
@@ -53,17 +54,20 @@ def build_trace(c: Correlation) -> Trace:
         packets = ()
         if c.options.keep_packets:
             packets = _retransmissions(
-                [_packet(c, rec, client, ways, u) for rec, u in zip(f.records, f.uncovered, strict=True)], f.records)
-        gaps = 0
+                [_packet(c, rec, client, ways, u, blind) for rec, u in zip(f.records, f.uncovered, strict=True)],
+                f.records)
+        gaps = invisible = 0
         per_point: dict[str, int] = {}
         stopped: dict[str, int] = {}
         reached = 0
         for sender, masks in f.masks.items():
             way = tuple_ways.get("request" if sender == client else "response", ())
             for mask, n in masks.items():
-                ids, got_there, stopped_at, _, segs, gap = mask_on_way_seen(mask, way)
+                ids, got_there, stopped_at, _, segs, gap, unseen = mask_on_way_seen(mask, way)
                 if gap:
                     gaps += n
+                if unseen:
+                    invisible += n
                 for pid in ids:
                     per_point[pid] = per_point.get(pid, 0) + n
                 if got_there:
@@ -89,7 +93,7 @@ def build_trace(c: Correlation) -> Trace:
                     key = (pts[nxt].node, bool(after >> nxt & 1))
                     late[key] = late.get(key, 0) + n
         summary = FlowSummary(packets=f.packets, reached_end=reached, per_point=per_point, way=way_ids,
-                              stopped=stopped, not_captured=not_captured, gaps=gaps)
+                              stopped=stopped, not_captured=not_captured, gaps=gaps, not_visible=invisible)
         flows_out.append(Flow(client=endpoint(client), server=server, protocol=PROTO_NAMES.get(f.proto, str(f.proto)),
                               nat=nat, packets=packets, summary=summary, http=f.http))
     order = point_order(c, all_ways)
@@ -186,12 +190,17 @@ def _nat(c: Correlation, f: FlowState, client: tuple, ways: dict[str, list[int]]
 # ---- packets and hops ----
 
 def _packet(c: Correlation, seq: list[PacketSighting], client: tuple, ways: dict[str, list[int]],
-            uncovered: int = 0) -> PacketTrace:
+            uncovered: int = 0, blind: frozenset[int] = frozenset()) -> PacketTrace:
     first = seq[0].frame
     direction = "request" if frame_ends(first)[0] == client else "response"
     hops = _hops(c, seq, direction)
-    way = ways.get(direction, [])
     seen = {s.point for s in seq}
+    mask = sum(1 << p for p in seen)
+    full = tuple(ways.get(direction, ()))
+    way, invisible = visible_way(full, mask, blind)
+    if invisible:  # (only those after its first sighting: where it was on its way)
+        first_at = full.index(seq[0].point) if seq[0].point in full else 0
+        invisible = tuple(p for p in invisible if full.index(p) > first_at)
     pos = {p: k for k, p in enumerate(way)}
     start = pos.get(seq[0].point, 0)
     unseen = [p for p in way[start:] if p not in seen]
@@ -207,7 +216,7 @@ def _packet(c: Correlation, seq: list[PacketSighting], client: tuple, ways: dict
     return PacketTrace(direction=direction, tcp_flags=flags, ip_id=first.ip_id or 0,
                        payload_bytes=first.payload_len or 0, hops=hops, last_seen=c.points[seq[-1].point].id,
                        missing=missing, not_captured=not_captured, gaps=gaps, hint=hint, summary=packet_summary(first),
-                       label=packet_label(first))
+                       label=packet_label(first), not_visible=tuple(c.points[p].id for p in invisible))
 
 
 def _retransmissions(packets: list[PacketTrace], records: list[list[PacketSighting]]) -> tuple[PacketTrace, ...]:

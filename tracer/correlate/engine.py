@@ -51,6 +51,10 @@ class CorrelationOptions:
     """False: summary mode, per-packet state is dropped once a packet is finalized."""
     way_hint: tuple[str, ...] = ()
     """Point ids of the request way in order (from a saved path.json), if known."""
+    blind_points: frozenset[str] = frozenset()
+    """Point ids of the way its data path may carry packets past unseen (path.json's `bypass`,
+    e.g. Cilium's lxc veths under BPF host routing): a packet not seen there is not visible
+    there, neither lost nor a gap."""
     pods: frozenset[str] = frozenset()
     """Names of pods whose own interfaces were captured as points `<pod>/<interface>`."""
     fast: bool = True

@@ -16,12 +16,26 @@ from tracer.correlate.result import Correlation
 from tracer.decode import PROTO_ARP
 
 
-def mask_info(pts, mask: int, way: tuple[int, ...]) -> tuple:
+def visible_way(way: tuple[int, ...], mask: int, blind: frozenset[int]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """`way` without the points the data path may bypass (`blind`) that the packets in `mask`
+    did not pass, and those points: where they were not visible (neither lost nor a gap)."""
+    if not blind:
+        return way, ()
+    unseen = tuple(p for p in way if p in blind and not mask >> p & 1)
+    return (tuple(p for p in way if p not in unseen), unseen) if unseen else (way, ())
+
+
+def mask_info(pts, mask: int, way: tuple[int, ...], blind: frozenset[int] = frozenset()) -> tuple:
     """What the packets that passed the points in `mask` add up to, on `way`: the points' ids,
     whether they reached its end, where they stopped if not and the point of the way they did
     not reach (its index), each step of the way they entered with whether they were lost on it or
-    only not captured at its end (seen further on: a gap, not a loss), and whether they passed a
-    point of the way unseen."""
+    only not captured at its end (seen further on: a gap, not a loss), whether they passed a
+    point of the way unseen, and whether a point of it their data path may bypass did not see
+    them (not visible there: the way goes on without it)."""
+    full = way
+    way, invisible = visible_way(way, mask, blind)
+    first = next((k for k, p in enumerate(full) if mask >> p & 1), len(full))
+    invisible = tuple(p for p in invisible if full.index(p) > first)
     ids = tuple(pts[i].id for i in range(len(pts)) if mask >> i & 1)
     got_there = bool(way) and bool(mask >> way[-1] & 1)
     stopped_at = next_point = None
@@ -32,7 +46,7 @@ def mask_info(pts, mask: int, way: tuple[int, ...]) -> tuple:
     last = max((k for k, p in enumerate(way) if mask >> p & 1), default=-1)
     segs = tuple(((a, b), missed and k + 1 > last, missed and k + 1 < last)
                  for k, (a, b) in enumerate(zip(way, way[1:])) if mask >> a & 1 for missed in (not mask >> b & 1,))
-    return ids, got_there, stopped_at, next_point, segs, any(s[2] for s in segs)
+    return ids, got_there, stopped_at, next_point, segs, any(s[2] for s in segs), bool(invisible)
 
 
 def flow_ways(c: Correlation, f: FlowState, client: tuple, cache: dict | None = None) -> dict[str, list[int]]:

@@ -151,6 +151,10 @@ class PacketTrace:
     retransmission: bool = False
     """A TCP segment sent again: data, SYN or FIN beginning before the end of what its direction
     had sent (Wireshark's rule; not a keep-alive, not the same IP packet seen twice, not a RST)."""
+    not_visible: tuple[str, ...] = ()
+    """Points of its way it was not seen at that its data path may carry packets past unseen
+    (path.json's `bypass`, e.g. an eBPF redirect into the pod): not visible there, not lost
+    (not in `missing`)."""
 
     @property
     def stopped(self) -> tuple[str, ...]:
@@ -221,6 +225,8 @@ class FlowSummary:
     have gone on unseen (captures started at different times)."""
     gaps: int = 0
     """Packets seen before and after a point of their way but not at it (not lost: not captured)."""
+    not_visible: int = 0
+    """Packets a point of their way did not see that their data path may bypass (not lost)."""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -45,6 +45,13 @@ class WayPoint:
     """Expected Ethernet destination of the request here."""
     explanation: str
     """One sentence in the exercise's terms."""
+    bypass: str = ""
+    """Why the data path may carry packets past this point without its capture seeing them
+    (e.g. Cilium's bpf_redirect_peer into the pod, past the host side of its lxc veth); "" when
+    every packet of the way passes it. A packet not seen here is "not visible here", not lost."""
+    asked: bool = False
+    """Named with `follow --point`: captured because the user asked for it, its part in the way
+    not read from the state (its role from the interface's kind)."""
 
     @property
     def id(self) -> str:
@@ -116,7 +123,8 @@ class NodeTunnel:
     underlay_dst: str
     underlay_dst_mac: str
     encapsulation: str = "vxlan"
-    """vxlan | geneve | ipip | none (routed: the pods' packets cross the underlay as they are)."""
+    """vxlan | geneve | ipip | none (routed: the pods' packets cross the underlay as they are) |
+    unknown (a way no data path of tracer's knows, captured on the points `--point` named)."""
     collect_metadata: bool = False
     """The tunnel device is collect-metadata (`external`): no FDB, the route or eBPF names the peer."""
 

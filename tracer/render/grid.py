@@ -19,6 +19,8 @@ from tracer.render.live import CELL_MARKS, cell
 from tracer.render.text import safe
 
 LEGEND = (*CELL_MARKS, "○ not captured there", "✗ not seen from there on", "· not on its way (or after ✗)")
+NOT_VISIBLE = "◌ not visible there (a point its data path may bypass)"
+"""The legend's entry for ◌, given only when a packet shown has the mark."""
 """Every mark the grid uses."""
 
 
@@ -43,6 +45,8 @@ def row_cells(p: PacketTrace, points: list[str], compact: bool = False) -> list[
             out.append(cell(LiveCell(changes=h.changes, ttl=h.ttl, tunnel=vni), compact))
         elif pid in p.gaps:
             out.append(Text("○", style="yellow"))
+        elif pid in p.not_visible:
+            out.append(Text("◌", style="cyan"))
         elif pid in stopped:
             out.append(Text("✗", style="bold red") if pid == lost_at else Text("·", style="dim"))
         else:
@@ -53,8 +57,9 @@ def row_cells(p: PacketTrace, points: list[str], compact: bool = False) -> list[
 WIDE_COLUMN = 11  # a point's column at full size: its name's longest part, or "⊕4096 63", and the rule
 
 def render_grid(trace: Trace, console: Console, flows: list[Flow], names: dict[str, str] | None = None) -> None:
+    bypassed = any(p.not_visible for f in flows for p in f.packets)
     render_flows(trace, console, flows, names or {}, lambda f: _grid(trace, console, f),
-                 legend=lambda: _print_entries(console, LEGEND))
+                 legend=lambda: _print_entries(console, (*LEGEND, NOT_VISIBLE) if bypassed else LEGEND))
 
 
 def _grid(trace: Trace, console: Console, f: Flow) -> None:
@@ -97,6 +102,10 @@ def packet_notes(packets) -> list[Text]:
     for k, p in enumerate(packets, 1):
         if p.retransmission:
             notes.setdefault(("yellow", "sent again: a retransmission (+time says after how long)"), []).append(k)
+        if p.not_visible:
+            notes.setdefault(("cyan", f"◌ not visible at {', '.join(safe(m) for m in p.not_visible)}: its data path "
+                                      "may carry packets past there unseen (tracer path says why): not a loss"),
+                             []).append(k)
         if p.gaps:
             notes.setdefault(("yellow", f"○ not captured at {', '.join(safe(m) for m in p.gaps)}: seen before and "
                                         "after (a frame the capture missed, not a loss)"), []).append(k)

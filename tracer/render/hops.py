@@ -65,7 +65,8 @@ def packet_table(p: PacketTrace, index: int, names: dict[str, str], narrow: bool
     title.append(safe(p.headline))
     seen = len(p.hops)
     total = seen + len(p.missing)
-    title.append(f"  ({seen}/{total} points)", style="red" if p.stopped else ("yellow" if p.gaps else "green"))
+    hidden = f", {len(p.not_visible)} not visible" if p.not_visible else ""
+    title.append(f"  ({seen}/{total} points{hidden})", style="red" if p.stopped else ("yellow" if p.gaps else "green"))
     if p.hops and p.hops[0].ip_id is not None:
         title.append(f"  IP ID {p.ip_id}", style="dim")
     t = Table(title=title, title_justify="left", show_edge=False, pad_edge=False, expand=False,
@@ -77,8 +78,16 @@ def packet_table(p: PacketTrace, index: int, names: dict[str, str], narrow: bool
         t.add_column(col, no_wrap=not (narrow and col == "point"), **kw)
     sep = " →\n  " if narrow else " → "
     notes = Text()
-    gaps_before = _gaps_before(p, way or ())
+    gaps_before = _gaps_before(p, way or (), p.gaps)
+    unseen_before = _gaps_before(p, way or (), p.not_visible, last=len(p.hops) + 1)
+
+    def not_visible_rows(i: int) -> None:
+        for m in unseen_before.get(i, ()):
+            t.add_row("◌", Text(_point_name(m, narrow), style="cyan"), "", "", "",
+                      Text("not visible here (its data path may bypass it)", style="cyan"), "")
+
     for i, h in enumerate(p.hops, 1):
+        not_visible_rows(i)
         for g in gaps_before.get(i, ()):
             t.add_row("·", Text(_point_name(g, narrow), style="yellow"), "", "", "",
                       Text("not captured here (seen before and after)", style="yellow"), "")
@@ -96,10 +105,14 @@ def packet_table(p: PacketTrace, index: int, names: dict[str, str], narrow: bool
                   addr, encap)
         notes.append(f"{i:>2} ", style="dim")
         notes.append(safe(h.why) + "\n", style=ENCAP_STYLE if ch & {"encap", "decap"} else ("yellow" if ch else "dim"))
+    not_visible_rows(len(p.hops) + 1)
     stopped = p.stopped
     for m in stopped:
         unsure = " (nothing captured then)" if m in p.not_captured else ""
         t.add_row("✗", Text(_point_name(m, narrow), style="red"), "", "", "", Text("not seen here" + unsure, style="red"), "")
+    if p.not_visible:
+        notes.append(f" ◌ not visible at {', '.join(safe(m) for m in p.not_visible)}: its data path may carry packets "
+                     "past there unseen (an eBPF redirect; tracer path says why): not a loss\n", style="cyan")
     if p.gaps:
         notes.append(f" · not captured at {', '.join(safe(m) for m in p.gaps)}: seen before and after (a frame the "
                      "capture missed, not a loss)\n", style="yellow")
@@ -128,14 +141,16 @@ def _ttl_text(h: Hop, changed: set[str], lines: int) -> Text:
     return t
 
 
-def _gaps_before(p: PacketTrace, way: tuple[str, ...]) -> dict[int, list[str]]:
-    """Hop number -> the points of `p.gaps` that come just before that hop on the way (their rows
-    go between the hops, where the packet passed them)."""
+def _gaps_before(p: PacketTrace, way: tuple[str, ...], gaps: tuple[str, ...], last: int | None = None) -> dict[int, list[str]]:
+    """Hop number -> the points of `gaps` (the packet's gaps or the points it was not visible at)
+    that come just before that hop on the way (their rows go between the hops, where the packet
+    passed them); those after every hop under `last` (default: before the last hop)."""
     out: dict[int, list[str]] = {}
     place = {pt: k for k, pt in enumerate(way)}
-    for g in p.gaps:
+    for g in gaps:
         k = place.get(g)
-        hop = next((i for i, h in enumerate(p.hops, 1) if k is not None and place.get(h.point, -1) > k), len(p.hops))
+        hop = next((i for i, h in enumerate(p.hops, 1) if k is not None and place.get(h.point, -1) > k),
+                   len(p.hops) if last is None else last)
         out.setdefault(hop, []).append(g)
     return out
 
@@ -295,6 +310,9 @@ def summary_line(f: Flow) -> Text:
     gaps = sum(1 for p in f.packets if p.gaps)
     if gaps:
         parts.append(f"{gaps} not captured at a point {'they' if gaps != 1 else 'it'} passed")
+    hidden = sum(1 for p in f.packets if p.not_visible)
+    if hidden:
+        parts.append(f"{hidden} not visible at a point {'their' if hidden != 1 else 'its'} data path may bypass")
     return Text("summary: " + ", ".join(parts), style="bold")
 
 

@@ -32,6 +32,7 @@ def _packet(p: PacketTrace) -> dict:
         "direction": p.direction, "tcp_flags": p.tcp_flags, "ip_id": p.ip_id, "payload_bytes": p.payload_bytes,
         "summary": p.summary, "hops": [_hop(h) for h in p.hops], "last_seen": p.last_seen, "missing": list(p.missing),
         "not_captured": list(p.not_captured), "gaps": list(p.gaps), "hint": p.hint, "retransmission": p.retransmission,
+        "not_visible": list(p.not_visible),
     }
 
 
@@ -48,7 +49,7 @@ def _flow(f: Flow, summary: bool) -> dict:
         s = f.summary
         d["summary"] = {"packets": s.packets, "reached_end": s.reached_end, "per_point": s.per_point,
                         "way": {k: list(v) for k, v in s.way.items()}, "stopped": s.stopped,
-                        "not_captured": s.not_captured, "gaps": s.gaps}
+                        "not_captured": s.not_captured, "gaps": s.gaps, "not_visible": s.not_visible}
     return d
 
 

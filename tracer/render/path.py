@@ -25,7 +25,10 @@ def render_way(way: Way, out: Console) -> None:
         t = way.tunnel
         out.print(f"      {e(s.pod.node)} routes {e(t.route)}; {_between(way)}")
         out.print(f"\n[bold]Step 4 on {e(d.pod.node)}[/] (pod {e(d.pod.name)})")
-        if t.encapsulation == "none":
+        if t.encapsulation == "unknown":
+            out.print(f"      how the packet gets to {e(d.pod.node)} is not a way tracer knows; the points --point "
+                      f"named are captured in full, and {e(d.pod.node)} routes {e(d.node_route)}")
+        elif t.encapsulation == "none":
             out.print(f"      the packet arrives on {e(t.underlay_dst)} ({t.dst_node_ip}) as it left, only the MACs "
                       f"rewritten, and {e(d.pod.node)} routes {e(d.node_route)}")
         else:
@@ -39,7 +42,7 @@ def render_way(way: Way, out: Console) -> None:
         out.print(f"\n[bold]Both pods run on {e(s.pod.node)}[/]: no tunnel, the way is the two veths only.")
     out.print(f"      {e(d.host_veth)} (ifindex {d.host_veth_ifindex}) is the peer of {e(d.pod.name)}'s "
               f"eth0@if{d.iflink}, MAC {d.mac}")
-    if way.data_path:
+    if way.data_path and way.data_path != "unknown":
         out.print(f"      (the way of {e(way.data_path)})")
 
     out.print("\n[bold]Capture points of the request[/] (the reply takes the mirror way)")
@@ -47,6 +50,9 @@ def render_way(way: Way, out: Console) -> None:
         out.print(f"  [bold]{i}[/] {e(p.id):<26} {p.role:<9} {p.direction:<8} MAC {p.mac}   "
                   f"frame {p.eth_src} -> {p.eth_dst}")
         out.print(f"      {e(p.explanation)}")
+        if p.bypass:
+            out.print(f"      [yellow]may be bypassed:[/] {e(p.bypass)} A packet not seen here is not visible "
+                      "here, not lost.")
     for w in way.warnings:
         out.print(f"[yellow]warning:[/] {e(w)}")
 
@@ -59,6 +65,8 @@ def _between(way: Way) -> str:
     """The source node's tables that take the packet to the other node, in the data path's terms."""
     t = way.tunnel
     assert t is not None
+    if t.encapsulation == "unknown":
+        return f"out of {escape(t.device)}, a way tracer does not know"
     if t.encapsulation == "none":
         return f"no tunnel: the next hop {t.dst_node_ip} is {escape(way.dst.pod.node)}'s {escape(t.underlay_dst)}"
     if t.encapsulation == "ipip":

@@ -15,10 +15,10 @@ from dataclasses import replace
 from collections.abc import Sequence
 from typing import Protocol, cast
 
-from tracer.cluster.discover.pod_ends import end_points, end_warnings, pod_end
+from tracer.cluster.discover.pod_ends import capture_point, end_points, end_warnings, pod_end
 from tracer.cluster.discover.readers import NodeState, PodReads, Read, read_at_once
 from tracer.cluster.ports import Backend
-from tracer.errors import ClusterError
+from tracer.errors import ClusterError, NotFoundError, UsageError
 from tracer.model import NodeTunnel, PodEnd, PodRef, Way, WayPoint
 
 __all__ = ["DATA_PATHS", "DataPath", "data_paths", "discover"]
@@ -61,13 +61,22 @@ class DataPath(Protocol):
     def title(self, src_end: PodEnd) -> str:
         """The way in words, as `tracer path` names it (the pod's end can tell, e.g. a bridge)."""
 
+    def bypass(self, src: NodeState, dst_pod: PodRef) -> str:
+        """Why this way may carry packets past the pods' host veths unseen (an eBPF redirect into
+        the pod), "" when every packet passes them: those points are marked, and a packet not seen
+        there is not visible there, not lost."""
+
 
 def data_paths() -> tuple[DataPath, ...]:
     return tuple(cast(DataPath, importlib.import_module(name)) for name in DATA_PATHS)
 
 
-def discover(backend: Backend, src: str, dst: str) -> Way:
+def discover(backend: Backend, src: str, dst: str, points: Sequence[str] = ()) -> Way:
     """Read the live state of both pods and nodes and return the request's expected way.
+
+    `points` (`NODE/IFACE`, follow's --point): interfaces to capture on as well, put on the way
+    by their node (after the source node's points, before the destination node's); on a way no
+    data path knows they are its middle, between the pods' ends, which every CNI shares.
 
     The reads are fetched ahead, those that do not depend on each other at once (each one is a
     process on the lab, an exec round trip on Kubernetes), in two rounds: what the pods' names
@@ -84,16 +93,80 @@ def discover(backend: Backend, src: str, dst: str) -> Way:
     dst_end = pod_end(dst_reads, dst_node)
     warnings = [*end_warnings(src_end, src_node), *end_warnings(dst_end, dst_node)]
 
+    nodes = {src_node.name: src_node, dst_node.name: dst_node}
+    asked = [_asked_point(nodes, backend, spec, src_pod.node) for spec in points]
     if dst_pod.node == src_pod.node:
-        return Way(src=src_end, dst=dst_end, tunnel=None, points=_same_node_points(src_end, dst_end, src_node),
+        return Way(src=src_end, dst=dst_end, tunnel=None,
+                   points=_with_asked(_same_node_points(src_end, dst_end, src_node), asked, src_pod.node, dst_pod.node),
                    warnings=tuple(warnings))
-    path = _data_path_of(src_node, dst_pod)
-    tunnel, between = path.between_nodes(src_node, dst_node, dst_pod)
     first = end_points(src_end, src_node, "ingress")
     last = end_points(dst_end, dst_node, "egress")
+    try:
+        path = _data_path_of(src_node, dst_pod)
+        tunnel, between = path.between_nodes(src_node, dst_node, dst_pod)
+    except ClusterError as e:
+        if not asked:
+            raise
+        # (captured anyway, as asked: the ends are every CNI's, the middle is the named points)
+        return Way(src=src_end, dst=dst_end, tunnel=_unknown_tunnel(src_node, dst_node, dst_pod),
+                   points=_with_asked((*first, *last), asked, src_pod.node, dst_pod.node),
+                   warnings=(*warnings, f"{e.message}: capturing on {', '.join(p.id for p in asked)} as "
+                                        "--point asked, every frame there"),
+                   data_path="unknown")
     title = path.title(src_end)
-    return Way(src=src_end, dst=dst_end, tunnel=tunnel, points=(*first, *between, *last), warnings=tuple(warnings),
-               data_path=title)
+    blind = path.bypass(src_node, dst_pod)
+    if blind:
+        first, last = ([replace(p, bypass=blind) if p.role == "pod-veth" else p for p in ps] for ps in (first, last))
+    return Way(src=src_end, dst=dst_end, tunnel=tunnel,
+               points=_with_asked((*first, *between, *last), asked, src_pod.node, dst_pod.node),
+               warnings=tuple(warnings), data_path=title)
+
+
+_KIND_ROLES = {"vxlan": "tunnel", "geneve": "tunnel", "ipip": "tunnel", "gre": "tunnel", "gretap": "tunnel",
+               "ip6tnl": "tunnel", "sit": "tunnel", "wireguard": "tunnel", "bridge": "bridge", "veth": "pod-veth"}
+"""An asked point's role, from its interface's kind (`ip -d link`'s info_kind); a NIC, a bond,
+a VLAN or anything else is the underlay."""
+
+
+def _asked_point(nodes: dict[str, NodeState], backend: Backend, spec: str, src_node: str) -> WayPoint:
+    """The capture point `NODE/IFACE` names, read from that node's state."""
+    node_name, sep, iface = spec.partition("/")
+    if not sep or not node_name or not iface or "/" in iface:
+        raise UsageError(f"--point {spec}: not NODE/IFACE", hint="e.g. --point worker1/eth1 (tracer path lists a way's points)")
+    node = nodes.get(node_name) or nodes.setdefault(node_name, NodeState(backend, node_name))
+    link = next((l for l in node.links if l["ifname"] == iface), None)
+    if link is None:
+        names = ", ".join(l["ifname"] for l in node.links)
+        raise NotFoundError(f"--point {spec}: node {node_name} has no interface {iface}", hint=f"it has {names}")
+    kind = link.get("linkinfo", {}).get("info_kind", "")
+    role = _KIND_ROLES.get(kind, "underlay")
+    point = capture_point(node, link, role, "egress" if node_name == src_node else "ingress", ("", ""),
+                          f"Named with --point: captured as asked ({kind or 'a NIC'}, so {role}); tracer did not "
+                          "read this interface's part in the way.")
+    return replace(point, asked=True)
+
+
+def _with_asked(points: Sequence[WayPoint], asked: Sequence[WayPoint], src_node: str, dst_node: str) -> tuple[WayPoint, ...]:
+    """The way's points with the asked ones not on it yet: the source node's after that node's
+    points, the destination node's before its points, any other node's between the two."""
+    known = {p.id for p in points}
+    extra = [p for p in dict((p.id, p) for p in asked).values() if p.id not in known]
+    src = [p for p in points if p.node == src_node]
+    dst = [p for p in points if p.node != src_node]
+    if src_node == dst_node:
+        return (*src, *extra)
+    middle = [p for p in extra if p.node == src_node] + [p for p in extra if p.node not in (src_node, dst_node)]
+    k = next((i for i, p in enumerate(dst) if p.node == dst_node), len(dst))
+    return (*src, *middle, *dst[:k], *(p for p in extra if p.node == dst_node), *dst[k:])
+
+
+def _unknown_tunnel(src: NodeState, dst: NodeState, dst_pod: PodRef) -> NodeTunnel:
+    """The hop between the nodes as far as the source node's route tells, on a way tracer does not know."""
+    dev = src.device_toward(dst_pod.ip)
+    return NodeTunnel(device=dev["ifname"], vni=None, udp_port=None, mtu=dev.get("mtu", 0), src_mac=dev.get("address", ""),
+                      dst_mac="", dst_tunnel_ip=src.route_get(dst_pod.ip).get("gateway", ""), src_node_ip="",
+                      dst_node_ip="", route=src.route_for(dst_pod.ip), underlay_src="", underlay_src_mac="",
+                      underlay_dst="", underlay_dst_mac="", encapsulation="unknown")
 
 
 def _same_node_points(src: PodEnd, dst: PodEnd, node: NodeState) -> tuple[WayPoint, ...]:
@@ -145,5 +218,6 @@ def _data_path_of(src: NodeState, dst_pod: PodRef) -> DataPath:
     raise ClusterError(
         f"node {src.name} sends {dst_pod.ip} as `{src.route_for(dst_pod.ip)}`, out of {device['ifname']} "
         f"({kind or 'no tunnel'}): not a way tracer knows",
-        hint=f"tracer knows {', '.join(f'{p.NAME} ({p.DEVICE})' for p in paths)}",
+        hint=f"tracer knows {', '.join(f'{p.NAME} ({p.DEVICE})' for p in paths)}; to capture anyway, name the "
+             "interfaces: tracer follow SRC DST --point NODE/IFACE ...",
     )

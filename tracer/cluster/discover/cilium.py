@@ -31,6 +31,16 @@ def title(src_end: PodEnd) -> str:
     return "Cilium tunnel"
 
 
+def bypass(src: NodeState, dst_pod: PodRef) -> str:
+    """A real Cilium node (its route via cilium_host) may run BPF host routing: packets from the
+    tunnel go into the pod by bpf_redirect_peer, past the host side of its lxc (DATAPATHS.md §6).
+    The lab's Cilium routes in the kernel: every packet passes the lxc veths there."""
+    if src.device_toward(dst_pod.ip)["ifname"] != "cilium_host":
+        return ""
+    return ("with BPF host routing, Cilium's eBPF hands packets from the tunnel straight to the pod's eth0 "
+            "(bpf_redirect_peer), past the host side of its lxc veth, whose capture then sees only what the pod sends.")
+
+
 def _collect_md(dev: dict[str, Any]) -> bool:
     info = dev.get("linkinfo", {})
     return info.get("info_kind") in KIND_PORTS and bool(info.get("info_data", {}).get("external"))

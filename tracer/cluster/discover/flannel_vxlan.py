@@ -23,11 +23,15 @@ NAME = "Flannel VXLAN"
 DEVICE = "flannel.1"
 _DEVICE = re.compile(r"^flannel\.\d+$")
 
-__all__ = ["DEVICE", "NAME", "between_nodes", "reads_after", "reads_ahead", "recognizes", "title"]
+__all__ = ["DEVICE", "NAME", "between_nodes", "bypass", "reads_after", "reads_ahead", "recognizes", "title"]
 
 
 def title(src_end: PodEnd) -> str:
     return NAME
+
+
+def bypass(src: NodeState, dst_pod: PodRef) -> str:
+    return ""  # (the kernel routes every packet through the host veths)
 
 
 def recognizes(src: NodeState, dst_pod: PodRef) -> bool:

@@ -22,6 +22,10 @@ def title(src_end: PodEnd) -> str:
     return "Flannel host-gw" if src_end.bridge else "Calico, no encapsulation (BGP routes)"
 
 
+def bypass(src: NodeState, dst_pod: PodRef) -> str:
+    return ""  # (the kernel routes every packet through the host veths)
+
+
 def reads_ahead(src: NodeState, dst_pod: PodRef) -> Sequence[Read]:
     return (lambda: src.neighbours,)
 
