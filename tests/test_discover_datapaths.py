@@ -249,8 +249,9 @@ class CiliumNodes(TwoNodes):
                 {"ifindex": 5, "ifname": "cilium_host", "address": f"4e:00:00:00:02:0{n}", "mtu": 1500,
                  "linkinfo": {"info_kind": "veth"},
                  "addr_info": [{"family": "inet", "local": router, "prefixlen": 32}]},
-                {"ifindex": 6, "ifname": "cilium_vxlan", "address": f"7a:00:00:00:03:0{n}", "mtu": 1500,
-                 "linkinfo": {"info_kind": "vxlan", "info_data": {"external": True, "port": 8472}}},
+                {"ifindex": 6, "ifname": f"cilium_{self.kind}", "address": f"7a:00:00:00:03:0{n}", "mtu": 1500,
+                 "linkinfo": {"info_kind": self.kind, "info_data": {"external": True,
+                                                                    "port": 8472 if self.kind == "vxlan" else 6081}}},
             ],
             ("ip", "-j", "route", "show"): [
                 {"dst": "default", "gateway": "192.168.0.254", "dev": "eth1"},
@@ -269,7 +270,8 @@ class CiliumNodes(TwoNodes):
         return ExecResult(returncode=0, stdout=json.dumps(answers[tuple(argv)]).encode(), stderr=b"")
 
 
-def test_a_real_cilium_node_marks_the_lxc_veths_its_ebpf_may_bypass() -> None:
+@pytest.mark.parametrize("kind", ["vxlan", "geneve"])
+def test_a_real_cilium_node_marks_the_lxc_veths_its_ebpf_may_bypass(kind: str) -> None:
     """Via cilium_host, a node may run BPF host routing: bpf_redirect_peer puts the tunnel's
     packets into the pod past the host side of its lxc. Those points are marked in path (and
     path.json), the others not; the lab's Cilium (routed by the kernel) marks none."""
@@ -279,12 +281,17 @@ def test_a_real_cilium_node_marks_the_lxc_veths_its_ebpf_may_bypass() -> None:
 
     from tracer.render.path import render_way
 
-    way = discover(CiliumNodes(), "a", "b")
+    from tracer.cluster.filters import underlay_filter
+
+    way = discover(CiliumNodes(kind=kind), "a", "b")
     assert way.data_path == "Cilium tunnel"
     assert [(p.id, p.role, bool(p.bypass)) for p in way.points] == [
-        ("n1/lxc1234567890a1", "pod-veth", True), ("n1/cilium_vxlan", "tunnel", False),
-        ("n1/eth1", "underlay", False), ("n2/eth1", "underlay", False), ("n2/cilium_vxlan", "tunnel", False),
+        ("n1/lxc1234567890a1", "pod-veth", True), (f"n1/cilium_{kind}", "tunnel", False),
+        ("n1/eth1", "underlay", False), ("n2/eth1", "underlay", False), (f"n2/cilium_{kind}", "tunnel", False),
         ("n2/lxc1234567890a2", "pod-veth", True)]
+    t = way.tunnel
+    assert (t.encapsulation, t.udp_port, t.vni) == (kind, 8472 if kind == "vxlan" else 6081, None)
+    assert underlay_filter(way, 80).startswith(f"udp port {t.udp_port} and host 192.168.0.1 and host 192.168.0.2")
     assert "bpf_redirect_peer" in way.points[0].bypass
     assert way.src.arp_by == "node" and way.tunnel.collect_metadata and way.tunnel.dst_node_ip == "192.168.0.2"
     assert [bool(p["bypass"]) for p in way.to_dict()["points"]] == [True, False, False, False, False, True]
