@@ -22,6 +22,7 @@ import pytest
 
 from tracer.cluster.lab import Lab, StateStore, down, exercise, up
 from tracer.cluster.lab import netns
+from tracer.cluster.lab.kube_proxy import NETNS_ETC
 from tracer.cluster.lab.state import stop_process
 
 # What the tests assert is tracer's own output, not the caller's terminal settings or proxies:
@@ -102,6 +103,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         for proc in state.processes if state else ():
             stop_process(proc)
     netns.delete(netns.with_prefix(SESSION_PREFIX))
+    for etc in NETNS_ETC.glob(SESSION_PREFIX + "*") if NETNS_ETC.is_dir() else ():
+        shutil.rmtree(etc, ignore_errors=True)  # (the pods' resolv.conf of a lab that crashed)
     shutil.rmtree(SESSION_STATE_DIR, ignore_errors=True)
 
 

@@ -267,3 +267,10 @@ def test_analyze_places_the_points_from_the_captures_alone(cni_lab: Lab, tmp_pat
     syn = next(p for p in flow["packets"] if p["tcp_flags"] == "S")
     assert [h["point"] for h in syn["hops"]] == _way(cni_lab)
     assert all(not p["missing"] for p in flow["packets"])
+
+
+def test_services_and_the_cluster_dns_work_the_same(cni_lab: Lab) -> None:
+    """kube-proxy's DNAT and the cluster DNS (on worker2, across the tunnel) on every data path."""
+    out = run_tracer("lab", "exec", "curl", "--", "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}",
+                     "http://httpbin/get", store=cni_lab.store, check=True)
+    assert out.stdout == "200"

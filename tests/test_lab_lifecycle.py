@@ -13,6 +13,7 @@ from conftest import leftovers, run_tracer, store_env
 from tracer.errors import LabError, NotFoundError
 from tracer.cluster.lab import Lab, StateStore, exercise, netns, up, wiring
 from tracer.cluster.lab.state import process_start_time
+from tracer.cluster.lab.kube_proxy import NETNS_ETC
 
 pytestmark = pytest.mark.root
 
@@ -27,7 +28,8 @@ def test_up_status_down_from_new_processes(store: StateStore) -> None:
     up_proc = run_tracer("lab", "up", store=store)
     assert up_proc.returncode == 0, up_proc.stderr
     assert root_links() == before  # nothing in the root namespace
-    assert sorted(leftovers(store)) == sorted(store.prefix + n for n in ("underlay", "worker1", "worker2", "curl", "httpbin"))
+    assert sorted(leftovers(store)) == sorted(store.prefix + n for n in ("underlay", "worker1", "worker2", "curl", "httpbin",
+                                                                      "coredns"))
 
     status = json.loads(run_tracer("lab", "status", "--output", "json", store=store, check=True).stdout)
     assert status["up"] is True and status["complete"] is True
@@ -37,8 +39,14 @@ def test_up_status_down_from_new_processes(store: StateStore) -> None:
     assert (pods["curl"]["ip"], pods["curl"]["host_veth"], pods["curl"]["host_veth_mac"]) == (
         "172.18.166.139", "cali35e3a5cb80b", "ee:ee:ee:ee:ee:ee")  # the seed's own cali name
     assert pods["httpbin"]["ip"] == "172.18.104.14"
-    pid = pods["httpbin"]["pid"]
-    assert process_start_time(pid) is not None
+    assert [(s["namespace"], s["name"], s["cluster_ip"], s["ports"]) for s in status["services"]] == [
+        ("default", "httpbin", "10.152.183.50", ["80/tcp -> 80"]),
+        ("kube-system", "kube-dns", "10.152.183.10", ["53/udp -> 53", "53/tcp -> 53"])]
+    assert status["dns"].startswith("cluster DNS 10.152.183.10 (kube-dns) -> dnsmasq in pod kube-system/coredns on worker2")
+    pid, dns_pid = pods["httpbin"]["pid"], pods["coredns"]["pid"]
+    assert process_start_time(pid) is not None and process_start_time(dns_pid) is not None
+    assert (NETNS_ETC / f"{store.prefix}curl" / "resolv.conf").read_text().startswith(
+        "search default.svc.cluster.local svc.cluster.local cluster.local\nnameserver 10.152.183.10\n")
     assert "cali35e3a5cb80b" in run_tracer("lab", "status", store=store, check=True).stdout
 
     again = run_tracer("lab", "up", store=store)
@@ -48,7 +56,8 @@ def test_up_status_down_from_new_processes(store: StateStore) -> None:
 
     assert run_tracer("lab", "down", store=store, check=True).stdout.startswith("lab down")
     assert leftovers(store) == []
-    assert process_start_time(pid) is None
+    assert process_start_time(pid) is None and process_start_time(dns_pid) is None
+    assert list(NETNS_ETC.glob(store.prefix + "*")) == []  # (the pods' resolv.conf went with them)
     assert not store.path.exists()
     assert root_links() == before
 

@@ -8,10 +8,10 @@ import time
 from collections.abc import Callable, Sequence
 
 from tracer.cluster.lab import Lab, StateStore, exercise, netns, require_root
-from tracer.cluster.lab.topology import CALICO_VXLAN, CNI_NOTES, CNI_TITLES, CNIS, with_pods
+from tracer.cluster.lab.topology import CALICO_VXLAN, CLUSTER_DNS_IP, CNI_NOTES, CNI_TITLES, CNIS, Topology, with_pods
 from tracer.cluster.lab import down as remove_lab, up as build_lab
 from tracer.errors import ExitCode
-from tracer.model.lab import LabNodeView, LabPodView, LabRemoved, LabUp, LabView, NoLab
+from tracer.model.lab import LabNodeView, LabPodView, LabRemoved, LabServiceView, LabUp, LabView, NoLab
 
 Progress = Callable[[str], None]
 """Told each step of `up` as it starts ("creating network namespaces", ...)."""
@@ -66,6 +66,7 @@ def view(lab: Lab) -> LabView:
     node's namespace exists and which PID each pod's app has now (read at this moment)."""
     topo, state = lab.topology, lab.state
     alive = [p for p in state.processes if p.alive()]
+    ips = {p.name: p.ip for p in topo.pods}
     return LabView(
         prefix=state.prefix, cni=topo.cni, complete=state.complete, state=str(lab.store.path),
         vni=topo.vni, udp_port=topo.udp_port, mtu=topo.mtu, title=CNI_TITLES.get(topo.cni, topo.cni),
@@ -86,4 +87,21 @@ def view(lab: Lab) -> LabView:
             )
             for p in lab.pods
         ),
+        services=tuple(
+            LabServiceView(name=s.name, namespace=s.namespace, cluster_ip=s.cluster_ip,
+                           ports=tuple(f"{p.port}/{p.protocol} -> {p.target_port}" for p in s.ports),
+                           endpoints=tuple(f"{e} {ips[e]}" for e in s.endpoints if e in ips))
+            for s in topo.services
+        ),
+        dns=_dns_words(topo),
     )
+
+
+def _dns_words(topo: Topology) -> str:
+    dns = next((p for p in topo.pods if p.app == "dns"), None)
+    if dns is None:
+        return ("no cluster DNS: dnsmasq is not installed (apt-get install dnsmasq-base, then lab down and up); "
+                "Services answer by ClusterIP") if topo.services else ""
+    return (f"cluster DNS {CLUSTER_DNS_IP} (kube-dns) -> dnsmasq in pod {dns.namespace}/{dns.name} on {dns.node}; "
+            "a pod of namespace default resolves with search default.svc.cluster.local svc.cluster.local "
+            "cluster.local, ndots:5")

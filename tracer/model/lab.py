@@ -44,6 +44,19 @@ class LabPodView:
 
 
 @dataclass(frozen=True, kw_only=True)
+class LabServiceView:
+    """A Service of the lab as kube-proxy programs it on every node."""
+
+    name: str
+    namespace: str
+    cluster_ip: str
+    ports: tuple[str, ...]
+    """`port/protocol -> target port`, e.g. `53/udp -> 53`."""
+    endpoints: tuple[str, ...]
+    """`pod ip` of each endpoint, e.g. `httpbin 172.18.104.14`."""
+
+
+@dataclass(frozen=True, kw_only=True)
 class LabView:
     """A lab whose state file exists; `complete` is False if its `up` failed or was interrupted."""
 
@@ -62,6 +75,9 @@ class LabView:
     """The data path in words, e.g. `Flannel VXLAN`."""
     notes: tuple[str, ...] = ()
     """What to know of it (and, for Cilium, where the lab differs from a real node)."""
+    services: tuple[LabServiceView, ...] = ()
+    dns: str = ""
+    """The cluster DNS in words (its address, server and pod), or why the lab has none."""
 
 
 @dataclass(frozen=True)

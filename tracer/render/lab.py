@@ -58,6 +58,15 @@ def render_status(lab: LabView, out: Console) -> None:
         pods.add_row(p.name, p.node, p.ip, p.mac, p.host_veth, p.host_veth_mac,
                      *((str(p.identity),) if identities else ()), p.netns, p.app)
     out.print(nodes, pods)
+    if lab.services:
+        services = Table(title="services (kube-proxy's iptables rules on every node: iptables-save -t nat)")
+        for col in ("service", "cluster IP", "ports", "endpoints"):
+            services.add_column(col, overflow="fold")
+        for s in lab.services:
+            services.add_row(f"{s.namespace}/{s.name}", s.cluster_ip, "\n".join(s.ports), "\n".join(s.endpoints))
+        out.print(services)
+    if lab.dns:
+        out.print(f"[dim]{escape(lab.dns)}[/]")
     for note in lab.notes:
         out.print(f"[dim]{escape(note)}[/]")
 
@@ -106,4 +115,10 @@ def lab_document(lab: LabView) -> dict[str, Any]:
              "identity": p.identity}
             for p in lab.pods
         ],
+        "services": [
+            {"name": s.name, "namespace": s.namespace, "cluster_ip": s.cluster_ip, "ports": list(s.ports),
+             "endpoints": list(s.endpoints)}
+            for s in lab.services
+        ],
+        "dns": lab.dns,
     }

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -19,11 +20,11 @@ from typing import Any
 from tracer.cluster.ports import ExecResult
 from tracer.model import PodRef
 from tracer.errors import LabError, NotFoundError, PermissionError_, UsageError
-from tracer.cluster.lab import netns, wiring
+from tracer.cluster.lab import kube_proxy, netns, wiring
 from tracer.cluster.lab.state import LabState, ProcessRecord, StateStore, process_start_time, stop_process
 from tracer.cluster.lab.topology import (
     CALICO_BGP, CALICO_IPIP, CALICO_VXLAN, CILIUM_GENEVE, CILIUM_VXLAN, FLANNEL_HOST_GW, FLANNEL_VXLAN, UNDERLAY, Names,
-    Topology,
+    DNS_POD, Topology, without_dns,
 )
 
 # CNI mode -> `module` with `build(topology, names)`, or `module:function` (one module, two modes).
@@ -209,6 +210,8 @@ def up(topology: Topology, *, store: StateStore | None = None, progress: Progres
     if topology.cni not in BUILDERS:
         raise UsageError(f"no lab builder for CNI mode {topology.cni!r}", hint="modes: " + ", ".join(BUILDERS))
     _check_httpbin_installed(topology)
+    if _dns_pods(topology) and shutil.which(kube_proxy.DNS_SERVER) is None:
+        topology = without_dns(topology)  # (the Services by IP still work; `lab status` says why no DNS)
     names = Names(prefix=store.prefix)
     wiring.refuse_without_devices(topology.cni, names)
     wanted = names.all(topology)
@@ -230,8 +233,16 @@ def up(topology: Topology, *, store: StateStore | None = None, progress: Progres
             if pod.app == "httpbin":
                 state.processes.append(_start_httpbin(names.netns(pod.name), store.log_path(pod.name)))
                 store.save(state)
+        state.etc_dirs = kube_proxy.write_resolv_confs(topology, names)
+        store.save(state)
         progress(f"wiring {topology.cni}")
         build(topology, names)
+        progress("programming kube-proxy's rules" + (" and starting the cluster DNS" if _dns_pods(topology) else ""))
+        kube_proxy.program(topology, names)
+        for pod in _dns_pods(topology):
+            state.processes.append(_start(names.netns(pod.name), store.log_path(pod.name),
+                                          kube_proxy.dns_argv(topology, pod.ip), "the cluster DNS"))
+            store.save(state)
         progress("waiting for httpbin")
         lab = Lab(state, store)
         _wait_for_httpbin(lab)
@@ -259,7 +270,12 @@ def _teardown(state: LabState, store: StateStore) -> None:
     for proc in state.processes:
         stop_process(proc)
     netns.delete(state.namespaces)
+    kube_proxy.remove_etc(state.etc_dirs, state.prefix)
     store.remove(state)
+
+
+def _dns_pods(topology: Topology) -> list:
+    return [p for p in topology.pods if p.app == "dns"]
 
 
 HTTPBIN_MODULES = ("httpbin", "gunicorn")
@@ -279,16 +295,19 @@ def _check_httpbin_installed(topology: Topology) -> None:
 
 
 def _start_httpbin(ns: str, log_path: Any) -> ProcessRecord:
-    argv = netns.exec_argv(ns, [
-        sys.executable, "-m", "gunicorn", "--bind", f"0.0.0.0:{HTTP_PORT}", "--workers", "1",
-        "--access-logfile", "-", "--error-logfile", "-", "httpbin:app",
-    ])
+    return _start(ns, log_path, [sys.executable, "-m", "gunicorn", "--bind", f"0.0.0.0:{HTTP_PORT}", "--workers", "1",
+                                 "--access-logfile", "-", "--error-logfile", "-", "httpbin:app"], "httpbin")
+
+
+def _start(ns: str, log_path: Any, argv: list[str], what: str) -> ProcessRecord:
+    """A pod's server process, in its namespace, its output in the lab's log for that pod."""
+    argv = netns.exec_argv(ns, argv)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
     start = process_start_time(proc.pid)
     if start is None:
-        raise LabError(f"httpbin in {ns} exited at once", hint=f"see {log_path}")
+        raise LabError(f"{what} in {ns} exited at once", hint=f"see {log_path}")
     return ProcessRecord(pid=proc.pid, start_time=start, netns=ns, argv=tuple(argv), log=str(log_path))
 
 
@@ -301,6 +320,8 @@ def _wait_for_httpbin(lab: Lab) -> None:
     deadline = time.monotonic() + HTTPBIN_READY_TIMEOUT
     for proc in lab.state.processes:
         pod = next(p for p in lab.pods if p.netns == proc.netns)
+        if pod.app != "httpbin":
+            continue
         while _http_status(lab, pod.name, f"http://127.0.0.1:{HTTP_PORT}/status/200", 1) != "200":
             if not proc.alive():
                 raise LabError(f"httpbin in pod {pod.name} exited", hint=f"see {proc.log}: {_tail(proc.log)}")
@@ -323,6 +344,29 @@ def _check_data_path(lab: Lab) -> None:
                     f"the lab is wired, but {client.name} -> {server.name} ({server.ip}) got no HTTP 200 ({status or 'no answer'})",
                     hint="this is a bug in tracer's lab; please report it with `uname -r`",
                 )
+        _check_services(lab, client)
+
+
+def _check_services(lab: Lab, client: LabPod) -> None:
+    """The Service by its ClusterIP (kube-proxy's DNAT) and, with the cluster DNS, by its name (the
+    pod's resolver, the DNS Service's DNAT to the DNS pod): as a pod in a cluster would ask."""
+    topology = lab.topology
+    svc = next((s for s in topology.services if s.name == "httpbin"), None)
+    if svc is None:
+        return
+    urls = [f"http://{svc.cluster_ip}/status/200"]
+    dns = next((p for p in lab.state.processes if p.netns.endswith(DNS_POD)), None)
+    if dns is not None:
+        urls.append(f"http://{svc.name}/status/200")
+    deadline = time.monotonic() + 5.0
+    for url in urls:
+        while (status := _http_status(lab, client.name, url, 2)) != "200":
+            if dns is not None and not dns.alive():
+                raise LabError("the cluster DNS (dnsmasq) exited", hint=f"see {dns.log}: {_tail(dns.log)}")
+            if time.monotonic() > deadline:
+                raise LabError(f"the lab is wired, but {client.name} -> {url} got no HTTP 200 ({status or 'no answer'})",
+                               hint="see `tracer lab exec worker1 -- iptables-save -t nat`; a bug in tracer's lab")
+            time.sleep(0.05)
 
 
 def _tail(path: str, lines: int = 3) -> str:

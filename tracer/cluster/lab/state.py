@@ -55,6 +55,8 @@ class LabState:
     created: float = field(default_factory=time.time)
     complete: bool = False
     """False while `up` is still building (or if it died half-way)."""
+    etc_dirs: list[str] = field(default_factory=list)
+    """/etc/netns/<namespace> directories made for the pods' resolv.conf (removed with the lab)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -65,6 +67,7 @@ class LabState:
             "namespaces": self.namespaces,
             "processes": [asdict(p) for p in self.processes],
             "topology": self.topology.to_dict(),
+            "etc_dirs": self.etc_dirs,
         }
 
     @classmethod
@@ -76,6 +79,7 @@ class LabState:
             processes=[ProcessRecord(**{**p, "argv": tuple(p["argv"])}) for p in data["processes"]],
             created=data["created"],
             complete=data["complete"],
+            etc_dirs=list(data.get("etc_dirs", ())),
         )
 
 

@@ -70,6 +70,8 @@ class AddressPlan:
     vni: int | None
     udp_port: int | None
     mtu: int
+    cluster_cidr: str = "172.18.0.0/16"
+    """What kube-proxy's --cluster-cidr would be: the pods' whole range (its MASQ rule spares it)."""
 
 
 _CALICO = dict(blocks=("172.18.166.128/26", "172.18.104.0/26"), extra_block="172.18.{n}.0/26", pod_hosts=(11, 14))
@@ -79,14 +81,17 @@ PLANS = {
     CALICO_IPIP: AddressPlan(**_CALICO, tunnel_device="tunl0", vni=None, udp_port=None, mtu=1480),
     # k3s' cluster CIDR 10.42.0.0/16, a /24 per node, flannel.1 (VNI 1) on the kernel's port 8472
     FLANNEL_VXLAN: AddressPlan(blocks=("10.42.0.0/24", "10.42.1.0/24"), extra_block="10.42.{n}.0/24",
-                               pod_hosts=(5, 7), tunnel_device="flannel.1", vni=1, udp_port=8472, mtu=1450),
+                               pod_hosts=(5, 7), tunnel_device="flannel.1", vni=1, udp_port=8472, mtu=1450,
+                               cluster_cidr="10.42.0.0/16"),
     FLANNEL_HOST_GW: AddressPlan(blocks=("10.42.0.0/24", "10.42.1.0/24"), extra_block="10.42.{n}.0/24",
-                                 pod_hosts=(5, 7), tunnel_device="", vni=None, udp_port=None, mtu=1500),
+                                 pod_hosts=(5, 7), tunnel_device="", vni=None, udp_port=None, mtu=1500,
+                                 cluster_cidr="10.42.0.0/16"),
     # Cilium's cluster pool 10.0.0.0/8 in /24s; the VNI is the source's security identity (none fixed)
     CILIUM_VXLAN: AddressPlan(blocks=("10.0.1.0/24", "10.0.2.0/24"), extra_block="10.0.{n}.0/24", pod_hosts=(5, 7),
-                              tunnel_device="cilium_vxlan", vni=None, udp_port=8472, mtu=1450),
+                              tunnel_device="cilium_vxlan", vni=None, udp_port=8472, mtu=1450, cluster_cidr="10.0.0.0/8"),
     CILIUM_GENEVE: AddressPlan(blocks=("10.0.1.0/24", "10.0.2.0/24"), extra_block="10.0.{n}.0/24", pod_hosts=(5, 7),
-                               tunnel_device="cilium_geneve", vni=None, udp_port=6081, mtu=1450),
+                               tunnel_device="cilium_geneve", vni=None, udp_port=6081, mtu=1450,
+                               cluster_cidr="10.0.0.0/8"),
 }
 
 
@@ -144,6 +149,36 @@ class PodSpec:
 
 
 @dataclass(frozen=True, kw_only=True)
+class ServicePort:
+    name: str
+    """The port's name in the Service (kube-proxy's chain names hash it), e.g. `http`, `dns`."""
+    protocol: str
+    """tcp | udp"""
+    port: int
+    target_port: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServiceSpec:
+    """A Service as kube-proxy programs it: a ClusterIP and ports, its endpoints the pods named."""
+
+    name: str
+    namespace: str
+    cluster_ip: str
+    ports: tuple[ServicePort, ...]
+    endpoints: tuple[str, ...]
+    """Names of the pods behind it (the EndpointSlice's addresses), in order."""
+
+
+CLUSTER_DNS_IP = "10.152.183.10"
+"""microk8s' cluster DNS address (kube-dns), in its Service range 10.152.183.0/24 (DATAPATHS.md §8)."""
+HTTPBIN_CLUSTER_IP = "10.152.183.50"
+CLUSTER_DOMAIN = "cluster.local"
+DNS_POD = "coredns"
+"""The cluster DNS pod (kube-system): a real DNS server, dnsmasq, where the lab has one."""
+
+
+@dataclass(frozen=True, kw_only=True)
 class Topology:
     """A whole lab: the CNI mode, the underlay segment, the nodes and their pods."""
 
@@ -164,6 +199,9 @@ class Topology:
     """Pod and tunnel MTU: the encapsulation's bytes less than the 1500 underlay."""
     nodes: tuple[NodeSpec, ...]
     pods: tuple[PodSpec, ...]
+    services: tuple[ServiceSpec, ...] = ()
+    cluster_cidr: str = "172.18.0.0/16"
+    """The pods' whole range, kube-proxy's --cluster-cidr (traffic from outside it is masqueraded)."""
 
     def node(self, name: str) -> NodeSpec:
         return next(n for n in self.nodes if n.name == name)
@@ -176,11 +214,13 @@ class Topology:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Topology:
-        fields = {k: v for k, v in data.items() if k not in ("nodes", "pods")}
+        fields = {k: v for k, v in data.items() if k not in ("nodes", "pods", "services")}
         return cls(
             **fields,
             nodes=tuple(NodeSpec(**n) for n in data["nodes"]),
             pods=tuple(PodSpec(**p) for p in data["pods"]),
+            services=tuple(ServiceSpec(**{**s, "ports": tuple(ServicePort(**p) for p in s["ports"]),
+                                          "endpoints": tuple(s["endpoints"])}) for s in data.get("services", ())),
         )
 
 
@@ -208,18 +248,20 @@ def _node(index: int, block: str, cni: str = CALICO_VXLAN) -> NodeSpec:
     )
 
 
-def _pod(name: str, node: str, ip: str, app: str, cni: str = CALICO_VXLAN) -> PodSpec:
+def _pod(name: str, node: str, ip: str, app: str, cni: str = CALICO_VXLAN, namespace: str = "default") -> PodSpec:
     """A pod with the host veth its CNI would give it (a fixed name and MAC, so captures are
     deterministic: real Flannel and Cilium names and MACs are random or hashed per endpoint)."""
     digest = hashlib.sha256(f"{cni}/{name}".encode()).hexdigest()
     if cni.startswith("flannel"):  # the bridge plugin: veth + 8 hex, a random MAC
-        return PodSpec(name=name, node=node, ip=ip, mac=pod_mac(ip), app=app, veth_name="veth" + digest[:8],
+        return PodSpec(name=name, namespace=namespace, node=node, ip=ip, mac=pod_mac(ip), app=app,
+                       veth_name="veth" + digest[:8],
                        veth_mac="ca:fe:" + ":".join(digest[8 + 2 * i:10 + 2 * i] for i in range(4)))
     if cni.startswith("cilium"):  # lxc + 12 hex of the endpoint; an identity of the cluster's range
-        return PodSpec(name=name, node=node, ip=ip, mac=pod_mac(ip), app=app, veth_name="lxc" + digest[:12],
+        return PodSpec(name=name, namespace=namespace, node=node, ip=ip, mac=pod_mac(ip), app=app,
+                       veth_name="lxc" + digest[:12],
                        veth_mac="da:7e:" + ":".join(digest[12 + 2 * i:14 + 2 * i] for i in range(4)),
                        identity=256 + int(digest[20:28], 16) % 65000)
-    return PodSpec(name=name, node=node, ip=ip, mac=pod_mac(ip), app=app)
+    return PodSpec(name=name, namespace=namespace, node=node, ip=ip, mac=pod_mac(ip), app=app)
 
 
 def exercise(nodes: int = 2, cni: str = CALICO_VXLAN) -> Topology:
@@ -246,8 +288,26 @@ def exercise(nodes: int = 2, cni: str = CALICO_VXLAN) -> Topology:
     ]
     for i in range(3, nodes + 1):
         pod_specs.append(_pod(f"pod{i}", f"worker{i}", host(blocks[i - 1], 10), "httpbin", cni))
+    # the cluster DNS on the other node than curl, so that the query crosses the tunnel too
+    last = ipaddress.IPv4Network(blocks[1]).num_addresses - 2  # (the block's last host: out of the other pods' way)
+    pod_specs.append(_pod(DNS_POD, "worker2", host(blocks[1], last), "dns", cni, namespace="kube-system"))
+    services = (
+        ServiceSpec(name="httpbin", namespace="default", cluster_ip=HTTPBIN_CLUSTER_IP,
+                    ports=(ServicePort(name="http", protocol="tcp", port=80, target_port=80),), endpoints=("httpbin",)),
+        ServiceSpec(name="kube-dns", namespace="kube-system", cluster_ip=CLUSTER_DNS_IP,
+                    ports=(ServicePort(name="dns", protocol="udp", port=53, target_port=53),
+                           ServicePort(name="dns-tcp", protocol="tcp", port=53, target_port=53)),
+                    endpoints=(DNS_POD,)),
+    )
     return Topology(cni=cni, tunnel_device=plan.tunnel_device, vni=plan.vni, udp_port=plan.udp_port, mtu=plan.mtu,
-                    nodes=tuple(node_specs), pods=tuple(pod_specs))
+                    nodes=tuple(node_specs), pods=tuple(pod_specs), services=services,
+                    cluster_cidr=plan.cluster_cidr)
+
+
+def without_dns(topology: Topology) -> Topology:
+    """The topology with no cluster DNS (no DNS server to run it): the DNS pod and kube-dns gone."""
+    return dataclasses.replace(topology, pods=tuple(p for p in topology.pods if p.app != "dns"),
+                               services=tuple(s for s in topology.services if DNS_POD not in s.endpoints))
 
 
 APPS = ("curl", "httpbin")
@@ -272,7 +332,9 @@ def with_pods(topology: Topology, extra: tuple[tuple[str, str, str], ...]) -> To
         hosts = list(ipaddress.IPv4Network(spec.block).hosts())
         gateway = ipaddress.IPv4Network(spec.block).network_address + 1  # (Flannel's cni0, Cilium's router)
         used = {ipaddress.IPv4Address(p.ip) for p in pods} | {ipaddress.IPv4Address(spec.tunnel_ip), gateway}
-        mine = [h for h in hosts if h in used]
+        # (after the node's last workload pod; the cluster DNS sits apart, higher in the block)
+        apps = {ipaddress.IPv4Address(p.ip) for p in pods if p.app != "dns"} | {ipaddress.IPv4Address(spec.tunnel_ip)}
+        mine = [h for h in hosts if h in apps]
         free = [h for h in hosts if h not in used and (not mine or h > max(mine))] or [h for h in hosts if h not in used]
         if not free:
             raise UsageError(f"--pod {name}={node}: no address left in {node}'s block {spec.block}")

@@ -1,0 +1,125 @@
+"""The lab's kube-proxy and cluster DNS: every node's nat table as kube-proxy's iptables mode
+writes it for the topology's Services, and the DNS pod's server (a real one: dnsmasq) with the
+resolv.conf kubelet gives pods (facts: DATAPATHS.md §7, §8).
+
+The rules are those of kube-proxy's proxier (its chain names, comments, the MARK/MASQUERADE
+pair, one `statistic` rule per endpoint but the last), loaded with iptables-restore, so that
+`tracer lab exec worker1 -- iptables-save -t nat` reads like a real node's. `ip netns exec`
+bind-mounts /etc/netns/<namespace>/resolv.conf over /etc/resolv.conf: that is where each pod's
+resolver configuration goes (removed with the lab).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import shutil
+from pathlib import Path
+
+from tracer.cluster.lab import netns
+from tracer.cluster.lab.topology import CLUSTER_DOMAIN, DNS_POD, Names, ServicePort, ServiceSpec, Topology
+
+MASQ_MARK = "0x4000/0x4000"
+NETNS_ETC = Path("/etc/netns")
+"""Where `ip netns exec NAME` finds files to bind-mount over /etc (iproute2's ip-netns(8))."""
+DNS_SERVER = "dnsmasq"
+
+
+def _hash16(text: str) -> str:
+    return base64.b32encode(hashlib.sha256(text.encode()).digest()).decode()[:16]
+
+
+def svc_chain(svc: ServiceSpec, port: ServicePort) -> str:
+    """kube-proxy's servicePortChainName: KUBE-SVC- + base32(sha256("ns/name:port" + protocol))[:16]."""
+    return "KUBE-SVC-" + _hash16(f"{svc.namespace}/{svc.name}:{port.name}{port.protocol}")
+
+
+def sep_chain(svc: ServiceSpec, port: ServicePort, endpoint: str) -> str:
+    """kube-proxy's servicePortEndpointChainName: the same, with the endpoint's "ip:port" added."""
+    return "KUBE-SEP-" + _hash16(f"{svc.namespace}/{svc.name}:{port.name}{port.protocol}{endpoint}")
+
+
+def nat_table(topology: Topology) -> str:
+    """The nat table kube-proxy writes on every node for the topology's Services (iptables-restore)."""
+    ips = {p.name: p.ip for p in topology.pods}
+    chains = ["KUBE-SERVICES", "KUBE-POSTROUTING", "KUBE-MARK-MASQ", "KUBE-NODEPORTS"]
+    rules = [
+        '-A PREROUTING -m comment --comment "kubernetes service portals" -j KUBE-SERVICES',
+        '-A OUTPUT -m comment --comment "kubernetes service portals" -j KUBE-SERVICES',
+        '-A POSTROUTING -m comment --comment "kubernetes postrouting rules" -j KUBE-POSTROUTING',
+        f"-A KUBE-POSTROUTING -m mark ! --mark {MASQ_MARK} -j RETURN",
+        "-A KUBE-POSTROUTING -j MARK --xor-mark 0x4000",
+        '-A KUBE-POSTROUTING -m comment --comment "kubernetes service traffic requiring SNAT" -j MASQUERADE '
+        "--random-fully",
+        "-A KUBE-MARK-MASQ -j MARK --or-mark 0x4000",
+    ]
+    services, tail = [], []
+    for svc in topology.services:
+        for port in svc.ports:
+            name = f"{svc.namespace}/{svc.name}:{port.name}"
+            svc_c = svc_chain(svc, port)
+            chains.append(svc_c)
+            match = f"-d {svc.cluster_ip}/32 -p {port.protocol} -m {port.protocol} --dport {port.port}"
+            services.append(f'-A KUBE-SERVICES {match} -m comment --comment "{name} cluster IP" -j {svc_c}')
+            tail.append(f'-A {svc_c} ! -s {topology.cluster_cidr} {match} -m comment --comment "{name} cluster IP" '
+                        "-j KUBE-MARK-MASQ")
+            endpoints = [f"{ips[pod]}:{port.target_port}" for pod in svc.endpoints if pod in ips]
+            for i, ep in enumerate(endpoints):
+                sep_c = sep_chain(svc, port, ep)
+                chains.append(sep_c)
+                left = len(endpoints) - i
+                chance = f" -m statistic --mode random --probability {1 / left:.10f}" if left > 1 else ""
+                tail.append(f'-A {svc_c} -m comment --comment "{name} -> {ep}"{chance} -j {sep_c}')
+                tail.append(f'-A {sep_c} -s {ep.split(":")[0]}/32 -m comment --comment "{name}" -j KUBE-MARK-MASQ')
+                tail.append(f'-A {sep_c} -p {port.protocol} -m comment --comment "{name}" -m {port.protocol} '
+                            f"-j DNAT --to-destination {ep}")
+    services.append('-A KUBE-SERVICES -m comment --comment "kubernetes service nodeports; NOTE: this must be the '
+                    'last rule in this chain" -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS')
+    lines = ["*nat", *(f":{c} - [0:0]" for c in chains), *rules, *services, *tail, "COMMIT"]
+    return "\n".join(lines) + "\n"
+
+
+def program(topology: Topology, names: Names) -> None:
+    """Every node's nat table, as kube-proxy would have it."""
+    if not topology.services:
+        return
+    text = nat_table(topology)
+    for node in topology.nodes:
+        netns.run(netns.exec_argv(names.netns(node.name), ["iptables-restore"]), input=text,
+                  what=f"iptables-restore on {node.name}")
+
+
+def resolv_conf(topology: Topology, namespace: str) -> str:
+    """What kubelet writes for a ClusterFirst pod: the cluster DNS, the search path, ndots:5."""
+    dns = next(s for s in topology.services if DNS_POD in s.endpoints)
+    search = f"{namespace}.svc.{CLUSTER_DOMAIN} svc.{CLUSTER_DOMAIN} {CLUSTER_DOMAIN}"
+    return f"search {search}\nnameserver {dns.cluster_ip}\noptions ndots:5\n"
+
+
+def write_resolv_confs(topology: Topology, names: Names) -> list[str]:
+    """Each pod's resolv.conf where `ip netns exec` takes it from; the directories made (to remove)."""
+    if not any(DNS_POD in s.endpoints for s in topology.services):
+        return []
+    made = []
+    for pod in topology.pods:
+        d = NETNS_ETC / names.netns(pod.name)
+        d.mkdir(parents=True, exist_ok=True)
+        made.append(str(d))
+        (d / "resolv.conf").write_text(resolv_conf(topology, pod.namespace))
+    return made
+
+
+def remove_etc(directories: list[str], prefix: str) -> None:
+    """The /etc/netns directories the lab made (only those of its own prefix)."""
+    for d in directories:
+        if Path(d).parent == NETNS_ETC and Path(d).name.startswith(prefix):
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def dns_argv(topology: Topology, pod_ip: str) -> list[str]:
+    """dnsmasq as the cluster DNS: authoritative for cluster.local (unknown names NXDOMAIN),
+    each Service's A record under its three search forms' full name, nothing forwarded."""
+    records = [f"--host-record={s.name}.{s.namespace}.svc.{CLUSTER_DOMAIN},{s.cluster_ip}" for s in topology.services]
+    return [DNS_SERVER, "--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv", "--no-hosts", "--no-poll", f"--local=/{CLUSTER_DOMAIN}/",
+            f"--listen-address={pod_ip}", "--bind-interfaces", "--port=53", "--user=root", "--pid-file=",
+            "--log-queries", "--log-facility=-", *records]
