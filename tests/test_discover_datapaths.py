@@ -146,7 +146,7 @@ def test_the_path_document_keeps_its_keys_in_order(monkeypatch: pytest.MonkeyPat
     register(monkeypatch, gre_data_path())
     doc = discover(TwoNodes(), "a", "b").to_dict()
     assert list(doc) == ["schema", "src", "dst", "same_node", "src_node_ip", "dst_node_ip", "vni", "udp_port",
-                         "tunnel", "points", "warnings", "data_path"]  # (keys are only ever added, at the end)
+                         "tunnel", "points", "warnings", "data_path", "service"]  # (keys are only ever added, at the end)
     assert doc["schema"] == "tracer.path/v1"
     assert list(doc["src"])[:4] == ["name", "namespace", "node", "ip"]
     assert list(doc["points"][0])[:2] == ["id", "node"]

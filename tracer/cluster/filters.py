@@ -73,6 +73,9 @@ def point_filter(point: WayPoint, way: Way, port: int) -> str:
     if point.role == "underlay":
         return underlay_filter(way, port)
     flow = flow_filter(way.src.pod.ip, way.dst.pod.ip, port)
+    svc = getattr(way, "service", None)
+    if svc is not None:  # (before kube-proxy's DNAT, and in the reply after its un-DNAT: the ClusterIP)
+        flow = f"({flow}) or ({flow_filter(way.src.pod.ip, svc.cluster_ip, svc.port)})"
     if point.role in ("pod-veth", "bridge"):
         return f"({flow}) or {arp_filter(way.src.pod.ip)} or {arp_filter(way.dst.pod.ip)}"
     return flow

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from tracer.model import PodRef
+from tracer.model import PodRef, ServiceRef
 
 __all__ = ["AgentChannel", "Backend", "DiscoveryBackend", "ExecResult", "FollowBackend"]
 
@@ -36,6 +36,10 @@ class Backend(Protocol):
     def exec_pod(self, pod: PodRef, argv: Sequence[str]) -> ExecResult: ...
 
     def exec_node(self, node: str, argv: Sequence[str]) -> ExecResult: ...
+
+    def service(self, name: str, namespace: str | None = None, *, cluster_ip: str | None = None) -> ServiceRef:
+        """The Service `name` (in `namespace`, else the backend's), or the one whose ClusterIP is
+        `cluster_ip`; a NotFoundError that says what there is when there is none."""
 
 
 class DiscoveryBackend(Backend, Protocol):

@@ -53,6 +53,10 @@ def command(src, dst, port, url_path, count, save, output, pcapng, view, all_flo
             backend: BackendOptions, timings_file, iterations):
     """Capture on every hop of the way while SRC's curl asks DST, then show the packets hop by hop.
 
+    DST is a pod, a Service (`svc/NAME`, or its ClusterIP) or a URL (`http://httpbin/get`,
+    resolved by SRC's own resolver): for a Service the way goes to its endpoint, and the view
+    shows kube-proxy's DNAT where it happened and the rule that did it (on the lab so far).
+
     Starts a capture agent on each node of the way (`tracer path SRC DST`), each listening on
     exactly that node's points with a kernel filter for this flow, runs
     `curl http://<DST ip>:PORT/PATH` in SRC, collects the captures and shows them as
@@ -61,6 +65,7 @@ def command(src, dst, port, url_path, count, save, output, pcapng, view, all_flo
     \b
     Examples:
       tracer follow curl httpbin
+      tracer follow curl http://httpbin/get
       tracer follow curl httpbin --path /delay/1 --count 3 --save run1 && tracer analyze run1
       tracer follow curl httpbin --live
 

@@ -25,9 +25,13 @@ def command(src: str, dst: str, output: str, points: tuple[str, ...], backend: B
     a short-lived capture pod per node (hostNetwork, to read the node's routes, neighbours
     and FDB; deleted afterwards).
 
+    DST may be a Service too (`svc/NAME`, its ClusterIP, or a URL): the way to its endpoint, with
+    the kube-proxy rule that DNATs it there.
+
     \b
     Examples:
       tracer path curl httpbin
+      tracer path curl svc/httpbin
       tracer path curl httpbin -o json > path.json     # names tcpdump -i any points (analyze --path-file)
       tracer path curl httpbin --kubeconfig ~/.kube/config -n default
     """

@@ -5,8 +5,8 @@ from tracer.model.trace import (
     ROLES, SCHEMA, Arp, CapturePoint, Encapsulation, Flow, FlowSummary, Hop, Nat, PacketTrace, SegmentStats, Trace,
     duration,
 )
-from tracer.model.way import PATH_SCHEMA, WAY_POINT_ROLES, NodeTunnel, PodEnd, PodRef, Way, WayPoint
+from tracer.model.way import PATH_SCHEMA, WAY_POINT_ROLES, NodeTunnel, PodEnd, PodRef, ServiceRef, Way, WayPoint
 
 __all__ = ["PATH_SCHEMA", "ROLES", "SCHEMA", "WAY_POINT_ROLES", "Arp", "CapturePoint", "Encapsulation", "Flow", "FlowSummary",
-           "Hop", "Nat", "NodeTunnel", "PacketTrace", "PodEnd", "PodRef", "SegmentStats", "Trace", "Way", "WayPoint",
+           "Hop", "Nat", "NodeTunnel", "PacketTrace", "PodEnd", "PodRef", "ServiceRef", "SegmentStats", "Trace", "Way", "WayPoint",
            "duration"]

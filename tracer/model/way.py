@@ -27,6 +27,25 @@ class PodRef:
 
 
 @dataclass(frozen=True, kw_only=True)
+class ServiceRef:
+    """A Service the request is addressed to, as the cluster's API (or the lab) has it."""
+
+    name: str
+    namespace: str
+    cluster_ip: str
+    port: int
+    """The Service's port the request goes to."""
+    target_port: int
+    """Where kube-proxy's DNAT sends it on the endpoint."""
+    endpoints: tuple[str, ...]
+    """Names of the pods behind it (the EndpointSlices' target pods)."""
+    rule: str = ""
+    """The kube-proxy rule that DNATs to the endpoint, read from the source node's nat table, e.g.
+    `KUBE-SVC-FREKB6WNWYJLKTHC -> KUBE-SEP-VMWJP37HHZNBJUV4: DNAT --to-destination 172.18.104.14:80`
+    ("" where it could not be read)."""
+
+
+@dataclass(frozen=True, kw_only=True)
 class WayPoint:
     """One capture point on the way: an interface on a node that the request passes."""
 
@@ -142,6 +161,8 @@ class Way:
     """Things in the state that break or bend the expected way (e.g. proxy_arp off)."""
     data_path: str = ""
     """The data path discovery recognised, in words (e.g. `Flannel VXLAN`); "" for the same node."""
+    service: ServiceRef | None = None
+    """The Service the request is addressed to (its ClusterIP DNAT-ed to `dst`), if it is one."""
 
     @property
     def same_node(self) -> bool:
@@ -183,4 +204,5 @@ class Way:
             "points": [{"id": p.id, **asdict(p)} for p in self.points],
             "warnings": list(self.warnings),
             "data_path": self.data_path,
+            "service": asdict(self.service) if self.service else None,
         }

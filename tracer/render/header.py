@@ -24,6 +24,13 @@ def follow_header(r: FollowRun, trace: Trace | None = None) -> Group:
     s, d = r.way.src.pod, r.way.dst.pod
     lines = [Text(f"follow {safe(s.name)} ({s.ip}, {safe(s.node)}) -> {safe(d.name)} ({d.ip}, {safe(d.node)}): "
                   f"GET {safe(r.url)}  [{r.backend}]", style="bold")]
+    svc = r.way.service
+    if svc is not None:
+        lines.append(Text(f"  Service {safe(svc.namespace)}/{safe(svc.name)} {svc.cluster_ip}:{svc.port} -> endpoint "
+                          f"{safe(d.name)} {d.ip}:{svc.target_port}", style="bold"))
+        rule = (f"kube-proxy on {safe(s.node)}: {safe(svc.rule)}" if svc.rule else
+                f"kube-proxy's rule on {safe(s.node)} not read (iptables-save -t nat): the NAT below is the packets'")
+        lines.append(Text(f"  {rule}", style="dim"))
     for i, c in enumerate(r.curls, 1):
         lines.append(Text(f"  request {i}: {curl_text(c)}", style="green" if c.ok else "red"))
     frames = sum(c.packets for c in r.captures)

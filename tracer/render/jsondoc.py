@@ -110,6 +110,7 @@ def follow_document(r: FollowRun) -> dict[str, Any]:
         "src": {"name": s.name, "namespace": s.namespace, "node": s.node, "ip": s.ip},
         "dst": {"name": d.name, "namespace": d.namespace, "node": d.node, "ip": d.ip},
         "url": r.url,
+        "service": dataclasses.asdict(r.way.service) if r.way.service else None,
         "curl": [asdict(c) for c in r.curls],
         "captures": [{"point": c.point, "packets": c.packets, "dropped": c.dropped} for c in r.captures],
         "saved": r.saved,

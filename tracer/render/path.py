@@ -14,6 +14,11 @@ def render_way(way: Way, out: Console) -> None:
     e = escape  # pod and node names come from the cluster: no markup of theirs reaches the terminal
     out.print(f"[bold]Way of a request {e(s.pod.name)} ({s.pod.ip}, {e(s.pod.node)}) -> "
               f"{e(d.pod.name)} ({d.pod.ip}, {e(d.pod.node)})[/]")
+    if way.service is not None:
+        v = way.service
+        out.print(f"  addressed to Service {e(v.namespace)}/{e(v.name)} {v.cluster_ip}:{v.port}: kube-proxy on "
+                  f"{e(s.pod.node)} DNATs it to its endpoint {d.pod.ip}:{v.target_port} as it comes in from the pod"
+                  + (f" ({e(v.rule)})" if v.rule else "") + "; conntrack undoes it on the reply")
     out.print(f"\n[bold]Steps 3.1-3.4 on {e(s.pod.node)}[/] (pod {e(s.pod.name)})")
     out.print(f"  3.1 ip route get {d.pod.ip}: {e(s.route)}")
     sysctls = f" (proxy_arp={s.proxy_arp}, proxy_delay={s.proxy_delay})" if s.arp_by == "proxy-arp" else ""

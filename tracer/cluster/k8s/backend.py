@@ -17,8 +17,8 @@ import threading
 from collections.abc import Iterator, Sequence
 
 from tracer.cluster.ports import ExecResult
-from tracer.model import PodRef
-from tracer.errors import TracerError
+from tracer.model import PodRef, ServiceRef
+from tracer.errors import TracerError, UsageError
 from tracer.cluster.k8s import exec as k8s_exec
 from tracer.cluster.k8s.capture_pods import DEFAULT_DEADLINE, DEFAULT_IMAGE, DEFAULT_NAMESPACE, CapturePods
 from tracer.cluster.k8s.client import Cluster
@@ -70,6 +70,11 @@ class KubernetesBackend:
         self._containers[(target.ref.namespace, target.ref.name)] = target.container
         self.capture_pods.request(target.ref.node)
         return target.ref
+
+    def service(self, name: str, namespace: str | None = None, *, cluster_ip: str | None = None) -> ServiceRef:
+        raise UsageError(f"following a Service ({cluster_ip or name}) is built on the lab so far, not on Kubernetes yet",
+                         hint="follow its endpoint pod: kubectl get endpointslices -l "
+                              f"kubernetes.io/service-name={name or '<service>'}")
 
     def exec_pod(self, pod: PodRef, argv: Sequence[str]) -> ExecResult:
         container = self._containers.get((pod.namespace, pod.name))

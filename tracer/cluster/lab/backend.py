@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from tracer.cluster.ports import ExecResult
-from tracer.model import PodRef
+from tracer.model import PodRef, ServiceRef
 from tracer.errors import NotFoundError
 from tracer.cluster.lab import Lab
 
@@ -109,6 +109,9 @@ class LabFollowBackend:
         ref = self._discovery.pod(name)
         self._stand_by(ref.node)
         return ref
+
+    def service(self, name: str, namespace: str | None = None, *, cluster_ip: str | None = None) -> ServiceRef:
+        return self._discovery.service(name, namespace, cluster_ip=cluster_ip)
 
     def expect_pods(self, *names: str) -> None:
         """The run is about these pods: start their nodes' agents now (a name the lab does not

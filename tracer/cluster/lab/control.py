@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tracer.cluster.ports import ExecResult
-from tracer.model import PodRef
+from tracer.model import PodRef, ServiceRef
 from tracer.errors import LabError, NotFoundError, PermissionError_, UsageError
 from tracer.cluster.lab import kube_proxy, netns, wiring
 from tracer.cluster.lab.state import LabState, ProcessRecord, StateStore, process_start_time, stop_process
@@ -183,6 +183,20 @@ class LabBackend:
 
     def pod(self, name: str) -> PodRef:
         return self.lab.pod(name).ref()
+
+    def service(self, name: str, namespace: str | None = None, *, cluster_ip: str | None = None) -> ServiceRef:
+        services = self.lab.topology.services
+        found = next((s for s in services if (s.cluster_ip == cluster_ip if cluster_ip else
+                                              s.name == name and s.namespace == (namespace or "default"))), None)
+        if found is None:
+            what = f"ClusterIP {cluster_ip}" if cluster_ip else f"the name {namespace or 'default'}/{name}"
+            have = ", ".join(f"{s.namespace}/{s.name} ({s.cluster_ip})" for s in services) or "none"
+            raise NotFoundError(f"no Service of the lab has {what}", hint=f"the lab's Services: {have}")
+        port = next((p for p in found.ports if p.protocol == "tcp"), None)
+        if port is None:
+            raise UsageError(f"Service {found.namespace}/{found.name} has no TCP port for curl")
+        return ServiceRef(name=found.name, namespace=found.namespace, cluster_ip=found.cluster_ip, port=port.port,
+                          target_port=port.target_port, endpoints=found.endpoints)
 
     def exec_pod(self, pod: PodRef, argv: Sequence[str]) -> ExecResult:
         return self.lab.exec(pod.name, argv)

@@ -1,0 +1,68 @@
+"""follow and path take what users type (issue "Services and names", item 2, on the lab): a
+Service as `svc/NAME`, its ClusterIP, or a URL by name (resolved by the source pod's own
+resolver through the cluster DNS). The way is the one to the Service's endpoint; the view shows
+kube-proxy's DNAT between the points where it happened, and the rule that did it, which must
+be the KUBE-SEP chain of the node's real nat table."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import ns_run, run_tracer
+from tracer.cluster.lab import Lab
+
+pytestmark = [pytest.mark.root, pytest.mark.slow]
+
+
+def _rule(lab: Lab) -> str:
+    """The DNAT to httpbin in worker1's nat table, as iptables-save prints it."""
+    httpbin = lab.pod("httpbin")
+    saved = ns_run(lab.node("worker1").netns, "iptables-save", "-t", "nat").splitlines()
+    sep = next(line.split()[1] for line in saved if line.endswith(f"-j DNAT --to-destination {httpbin.ip}:80"))
+    svc = next(line.split()[1] for line in saved if line.startswith("-A KUBE-SVC-") and line.endswith(f"-j {sep}"))
+    return f"{svc} -> {sep}: DNAT --to-destination {httpbin.ip}:80"
+
+
+@pytest.mark.parametrize("dst", ["http://httpbin/get", "http://httpbin.default.svc.cluster.local/get", "svc/httpbin",
+                                 "10.152.183.50"])
+def test_follow_a_service_shows_kube_proxy_s_dnat_and_its_rule(lab: Lab, dst: str) -> None:
+    proc = run_tracer("follow", "curl", dst, "-o", "json", store=lab.store)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    follow = doc["follow"]
+    assert follow["curl"][0]["status"] == 200
+    assert follow["url"] == (dst if dst.startswith("http") else "http://10.152.183.50:80/get")
+    assert follow["service"]["cluster_ip"] == "10.152.183.50" and follow["service"]["rule"] == _rule(lab)
+    curl, httpbin = lab.pod("curl"), lab.pod("httpbin")
+    flow = next(f for f in doc["flows"] if f["protocol"] == "tcp")
+    assert flow["nat"] == {"original": "10.152.183.50:80", "translated": f"{httpbin.ip}:80", "kind": "dnat",
+                           "point": "worker1/vxlan.calico", "previous_point": f"worker1/{curl.host_veth}"}
+    syn = next(p for p in flow["packets"] if p["tcp_flags"] == "S")
+    assert syn["hops"][0]["ip_dst"] == "10.152.183.50" and syn["hops"][-1]["ip_dst"] == httpbin.ip
+    assert syn["missing"] == [] and len(syn["hops"]) == 6
+    synack = next(p for p in flow["packets"] if p["tcp_flags"] == "SA")
+    assert synack["hops"][-1]["ip_src"] == "10.152.183.50"  # (conntrack's un-DNAT on the way back into curl)
+    text = run_tracer("follow", "curl", dst, store=lab.store, check=True).stdout
+    assert "Service default/httpbin 10.152.183.50:80 -> endpoint httpbin" in text
+    assert f"kube-proxy on worker1: {_rule(lab)}" in text
+
+
+def test_path_of_a_service_explains_the_dnat_before_anything_is_sent(lab: Lab) -> None:
+    doc = json.loads(run_tracer("path", "curl", "svc/httpbin", "-o", "json", store=lab.store, check=True).stdout)
+    assert doc["dst"]["name"] == "httpbin" and doc["service"]["rule"] == _rule(lab)
+    text = run_tracer("path", "curl", "http://httpbin/get", store=lab.store, check=True).stdout
+    assert "addressed to Service default/httpbin 10.152.183.50:80: kube-proxy on worker1 DNATs it" in text
+
+
+@pytest.mark.parametrize("dst,code,says", [
+    ("http://nosuch/", 4, "no Service of the lab has the name default/nosuch"),
+    ("10.152.183.99", 4, "no Service of the lab has ClusterIP 10.152.183.99"),
+    ("https://httpbin/", 2, "tracer follows http:// URLs"),
+    ("http://a.b.c/", 2, "a.b.c: not a Service's name"),
+])
+def test_what_is_no_service_says_so(lab: Lab, dst: str, code: int, says: str) -> None:
+    proc = run_tracer("follow", "curl", dst, store=lab.store)
+    assert proc.returncode == code, proc.stderr
+    assert "Traceback" not in proc.stderr and says in proc.stderr
