@@ -11,7 +11,8 @@ from tracer.decode import (
     ARP_REPLY, ARP_REQUEST, PROTO_ARP, PROTO_GRE, PROTO_ICMP, PROTO_ICMPV6, PROTO_IPIP, PROTO_TCP, PROTO_UDP, Frame,
     fmt_ip, fmt_mac, tcp_flags_str,
 )
-from tracer.model import Arp, Encapsulation
+from tracer.decode import dns as dns_decode
+from tracer.model import Arp, Dns, Encapsulation
 
 PROTO_NAMES = {PROTO_TCP: "tcp", PROTO_UDP: "udp", PROTO_ICMP: "icmp", PROTO_ICMPV6: "icmpv6", PROTO_GRE: "gre",
                PROTO_IPIP: "ipip", PROTO_ARP: "arp"}
@@ -73,14 +74,37 @@ def packet_summary(fr: Frame) -> str:
         kind = {0: "echo reply", 8: "echo request", 128: "echo request", 129: "echo reply"}.get(fr.icmp_type, f"type {fr.icmp_type}")
         seq = f" seq {fr.icmp_seq}" if fr.icmp_seq is not None else ""
         return f"ICMP {kind}{seq} {src} -> {dst}"
+    msg = dns_message(fr)
+    if msg is not None:
+        return f"{msg.words()} {src} -> {dst}"
     name = PROTO_NAMES.get(fr.proto, f"proto {fr.proto}").upper()
     return f"{name} {src} -> {dst} {fr.payload_len or 0} bytes"
+
+
+def dns_message(fr: Frame) -> dns_decode.DnsMessage | None:
+    """The DNS message a UDP packet to or from port 53 (or mDNS's 5353) carries, else None."""
+    if fr.proto != PROTO_UDP or fr.payload_offset < 0 or not fr.payload_len or not (
+            fr.sport in dns_decode.DNS_PORTS or fr.dport in dns_decode.DNS_PORTS):
+        return None
+    return dns_decode.parse(bytes(fr.data[fr.payload_offset:fr.payload_offset + fr.payload_len]))
+
+
+def dns_of(fr: Frame) -> Dns | None:
+    """The model's DNS fields of a packet (query name and type, answers, rcode), else None."""
+    msg = dns_message(fr)
+    if msg is None:
+        return None
+    return Dns(id=msg.id, response=msg.response, name=msg.name, type=msg.type, rcode=msg.rcode_name,
+               answers=msg.answers, truncated=msg.truncated)
 
 
 def packet_label(fr: Frame) -> str:
     """`SYN`, `PSH-ACK GET /get`, `PSH-ACK HTTP/1.1 200`: short enough for a projector."""
     if fr.arp is not None:
         return _arp_words(fr, short=True)
+    msg = dns_message(fr)
+    if msg is not None:
+        return msg.words(short=True)
     flags = tcp_flags_str(fr.tcp_flags)
     text = FLAG_WORDS.get(flags, flags or PROTO_NAMES.get(fr.proto, "?").upper())
     if fr.payload_len:

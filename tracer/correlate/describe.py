@@ -7,7 +7,7 @@ from dataclasses import replace
 
 from tracer.correlate.flows import FlowState
 from tracer.correlate.changes import (
-    PROTO_NAMES, arp_fields, drop_hint, encapsulation, endpoint, frame_ends, hop_changes, hop_why, packet_label,
+    PROTO_NAMES, arp_fields, dns_of, drop_hint, encapsulation, endpoint, frame_ends, hop_changes, hop_why, packet_label,
     packet_summary,
 )
 from tracer.correlate.order import PacketSighting
@@ -216,7 +216,8 @@ def _packet(c: Correlation, seq: list[PacketSighting], client: tuple, ways: dict
     return PacketTrace(direction=direction, tcp_flags=flags, ip_id=first.ip_id or 0,
                        payload_bytes=first.payload_len or 0, hops=hops, last_seen=c.points[seq[-1].point].id,
                        missing=missing, not_captured=not_captured, gaps=gaps, hint=hint, summary=packet_summary(first),
-                       label=packet_label(first), not_visible=tuple(c.points[p].id for p in invisible))
+                       label=packet_label(first), not_visible=tuple(c.points[p].id for p in invisible),
+                       dns=dns_of(first))
 
 
 def _retransmissions(packets: list[PacketTrace], records: list[list[PacketSighting]]) -> tuple[PacketTrace, ...]:

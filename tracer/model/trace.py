@@ -121,6 +121,23 @@ class OtherFrame:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Dns:
+    """A DNS message a packet carries (tracer.decode.dns): its question, answers, response code."""
+
+    id: int
+    response: bool
+    name: str
+    """The question's name, e.g. `httpbin.default.svc.cluster.local`."""
+    type: str
+    """The question's type, e.g. `A`."""
+    rcode: str
+    """NOERROR, NXDOMAIN, SERVFAIL, ... (a query's is NOERROR)."""
+    answers: tuple[str, ...] = ()
+    """Each `TYPE data`, e.g. `A 10.152.183.50`."""
+    truncated: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
 class PacketTrace:
     """One packet followed across the capture points, hops in the order of its way."""
 
@@ -151,6 +168,8 @@ class PacketTrace:
     retransmission: bool = False
     """A TCP segment sent again: data, SYN or FIN beginning before the end of what its direction
     had sent (Wireshark's rule; not a keep-alive, not the same IP packet seen twice, not a RST)."""
+    dns: Dns | None = None
+    """The DNS message it carries (a query or an answer), if it is one."""
     not_visible: tuple[str, ...] = ()
     """Points of its way it was not seen at that its data path may carry packets past unseen
     (path.json's `bypass`, e.g. an eBPF redirect into the pod): not visible there, not lost

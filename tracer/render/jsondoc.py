@@ -33,6 +33,7 @@ def _packet(p: PacketTrace) -> dict:
         "summary": p.summary, "hops": [_hop(h) for h in p.hops], "last_seen": p.last_seen, "missing": list(p.missing),
         "not_captured": list(p.not_captured), "gaps": list(p.gaps), "hint": p.hint, "retransmission": p.retransmission,
         "not_visible": list(p.not_visible),
+        "dns": None if p.dns is None else dataclasses.asdict(p.dns),
     }
 
 
