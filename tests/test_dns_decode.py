@@ -1,5 +1,6 @@
 """analyze decodes DNS (issue "Services and names", item 4): each query's name and type, each
-answer's records and response code, in the packet's JSON (`dns`) and its words in the views.
+answer's records and response code, in the packet's JSON (`dns`) and its words in the views,
+and links a connection to the answer that named its address (the flow's `dns_name`).
 Checked against tshark's dissector on the same bytes: third-party captures with DNS in them, and
 the lab's real cluster DNS (dnsmasq) answering curl's resolver (a name of the cluster, another
 search form, one it does not have), captured by tcpdump on curl's veth."""
@@ -78,7 +79,7 @@ def test_the_lab_s_cluster_dns_as_tracer_and_tshark_read_it(lab: Lab, tmp_path: 
     pcap = tmp_path / "curl-veth.pcap"
     node = lab.node("worker1")
     tcpdump = subprocess.Popen(["ip", "netns", "exec", node.netns, "tcpdump", "-i", lab.pod("curl").host_veth, "-U", "--immediate-mode",
-                                "-w", str(pcap), "udp port 53"], stderr=subprocess.PIPE)
+                                "-w", str(pcap), "udp port 53 or tcp port 80"], stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 5
         while not pcap.exists() or pcap.stat().st_size < 24:
@@ -100,5 +101,10 @@ def test_the_lab_s_cluster_dns_as_tracer_and_tshark_read_it(lab: Lab, tmp_path: 
     assert answers[("httpbin.default.default.svc.cluster.local", 1)][0] == 3
     grid = run_tracer("analyze", str(pcap), "--all-flows", store=lab.store, check=True).stdout
     assert "DNS A? httpbin" in grid and "DNS NXDOMAIN nosuch" in grid  # (the grid cuts a long label)
+    # each connection linked to the answer that named its address (the ClusterIP, before the DNAT)
+    conns = [f for f in doc["flows"] if f["protocol"] == "tcp"]
+    assert len(conns) == 2 and all(f["server"] == "10.152.183.50:80" for f in conns)
+    assert [f["dns_name"] for f in conns] == ["httpbin.default.svc.cluster.local"] * 2
+    assert "httpbin.default.svc.cluster.local: the address a DNS answer gave before it" in grid
     hops = run_tracer("analyze", str(pcap), "--all-flows", "--view", "hops", store=lab.store, check=True).stdout
     assert "DNS A httpbin.default.svc.cluster.local = 10.152.183.50 10.152.183.10:53 -> 172.18.166.139:" in hops

@@ -96,6 +96,7 @@ def build_trace(c: Correlation) -> Trace:
                               stopped=stopped, not_captured=not_captured, gaps=gaps, not_visible=invisible)
         flows_out.append(Flow(client=endpoint(client), server=server, protocol=PROTO_NAMES.get(f.proto, str(f.proto)),
                               nat=nat, packets=packets, summary=summary, http=f.http))
+    flows_out = _named_by_dns(c, flows_out)
     order = point_order(c, all_ways)
     points = tuple(
         CapturePoint(id=pts[i].id, node=pts[i].node, interface=pts[i].interface, role=pts[i].role,
@@ -120,6 +121,36 @@ def build_trace(c: Correlation) -> Trace:
         warnings=(*c.warnings, *_late_warnings(c, late)),
         total_packets=c.total_frames, matched_packets=c.packets,
     )
+
+
+def _named_by_dns(c: Correlation, flows: list[Flow]) -> list[Flow]:
+    """Link each connection to the DNS answer that named its address: the last A or AAAA answer
+    for that address before the connection's first packet (the client's resolver gave it)."""
+    answers: list[tuple[float, str, str]] = []  # (time, address, name)
+    for f in flows:
+        for p in f.packets:
+            if p.dns is not None and p.dns.response and p.hops:
+                answers += [(_when(c, p), a.split(" ", 1)[1], p.dns.name) for a in p.dns.answers
+                            if a.split(" ", 1)[0] in ("A", "AAAA")]
+    if not answers:
+        return flows
+    answers.sort()
+    out = []
+    for f in flows:
+        if f.packets and f.protocol in ("tcp", "udp") and not any(p.dns for p in f.packets[:1]):
+            asked = (f.nat.original if f.nat is not None and f.nat.kind == "dnat" else f.server).rsplit(":", 1)[0]
+            start = _when(c, f.packets[0])
+            name = next((n for t, ip, n in reversed(answers) if ip == asked and t <= start), "")
+            if name:
+                f = replace(f, dns_name=name)
+        out.append(f)
+    return out
+
+
+def _when(c: Correlation, p: PacketTrace) -> float:
+    """When a packet was at its first point, on the reference clock."""
+    h = p.hops[0]
+    return h.time - c.offsets.get(h.point.split("/", 1)[0], 0.0)
 
 
 def _late_warnings(c: Correlation, late: dict[tuple, int]) -> list[str]:

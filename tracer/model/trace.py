@@ -257,6 +257,9 @@ class Flow:
     packets: tuple[PacketTrace, ...] = ()
     summary: FlowSummary | None = None
     http: bool = False
+    dns_name: str = ""
+    """The name a DNS answer seen before this flow gave for the address its client asked for
+    (before any DNAT), e.g. `httpbin.default.svc.cluster.local`; "" when none was seen."""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -259,6 +259,8 @@ def flow_header(f: Flow, index: int, names: dict[str, str]) -> Text:
     t.append(f"{f.protocol.upper()} {safe(_label(f.client, names))} -> {safe(_label(f.server, names))}")
     if f.summary:
         t.append(f"   {f.summary.packets} packets", style="dim")
+    if f.dns_name:
+        t.append(f"\n  {safe(f.dns_name)}: the address a DNS answer gave before it", style="dim")
     if f.nat:  # (on a line of its own: where and by what it happened takes a line's room)
         t.append(f"\n  {f.nat.kind.upper()} {f.nat.original} -> {f.nat.translated} ({safe(f.nat.where)})", style=CHANGE_STYLE)
     return t

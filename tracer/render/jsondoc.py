@@ -43,7 +43,8 @@ def _nat(n: Nat | None) -> dict | None:
 
 
 def _flow(f: Flow, summary: bool) -> dict:
-    d = {"client": f.client, "server": f.server, "protocol": f.protocol, "nat": _nat(f.nat), "http": f.http}
+    d = {"client": f.client, "server": f.server, "protocol": f.protocol, "nat": _nat(f.nat), "http": f.http,
+         "dns_name": f.dns_name}
     if not summary:
         d["packets"] = [_packet(p) for p in f.packets]
     if f.summary is not None:
