@@ -21,7 +21,7 @@ def way(src=CURL, dst=HTTPBIN):
     pod = lambda ip: SimpleNamespace(pod=SimpleNamespace(ip=ip))  # noqa: E731
     point = lambda node, iface, role: SimpleNamespace(node=node, interface=iface, role=role, asked=False)  # noqa: E731
     return SimpleNamespace(
-        src=pod(src), dst=pod(dst),
+        src=pod(src), dst=pod(dst), service=None,
         tunnel=SimpleNamespace(udp_port=4789, src_node_ip="192.168.56.11", dst_node_ip="192.168.56.12",
                                encapsulation="vxlan"),
         points=(point("worker1", "cali35e3a5cb80b", "pod-veth"), point("worker1", "vxlan.calico", "tunnel"),
@@ -67,6 +67,25 @@ def test_a_pod_veth_filter_keeps_the_flow_and_the_pods_arp_only(tmp_path):
         pcap = tmp_path / "one.pcap"
         pcap.write_bytes(pcap_bytes([frame]))
         assert matches(pcap, pod_veth_filter(way(), 80)) == (name in keep), name
+
+
+def test_to_a_service_the_pod_veth_filter_keeps_its_cluster_ip_too(tmp_path):
+    """Before kube-proxy's DNAT (and in the reply after conntrack's un-DNAT) the pod's packets
+    carry the ClusterIP: kept, as the endpoint's are; another ClusterIP or port is not."""
+    w = way()
+    w.service = SimpleNamespace(cluster_ip="10.152.183.50", port=8000)
+    frames = {
+        "syn to the service": ipv4(CURL, "10.152.183.50", 6, tcp(45688, 8000)),
+        "its answer": ipv4("10.152.183.50", CURL, 6, tcp(8000, 45688, flags=0x12)),
+        "syn to the endpoint": ipv4(CURL, HTTPBIN, 6, tcp(45688, 80)),
+        "another service": ipv4(CURL, "10.152.183.51", 6, tcp(45688, 8000)),
+        "the service's other port": ipv4(CURL, "10.152.183.50", 6, tcp(45688, 80)),
+    }
+    keep = {"syn to the service", "its answer", "syn to the endpoint"}
+    for name, packet in frames.items():
+        pcap = tmp_path / "one.pcap"
+        pcap.write_bytes(pcap_bytes([eth(CURL_MAC, CALI, 0x0800, packet)]))
+        assert matches(pcap, point_filter(w.points[0], w, 80)) == (name in keep), name
 
 
 @pytest.mark.parametrize("point", ["worker1/eth1", "worker2/eth1"])

@@ -73,7 +73,7 @@ def point_filter(point: WayPoint, way: Way, port: int) -> str:
     if point.role == "underlay":
         return underlay_filter(way, port)
     flow = flow_filter(way.src.pod.ip, way.dst.pod.ip, port)
-    svc = getattr(way, "service", None)
+    svc = way.service
     if svc is not None:  # (before kube-proxy's DNAT, and in the reply after its un-DNAT: the ClusterIP)
         flow = f"({flow}) or ({flow_filter(way.src.pod.ip, svc.cluster_ip, svc.port)})"
     if point.role in ("pod-veth", "bridge"):
