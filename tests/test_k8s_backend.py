@@ -120,6 +120,15 @@ def test_discover_through_kubernetes_equals_lab(lab: Lab, standin: StandIn, back
                                 "/sys/class/net/eth0/mtu", "/proc/net/route", "/proc/net/arp")) in log
 
 
+def test_pods_may_name_their_namespace_as_kubectl_takes_them(standin: StandIn, backend: KubernetesBackend) -> None:
+    """[NAMESPACE/]POD: each end its own namespace (a cross-namespace pair), -n for the rest."""
+    way = discover(backend, "default/curl", "httpbin")
+    assert (way.src.pod.namespace, way.src.pod.name, way.dst.pod.namespace) == ("default", "curl", "default")
+    with pytest.raises(NotFoundError) as e:
+        backend.pod("team-a/curl")
+    assert e.value.message == "no pod 'curl' in namespace 'team-a'"
+
+
 # -- capture pods ------------------------------------------------------------------------------
 
 def test_capture_pods_have_the_spec_and_go_with_close(standin: StandIn) -> None:

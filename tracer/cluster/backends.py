@@ -16,6 +16,7 @@ from tracer.errors import UsageError
 
 if TYPE_CHECKING:
     from tracer.cluster.k8s.backend import KubernetesBackend
+    from tracer.cluster.lab import Lab
     from tracer.cluster.ports import DiscoveryBackend, FollowBackend
 
 BACKENDS = ("lab", "kubernetes")
@@ -36,12 +37,15 @@ class BackendOptions:
 
 
 def choose_backend(options: BackendOptions) -> str:
-    """"lab" or "kubernetes", as --backend and the Kubernetes options pick (see --backend)."""
+    """"lab" or "kubernetes", as --backend and the Kubernetes options pick (see --backend): the
+    Kubernetes options say Kubernetes; else the lab when one is up; else Kubernetes when kubectl
+    would find a cluster ($KUBECONFIG, ~/.kube/config, or in a pod: its service account); else
+    the lab (whose error then says to start one)."""
     o = options
     k8s_given = o.kubeconfig or o.context or o.capture_image or o.capture_namespace
     backend = o.backend
     if backend is None:
-        backend = "kubernetes" if k8s_given or (os.environ.get("KUBECONFIG") and not _lab_up()) else "lab"
+        backend = "kubernetes" if k8s_given or (not _lab_up() and kubeconfig_found()) else "lab"
     if backend == "lab" and k8s_given:
         raise UsageError("--kubeconfig, --context and --capture-* apply to --backend kubernetes only")
     return backend
@@ -50,22 +54,36 @@ def choose_backend(options: BackendOptions) -> str:
 def make_backend(options: BackendOptions, *, run_id: str) -> FollowBackend:
     """The FollowBackend the options pick, for the run `run_id` names (agents, capture pods)."""
     if choose_backend(options) == "lab":
-        from tracer.cluster.lab import Lab, require_root
+        from tracer.cluster.lab import require_root
         from tracer.cluster.lab.backend import LabFollowBackend
 
         require_root("follow")
-        return LabFollowBackend(Lab.load(), run_id=run_id)
+        return LabFollowBackend(_load_lab(options), run_id=run_id)
     return _kubernetes(options, run_id=run_id)
 
 
 def discovery_backend(options: BackendOptions) -> DiscoveryBackend:
     """The backend `tracer path` reads the way through; the caller closes it whatever happens."""
     if choose_backend(options) == "lab":
-        from tracer.cluster.lab import Lab, require_root
+        from tracer.cluster.lab import require_root
 
         require_root("path")  # reading other namespaces needs root
-        return Lab.load().backend()
+        return _load_lab(options).backend()
     return _kubernetes(options, run_id=None)
+
+
+def _load_lab(options: BackendOptions) -> Lab:
+    """The lab that is up; when none is and the lab was not asked for, say the cluster way too."""
+    from tracer.cluster.lab import Lab
+    from tracer.errors import NotFoundError
+
+    try:
+        return Lab.load()
+    except NotFoundError as e:
+        if options.backend == "lab":
+            raise
+        raise NotFoundError(e.message, hint="run: tracer lab up; or, for a cluster, give --kubeconfig FILE (tracer "
+                                            "reads $KUBECONFIG and ~/.kube/config by itself, as kubectl)") from None
 
 
 def _kubernetes(options: BackendOptions, *, run_id: str | None) -> KubernetesBackend:
@@ -81,4 +99,20 @@ def _kubernetes(options: BackendOptions, *, run_id: str | None) -> KubernetesBac
 def _lab_up() -> bool:
     from tracer.cluster.lab import StateStore
 
-    return StateStore.from_env().load() is not None
+    try:
+        return StateStore.from_env().load() is not None
+    except OSError:  # (a user who may not read the lab's state: no lab of theirs)
+        return False
+
+
+def kubeconfig_found() -> bool:
+    """Whether kubectl would find a cluster: $KUBECONFIG (any of its files), ~/.kube/config, or
+    the service account of a pod this runs in."""
+    if os.environ.get("KUBECONFIG"):
+        return any(os.path.isfile(p) for p in os.environ["KUBECONFIG"].split(os.pathsep) if p)
+    if os.path.isfile(os.path.expanduser("~/.kube/config")):
+        return True
+    return bool(os.environ.get("KUBERNETES_SERVICE_HOST")) and os.path.isfile(SERVICE_ACCOUNT_TOKEN)
+
+
+SERVICE_ACCOUNT_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"

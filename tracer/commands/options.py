@@ -20,11 +20,13 @@ def backend_options(f):
 
     opts = [
         click.option("--backend", type=click.Choice(BACKENDS), default=None,
-                     help="Where the pods run. Default: kubernetes if --kubeconfig or --context is given, "
-                          "or if no lab is up and $KUBECONFIG is set; else lab."),
+                     help="Where the pods run. Default, as kubectl would: kubernetes if --kubeconfig or "
+                          "--context is given; else the lab if one is up; else kubernetes if $KUBECONFIG or "
+                          "~/.kube/config names a cluster (or this runs in a pod); else lab."),
         click.option("--kubeconfig", type=click.Path(dir_okay=False), help="Kubernetes: the kubeconfig file."),
         click.option("--context", help="Kubernetes: the kubeconfig context."),
-        click.option("--namespace", "-n", help="Kubernetes: the namespace of SRC and DST."),
+        click.option("--namespace", "-n", help="Kubernetes: the namespace of SRC and DST, unless they name "
+                                               "their own (NAMESPACE/POD)."),
         click.option("--capture-image", metavar="IMAGE", help="Kubernetes: the capture agent's image."),
         click.option("--capture-namespace", metavar="NS", help="Kubernetes: where the capture pods run."),
     ]

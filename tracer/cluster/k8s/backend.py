@@ -66,7 +66,8 @@ class KubernetesBackend:
         return self.cluster.namespace
 
     def pod(self, name: str) -> PodRef:
-        target = self.cluster.pod(name)
+        namespace, _, pod = name.rpartition("/")  # ([NAMESPACE/]POD, as kubectl takes it)
+        target = self.cluster.pod(pod, namespace or None)
         self._containers[(target.ref.namespace, target.ref.name)] = target.container
         self.capture_pods.request(target.ref.node)
         return target.ref
