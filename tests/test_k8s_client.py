@@ -210,3 +210,6 @@ def test_the_image_runs_the_agent_where_the_backend_execs_it() -> None:
     assert f"COPY agent.py {AGENT[1]}" in dockerfile
     assert json.dumps(AGENT) in dockerfile  # ENTRYPOINT ["python3", "/agent.py"]
     assert "iproute2" in dockerfile and "libpcap" in dockerfile and "scapy" in dockerfile
+    assert "ARG BASE=python:3.11-slim\nFROM ${BASE}\n" in dockerfile  # (a base of one's own where no registry is)
+    run_line = next(line for line in dockerfile.splitlines() if "docker run" in line)
+    assert " -i " in run_line  # (else stdin ends at once and the agent stops with 0 packets)
