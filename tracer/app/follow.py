@@ -25,9 +25,8 @@ from typing import TYPE_CHECKING
 
 from tracer.app.curl import fire
 from tracer.app.signals import uninterrupted
-from tracer.app.target import resolve, with_rule
+from tracer.app.target import request_way
 from tracer.cluster.agents import PointCapture
-from tracer.cluster.discover import discover
 from tracer.cluster.ports import FollowBackend
 from tracer.cluster.session import CaptureSession
 from tracer.errors import ExitCode, UsageError
@@ -124,13 +123,9 @@ def capture(backend: FollowBackend, req: FollowRequest, directory: Path, progres
         raise UsageError(f"source and destination are the same pod ({req.src})", hint="follow a request between two pods")
     with timings.phase("discover"):
         progress(f"finding the way from {req.src} to {req.dst}")
-        target = resolve(backend, req.dst, req.port, req.path)
-        way = discover(backend, req.src, target.pod, req.points)
-        if target.service is not None:
-            way = with_rule(backend, way, target.service)
-    url = target.url or f"http://{way.dst.pod.ip}:{req.port}{req.path}"
-    port = target.service.target_port if target.service else req.port
-    session = CaptureSession(backend, way, port, run_id=req.run_id, max_seconds=req.max_seconds)
+        to = request_way(backend, req.src, req.dst, req.port, req.path, req.points)
+    way, url = to.way, to.url
+    session = CaptureSession(backend, way, to.port, run_id=req.run_id, max_seconds=req.max_seconds)
     result = FollowResult(way=way, run_id=session.run_id, backend=backend.name, url=url, directory=directory,
                           timings=timings)
     try:

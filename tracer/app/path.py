@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from tracer.app.signals import sigterm_interrupts, uninterrupted
 from tracer.cluster.backends import BackendOptions, discovery_backend
-from tracer.app.target import resolve, with_rule
-from tracer.cluster.discover import discover
+from tracer.app.target import request_way
 from tracer.errors import UsageError
 from tracer.model import Way
 
@@ -19,9 +18,7 @@ def find_way(src: str, dst: str, options: BackendOptions, points: tuple[str, ...
     with sigterm_interrupts():
         backend = discovery_backend(options)
         try:
-            target = resolve(backend, dst, 80, "/")
-            way = discover(backend, src, target.pod, points)
-            return with_rule(backend, way, target.service) if target.service else way
+            return request_way(backend, src, dst, 80, "/", points).way
         finally:
             with uninterrupted():
                 backend.close()

@@ -11,6 +11,9 @@ import re
 from dataclasses import dataclass, replace
 from urllib.parse import urlsplit
 
+from collections.abc import Sequence
+
+from tracer.cluster.discover import discover
 from tracer.cluster.ports import Backend
 from tracer.errors import UsageError
 from tracer.model import ServiceRef, Way
@@ -46,6 +49,26 @@ def resolve(backend: Backend, dst: str, port: int, path: str, namespace: str | N
         svc = backend.service("", cluster_ip=dst)
         return _to_service(svc, f"http://{dst}:{svc.port}{path}")
     return Target(pod=dst, url="")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Request:
+    """Where a follow's (or watch's) request goes: its way, what curl asks, the port to filter on."""
+
+    way: Way
+    url: str
+    port: int
+    """The TCP port at the endpoint (a Service's target port)."""
+
+
+def request_way(backend: Backend, src: str, dst: str, port: int, path: str, points: Sequence[str] = ()) -> Request:
+    """DST resolved (`resolve`), the way discovered to its pod, with the kube-proxy rule of a Service."""
+    target = resolve(backend, dst, port, path)
+    way = discover(backend, src, target.pod, points)
+    if target.service is not None:
+        way = with_rule(backend, way, target.service)
+    return Request(way=way, url=target.url or f"http://{way.dst.pod.ip}:{port}{path}",
+                   port=target.service.target_port if target.service else port)
 
 
 def _to_service(svc: ServiceRef, url: str) -> Target:

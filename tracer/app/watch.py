@@ -17,8 +17,7 @@ from dataclasses import dataclass
 from tracer.app.curl import fire
 from tracer.app.signals import uninterrupted
 from tracer.cluster.agents import AgentClient, AgentError
-from tracer.app.target import resolve, with_rule
-from tracer.cluster.discover import discover
+from tracer.app.target import request_way
 from tracer.cluster.ports import FollowBackend
 from tracer.cluster.session import CaptureSession
 from tracer.correlate.live import LiveState
@@ -51,15 +50,11 @@ def watch(backend: FollowBackend, req: WatchRequest, *, display: Callable[[LiveS
     from when every agent listens; everything started is removed at the end."""
     if req.src == req.dst:
         raise UsageError(f"source and destination are the same pod ({req.src})")
-    target = resolve(backend, req.dst, req.port, req.path)
-    way = discover(backend, req.src, target.pod, req.points)
-    if target.service is not None:
-        way = with_rule(backend, way, target.service)
-    url = target.url or f"http://{way.dst.pod.ip}:{req.port}{req.path}"
-    port = target.service.target_port if target.service else req.port
+    to = request_way(backend, req.src, req.dst, req.port, req.path, req.points)
+    way, url = to.way, to.url
     state = LiveState(way=way, url=url, backend=backend.name)
     events: queue.Queue = queue.Queue()
-    session = CaptureSession(backend, way, port, run_id=req.run_id, stream=True, max_seconds=LIVE_MAX_SECONDS)
+    session = CaptureSession(backend, way, to.port, run_id=req.run_id, stream=True, max_seconds=LIVE_MAX_SECONDS)
     requester: threading.Thread | None = None
     try:
         session.start(req.timeout)
