@@ -27,6 +27,25 @@ from tracer.cluster.lab.topology import CALICO_BGP
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
 
+@pytest.mark.parametrize(("seen", "invisible"), [
+    ((0, 1, 2, 3, 4), (5,)),  # to the last non-blind point: the blind end went by unseen
+    ((1, 2, 3, 4, 5), ()),  # the blind start: before its first sighting, nothing to say
+    ((0, 1, 2), ()),  # stopped on the first node: lost before the blind end, not "not visible"
+    ((0, 1, 2, 3, 4, 5), ()),
+])
+def test_a_blind_point_is_not_visible_only_where_the_packet_went_by(seen, invisible) -> None:
+    from tracer.correlate.ways import mask_info, visible_way
+
+    way, blind = (0, 1, 2, 3, 4, 5), frozenset({0, 5})
+    mask = sum(1 << p for p in seen)
+    assert visible_way(way, mask, blind)[1] == invisible
+    pts = [type("P", (), {"id": f"p{i}"})() for i in way]
+    _, got_there, stopped_at, *_, unseen = mask_info(pts, mask, way, blind)
+    assert unseen == bool(invisible)
+    assert got_there == (seen[-1] >= 4 and (seen[-1] == 5 or bool(invisible)))
+    assert stopped_at == (None if got_there else f"p{seen[-1]}")
+
+
 def keep_frames(pcap: Path, keep) -> int:
     """Rewrite a pcap (any magic, Ethernet) with the records whose frame `keep` takes; how many went."""
     data = pcap.read_bytes()

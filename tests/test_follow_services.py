@@ -25,7 +25,7 @@ def _rule(lab: Lab) -> str:
     return f"{svc} -> {sep}: DNAT --to-destination {httpbin.ip}:80"
 
 
-@pytest.mark.parametrize("dst", ["http://httpbin/get", "http://httpbin.default.svc.cluster.local/get", "svc/httpbin",
+@pytest.mark.parametrize("dst", ["http://httpbin/get", "http://httpbin.default.svc.cluster.local./get", "svc/httpbin",
                                  "10.152.183.50"])
 def test_follow_a_service_shows_kube_proxy_s_dnat_and_its_rule(lab: Lab, dst: str) -> None:
     proc = run_tracer("follow", "curl", dst, "-o", "json", store=lab.store)
@@ -61,8 +61,25 @@ def test_path_of_a_service_explains_the_dnat_before_anything_is_sent(lab: Lab) -
     ("10.152.183.99", 4, "no Service of the lab has ClusterIP 10.152.183.99"),
     ("https://httpbin/", 2, "tracer follows http:// URLs"),
     ("http://a.b.c/", 2, "a.b.c: not a Service's name"),
+    ("http://httpbin:8080/get", 2, "Service default/httpbin has port 80, not 8080"),
+    ("http://httpbin:x/get", 2, "not a port"),
 ])
 def test_what_is_no_service_says_so(lab: Lab, dst: str, code: int, says: str) -> None:
     proc = run_tracer("follow", "curl", dst, store=lab.store)
     assert proc.returncode == code, proc.stderr
     assert "Traceback" not in proc.stderr and says in proc.stderr
+
+
+def test_the_rule_is_the_one_of_the_service_s_protocol_and_port(lab: Lab) -> None:
+    """kube-dns has a UDP and a TCP port 53 to the same endpoint: the rule named is the TCP one's."""
+    from tracer.app.target import request_way
+    from tracer.cluster.lab.kube_proxy import sep_chain, svc_chain
+
+    svc = next(s for s in lab.topology.services if s.name == "kube-dns")
+    tcp = next(p for p in svc.ports if p.protocol == "tcp")
+    way = request_way(lab.backend(), "curl", "svc/kube-system/kube-dns", 80, "/").way
+    dns = lab.pod("coredns")
+    assert way.dst.pod.name == "coredns" and way.service is not None
+    assert way.service.rule == (f"{svc_chain(svc, tcp)} -> {sep_chain(svc, tcp, f'{dns.ip}:53')}: "
+                                f"DNAT --to-destination {dns.ip}:53")
+

@@ -17,7 +17,7 @@ import pytest
 
 from kmock_exec import CAPTURE_NAMESPACE, NODES, V4, V5, StandIn
 from tracer.cluster.discover import discover
-from tracer.errors import ClusterError, NotFoundError
+from tracer.errors import ClusterError, NotFoundError, UsageError
 from tracer.cluster.k8s.backend import KubernetesBackend, connect
 from tracer.cluster.k8s import Cluster, ExecStream, run
 from tracer.cluster.k8s.capture_pods import MANAGED_BY, RUN_ID
@@ -127,6 +127,9 @@ def test_pods_may_name_their_namespace_as_kubectl_takes_them(standin: StandIn, b
     with pytest.raises(NotFoundError) as e:
         backend.pod("team-a/curl")
     assert e.value.message == "no pod 'curl' in namespace 'team-a'"
+    for bad in ("team-a/", "/curl", "a/b/curl"):
+        with pytest.raises(UsageError, match="not \\[NAMESPACE/\\]POD"):
+            backend.pod(bad)
 
 
 # -- capture pods ------------------------------------------------------------------------------

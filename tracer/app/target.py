@@ -1,5 +1,5 @@
 """What `tracer follow SRC DST` sends its request to, from DST as users type it: a pod, a Service
-(`svc/NAME`, its ClusterIP) or a URL (`http://httpbin/get`, `http://10.152.183.50/`), the way
+(`svc/[NAMESPACE/]NAME`, its ClusterIP) or a URL (`http://httpbin/get`, `http://10.152.183.50/`), the way
 then being the one to the Service's endpoint pod (kube-proxy's DNAT on the source node), and
 the kube-proxy rule that does it read from that node's nat table.
 """
@@ -7,7 +7,6 @@ the kube-proxy rule that does it read from that node's nat table.
 from __future__ import annotations
 
 import ipaddress
-import re
 from dataclasses import dataclass, replace
 from urllib.parse import urlsplit
 
@@ -33,18 +32,28 @@ class Target:
 
 def resolve(backend: Backend, dst: str, port: int, path: str, namespace: str | None = None) -> Target:
     """DST as a pod, `svc/NAME`, a ClusterIP or a URL; `port` and `path` for the first three."""
-    if dst.startswith("svc/"):
-        svc = backend.service(dst[4:], namespace)
+    if dst.startswith("svc/"):  # svc/[NAMESPACE/]NAME
+        ns, _, name = dst[4:].rpartition("/")
+        if not name or "/" in ns:
+            raise UsageError(f"{dst}: not svc/[NAMESPACE/]NAME", hint="e.g. svc/httpbin, svc/kube-system/kube-dns")
+        svc = backend.service(name, ns or namespace)
         return _to_service(svc, f"http://{svc.cluster_ip}:{svc.port}{path}")
     if "://" in dst:
         parts = urlsplit(dst)
         if parts.scheme != "http" or not parts.hostname:
             raise UsageError(f"{dst}: tracer follows http:// URLs", hint="e.g. tracer follow curl http://httpbin/get")
-        host = parts.hostname
-        if _is_ip(host):
-            return _to_service(backend.service("", cluster_ip=host), dst)
-        name, ns = _service_name(host, namespace)
-        return _to_service(backend.service(name, ns), dst)
+        host = parts.hostname.removesuffix(".")  # (an absolute name: the same Service)
+        if ":" in host:
+            raise UsageError(f"{dst}: tracer follows IPv4 Services so far")
+        try:
+            url_port = parts.port
+        except ValueError:
+            raise UsageError(f"{dst}: not a port") from None
+        svc = backend.service("", cluster_ip=host) if _is_ip(host) else backend.service(*_service_name(host, namespace))
+        if url_port is not None and url_port != svc.port:
+            raise UsageError(f"{dst}: Service {svc.namespace}/{svc.name} has port {svc.port}, not {url_port}",
+                             hint=f"http://{host}:{svc.port}{parts.path or '/'}")
+        return _to_service(svc, dst)
     if _is_ip(dst):
         svc = backend.service("", cluster_ip=dst)
         return _to_service(svc, f"http://{dst}:{svc.port}{path}")
@@ -104,10 +113,15 @@ def with_rule(backend: Backend, way: Way, svc: ServiceRef) -> Way:
     node that DNATs it there (its nat table, as iptables-save prints it; "" where none is read)."""
     endpoint = f"{way.dst.pod.ip}:{svc.target_port}"
     res = backend.exec_node(way.src.pod.node, ["iptables-save", "-t", "nat"])
-    text = res.stdout.decode(errors="replace") if res.returncode == 0 else ""
-    sep = next((m.group(1) for m in re.finditer(r"^-A (KUBE-SEP-\S+) .*-j DNAT --to-destination (\S+)", text, re.M)
-                if m.group(2) == endpoint), None)
-    svc_chain = next((m.group(1) for m in re.finditer(r"^-A (KUBE-SVC-\S+) .*-j (\S+)$", text, re.M)
-                      if m.group(2) == sep), None) if sep else None
+    lines = (res.stdout.decode(errors="replace") if res.returncode == 0 else "").splitlines()
+    # KUBE-SERVICES' rule for this ClusterIP, TCP and port -> its KUBE-SVC chain -> the KUBE-SEP
+    # chain of that chain whose DNAT goes to the endpoint (a port of another protocol has its own)
+    ip, port = f"-d {svc.cluster_ip}/32 ", f"--dport {svc.port} "
+    svc_chain = next((line.rsplit(" -j ", 1)[1] for line in lines if line.startswith("-A KUBE-SERVICES ")
+                      and ip in line and "-p tcp " in line and port in line and " -j KUBE-SVC-" in line), None)
+    seps = {line.rsplit(" -j ", 1)[1] for line in lines if svc_chain and line.startswith(f"-A {svc_chain} ")
+            and " -j KUBE-SEP-" in line}
+    sep = next((line.split()[1] for line in lines if line.split()[1:2] and line.split()[1] in seps
+                and line.endswith(f"-j DNAT --to-destination {endpoint}")), None)
     rule = f"{svc_chain} -> {sep}: DNAT --to-destination {endpoint}" if sep else ""
     return replace(way, service=replace(svc, rule=rule))

@@ -109,7 +109,7 @@ def kubeconfig_found() -> bool:
     """Whether kubectl would find a cluster: $KUBECONFIG (any of its files), ~/.kube/config, or
     the service account of a pod this runs in."""
     if os.environ.get("KUBECONFIG"):
-        return any(os.path.isfile(p) for p in os.environ["KUBECONFIG"].split(os.pathsep) if p)
+        return any(os.path.isfile(os.path.expanduser(p)) for p in os.environ["KUBECONFIG"].split(os.pathsep) if p)
     if os.path.isfile(os.path.expanduser("~/.kube/config")):
         return True
     return bool(os.environ.get("KUBERNETES_SERVICE_HOST")) and os.path.isfile(SERVICE_ACCOUNT_TOKEN)

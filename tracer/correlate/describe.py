@@ -139,6 +139,7 @@ def _named_by_dns(c: Correlation, flows: list[Flow]) -> list[Flow]:
     for f in flows:
         if f.packets and f.protocol in ("tcp", "udp") and not any(p.dns for p in f.packets[:1]):
             asked = (f.nat.original if f.nat is not None and f.nat.kind == "dnat" else f.server).rsplit(":", 1)[0]
+            asked = asked.removeprefix("[").removesuffix("]")  # (an IPv6 endpoint is `[addr]:port`)
             start = _when(c, f.packets[0])
             name = next((n for t, ip, n in reversed(answers) if ip == asked and t <= start), "")
             if name:
@@ -227,11 +228,7 @@ def _packet(c: Correlation, seq: list[PacketSighting], client: tuple, ways: dict
     hops = _hops(c, seq, direction)
     seen = {s.point for s in seq}
     mask = sum(1 << p for p in seen)
-    full = tuple(ways.get(direction, ()))
-    way, invisible = visible_way(full, mask, blind)
-    if invisible:  # (only those after its first sighting: where it was on its way)
-        first_at = full.index(seq[0].point) if seq[0].point in full else 0
-        invisible = tuple(p for p in invisible if full.index(p) > first_at)
+    way, invisible = visible_way(tuple(ways.get(direction, ())), mask, blind)
     pos = {p: k for k, p in enumerate(way)}
     start = pos.get(seq[0].point, 0)
     unseen = [p for p in way[start:] if p not in seen]

@@ -18,10 +18,18 @@ from tracer.decode import PROTO_ARP
 
 def visible_way(way: tuple[int, ...], mask: int, blind: frozenset[int]) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """`way` without the points the data path may bypass (`blind`) that the packets in `mask`
-    did not pass, and those points: where they were not visible (neither lost nor a gap)."""
+    went by unseen, and those points: where they were not visible (neither lost nor a gap). A
+    blind point went by is one after the first sighting and before a later one, or after the last
+    when nothing but blind points follows it (a packet that stopped before is still lost there)."""
     if not blind:
         return way, ()
-    unseen = tuple(p for p in way if p in blind and not mask >> p & 1)
+    seen = [k for k, p in enumerate(way) if mask >> p & 1]
+    if not seen:
+        return way, ()
+    first, last = seen[0], seen[-1]
+    to_end = all(p in blind for p in way[last + 1:])
+    unseen = tuple(p for k, p in enumerate(way)
+                   if p in blind and not mask >> p & 1 and k > first and (k < last or to_end))
     return (tuple(p for p in way if p not in unseen), unseen) if unseen else (way, ())
 
 
@@ -32,10 +40,7 @@ def mask_info(pts, mask: int, way: tuple[int, ...], blind: frozenset[int] = froz
     only not captured at its end (seen further on: a gap, not a loss), whether they passed a
     point of the way unseen, and whether a point of it their data path may bypass did not see
     them (not visible there: the way goes on without it)."""
-    full = way
     way, invisible = visible_way(way, mask, blind)
-    first = next((k for k, p in enumerate(full) if mask >> p & 1), len(full))
-    invisible = tuple(p for p in invisible if full.index(p) > first)
     ids = tuple(pts[i].id for i in range(len(pts)) if mask >> i & 1)
     got_there = bool(way) and bool(mask >> way[-1] & 1)
     stopped_at = next_point = None

@@ -103,7 +103,6 @@ def discover(backend: Backend, src: str, dst: str, points: Sequence[str] = ()) -
     last = end_points(dst_end, dst_node, "egress")
     try:
         path = _data_path_of(src_node, dst_pod)
-        tunnel, between = path.between_nodes(src_node, dst_node, dst_pod)
     except ClusterError as e:
         if not asked:
             raise
@@ -113,6 +112,8 @@ def discover(backend: Backend, src: str, dst: str, points: Sequence[str] = ()) -
                    warnings=(*warnings, f"{e.message}: capturing on {', '.join(p.id for p in asked)} as "
                                         "--point asked, every frame there"),
                    data_path="unknown")
+    # (a known way whose tables do not add up is an error to see, --point or not)
+    tunnel, between = path.between_nodes(src_node, dst_node, dst_pod)
     title = path.title(src_end)
     blind = path.bypass(src_node, dst_pod)
     if blind:

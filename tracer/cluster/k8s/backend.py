@@ -66,7 +66,9 @@ class KubernetesBackend:
         return self.cluster.namespace
 
     def pod(self, name: str) -> PodRef:
-        namespace, _, pod = name.rpartition("/")  # ([NAMESPACE/]POD, as kubectl takes it)
+        namespace, sep, pod = name.rpartition("/")  # ([NAMESPACE/]POD, as kubectl takes it)
+        if not pod or (sep and not namespace) or "/" in namespace:
+            raise UsageError(f"{name!r}: not [NAMESPACE/]POD", hint="e.g. curl, or default/curl")
         target = self.cluster.pod(pod, namespace or None)
         self._containers[(target.ref.namespace, target.ref.name)] = target.container
         self.capture_pods.request(target.ref.node)

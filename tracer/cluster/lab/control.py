@@ -247,8 +247,9 @@ def up(topology: Topology, *, store: StateStore | None = None, progress: Progres
             if pod.app == "httpbin":
                 state.processes.append(_start_httpbin(names.netns(pod.name), store.log_path(pod.name)))
                 store.save(state)
-        state.etc_dirs = kube_proxy.write_resolv_confs(topology, names)
-        store.save(state)
+        state.etc_dirs = kube_proxy.resolv_conf_dirs(topology, names)
+        store.save(state)  # (journal first, as the namespaces: down removes them whatever happens next)
+        kube_proxy.write_resolv_confs(topology, names)
         progress(f"wiring {topology.cni}")
         build(topology, names)
         progress("programming kube-proxy's rules" + (" and starting the cluster DNS" if _dns_pods(topology) else ""))

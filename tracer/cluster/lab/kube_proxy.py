@@ -96,17 +96,18 @@ def resolv_conf(topology: Topology, namespace: str) -> str:
     return f"search {search}\nnameserver {dns.cluster_ip}\noptions ndots:5\n"
 
 
-def write_resolv_confs(topology: Topology, names: Names) -> list[str]:
-    """Each pod's resolv.conf where `ip netns exec` takes it from; the directories made (to remove)."""
+def resolv_conf_dirs(topology: Topology, names: Names) -> list[str]:
+    """Where each pod's resolv.conf goes (`ip netns exec` takes it from there); none without DNS."""
     if not any(DNS_POD in s.endpoints for s in topology.services):
         return []
-    made = []
-    for pod in topology.pods:
-        d = NETNS_ETC / names.netns(pod.name)
-        d.mkdir(parents=True, exist_ok=True)
-        made.append(str(d))
-        (d / "resolv.conf").write_text(resolv_conf(topology, pod.namespace))
-    return made
+    return [str(NETNS_ETC / names.netns(pod.name)) for pod in topology.pods]
+
+
+def write_resolv_confs(topology: Topology, names: Names) -> None:
+    """Each pod's resolv.conf, in the directories `resolv_conf_dirs` names (journaled before)."""
+    for pod, d in zip(topology.pods, resolv_conf_dirs(topology, names)):
+        Path(d).mkdir(parents=True, exist_ok=True)
+        (Path(d) / "resolv.conf").write_text(resolv_conf(topology, pod.namespace))
 
 
 def remove_etc(directories: list[str], prefix: str) -> None:
