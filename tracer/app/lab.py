@@ -8,7 +8,8 @@ import time
 from collections.abc import Callable, Sequence
 
 from tracer.cluster.lab import Lab, StateStore, exercise, netns, require_root
-from tracer.cluster.lab.topology import CALICO_VXLAN, CLUSTER_DNS_IP, CNI_NOTES, CNI_TITLES, CNIS, Topology, with_pods
+from tracer.cluster.lab.kube_proxy import resolv_conf
+from tracer.cluster.lab.topology import CALICO_VXLAN, CNI_NOTES, CNI_TITLES, CNIS, Topology, with_pods
 from tracer.cluster.lab import down as remove_lab, up as build_lab
 from tracer.errors import ExitCode
 from tracer.model.lab import LabNodeView, LabPodView, LabRemoved, LabServiceView, LabUp, LabView, NoLab
@@ -102,6 +103,7 @@ def _dns_words(topo: Topology) -> str:
     if dns is None:
         return ("no cluster DNS: dnsmasq is not installed (apt-get install dnsmasq-base, then lab down and up); "
                 "Services answer by ClusterIP") if topo.services else ""
-    return (f"cluster DNS {CLUSTER_DNS_IP} (kube-dns) -> dnsmasq in pod {dns.namespace}/{dns.name} on {dns.node}; "
-            "a pod of namespace default resolves with search default.svc.cluster.local svc.cluster.local "
-            "cluster.local, ndots:5")
+    svc = next(s for s in topo.services if dns.name in s.endpoints)
+    conf = dict(line.split(" ", 1) for line in resolv_conf(topo, "default").splitlines())
+    return (f"cluster DNS {svc.cluster_ip} ({svc.name}) -> dnsmasq in pod {dns.namespace}/{dns.name} on {dns.node}; "
+            f"a pod of namespace default resolves with search {conf['search']}, {conf['options']}")

@@ -55,8 +55,13 @@ def _arp_words(fr: Frame, short: bool) -> str:
     return f"ARP op {op}"
 
 
-def packet_summary(fr: Frame) -> str:
-    """`SYN 10.1.38.203:56312 -> 10.1.201.77:80`, `GET /get`, `ICMP echo 7`: one packet in words."""
+_READ = object()
+"""(the DNS message of a frame, not read yet: `packet_summary` and friends read it themselves)"""
+
+
+def packet_summary(fr: Frame, dns: dns_decode.DnsMessage | None | object = _READ) -> str:
+    """`SYN 10.1.38.203:56312 -> 10.1.201.77:80`, `GET /get`, `ICMP echo 7`: one packet in words
+    (`dns`: its `dns_message`, where the caller has read it already)."""
     if fr.arp is not None:
         return "ARP " + _arp_words(fr, short=False)
     src, dst = endpoint((fr.ip_src, fr.sport)), endpoint((fr.ip_dst, fr.dport))
@@ -74,8 +79,8 @@ def packet_summary(fr: Frame) -> str:
         kind = {0: "echo reply", 8: "echo request", 128: "echo request", 129: "echo reply"}.get(fr.icmp_type, f"type {fr.icmp_type}")
         seq = f" seq {fr.icmp_seq}" if fr.icmp_seq is not None else ""
         return f"ICMP {kind}{seq} {src} -> {dst}"
-    msg = dns_message(fr)
-    if msg is not None:
+    msg = dns_message(fr) if dns is _READ else dns
+    if isinstance(msg, dns_decode.DnsMessage):
         return f"{msg.words()} {src} -> {dst}"
     name = PROTO_NAMES.get(fr.proto, f"proto {fr.proto}").upper()
     return f"{name} {src} -> {dst} {fr.payload_len or 0} bytes"
@@ -89,21 +94,20 @@ def dns_message(fr: Frame) -> dns_decode.DnsMessage | None:
     return dns_decode.parse(bytes(fr.data[fr.payload_offset:fr.payload_offset + fr.payload_len]))
 
 
-def dns_of(fr: Frame) -> Dns | None:
-    """The model's DNS fields of a packet (query name and type, answers, rcode), else None."""
-    msg = dns_message(fr)
+def dns_of(msg: dns_decode.DnsMessage | None) -> Dns | None:
+    """The model's DNS fields of a packet's `dns_message` (query name and type, answers, rcode)."""
     if msg is None:
         return None
     return Dns(id=msg.id, response=msg.response, name=msg.name, type=msg.type, rcode=msg.rcode_name,
                answers=msg.answers, truncated=msg.truncated)
 
 
-def packet_label(fr: Frame) -> str:
+def packet_label(fr: Frame, dns: dns_decode.DnsMessage | None | object = _READ) -> str:
     """`SYN`, `PSH-ACK GET /get`, `PSH-ACK HTTP/1.1 200`: short enough for a projector."""
     if fr.arp is not None:
         return _arp_words(fr, short=True)
-    msg = dns_message(fr)
-    if msg is not None:
+    msg = dns_message(fr) if dns is _READ else dns
+    if isinstance(msg, dns_decode.DnsMessage):
         return msg.words(short=True)
     flags = tcp_flags_str(fr.tcp_flags)
     text = FLAG_WORDS.get(flags, flags or PROTO_NAMES.get(fr.proto, "?").upper())

@@ -7,7 +7,7 @@ from dataclasses import replace
 
 from tracer.correlate.flows import FlowState
 from tracer.correlate.changes import (
-    PROTO_NAMES, arp_fields, dns_of, drop_hint, encapsulation, endpoint, frame_ends, hop_changes, hop_why, packet_label,
+    PROTO_NAMES, arp_fields, dns_message, dns_of, drop_hint, encapsulation, endpoint, frame_ends, hop_changes, hop_why, packet_label,
     packet_summary,
 )
 from tracer.correlate.order import PacketSighting
@@ -137,7 +137,7 @@ def _named_by_dns(c: Correlation, flows: list[Flow]) -> list[Flow]:
     answers.sort()
     out = []
     for f in flows:
-        if f.packets and f.protocol in ("tcp", "udp") and not any(p.dns for p in f.packets[:1]):
+        if f.packets and f.protocol in ("tcp", "udp") and f.packets[0].dns is None:
             asked = (f.nat.original if f.nat is not None and f.nat.kind == "dnat" else f.server).rsplit(":", 1)[0]
             asked = asked.removeprefix("[").removesuffix("]")  # (an IPv6 endpoint is `[addr]:port`)
             start = _when(c, f.packets[0])
@@ -227,8 +227,9 @@ def _packet(c: Correlation, seq: list[PacketSighting], client: tuple, ways: dict
     direction = "request" if frame_ends(first)[0] == client else "response"
     hops = _hops(c, seq, direction)
     seen = {s.point for s in seq}
-    mask = sum(1 << p for p in seen)
-    way, invisible = visible_way(tuple(ways.get(direction, ())), mask, blind)
+    way, invisible = tuple(ways.get(direction, ())), ()
+    if blind:
+        way, invisible = visible_way(way, sum(1 << p for p in seen), blind)
     pos = {p: k for k, p in enumerate(way)}
     start = pos.get(seq[0].point, 0)
     unseen = [p for p in way[start:] if p not in seen]
@@ -241,11 +242,12 @@ def _packet(c: Correlation, seq: list[PacketSighting], client: tuple, ways: dict
         hint = drop_hint(c.points[way[last]], c.points[after[0]])
     not_captured = tuple(c.points[p].id for p in unseen if uncovered >> p & 1)
     flags = tcp_flags_str(first.tcp_flags) if first.proto == PROTO_TCP else None
+    msg = dns_message(first)  # (read once: the summary, the label and the DNS fields take it)
     return PacketTrace(direction=direction, tcp_flags=flags, ip_id=first.ip_id or 0,
                        payload_bytes=first.payload_len or 0, hops=hops, last_seen=c.points[seq[-1].point].id,
-                       missing=missing, not_captured=not_captured, gaps=gaps, hint=hint, summary=packet_summary(first),
-                       label=packet_label(first), not_visible=tuple(c.points[p].id for p in invisible),
-                       dns=dns_of(first))
+                       missing=missing, not_captured=not_captured, gaps=gaps, hint=hint, summary=packet_summary(first, msg),
+                       label=packet_label(first, msg), not_visible=tuple(c.points[p].id for p in invisible),
+                       dns=dns_of(msg))
 
 
 def _retransmissions(packets: list[PacketTrace], records: list[list[PacketSighting]]) -> tuple[PacketTrace, ...]:

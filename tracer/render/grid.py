@@ -19,9 +19,9 @@ from tracer.render.live import CELL_MARKS, cell
 from tracer.render.text import safe
 
 LEGEND = (*CELL_MARKS, "○ not captured there", "✗ not seen from there on", "· not on its way (or after ✗)")
+"""Every mark the grid uses (but ◌)."""
 NOT_VISIBLE = "◌ not visible there (a point its data path may bypass)"
 """The legend's entry for ◌, given only when a packet shown has the mark."""
-"""Every mark the grid uses."""
 
 
 def label(p: PacketTrace) -> str:

@@ -78,8 +78,8 @@ def packet_table(p: PacketTrace, index: int, names: dict[str, str], narrow: bool
         t.add_column(col, no_wrap=not (narrow and col == "point"), **kw)
     sep = " →\n  " if narrow else " → "
     notes = Text()
-    gaps_before = _gaps_before(p, way or (), p.gaps)
-    unseen_before = _gaps_before(p, way or (), p.not_visible, last=len(p.hops) + 1)
+    gaps_before = _rows_before(p, way or (), p.gaps)
+    unseen_before = _rows_before(p, way or (), p.not_visible, last=len(p.hops) + 1)
 
     def not_visible_rows(i: int) -> None:
         for m in unseen_before.get(i, ()):
@@ -141,7 +141,7 @@ def _ttl_text(h: Hop, changed: set[str], lines: int) -> Text:
     return t
 
 
-def _gaps_before(p: PacketTrace, way: tuple[str, ...], gaps: tuple[str, ...], last: int | None = None) -> dict[int, list[str]]:
+def _rows_before(p: PacketTrace, way: tuple[str, ...], gaps: tuple[str, ...], last: int | None = None) -> dict[int, list[str]]:
     """Hop number -> the points of `gaps` (the packet's gaps or the points it was not visible at)
     that come just before that hop on the way (their rows go between the hops, where the packet
     passed them); those after every hop under `last` (default: before the last hop)."""

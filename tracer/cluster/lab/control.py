@@ -24,7 +24,7 @@ from tracer.cluster.lab import kube_proxy, netns, wiring
 from tracer.cluster.lab.state import LabState, ProcessRecord, StateStore, process_start_time, stop_process
 from tracer.cluster.lab.topology import (
     CALICO_BGP, CALICO_IPIP, CALICO_VXLAN, CILIUM_GENEVE, CILIUM_VXLAN, FLANNEL_HOST_GW, FLANNEL_VXLAN, UNDERLAY, Names,
-    DNS_POD, Topology, without_dns,
+    Topology, without_dns,
 )
 
 # CNI mode -> `module` with `build(topology, names)`, or `module:function` (one module, two modes).
@@ -370,7 +370,8 @@ def _check_services(lab: Lab, client: LabPod) -> None:
     if svc is None:
         return
     urls = [f"http://{svc.cluster_ip}/status/200"]
-    dns = next((p for p in lab.state.processes if p.netns.endswith(DNS_POD)), None)
+    dns_netns = {lab.netns(p.name) for p in _dns_pods(topology)}
+    dns = next((p for p in lab.state.processes if p.netns in dns_netns), None)
     if dns is not None:
         urls.append(f"http://{svc.name}/status/200")
     deadline = time.monotonic() + 5.0
