@@ -166,7 +166,7 @@ def test_only_the_runs_own_connections_are_shown_the_others_are_counted(lab):
                                 env=store_env(lab.store))
         bg = None
         try:
-            wait_for(lambda: any("curl" in cmdline(c) for c in children(proc.pid)), timeout=60)
+            wait_for(lambda: requesting(proc.pid, "/delay/2"), timeout=60)
             bg = subprocess.Popen(lab.argv("curl", ["curl", "-s", "-o", "/dev/null", f"http://{httpbin.ip}/delay/1"]))
             out, err = proc.communicate(timeout=60)
             assert bg.wait(10) == 0
@@ -248,6 +248,12 @@ def run_id_of(agent: int) -> str:
     return argv[argv.index("--run-id") + 1]
 
 
+def requesting(tracer_pid: int, path: str) -> bool:
+    """Whether the run's own curl runs: its URL's path on a child's command line (discovery's
+    reads run in the curl pod's namespace too, so "curl" alone would match them)."""
+    return any(any(path in a for a in cmdline(c)) for c in children(tracer_pid))
+
+
 def processes_with(word: str) -> list[int]:
     me = os.getpid()
     return [int(d.name) for d in Path("/proc").iterdir()
@@ -263,11 +269,11 @@ def test_ctrl_c_at_any_phase_leaves_no_agent_and_the_lab_intact(lab, tmp_path, p
         agents = wait_for(lambda: agents_of(proc.pid))
         run_id = run_id_of(agents[0])
         if phase == "request in flight":
-            wait_for(lambda: any("curl" in cmdline(c) for c in children(proc.pid)))
+            wait_for(lambda: requesting(proc.pid, "/delay/2"))
             time.sleep(0.2)
         elif phase == "collecting":
-            wait_for(lambda: any("curl" in cmdline(c) for c in children(proc.pid)))
-            wait_for(lambda: not any("curl" in cmdline(c) for c in children(proc.pid)), step=0.0005)
+            wait_for(lambda: requesting(proc.pid, "/delay/2"))
+            wait_for(lambda: not requesting(proc.pid, "/delay/2"), step=0.0005)
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=15)
     finally:
@@ -292,7 +298,7 @@ def test_sigterm_ends_the_run_like_ctrl_c(lab):
     proc = subprocess.Popen([sys.executable, "-m", "tracer", "follow", "curl", "httpbin", "--path", "/delay/2"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=store_env(lab.store))
     agents = wait_for(lambda: agents_of(proc.pid))
-    wait_for(lambda: any("curl" in cmdline(c) for c in children(proc.pid)))
+    wait_for(lambda: requesting(proc.pid, "/delay/2"))
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=15)
     assert proc.returncode == 130, err
@@ -420,8 +426,7 @@ def test_a_save_that_fails_after_the_run_still_shows_it_and_says_what_failed(lab
     proc = subprocess.Popen([sys.executable, "-m", "tracer", "follow", "curl", "httpbin", "--path", "/delay/1",
                              "--save", str(save)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
-        # (the request's own curl: its URL; discovery's reads run in the curl pod's namespace too)
-        wait_for(lambda: save.is_dir() and any(any("/delay/1" in a for a in cmdline(c)) for c in children(proc.pid)))
+        wait_for(lambda: save.is_dir() and requesting(proc.pid, "/delay/1"))
         save.rmdir()
         save.write_text("in the way\n")
         out, err = proc.communicate(timeout=30)
