@@ -14,7 +14,12 @@ processes together (the sum of their proportional set sizes, sampled every 50 ms
 run of each mode). With --pcapng, also the same set rewritten as pcapng by editcap (what
 Wireshark and dumpcap save), in the same runs.
 
-    python bench/bench_analyze.py [--frames 1000000] [--runs 3] [--pcapng]
+With --against REV, also the tracer of git revision REV (e.g. the commit before a change) on the
+same set, run alternately with this tree's in the same runs: the ratio says what the change costs.
+With --sample NAME, the set is built from pcaps/NAME instead of http-get (bytes-offloads: bulk
+transfers whose super-frames TSO/GSO cut and GRO merged between the points).
+
+    python bench/bench_analyze.py [--frames 1000000] [--runs 3] [--pcapng] [--against REV] [--sample NAME]
 """
 
 from __future__ import annotations
@@ -67,11 +72,14 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=1_000_000)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--pcapng", action="store_true", help="also time the same set as pcapng files")
+    ap.add_argument("--against", metavar="REV", help="also time tracer as of this git revision, alternately")
+    ap.add_argument("--sample", default="http-get", help="the sample in pcaps/ the set is built from")
     args = ap.parse_args()
-    data = os.path.join(HERE, "out", f"six-point-{args.frames}")
+    name = "six-point" if args.sample == "http-get" else args.sample
+    data = os.path.join(HERE, "out", f"{name}-{args.frames}")
     if not os.path.isdir(data):
-        subprocess.run([sys.executable, os.path.join(HERE, "make_captures.py"), data, "--frames", str(args.frames)],
-                       check=True)
+        subprocess.run([sys.executable, os.path.join(HERE, "make_captures.py"), data, "--frames", str(args.frames),
+                        "--sample", args.sample], check=True)
     files = sorted(glob.glob(os.path.join(data, "*", "*.pcap")))
     # tracer's bytecode, compiled as `pip install` does (a PYTHONDONTWRITEBYTECODE sandbox would
     # otherwise compile it from source on every run, which no installed tracer pays).
@@ -85,6 +93,12 @@ def main() -> None:
     import json
     frames = json.loads(out)["summary"]["frames"]
     modes = {"tracer analyze --summary": tracer_cmd, "  the same with --jobs 1": tracer_cmd + ["--jobs", "1"]}
+    if args.against:
+        old = checkout(args.against)
+        # (run from its own tree: `-m tracer` finds the package in the working directory first)
+        before = ["env", "-C", old, sys.executable, "-m", "tracer", "analyze", os.path.abspath(data), "--summary",
+                  "--output", "json"]
+        modes |= {f"  {args.against} (before)": before, f"  {args.against} --jobs 1": before + ["--jobs", "1"]}
     if args.pcapng:
         ng = data + "-pcapng"
         for f in files:
@@ -117,7 +131,30 @@ def main() -> None:
         print(f"{mode:<30}median {m:.2f} s  = {frames / m:,.0f} frames/s   runs {[round(x, 2) for x in mine[mode]]}")
         print(f"{'':<30}ratio to tshark {r / m:.2f}x (target >= 10x); peak memory: largest process "
               f"{max(peaks[mode]) / 1024:.0f} MB, all processes {pss_peak(cmd) / 1024:.0f} MB (target < 500 MB)")
+    if args.against:
+        for now, then in (("tracer analyze --summary", f"  {args.against} (before)"),
+                          ("  the same with --jobs 1", f"  {args.against} --jobs 1")):
+            a, b = statistics.median(mine[now]), statistics.median(mine[then])
+            print(f"this tree against {args.against}{' with --jobs 1' if 'jobs' in now else ''}: "
+                  f"{a:.2f} s / {b:.2f} s = {a / b:.3f} ({(a / b - 1) * 100:+.1f}%)")
     print(f"CPUs: {len(os.sched_getaffinity(0))}")
+
+
+def checkout(rev: str) -> str:
+    """The tracer package of git revision `rev`, in a directory of its own (git archive: nothing
+    in the repository changes), compiled as an install would be."""
+    import compileall
+    import tempfile
+    root = os.path.join(HERE, "..")
+    sha = subprocess.run(["git", "-C", root, "rev-parse", "--short", rev], check=True, capture_output=True,
+                         text=True).stdout.strip()
+    dest = os.path.join(tempfile.gettempdir(), f"tracer-bench-{sha}")
+    if not os.path.isdir(os.path.join(dest, "tracer")):
+        os.makedirs(dest, exist_ok=True)
+        archive = subprocess.run(["git", "-C", root, "archive", sha, "tracer"], check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", dest], input=archive, check=True)
+        compileall.compile_dir(os.path.join(dest, "tracer"), quiet=1)
+    return dest
 
 
 if __name__ == "__main__":

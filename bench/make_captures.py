@@ -1,4 +1,4 @@
-"""Build a large six-point capture set from the real lab capture pcaps/http-get.
+"""Build a large six-point capture set from a real lab capture (pcaps/http-get, or --sample).
 
 Each connection of the sample (12 packets seen at the six points of the way) is replayed N
 times with its own client port, IP IDs, sequence numbers and timestamps (CONN_RATE connections a
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import heapq
+import json
 import os
 import struct
 import sys
@@ -22,16 +23,20 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from tracer.decode import decode  # noqa: E402
 from tracer.capture.pcapio import open_capture  # noqa: E402
 
-SAMPLE = os.path.join(os.path.dirname(__file__), "..", "pcaps", "http-get")
-SIX = ("worker1/cali35e3a5cb80b", "worker1/vxlan.calico", "worker1/eth1",
-       "worker2/eth1", "worker2/vxlan.calico", "worker2/cali4a3c027cd7f")
+SAMPLES = os.path.join(os.path.dirname(__file__), "..", "pcaps")
 CONN_RATE = 500.0
 
 
-def load_templates():
+def way_points(sample: str) -> list[str]:
+    """The points of the sample's way (its path.json): the six of the exercise's."""
+    with open(os.path.join(SAMPLES, sample, "path.json")) as f:
+        return [p["id"] for p in json.load(f)["points"]]
+
+
+def load_templates(sample: str):
     out = {}
-    for point in SIX:
-        cap, recs = open_capture(os.path.join(SAMPLE, point + ".pcap"))
+    for point in way_points(sample):
+        cap, recs = open_capture(os.path.join(SAMPLES, sample, point + ".pcap"))
         frames = []
         for r in recs:
             fr = decode(cap.interfaces[0].linktype, r.data, r.orig_len)
@@ -46,8 +51,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("outdir")
     ap.add_argument("--frames", type=int, default=1_000_000)
+    ap.add_argument("--sample", default="http-get", help="the sample in pcaps/ whose connection is replayed")
     args = ap.parse_args()
-    templates = load_templates()
+    templates = load_templates(args.sample)
     per_conn = sum(len(f) for _, f in templates.values())
     conns = -(-args.frames // per_conn)
     t0 = min(f[0][0] for _, f in templates.values())
@@ -80,7 +86,7 @@ def main() -> None:
                     seq, ack = struct.unpack_from("!II", d, l4o + 4)
                     struct.pack_into("!II", d, l4o + 4, (seq + shift) & 0xFFFFFFFF, (ack + shift) & 0xFFFFFFFF if ack else 0)
                     heapq.heappush(pending, (ts - t0 + 1.8e9 + base, c * 1000 + k, bytes(d)))
-    print(f"{total} frames, {conns} connections, {len(SIX)} points in {args.outdir}")
+    print(f"{total} frames, {conns} connections, {len(templates)} points in {args.outdir}")
 
 
 if __name__ == "__main__":

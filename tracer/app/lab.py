@@ -3,11 +3,12 @@ They return tracer.model.lab values (what tracer.render.lab shows) and never pri
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import time
 from collections.abc import Callable, Sequence
 
-from tracer.cluster.lab import Lab, StateStore, exercise, netns, require_root
+from tracer.cluster.lab import Lab, StateStore, exercise, netns, offloads, require_root
 from tracer.cluster.lab.kube_proxy import resolv_conf
 from tracer.cluster.lab.topology import CALICO_VXLAN, CNI_NOTES, CNI_TITLES, CNIS, Topology, with_pods
 from tracer.cluster.lab import down as remove_lab, up as build_lab
@@ -17,17 +18,20 @@ from tracer.model.lab import LabNodeView, LabPodView, LabRemoved, LabServiceView
 Progress = Callable[[str], None]
 """Told each step of `up` as it starts ("creating network namespaces", ...)."""
 
-__all__ = ["CNIS", "Progress", "down", "exec_in", "require_root", "status", "up", "view"]
+OFFLOAD_MODES = offloads.MODES
+
+__all__ = ["CNIS", "OFFLOAD_MODES", "Progress", "down", "exec_in", "require_root", "status", "up", "view"]
 # require_root is exported for the command: `lab exec` says it needs root before it checks its
 # own command line, as it always has.
 
 
 def up(nodes: int, progress: Progress = lambda _: None, pods: tuple[tuple[str, str, str], ...] = (),
-       cni: str = CALICO_VXLAN) -> LabUp:
+       cni: str = CALICO_VXLAN, offload_mode: str = offloads.NONE) -> LabUp:
     """Build the exercise's lab with `nodes` nodes and the extra `pods` (name, node, app) on the
-    data path `cni` (TRACER_LAB_PREFIX / TRACER_STATE_DIR); on failure nothing is left behind.
-    A bad node count or pod is reported before the need for root."""
-    topology = with_pods(exercise(nodes, cni), pods)
+    data path `cni`, its underlay NICs' offloads as `offload_mode` says (TRACER_LAB_PREFIX /
+    TRACER_STATE_DIR); on failure nothing is left behind. A bad node count or pod is reported
+    before the need for root."""
+    topology = dataclasses.replace(with_pods(exercise(nodes, cni), pods), offloads=offload_mode)
     start = time.monotonic()
     lab = build_lab(topology, progress=progress)
     return LabUp(lab=view(lab), seconds=time.monotonic() - start)
@@ -76,7 +80,8 @@ def view(lab: Lab) -> LabView:
             LabNodeView(
                 name=n.name, netns=n.netns, underlay_ip=n.underlay_ip, underlay_nic=n.underlay_nic,
                 underlay_mac=n.underlay_mac, block=n.block, tunnel_device=n.tunnel_device,
-                tunnel_ip=n.tunnel_ip, tunnel_mac=n.tunnel_mac, up=netns.exists(n.netns),
+                tunnel_ip=n.tunnel_ip, tunnel_mac=n.tunnel_mac, up=(up := netns.exists(n.netns)),
+                offloads=offloads.read(n.netns, n.underlay_nic) if up else {},
             )
             for n in lab.nodes
         ),
@@ -94,7 +99,7 @@ def view(lab: Lab) -> LabView:
                            endpoints=tuple(f"{e} {ips[e]}" for e in s.endpoints if e in ips))
             for s in topo.services
         ),
-        dns=_dns_words(topo),
+        dns=_dns_words(topo), offloads=topo.offloads,
     )
 
 

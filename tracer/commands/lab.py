@@ -27,7 +27,13 @@ def command() -> None:
 @click.option("--pod", "pods", multiple=True, metavar="NAME=NODE[:APP]",
               help="One more pod on NODE, serving httpbin (APP httpbin, the default) or a client (curl), at the "
                    "next free address of the node's block. Repeatable.")
-def up_cmd(nodes: int, cni: str, pods: tuple[str, ...]) -> None:
+@click.option("--offloads", "offload_mode", type=click.Choice(lab.OFFLOAD_MODES), default=lab.OFFLOAD_MODES[0],
+              show_default=True,
+              help="none: veth's defaults, a TSO super-frame crosses every point whole. real: the underlay NICs as "
+                   "real ones, the kernel cuts super-frames into MTU-sized frames before eth1 (no segmentation "
+                   "offload there) and GRO merges them again on the receiving eth1: the pcaps differ in "
+                   "segmentation from point to point, as on a real node.")
+def up_cmd(nodes: int, cni: str, pods: tuple[str, ...], offload_mode: str) -> None:
     """Build the lab (needs root); fails cleanly, leaving nothing behind.
 
     \b
@@ -35,11 +41,12 @@ def up_cmd(nodes: int, cni: str, pods: tuple[str, ...]) -> None:
       tracer lab up
       tracer lab up --pod httpbin2=worker1    # the same-node way beside the other: path curl httpbin2
       tracer lab up --cni flannel-vxlan       # k3s' default: a bridge, flannel.1 on UDP 8472, VNI 1
+      tracer lab up --offloads real           # then: tracer follow curl httpbin --path /bytes/102400
     """
     extra = tuple(_pod_spec(p) for p in pods)
     err = Console(stderr=True)
     with building(err) as progress:
-        result = lab.up(nodes, progress, extra, cni)
+        result = lab.up(nodes, progress, extra, cni, offload_mode)
     render_up(result, err, stdout_console())
 
 

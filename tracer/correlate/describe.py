@@ -16,7 +16,7 @@ from tracer.correlate.ways import flow_ways, point_order, visible_way
 from tracer.correlate.ways import mask_info as mask_on_way
 from tracer.decode import PROTO_TCP, fmt_ip, fmt_mac, tcp_flags_str
 from tracer.model import (
-    CapturePoint, Flow, FlowSummary, Hop, Nat, PacketTrace, SegmentStats, Trace, duration,
+    CapturePoint, Carriage, Flow, FlowSummary, Hop, Nat, PacketTrace, SegmentStats, Trace, duration,
 )
 
 def build_trace(c: Correlation) -> Trace:
@@ -284,6 +284,7 @@ def _hops(c: Correlation, seq: list[PacketSighting], direction: str) -> tuple[Ho
     hops: list[Hop] = []
     prev = None
     prev_point = None
+    prev_frames = 1
     for s in seq:
         fr = s.frame
         p = pts[s.point]
@@ -298,8 +299,31 @@ def _hops(c: Correlation, seq: list[PacketSighting], direction: str) -> tuple[Ho
                         eth_src=fmt_mac(fr.eth_src), eth_dst=fmt_mac(fr.eth_dst), ip_src=fmt_ip(src),
                         ip_dst=fmt_ip(dst), sport=fr.sport, dport=fr.dport, ttl=fr.ttl, encap=enc,
                         changes=tuple(changes), why=why, frame_bytes=fr.orig_len,
-                        ip_id=fr.ip_id if fr.ip_version == 4 else None, arp=arp_fields(fr)))
+                        ip_id=fr.ip_id if fr.ip_version == 4 else None, arp=arp_fields(fr),
+                        carried=_carriage(s.carried, prev_frames, fr)))
         prev, prev_point = fr, p
+        prev_frames = s.carried[0] if s.carried else 1
     return tuple(hops)
+
+
+def _carriage(carried: tuple | None, before: int, fr) -> Carriage | None:
+    """How the packet's bytes were carried at a hop (pieces.Assembled.carried there), against
+    the hop before (`before` frames): None where one frame carried them, as at the hop before."""
+    if carried is None:
+        if before == 1:
+            return None
+        carried = (1, (fr.orig_len,), fr.payload_len or 0, False)
+    frames, sizes, got, beyond = carried
+    n = f"{frames} frame{'s' if frames != 1 else ''}"
+    if frames > before and not beyond:
+        how, by, note = "segmented", "TSO/GSO", f"segmented into {n} (TSO/GSO)"
+    elif frames < before or beyond:
+        how, by = "merged", "GRO"
+        note = f"merged into {n} (GRO)" + (", with the bytes of the packets beside it" if beyond else "")
+    elif frames == 1:
+        how, by, note = "whole", "GRO", "one frame again (GRO)"
+    else:
+        how, by, note = "recut", "TSO/GSO, GRO", f"cut otherwise, into {n} (TSO/GSO, GRO)"
+    return Carriage(frames=frames, frame_bytes=tuple(sizes), bytes=got, how=how, by=by, note=note)
 
 

@@ -33,6 +33,7 @@ from tracer.correlate.flows import FlowState, FlowTable
 from tracer.correlate.latency import LatencySamples
 from tracer.correlate.merge import merge_batches
 from tracer.correlate.order import HopOrder
+from tracer.correlate.pieces import GROUP, NO_DATA, Ranges, assemble
 from tracer.correlate.result import Correlation
 from tracer.decode import PROTO_TCP, VXLAN_PORTS
 
@@ -93,6 +94,8 @@ class Correlator:
         """Every file so far in time order: sightings arrive in time order (shapes may be shared)."""
         self._keep = opts.keep_packets
         self._progress = progress
+        self.ranges = Ranges()
+        """TCP data by sequence range: what TSO/GSO cut or GRO merged (tracer.correlate.pieces)."""
 
     def run(self) -> Correlation:
         with no_cyclic_gc():
@@ -127,14 +130,36 @@ class Correlator:
         """Read, merge by time, gather each packet's sightings, finalize it."""
         # Open every file first, so that a bad one is refused before any work is done.
         streams = self.captures.open()
-        # pending: identity -> the packet's record [first time, bitmask of points, sightings, identity, next];
-        # a second packet with the same identity (a retransmission seen again at a point) is chained as `next`.
+        # pending: identity -> the packet's record [first time, bitmask of points, sightings, identity, next,
+        # span, group]; a second packet with the same identity (a retransmission seen again at a point) is
+        # chained as `next`; span and group: TCP data by sequence range (tracer.correlate.pieces).
         pending: dict = {}
         queue: deque = deque()  # records by first time, for the window
         window = self.opts.window
         points = self.points
         done: list[list[tuple]] = []  # finished packets, folded in after each batch
         finalize = done.append
+        ranges = self.ranges
+        add_range = ranges.add
+
+        def evict(rec: list) -> None:
+            """The record's window ended: finalize it, or the group of pieces it belongs to."""
+            group = rec[GROUP]
+            if group is None:
+                _unlink(pending, rec)
+                finalize(rec[2])
+                rec[2] = None
+                return
+            for r in group:
+                if r[2] is not None:
+                    _unlink(pending, r)
+            offsets = self.clocks.offsets
+            offs = {i: offsets.get(p.node, 0.0) for i, p in enumerate(points)} if offsets else {}
+            for obs in assemble(group, self._first_point, offs):
+                finalize(obs)
+            for r in group:
+                r[2] = None
+
         inf = float("inf")
         evict_at = inf
         progress, share_read, due = self._progress, self.captures.share_read, 0.0
@@ -153,16 +178,17 @@ class Correlator:
                     while queue and queue[0][0] < limit:
                         rec = queue.popleft()
                         if rec[2] is not None:  # (else finalized early)
-                            _unlink(pending, rec)
-                            finalize(rec[2])
+                            evict(rec)
                     evict_at = queue[0][0] + window if queue else inf
                 key = o[2]
                 bit = o[10]
                 rec = pending.get(key)
                 if rec is None:
-                    rec = [ts, bit, [o], key, None]
+                    rec = [ts, bit, [o], key, None, None, None]
                     pending[key] = rec
                     queue.append(rec)
+                    if key.__class__ is bytes and key[11:] != NO_DATA and not key[10] & 0x02:
+                        add_range(rec)
                     if evict_at == inf:
                         evict_at = ts + window
                     continue
@@ -170,24 +196,32 @@ class Correlator:
                     if not rec[1] & bit:
                         rec[1] |= bit
                         rec[2].append(o)
-                        if rec[1] == full:
+                        if rec[1] == full and rec[6] is None:
                             # Seen at every point there is: nothing more can come, finalize now (keeps memory low).
                             _unlink(pending, rec)
                             finalize(rec[2])
                             rec[2] = None
                         break
                     if rec[4] is None:  # seen here by every record: another packet of the same identity
-                        rec[4] = [ts, bit, [o], key, None]
-                        queue.append(rec[4])
+                        rec[4] = nxt = [ts, bit, [o], key, None, None, None]
+                        queue.append(nxt)
+                        if key.__class__ is bytes and key[11:] != NO_DATA and not key[10] & 0x02:
+                            add_range(nxt)
                         break
                     rec = rec[4]
         if progress is not None:
             progress(1.0)
         while queue:
-            obs = queue.popleft()[2]
-            if obs is not None:
-                finalize(obs)
+            rec = queue.popleft()
+            if rec[2] is not None:
+                evict(rec)
         self._finalize_all(done)
+
+    def _first_point(self, obs: list[tuple]) -> int:
+        """Which of these sightings (one per point) is at the first point of the packet's way."""
+        if len(obs) == 1:
+            return obs[0][1]
+        return obs[self.order.order(obs)[0][0]][1]
 
     def _out_of_order(self) -> None:
         """A file went back in time: from now on no shortcut that relies on arrival order being time order."""

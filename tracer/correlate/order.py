@@ -53,13 +53,15 @@ class PacketSighting:
     """One sighting of a kept packet, in the order of its way, with its direction there (becomes a
     model.Hop). Slotted: one per frame."""
 
-    __slots__ = ("point", "time", "frame", "direction")
+    __slots__ = ("point", "time", "frame", "direction", "carried")
 
-    def __init__(self, point: int, time: float, frame: Frame, direction: str = "?"):
+    def __init__(self, point: int, time: float, frame: Frame, direction: str = "?", carried: tuple | None = None):
         self.point = point
         self.time = time
         self.frame = frame
         self.direction = direction
+        self.carried = carried
+        """How other frames carried the packet's bytes here, if they did (see pieces.Assembled)."""
 
 
 class HopOrder:
@@ -161,4 +163,8 @@ class HopOrder:
     def sightings(self, obs: list[tuple]) -> list[PacketSighting]:
         """A kept packet's sightings in the order of its way."""
         perm, dirs, _, _, _ = self.order(obs)
+        carried = getattr(obs, "carried", None)
+        if carried:
+            return [PacketSighting(obs[i][1], obs[i][0], obs[i][FRAME], d, carried.get(obs[i][1]))
+                    for i, d in zip(perm, dirs)]
         return [PacketSighting(obs[i][1], obs[i][0], obs[i][FRAME], d) for i, d in zip(perm, dirs)]

@@ -3,7 +3,7 @@ them), so its views (tracer.render.lab) need nothing of the cluster layer."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 LAB_SCHEMA = "tracer.lab/v1"
 
@@ -22,6 +22,8 @@ class LabNodeView:
     tunnel_ip: str
     tunnel_mac: str
     up: bool
+    offloads: dict[str, str] = field(default_factory=dict)
+    """The underlay NIC's offload features as `ethtool -k` says them now (tracer.cluster.lab.offloads.SHOWN)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -78,6 +80,8 @@ class LabView:
     services: tuple[LabServiceView, ...] = ()
     dns: str = ""
     """The cluster DNS in words (its address, server and pod), or why the lab has none."""
+    offloads: str = "none"
+    """none | real: the underlay NICs as veth's defaults or as real ones (`lab up --offloads`)."""
 
 
 @dataclass(frozen=True)

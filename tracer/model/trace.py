@@ -52,6 +52,27 @@ class Encapsulation:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Carriage:
+    """How a packet's bytes were carried at a hop where it was not one frame as sent: TSO/GSO cut
+    its sender's super-frame into frames, GRO merged frames into larger ones."""
+
+    frames: int
+    """Frames that carried the packet's bytes here."""
+    frame_bytes: tuple[int, ...]
+    """Their lengths on the wire (outer headers included); payload lengths where frames were not kept."""
+    bytes: int
+    """The packet's TCP payload bytes these frames carried (all of them: it reached this point)."""
+    how: str
+    """segmented | merged | recut | whole: cut into more frames than at the hop before, merged
+    into fewer (or with other packets' bytes), cut otherwise, or (whole) one frame again."""
+    by: str
+    """What does that: `TSO/GSO` (segmentation offload, in the NIC or the kernel's GSO), `GRO`
+    (receive offload)."""
+    note: str
+    """One sentence for the views, e.g. `segmented into 19 frames (TSO/GSO)`."""
+
+
+@dataclass(frozen=True, kw_only=True)
 class Arp:
     """An ARP packet's own fields (the hop's ip_src and ip_dst are its sender and target IP)."""
 
@@ -96,6 +117,9 @@ class Hop:
     """The inner IP header's ID at this point (IPv4; None for IPv6 and ARP)."""
     arp: Arp | None = None
     """For an ARP packet: what it asks or answers."""
+    carried: Carriage | None = None
+    """How the packet's bytes were carried here when not as one frame as its sender's
+    (segmented, merged); None: one frame, as at the hop before."""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -22,6 +22,8 @@ LEGEND = (*CELL_MARKS, "○ not captured there", "✗ not seen from there on", "
 """Every mark the grid uses (but ◌)."""
 NOT_VISIBLE = "◌ not visible there (a point its data path may bypass)"
 """The legend's entry for ◌, given only when a packet shown has the mark."""
+CARRIED = "×N its bytes in N frames there (TSO/GSO cut them, GRO merged them)"
+"""The legend's entry for ×N, given only when a packet shown has the mark."""
 
 
 def label(p: PacketTrace) -> str:
@@ -42,7 +44,10 @@ def row_cells(p: PacketTrace, points: list[str], compact: bool = False) -> list[
             vni = None
             if "encap" in h.changes and h.encap is not None:
                 vni = str(h.encap.vni if h.encap.vni is not None else h.encap.type)
-            out.append(cell(LiveCell(changes=h.changes, ttl=h.ttl, tunnel=vni), compact))
+            mark = cell(LiveCell(changes=h.changes, ttl=h.ttl, tunnel=vni), compact)
+            if h.carried is not None and h.carried.frames != 1:
+                mark.append(f"×{h.carried.frames}", style="bold cyan")
+            out.append(mark)
         elif pid in p.gaps:
             out.append(Text("○", style="yellow"))
         elif pid in p.not_visible:
@@ -58,8 +63,10 @@ WIDE_COLUMN = 11  # a point's column at full size: its name's longest part, or "
 
 def render_grid(trace: Trace, console: Console, flows: list[Flow], names: dict[str, str] | None = None) -> None:
     bypassed = any(p.not_visible for f in flows for p in f.packets)
+    carried = any(h.carried is not None and h.carried.frames != 1 for f in flows for p in f.packets for h in p.hops)
+    legend = (*LEGEND, *((NOT_VISIBLE,) if bypassed else ()), *((CARRIED,) if carried else ()))
     render_flows(trace, console, flows, names or {}, lambda f: _grid(trace, console, f),
-                 legend=lambda: _print_entries(console, (*LEGEND, NOT_VISIBLE) if bypassed else LEGEND))
+                 legend=lambda: _print_entries(console, legend))
 
 
 def _grid(trace: Trace, console: Console, f: Flow) -> None:
@@ -106,6 +113,11 @@ def packet_notes(packets) -> list[Text]:
             notes.setdefault(("cyan", f"◌ not visible at {', '.join(safe(m) for m in p.not_visible)}: its data path "
                                       "may carry packets past there unseen (tracer path says why): not a loss"),
                              []).append(k)
+        carried = [(h.point, h.carried) for h in p.hops if h.carried is not None]
+        if carried:
+            how = ", ".join(dict.fromkeys(f"{c.how} at {safe(pid)} ({c.by})" for pid, c in carried))
+            notes.setdefault(("cyan", f"carried in other frames than sent: {how}; every byte counted, none lost "
+                                      "there"), []).append(k)
         if p.gaps:
             notes.setdefault(("yellow", f"○ not captured at {', '.join(safe(m) for m in p.gaps)}: seen before and "
                                         "after (a frame the capture missed, not a loss)"), []).append(k)

@@ -86,6 +86,7 @@ def packet_table(p: PacketTrace, index: int, names: dict[str, str], narrow: bool
             t.add_row("◌", Text(_point_name(m, narrow), style="cyan"), "", "", "",
                       Text("not visible here (its data path may bypass it)", style="cyan"), "")
 
+    explained = False  # (a super-frame is explained once per packet)
     for i, h in enumerate(p.hops, 1):
         not_visible_rows(i)
         for g in gaps_before.get(i, ()):
@@ -100,11 +101,18 @@ def packet_table(p: PacketTrace, index: int, names: dict[str, str], narrow: bool
         if h.encap is not None:
             addr.append_text(_outer_lines(h, sep, encap))
         # (the frame's length under its time: the row is two lines high anyway, and 80 columns are few)
-        when = duration(h.offset) + ("" if h.frame_bytes is None else f"\n{h.frame_bytes}")
+        if h.carried is not None and h.carried.frames != 1:
+            when = f"{duration(h.offset)}\n{h.carried.frames} frames"
+        else:
+            when = duration(h.offset) + ("" if h.frame_bytes is None else f"\n{h.frame_bytes}")
         t.add_row(str(i), Text(_point_name(h.point, narrow)), h.direction, when, _ttl_text(h, ch, sep.count("\n") + 1),
                   addr, encap)
         notes.append(f"{i:>2} ", style="dim")
         notes.append(safe(h.why) + "\n", style=ENCAP_STYLE if ch & {"encap", "decap"} else ("yellow" if ch else "dim"))
+        carriage = _carriage_note(h, explained)
+        if carriage:
+            notes.append(f"   {carriage}\n", style="cyan")
+            explained = True
     not_visible_rows(len(p.hops) + 1)
     stopped = p.stopped
     for m in stopped:
@@ -128,6 +136,25 @@ def packet_table(p: PacketTrace, index: int, names: dict[str, str], narrow: bool
     notes.rstrip()
     t.caption = notes
     return t
+
+
+SUPER_FRAME = 1518
+"""Bytes of the longest Ethernet frame of a 1500-byte MTU (a VLAN tag included): a longer one
+at a capture point is a super-frame (TSO/GSO, GRO), not a frame of the wire."""
+
+
+def _carriage_note(h: Hop, explained: bool) -> str:
+    """How the packet's bytes were carried at this hop, if not as one frame as before; a frame
+    longer than a wire's explained (unless `explained` already)."""
+    c = h.carried
+    if c is not None:
+        sizes = sorted(set(c.frame_bytes))
+        of = f"{sizes[0]}" if len(sizes) == 1 else f"{sizes[0]} to {sizes[-1]}"
+        return f"{c.note}, of {of} bytes: its {c.bytes} bytes all here"
+    if h.frame_bytes is not None and h.frame_bytes > SUPER_FRAME and not explained:
+        return (f"{h.frame_bytes} bytes, more than a wire's frame: a super-frame (the stack hands a NIC TCP data "
+                "so, TSO/GSO cuts it for the wire, GRO merges what arrives so)")
+    return ""
 
 
 def _ttl_text(h: Hop, changed: set[str], lines: int) -> Text:

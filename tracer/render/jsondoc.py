@@ -24,6 +24,7 @@ def _hop(h: Hop) -> dict:
         "sport": h.sport, "dport": h.dport, "ttl": h.ttl, "encap": _encap(h.encap),
         "changes": list(h.changes), "why": h.why, "frame_bytes": h.frame_bytes, "ip_id": h.ip_id,
         "arp": None if h.arp is None else dataclasses.asdict(h.arp),
+        "carried": None if h.carried is None else dataclasses.asdict(h.carried),
     }
 
 

@@ -67,8 +67,24 @@ def render_status(lab: LabView, out: Console) -> None:
         out.print(services)
     if lab.dns:
         out.print(f"[dim]{escape(lab.dns)}[/]")
+    out.print(f"[dim]{escape(offloads_line(lab))}[/]")
     for note in lab.notes:
         out.print(f"[dim]{escape(note)}[/]")
+
+
+def offloads_line(lab: LabView) -> str:
+    """The underlay NICs' offloads: the mode and what ethtool says of each node's NIC now."""
+    words = {"real": "the underlay NICs as real ones: no segmentation offload at eth1 (the kernel cuts super-frames "
+                     "into MTU-sized frames before its capture), GRO on the receiving eth1",
+             "none": "veth's defaults: TSO super-frames cross every point whole, the underlay included "
+                     "(lab up --offloads real: as on a real node)"}
+    per_node = "; ".join(f"{n.name}/{n.underlay_nic} " + ", ".join(f"{_SHORT.get(k, k)} {v}" for k, v in n.offloads.items())
+                         for n in lab.nodes if n.offloads)
+    return f"offloads {lab.offloads}: {words.get(lab.offloads, lab.offloads)}" + (f" (ethtool -k: {per_node})" if per_node else "")
+
+
+_SHORT = {"tcp-segmentation-offload": "tso", "generic-segmentation-offload": "gso",
+          "tx-udp_tnl-segmentation": "tx-udp_tnl-segmentation", "generic-receive-offload": "gro"}
 
 
 def no_lab_line(none: NoLab) -> str:
@@ -106,7 +122,7 @@ def lab_document(lab: LabView) -> dict[str, Any]:
         "nodes": [
             {"name": n.name, "netns": n.netns, "underlay_ip": n.underlay_ip, "underlay_nic": n.underlay_nic,
              "underlay_mac": n.underlay_mac, "block": n.block, "tunnel_device": n.tunnel_device,
-             "tunnel_ip": n.tunnel_ip, "tunnel_mac": n.tunnel_mac, "up": n.up}
+             "tunnel_ip": n.tunnel_ip, "tunnel_mac": n.tunnel_mac, "up": n.up, "offloads": dict(n.offloads)}
             for n in lab.nodes
         ],
         "pods": [
@@ -121,4 +137,5 @@ def lab_document(lab: LabView) -> dict[str, Any]:
             for s in lab.services
         ],
         "dns": lab.dns,
+        "offloads": lab.offloads,
     }

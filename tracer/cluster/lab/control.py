@@ -20,7 +20,7 @@ from typing import Any
 from tracer.cluster.ports import ExecResult
 from tracer.model import PodRef, ServiceRef
 from tracer.errors import LabError, NotFoundError, PermissionError_, UsageError
-from tracer.cluster.lab import kube_proxy, netns, wiring
+from tracer.cluster.lab import kube_proxy, netns, offloads, wiring
 from tracer.cluster.lab.state import LabState, ProcessRecord, StateStore, process_start_time, stop_process
 from tracer.cluster.lab.topology import (
     CALICO_BGP, CALICO_IPIP, CALICO_VXLAN, CILIUM_GENEVE, CILIUM_VXLAN, FLANNEL_HOST_GW, FLANNEL_VXLAN, UNDERLAY, Names,
@@ -224,6 +224,7 @@ def up(topology: Topology, *, store: StateStore | None = None, progress: Progres
     if topology.cni not in BUILDERS:
         raise UsageError(f"no lab builder for CNI mode {topology.cni!r}", hint="modes: " + ", ".join(BUILDERS))
     _check_httpbin_installed(topology)
+    offloads.require_ethtool(topology.offloads)
     if _dns_pods(topology) and shutil.which(kube_proxy.DNS_SERVER) is None:
         topology = without_dns(topology)  # (the Services by IP still work; `lab status` says why no DNS)
     names = Names(prefix=store.prefix)
@@ -252,6 +253,9 @@ def up(topology: Topology, *, store: StateStore | None = None, progress: Progres
         kube_proxy.write_resolv_confs(topology, names)
         progress(f"wiring {topology.cni}")
         build(topology, names)
+        if topology.offloads != offloads.NONE:
+            progress(f"setting the underlay NICs' offloads ({topology.offloads})")
+            offloads.apply(topology, names)
         progress("programming kube-proxy's rules" + (" and starting the cluster DNS" if _dns_pods(topology) else ""))
         kube_proxy.program(topology, names)
         for pod in _dns_pods(topology):

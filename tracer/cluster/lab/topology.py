@@ -202,6 +202,9 @@ class Topology:
     services: tuple[ServiceSpec, ...] = ()
     cluster_cidr: str = "172.18.0.0/16"
     """The pods' whole range, kube-proxy's --cluster-cidr (traffic from outside it is masqueraded)."""
+    offloads: str = "none"
+    """none: veth's defaults (super-frames cross every point whole); real: the underlay NICs
+    segment and merge as real ones do (tracer.cluster.lab.offloads)."""
 
     def node(self, name: str) -> NodeSpec:
         return next(n for n in self.nodes if n.name == name)
