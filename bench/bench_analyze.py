@@ -74,6 +74,8 @@ def main() -> None:
     ap.add_argument("--pcapng", action="store_true", help="also time the same set as pcapng files")
     ap.add_argument("--against", metavar="REV", help="also time tracer as of this git revision, alternately")
     ap.add_argument("--sample", default="http-get", help="the sample in pcaps/ the set is built from")
+    ap.add_argument("--no-tshark", action="store_true",
+                    help="skip the reference (with --against: only this tree against REV, more runs in the time)")
     args = ap.parse_args()
     name = "six-point" if args.sample == "http-get" else args.sample
     data = os.path.join(HERE, "out", f"{name}-{args.frames}")
@@ -113,7 +115,8 @@ def main() -> None:
     mine: dict[str, list[float]] = {m: [] for m in modes}
     peaks: dict[str, list[int]] = {m: [] for m in modes}
     for _ in range(args.runs):
-        ref.append(timed(tshark_cmd))
+        if not args.no_tshark:
+            ref.append(timed(tshark_cmd))
         for mode, cmd in modes.items():
             # ru_maxrss of RUSAGE_CHILDREN is the largest process so far: measure tracer in its own child.
             probe = subprocess.run([sys.executable, "-c",
@@ -123,13 +126,15 @@ def main() -> None:
                                     *cmd], check=True, capture_output=True, text=True).stdout.split()
             mine[mode].append(float(probe[0]))
             peaks[mode].append(int(probe[1]))
-    r = statistics.median(ref)
     print(f"capture set: {data} ({len(files)} points, {frames} frames)")
-    print(f"tshark -T fields (reference): median {r:.2f} s  = {frames / r:,.0f} frames/s   runs {[round(x, 2) for x in ref]}")
+    r = statistics.median(ref) if ref else None
+    if r is not None:
+        print(f"tshark -T fields (reference): median {r:.2f} s  = {frames / r:,.0f} frames/s   runs {[round(x, 2) for x in ref]}")
     for mode, cmd in modes.items():
         m = statistics.median(mine[mode])
         print(f"{mode:<30}median {m:.2f} s  = {frames / m:,.0f} frames/s   runs {[round(x, 2) for x in mine[mode]]}")
-        print(f"{'':<30}ratio to tshark {r / m:.2f}x (target >= 10x); peak memory: largest process "
+        ratio = f"ratio to tshark {r / m:.2f}x (target >= 10x); " if r is not None else ""
+        print(f"{'':<30}{ratio}peak memory: largest process "
               f"{max(peaks[mode]) / 1024:.0f} MB, all processes {pss_peak(cmd) / 1024:.0f} MB (target < 500 MB)")
     if args.against:
         for now, then in (("tracer analyze --summary", f"  {args.against} (before)"),

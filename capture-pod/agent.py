@@ -10,8 +10,10 @@ Protocol over stdin/stdout (stdout carries JSON lines, some followed by raw byte
   -> {"event": "ready", "run_id": ID, "interfaces": [...], "pid": PID}
          once every socket is open, bound, and has its filter attached
   <- "stop\\n" on stdin, or EOF of stdin, or SIGTERM/SIGINT, or --max-seconds: stop
-  -> {"event": "pcap", "interface": IFACE, "packets": K, "bytes": N, "dropped": D}  + N bytes of pcap
-         one per interface, after draining (nanosecond pcap, the interface's own link type)
+  -> {"event": "pcap", "interface": IFACE, "packets": K, "bytes": N, "dropped": D, "offloads": {...}}
+         + N bytes of pcap, one per interface, after draining (nanosecond pcap, the interface's own
+         link type); offloads: the interface's segmentation and receive offloads as `ethtool -k`
+         names them (tx-tcp-segmentation: "on"/"off", ...), {} where the kernel does not say
   -> {"event": "done", "run_id": ID}   then exit 0
   -> {"event": "error", "message": ..., "hint": ...}   then exit 1
   with --stream, after ready, also each frame as it is captured:
@@ -140,6 +142,51 @@ class Capture:
             writer.write_packet(data, sec=sec, usec=nsec, caplen=len(data), wirelen=wirelen)
         writer.flush()
         return out.getvalue()
+
+
+# --- offloads: what `ethtool -k` says, by the ioctl ethtool uses (no ethtool in the image) --------
+
+SIOCETHTOOL = 0x8946
+ETHTOOL_GSTRINGS, ETHTOOL_GSSET_INFO, ETHTOOL_GFEATURES = 0x1B, 0x37, 0x3A
+ETH_SS_FEATURES = 4
+ETH_GSTRING_LEN = 32
+OFFLOADS = ("tx-tcp-segmentation", "tx-generic-segmentation", "tx-udp_tnl-segmentation", "tx-udp-segmentation",
+            "rx-gro", "rx-gro-hw", "rx-lro")
+"""The features that cut or merge what a capture on the interface sees (DATAPATHS.md §9)."""
+
+
+def offloads(interface: str) -> dict[str, str]:
+    """The interface's OFFLOADS, each "on" or "off" ("off [fixed]" where it cannot change), read
+    as ethtool does (SIOCETHTOOL: the feature names, then ETHTOOL_GFEATURES' active bits); {}
+    where the kernel refuses (no such device, an old kernel)."""
+    import array
+    import fcntl
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            def call(buf: array.array) -> None:
+                ifr = struct.pack("16sP", interface.encode()[:15], buf.buffer_info()[0])
+                fcntl.ioctl(s.fileno(), SIOCETHTOOL, ifr)
+
+            info = array.array("B", struct.pack("=IIQI", ETHTOOL_GSSET_INFO, 0, 1 << ETH_SS_FEATURES, 0))
+            call(info)
+            count = struct.unpack_from("=I", info, 16)[0]
+            names = array.array("B", struct.pack("=III", ETHTOOL_GSTRINGS, ETH_SS_FEATURES, count)
+                                + bytes(count * ETH_GSTRING_LEN))
+            call(names)
+            blocks = (count + 31) // 32
+            feats = array.array("B", struct.pack("=II", ETHTOOL_GFEATURES, blocks) + bytes(16 * blocks))
+            call(feats)
+    except OSError:
+        return {}
+    raw = names.tobytes()[12:]
+    out = {}
+    for i in range(count):
+        name = raw[i * ETH_GSTRING_LEN:(i + 1) * ETH_GSTRING_LEN].split(b"\0", 1)[0].decode()
+        if name in OFFLOADS:
+            available, _, active, never = struct.unpack_from("=IIII", feats, 8 + 16 * (i // 32))
+            bit = 1 << (i % 32)
+            out[name] = ("on" if active & bit else "off") + ("" if available & bit and not never & bit else " [fixed]")
+    return out
 
 
 # --- knowing when the exchange is over -------------------------------------------------------------
@@ -472,7 +519,7 @@ class Agent:
             c.read_stats()
         for c in self.captures:
             self.out.event("pcap", c.pcap(), interface=c.interface, packets=len(c.frames), dropped=c.dropped,
-                           linktype=c.linktype)
+                           linktype=c.linktype, offloads=offloads(c.interface))
         self.out.event("done", run_id=self.args.run_id, reason=self.stop_reason)
 
     def close(self) -> None:

@@ -12,6 +12,7 @@ every tcpdump with SIGINT (by PID) and tear the lab down. Writes
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import select
@@ -43,6 +44,8 @@ class Scenario:
     """One `tcpdump -i any` per node of the way (<node>/any.pcap) instead of one per point."""
     linger: float = 0.3
     """Seconds between curl's end and stopping the tcpdumps (the exchange's last ACK/FIN)."""
+    offloads: str = "none"
+    """The lab's underlay NICs (`lab up --offloads`): real cuts and merges super-frames on the way."""
 
 
 SCENARIOS = (
@@ -62,6 +65,17 @@ SCENARIOS = (
         # libpcap 1.10.3's immediate mode loses frames on `any` (17 to 35 of 36 here); without it
         # the ring hands them over within its block timeout, so wait longer before stopping.
         linger=1.5,
+    ),
+    Scenario(
+        name="bytes-offloads",
+        description=(
+            "curl -> httpbin GET /bytes/50000 on a lab whose underlay NICs behave as real ones (lab up "
+            "--offloads real): TSO super-frames at the pods' eth0 and veths and at the tunnel devices, "
+            "the wire's MTU-sized frames at worker2/eth1 (the kernel's GSO cuts before its tap), GRO's "
+            "merges at worker1/eth1; every byte at every point."
+        ),
+        url="http://172.18.104.14:80/bytes/50000",
+        offloads="real",
     ),
     Scenario(
         name="vxlan-drop",
@@ -107,7 +121,7 @@ def record(scenario: Scenario, out_root: Path) -> dict:
     store = StateStore(prefix=f"trrec{os.getpid()}-", directory=Path(tempfile.mkdtemp(prefix="tracer-record-")))
     out = out_root / scenario.name
     shutil.rmtree(out, ignore_errors=True)
-    lab = up(exercise(), store=store)
+    lab = up(dataclasses.replace(exercise(), offloads=scenario.offloads), store=store)
     try:
         for target, argv in scenario.setup:
             res = lab.exec(target, argv)
@@ -129,6 +143,7 @@ def record(scenario: Scenario, out_root: Path) -> dict:
             "scenario": scenario.name,
             "description": scenario.description,
             "setup": [{"in": t, "argv": list(a)} for t, a in scenario.setup],
+            "offloads": scenario.offloads,
             "request": {"in": "curl", "argv": curl_argv, "exit_code": res.returncode,
                         "http_code": res.stdout.decode().strip()},
             "captures": stats,

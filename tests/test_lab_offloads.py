@@ -83,6 +83,33 @@ def test_every_byte_at_every_point_though_the_pieces_differ(lab, tmp_path: Path)
         assert p["missing"] == [] and [h["point"] for h in p["hops"]] == way
 
 
+def ethtool_k(ns: str, device: str) -> dict[str, str]:
+    """`ethtool -k DEVICE` in a namespace, feature -> its words (`on`, `off [fixed]`)."""
+    out = {}
+    for line in ns_run(ns, "ethtool", "-k", device).splitlines()[1:]:
+        name, _, value = line.strip().partition(": ")
+        out[name] = value.strip()
+    return out
+
+
+def test_the_agents_record_each_points_offloads_as_ethtool_says_them(lab, tmp_path: Path) -> None:
+    doc = follow(lab, tmp_path / "run")
+    saved = json.loads((tmp_path / "run" / "path.json").read_text())["offloads"]
+    names = {"generic-segmentation-offload": "tx-generic-segmentation", "generic-receive-offload": "rx-gro",
+             "large-receive-offload": "rx-lro"}  # (ethtool -k prints these three by their old names)
+    for c in doc["follow"]["captures"]:
+        node, iface = c["point"].split("/")
+        k = {names.get(n, n): v for n, v in ethtool_k(lab.node(node).netns, iface).items()}
+        assert c["offloads"] and c["offloads"] == {n: k[n] for n in c["offloads"]}, c["point"]
+        assert saved[c["point"]] == c["offloads"]
+    assert saved["worker2/eth1"]["tx-tcp-segmentation"] == "off" and saved["worker1/eth1"]["rx-gro"] == "on"
+    # the hop that says the bytes were cut names the settings that did it, also in analyze of the saved run
+    again = json.loads(run_tracer("analyze", str(tmp_path / "run"), "-o", "json", store=lab.store, check=True).stdout)
+    notes = [h["carried"]["note"] for f in again["flows"] for p in f["packets"] for h in p["hops"]
+             if h["carried"] and h["point"] == "worker2/eth1"]
+    assert notes and all("tx-tcp-segmentation off" in n for n in notes)
+
+
 def test_a_real_drop_in_the_transfer_is_lost_with_its_retransmission(lab, tmp_path: Path) -> None:
     worker1 = lab.node("worker1").netns
     rule = ["INPUT", "-p", "udp", "--dport", "4789", "-m", "statistic", "--mode", "nth", "--every", "1000000",
@@ -99,3 +126,4 @@ def test_a_real_drop_in_the_transfer_is_lost_with_its_retransmission(lab, tmp_pa
     assert lost and all(p["last_seen"] == "worker1/eth1" for p in lost)  # (dropped after eth1's tap, before decap)
     assert any(p["retransmission"] and not p["missing"] for p in data)
     assert flow["summary"]["stopped"] == {"worker1/eth1": len(lost)}
+    assert flow["summary"]["bytes_reached_end"] == flow["summary"]["bytes"] - sum(p["payload_bytes"] for p in lost)

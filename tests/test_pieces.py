@@ -193,3 +193,10 @@ def test_summary_mode_counts_the_same_packets(tmp_path: Path, capsys, lose) -> N
         assert s["summary"]["reached_end"] == k["summary"]["reached_end"]
         assert s["summary"]["per_point"] == k["summary"]["per_point"]
     assert sum(s["lost"] for s in summary["summary"]["segments"]) == (0 if lose is None else 1)
+    # bytes beside packets: each packet's once, as sent; lost ones in the segment they were lost in
+    get = len(b"GET /bytes/17376 HTTP/1.1\r\nHost: httpbin\r\n\r\n")
+    flow = summary["flows"][0]["summary"]
+    assert flow["bytes"] == get + 12 * MSS + (0 if lose is None else MSS)
+    assert flow["bytes_per_point"]["worker2/cali2"] == flow["bytes"]
+    assert flow["bytes_reached_end"] == flow["bytes"] - (0 if lose is None else 8 * MSS)
+    assert sum(s["bytes_lost"] for s in summary["summary"]["segments"]) == (0 if lose is None else 8 * MSS)

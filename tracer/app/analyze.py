@@ -59,6 +59,8 @@ class AnalyzeRequest:
     did not see was not there, whenever the point's first and last frames came."""
     jobs: int | None = None
     """Processes reading capture files at once (CorrelationOptions.jobs)."""
+    offloads: dict[str, dict[str, str]] | None = None
+    """Point -> its offloads as the capture agent read them: the views name them."""
     view: str | None = None
     """The text view asked for: hops, grid or summary (None: hops, or the summary for many packets);
     the caller sets `summary` too for summary."""
@@ -94,7 +96,8 @@ def correlate(req: AnalyzeRequest) -> tuple[Trace, Correlation]:
     opts = CorrelationOptions(vxlan_ports=VXLAN_PORTS | frozenset(req.vxlan_ports), window=req.window,
                               keep_packets=keep, way_hint=req.way, blind_points=frozenset(req.blind),
                               pods=frozenset((req.names or {}).values()),
-                              ifnames=dict(req.ifnames or {}), captured_together=req.captured_together, jobs=req.jobs)
+                              ifnames=dict(req.ifnames or {}), captured_together=req.captured_together, jobs=req.jobs,
+                              offloads=dict(req.offloads or {}))
     c = Correlator(inputs, opts, req.progress).run()
     return build_trace(c), c
 
@@ -182,6 +185,8 @@ class PathHint(NamedTuple):
     ifnames: dict[tuple[str, int], str]
     captured_together: bool
     blind: tuple[str, ...] = ()
+    offloads: dict[str, dict[str, str]] = {}
+    """Point -> its offloads as the capture agent read them (follow --save writes them)."""
 
 
 def read_path_file(path: str) -> PathHint:
@@ -209,4 +214,7 @@ def read_path_file(path: str) -> PathHint:
         way = (f"{src['name']}/eth0",) + way
     if isinstance(dst, dict) and dst.get("name"):
         way = way + (f"{dst['name']}/eth0",)
-    return PathHint(way, names, ifnames, doc.get("captured_together") is True, blind)
+    offloads = doc.get("offloads")
+    offloads = {str(p): {str(k): str(v) for k, v in o.items()} for p, o in offloads.items()
+                if isinstance(o, dict)} if isinstance(offloads, dict) else {}
+    return PathHint(way, names, ifnames, doc.get("captured_together") is True, blind, offloads)

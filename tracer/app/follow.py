@@ -107,7 +107,7 @@ class FollowResult:
     def as_run(self, saved: str | None) -> FollowRun:
         """The run as the model has it (what its header and JSON show), as it is now."""
         return FollowRun(way=self.way, run_id=self.run_id, backend=self.backend, url=self.url, curls=tuple(self.curls),
-                         captures=tuple(PointCount(point=p, packets=c.packets, dropped=c.dropped)
+                         captures=tuple(PointCount(point=p, packets=c.packets, dropped=c.dropped, offloads=c.offloads)
                                         for p, c in self.captures.items()),
                          saved=None if self.save_error else saved, timings=asdict(self.timings),
                          interrupted=self.interrupted, save_error=self.save_error)
@@ -174,7 +174,8 @@ def write_run_dir(directory: Path, way: Way, captures: dict[str, PointCapture]) 
         (directory / node / f"{iface}.pcap").write_bytes(cap.pcap)
     # (the agents listened on every point before the request and until its end: analyze may
     # take a point that saw nothing of a packet as one it did not pass)
-    doc = {**way.to_dict(), "captured_together": True}
+    doc = {**way.to_dict(), "captured_together": True,
+           "offloads": {p: dict(c.offloads) for p, c in captures.items() if c.offloads}}
     (directory / "path.json").write_text(json.dumps(doc, indent=2) + "\n")
 
 
@@ -229,7 +230,8 @@ def follow(backend: FollowBackend, req: FollowRequest, *, present: Callable[[Fol
                                   output=req.output, pcapng=req.pcapng,
                                   flows=() if req.all_flows else own_flows(result), all_flows=req.all_flows, related_arp=True,
                                   view=req.view, summary=req.view == "summary",
-                                  captured_together=True)  # (every agent listened before curl, until its end)
+                                  captured_together=True,  # (every agent listened before curl, until its end)
+                                  offloads={p: dict(c.offloads) for p, c in result.captures.items() if c.offloads})
             so_far = result.as_run(req.save)  # (the JSON's timings: up to the correlation)
             progress(None)
             with no_cyclic_gc():

@@ -68,6 +68,9 @@ class PointCapture:
     packets: int
     dropped: int = 0
     """Frames the kernel dropped because the agent's socket queue was full."""
+    offloads: dict[str, str] = field(default_factory=dict)
+    """The interface's segmentation and receive offloads as the agent read them (`ethtool -k`'s
+    names and words: tx-tcp-segmentation on, rx-gro off, ...)."""
 
 
 @dataclass
@@ -105,7 +108,8 @@ class AgentClient:
             if ev.kind == "pcap":
                 f = ev.fields
                 out[f["interface"]] = PointCapture(interface=f["interface"], pcap=ev.payload,
-                                                   packets=int(f.get("packets", 0)), dropped=int(f.get("dropped", 0)))
+                                                   packets=int(f.get("packets", 0)), dropped=int(f.get("dropped", 0)),
+                                                   offloads=_offloads(f.get("offloads")))
             elif ev.kind == "done":
                 return out
             elif ev.kind != "frame":
@@ -180,3 +184,7 @@ class AgentClient:
         return AgentError(f"the capture agent on {self.node} sent {ev.kind or 'no event'!r} where {wanted!r} was due",
                           hint="is the agent the same version as tracer?")
 
+
+def _offloads(value) -> dict[str, str]:
+    """An agent's offloads field as names to words (an older agent sends none)."""
+    return {str(k): str(v) for k, v in value.items()} if isinstance(value, dict) else {}

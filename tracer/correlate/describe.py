@@ -24,7 +24,7 @@ def build_trace(c: Correlation) -> Trace:
     pts = c.points
     flows_out = []
     all_ways: list[tuple[str, ...]] = []
-    seg_totals: dict[tuple[int, int], list[int]] = {}
+    seg_totals: dict[tuple[int, int], list[int]] = {}  # [packets, lost, not captured, bytes, bytes lost]
     flows = c.flows
     ways_cache: dict = {}
     named: dict[tuple, tuple[str, ...]] = {}   # a way by point indices -> by point ids
@@ -77,7 +77,7 @@ def build_trace(c: Correlation) -> Trace:
                 for seg, lost, uncaptured in segs:
                     tot = seg_totals.get(seg)
                     if tot is None:
-                        tot = seg_totals[seg] = [0, 0, 0]
+                        tot = seg_totals[seg] = [0, 0, 0, 0, 0]
                     tot[0] += n
                     if lost:
                         tot[1] += n
@@ -92,8 +92,27 @@ def build_trace(c: Correlation) -> Trace:
                     not_captured += n
                     key = (pts[nxt].node, bool(after >> nxt & 1))
                     late[key] = late.get(key, 0) + n
+        total_bytes = bytes_reached = 0
+        bytes_per_point: dict[str, int] = {}
+        for sender, masks in f.byte_masks.items():
+            way = tuple_ways.get("request" if sender == client else "response", ())
+            for mask, n in masks.items():
+                ids, got_there, _, _, segs, _, _ = mask_on_way_seen(mask, way)
+                total_bytes += n
+                for pid in ids:
+                    bytes_per_point[pid] = bytes_per_point.get(pid, 0) + n
+                if got_there:
+                    bytes_reached += n
+                for seg, lost, _ in segs:
+                    tot = seg_totals.get(seg)
+                    if tot is None:
+                        tot = seg_totals[seg] = [0, 0, 0, 0, 0]
+                    tot[3] += n
+                    if lost:
+                        tot[4] += n
         summary = FlowSummary(packets=f.packets, reached_end=reached, per_point=per_point, way=way_ids,
-                              stopped=stopped, not_captured=not_captured, gaps=gaps, not_visible=invisible)
+                              stopped=stopped, not_captured=not_captured, gaps=gaps, not_visible=invisible,
+                              bytes=total_bytes, bytes_per_point=bytes_per_point, bytes_reached_end=bytes_reached)
         flows_out.append(Flow(client=endpoint(client), server=server, protocol=PROTO_NAMES.get(f.proto, str(f.proto)),
                               nat=nat, packets=packets, summary=summary, http=f.http))
     flows_out = _named_by_dns(c, flows_out)
@@ -104,11 +123,12 @@ def build_trace(c: Correlation) -> Trace:
         for i in order
     )
     segments = []
-    for (a, b), (n, lost, uncaptured) in seg_totals.items():
+    for (a, b), (n, lost, uncaptured, seg_bytes, bytes_lost) in seg_totals.items():
         shift = c.offsets.get(pts[a].node, 0.0) - c.offsets.get(pts[b].node, 0.0)
         median, p99 = c.segment_latency((a, b), (0.5, 0.99)) or (None, None)
         segments.append(SegmentStats(
-            src=pts[a].id, dst=pts[b].id, packets=n, lost=lost, not_captured=uncaptured,
+            src=pts[a].id, dst=pts[b].id, packets=n, lost=lost, not_captured=uncaptured, bytes=seg_bytes,
+            bytes_lost=bytes_lost,
             latency_median=None if median is None else median + shift,
             latency_p99=None if p99 is None else p99 + shift))
     rank = {i: k for k, i in enumerate(order)}
@@ -300,15 +320,21 @@ def _hops(c: Correlation, seq: list[PacketSighting], direction: str) -> tuple[Ho
                         ip_dst=fmt_ip(dst), sport=fr.sport, dport=fr.dport, ttl=fr.ttl, encap=enc,
                         changes=tuple(changes), why=why, frame_bytes=fr.orig_len,
                         ip_id=fr.ip_id if fr.ip_version == 4 else None, arp=arp_fields(fr),
-                        carried=_carriage(s.carried, prev_frames, fr)))
+                        carried=_carriage(s.carried, prev_frames, fr, c.options.offloads.get(p.id, {}))))
         prev, prev_point = fr, p
         prev_frames = s.carried[0] if s.carried else 1
     return tuple(hops)
 
 
-def _carriage(carried: tuple | None, before: int, fr) -> Carriage | None:
+SEGMENTING = ("tx-tcp-segmentation", "tx-generic-segmentation", "tx-udp_tnl-segmentation")
+MERGING = ("rx-gro", "rx-gro-hw", "rx-lro")
+"""The offloads (`ethtool -k`'s names) a hop's note names where frames were cut, or merged."""
+
+
+def _carriage(carried: tuple | None, before: int, fr, offloads: dict[str, str]) -> Carriage | None:
     """How the packet's bytes were carried at a hop (pieces.Assembled.carried there), against
-    the hop before (`before` frames): None where one frame carried them, as at the hop before."""
+    the hop before (`before` frames): None where one frame carried them, as at the hop before.
+    `offloads`: the point's, as its capture agent read them (named in the note)."""
     if carried is None:
         if before == 1:
             return None
@@ -324,6 +350,9 @@ def _carriage(carried: tuple | None, before: int, fr) -> Carriage | None:
         how, by, note = "whole", "GRO", "one frame again (GRO)"
     else:
         how, by, note = "recut", "TSO/GSO, GRO", f"cut otherwise, into {n} (TSO/GSO, GRO)"
+    named = [f"{k} {offloads[k]}" for k in (SEGMENTING if how == "segmented" else MERGING) if k in offloads]
+    if named:
+        note += f" ({', '.join(named)} here)"
     return Carriage(frames=frames, frame_bytes=tuple(sizes), bytes=got, how=how, by=by, note=note)
 
 

@@ -68,6 +68,9 @@ class CorrelationOptions:
     """Processes reading capture files at once, this one included: 1 reads every file here;
     None: big pcap files (summary mode) each in a process of its own when there is more than
     one CPU (tracer.capture.workers)."""
+    offloads: dict[str, dict[str, str]] = field(default_factory=dict)
+    """Point id -> its offloads as its capture agent read them (`ethtool -k`'s names): the
+    hops that say how a packet was carried name the settings that did it."""
     captured_together: bool = False
     """Every capture ran over the whole exchange: no packet went by a point not capturing.
     Else a point's node is taken to capture from the first frame of any of its points to the
@@ -131,8 +134,8 @@ class Correlator:
         # Open every file first, so that a bad one is refused before any work is done.
         streams = self.captures.open()
         # pending: identity -> the packet's record [first time, bitmask of points, sightings, identity, next,
-        # span, group]; a second packet with the same identity (a retransmission seen again at a point) is
-        # chained as `next`; span and group: TCP data by sequence range (tracer.correlate.pieces).
+        # group]; a second packet with the same identity (a retransmission seen again at a point) is
+        # chained as `next`; group: TCP data that shares bytes with other records (tracer.correlate.pieces).
         pending: dict = {}
         queue: deque = deque()  # records by first time, for the window
         window = self.opts.window
@@ -184,7 +187,7 @@ class Correlator:
                 bit = o[10]
                 rec = pending.get(key)
                 if rec is None:
-                    rec = [ts, bit, [o], key, None, None, None]
+                    rec = [ts, bit, [o], key, None, None]
                     pending[key] = rec
                     queue.append(rec)
                     if key.__class__ is bytes and key[11:] != NO_DATA and not key[10] & 0x02:
@@ -196,14 +199,14 @@ class Correlator:
                     if not rec[1] & bit:
                         rec[1] |= bit
                         rec[2].append(o)
-                        if rec[1] == full and rec[6] is None:
+                        if rec[1] == full and rec[5] is None:
                             # Seen at every point there is: nothing more can come, finalize now (keeps memory low).
                             _unlink(pending, rec)
                             finalize(rec[2])
                             rec[2] = None
                         break
                     if rec[4] is None:  # seen here by every record: another packet of the same identity
-                        rec[4] = nxt = [ts, bit, [o], key, None, None, None]
+                        rec[4] = nxt = [ts, bit, [o], key, None, None]
                         queue.append(nxt)
                         if key.__class__ is bytes and key[11:] != NO_DATA and not key[10] & 0x02:
                             add_range(nxt)
@@ -294,6 +297,12 @@ class Correlator:
                 flow.records.append(obs)
             tally = shape.tally
             tallies[tally] = tallies.get(tally, 0) + 1
+            key = first[2]
+            if key.__class__ is bytes and key[11:] != NO_DATA:  # (TCP data: its bytes too)
+                bt = flow.byte_tallies.get(sender)
+                if bt is None:
+                    bt = flow.byte_tallies[sender] = {}
+                bt[tally] = bt.get(tally, 0) + int.from_bytes(key[11:15], "big")
             if shape.mask != full and check_windows:  # did the points that missed it capture at the time?
                 # (judged with the clock offsets known by now; kept packets again at the end)
                 before, after = clocks.uncovered(obs, shape.mask, window)

@@ -20,7 +20,7 @@ class FlowState:
     """Per-flow state. In summary mode it holds counters only."""
 
     __slots__ = ("cks", "proto", "syn_sender", "first_sender", "packets", "http", "records", "masks", "pairs",
-                 "endpoints_seen", "nat", "tallies", "first_time", "unsure", "uncovered")
+                 "endpoints_seen", "nat", "tallies", "first_time", "unsure", "uncovered", "byte_tallies", "byte_masks")
 
     def __init__(self, proto: int):
         self.cks: set = set()
@@ -33,6 +33,8 @@ class FlowState:
         self.masks: dict[tuple, dict] = {}   # sender endpoint -> {bitmask of points: packets}
         self.pairs: dict[tuple, dict] = {}   # sender endpoint -> {(point a, point b) consecutive: packets}
         self.tallies: dict[tuple, dict] = {}  # sender endpoint -> {Shape.tally: packets}; -> masks, pairs
+        self.byte_tallies: dict[tuple, dict] = {}  # sender endpoint -> {Shape.tally: TCP payload bytes}; -> byte_masks
+        self.byte_masks: dict[tuple, dict] = {}  # sender endpoint -> {bitmask of points: TCP payload bytes}
         self.endpoints_seen: dict[tuple, int] = {}
         # (kind, (ip, port) before, (ip, port) after, point index where first seen translated)
         self.nat: list[tuple] = []
@@ -57,10 +59,11 @@ class FlowState:
         self.packets += other.packets
         self.http |= other.http
         self.records.extend(other.records)
-        for sender, tallies in other.tallies.items():  # (masks, pairs and endpoints come from these later)
-            mine = self.tallies.setdefault(sender, {})
-            for k, n in tallies.items():
-                mine[k] = mine.get(k, 0) + n
+        for mine_all, theirs in ((self.tallies, other.tallies), (self.byte_tallies, other.byte_tallies)):
+            for sender, tallies in theirs.items():  # (masks, pairs and endpoints come from these later)
+                mine = mine_all.setdefault(sender, {})
+                for k, n in tallies.items():
+                    mine[k] = mine.get(k, 0) + n
         self.nat.extend(n for n in other.nat if n not in self.nat)
         for sender, counts in other.unsure.items():
             self.unsure.setdefault(sender, Counter()).update(counts)
@@ -77,6 +80,10 @@ class FlowState:
                 masks[mask] = masks.get(mask, 0) + n
                 for seg in segs:
                     pairs[seg] = pairs.get(seg, 0) + n
+        for sender, tallies in self.byte_tallies.items():
+            masks = self.byte_masks.setdefault(sender, {})
+            for (mask, _), n in tallies.items():
+                masks[mask] = masks.get(mask, 0) + n
 
 
 class FlowTable:

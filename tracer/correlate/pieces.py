@@ -18,29 +18,31 @@ retransmission: another IP ID, later) has equal boundaries: never grouped with t
 packet of its own; where it is grouped through a super-frame, each point's piece goes to the
 latest sending of those bytes before it.
 
-A record is a list [first time, points bitmask, sightings, identity, next, span, group] (see
-Correlator._loop); span is (stream, start, end) of its sequence range, group the list of the
-records grouped with it (shared) or None.
+A record is a list [first time, points bitmask, sightings, identity, next, group] (see
+Correlator._loop); group is the list of the records grouped with it (shared) or None, the
+sequence range is its identity's (`span`).
 """
 
 from __future__ import annotations
 
+import struct
 from bisect import bisect_left, bisect_right
 
 from tracer.capture.sightings import FRAME
 
-SPAN, GROUP = 5, 6
-"""Slots of a pending record (see Correlator._loop)."""
+GROUP = 5
+"""The slot of a pending record that holds its group (see Correlator._loop)."""
 NO_DATA = b"\x00\x00\x00\x00"
 """The length field of a TCP identity (tracer.capture.sightings.tcp_key) without payload."""
 SWEEP_EVERY = 4096
 """New streams between two sweeps of streams whose records are all finalized."""
+_SPAN = struct.Struct("!2xII1xI")  # (seq, ack, payload length) of a TCP identity (tcp_key)
 
 
-def data_span(key: bytes) -> tuple[bytes, int, int]:
-    """A TCP identity's stream (its ACK number, as bytes) and sequence range [start, end)."""
-    start = int.from_bytes(key[2:6], "big")
-    return key[6:10], start, start + int.from_bytes(key[11:15], "big")
+def span(rec: list) -> tuple[int, int]:
+    """A record's sequence range [start, end) (its identity's)."""
+    s, _, n = _SPAN.unpack_from(rec[3])
+    return s, s + n
 
 
 class Assembled(list):
@@ -58,14 +60,26 @@ class Assembled(list):
         self.unit_bytes = unit_bytes
 
 
+class _Stream:
+    """The records of one stream (more than one): their starts, sorted, and the longest range."""
+
+    __slots__ = ("starts", "recs", "longest")
+
+    def __init__(self, a: list, b: list):
+        (sa, ea), (sb, eb) = span(a), span(b)
+        if sb < sa:
+            a, b, sa, sb = b, a, sb, sa
+        self.starts, self.recs, self.longest = [sa, sb], [a, b], max(ea - sa, eb - sb)
+
+
 class Ranges:
     """Pending TCP data records by stream and range, and the groups of overlapping ones."""
 
     __slots__ = ("streams", "grouped", "_new")
 
     def __init__(self):
-        self.streams: dict[bytes, list] = {}
-        """stream -> [starts (sorted), records (in the same order), the longest range]."""
+        self.streams: dict[int, list | _Stream] = {}
+        """ACK number -> its one record (the usual), or a _Stream of them."""
         self.grouped = 0
         """Records that joined a group (pieces of other records' bytes)."""
         self._new = 0
@@ -73,32 +87,38 @@ class Ranges:
     def add(self, rec: list) -> None:
         """Index a new record of TCP data (its identity has a payload); group it with the
         records whose bytes it shares with other boundaries."""
-        stream, s, e = span = data_span(rec[3])
-        rec[SPAN] = span
-        st = self.streams.get(stream)
-        if st is None:
-            self.streams[stream] = [[s], [rec], e - s]
+        s, ack, n = _SPAN.unpack_from(rec[3])
+        e = s + n
+        streams = self.streams
+        st = streams.get(ack)
+        if st is None or (st.__class__ is list and st[2] is None):  # (the usual: a stream's first)
+            streams[ack] = rec
             self._new += 1
             if self._new >= SWEEP_EVERY:
                 self._sweep()
             return
-        starts, recs, longest = st
+        if st.__class__ is list:  # its second record
+            os_, oe = span(st)
+            if os_ < e and oe > s and (os_ != s or oe != e):
+                self._join(rec, st)
+            streams[ack] = _Stream(st, rec)
+            return
+        starts, recs = st.starts, st.recs
         if recs[0][2] is None:  # finalized records at the front (the usual: in order of time and bytes)
             k = 1
             while k < len(recs) and recs[k][2] is None:
                 k += 1
             del starts[:k], recs[:k]
-        if e - s > longest:
-            st[2] = longest = e - s
-        lo = bisect_left(starts, s - longest)
+        if n > st.longest:
+            st.longest = n
+        lo = bisect_left(starts, s - st.longest)
         hi = bisect_left(starts, e, lo)
         for k in range(lo, hi):
             other = recs[k]
-            if other[2] is None:
-                continue
-            _, os_, oe = other[SPAN]
-            if oe > s and (os_ != s or oe != e):
-                self._join(rec, other)
+            if other[2] is not None:
+                os_, oe = span(other)
+                if oe > s and (os_ != s or oe != e):
+                    self._join(rec, other)
         k = bisect_right(starts, s)
         starts.insert(k, s)
         recs.insert(k, rec)
@@ -126,7 +146,8 @@ class Ranges:
     def _sweep(self) -> None:
         """Forget the streams whose records are all finalized (an ACK number the connection left)."""
         self._new = 0
-        dead = [k for k, (_, recs, _) in self.streams.items() if all(r[2] is None for r in recs)]
+        dead = [k for k, st in self.streams.items()
+                if (st[2] is None if st.__class__ is list else all(r[2] is None for r in st.recs))]
         for k in dead:
             del self.streams[k]
 
@@ -141,7 +162,7 @@ def assemble(group: list[list], first_point, offsets: dict[int, float]) -> list[
     pieces: dict[int, list] = {}  # point -> [(time on the reference clock, start, end, sighting, record)]
     earliest: dict[int, tuple] = {}
     for rec in group:
-        _, s, e = rec[SPAN]
+        s, e = span(rec)
         for o in rec[2]:
             p = o[1]
             t = o[0] - offsets.get(p, 0.0)

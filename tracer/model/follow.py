@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from tracer.model.way import Way
 
@@ -37,6 +37,8 @@ class PointCount:
     packets: int
     dropped: int = 0
     """Frames the kernel dropped because the agent's socket queue was full."""
+    offloads: dict[str, str] = field(default_factory=dict)
+    """The interface's offloads as the agent read them (`ethtool -k`'s names: tx-tcp-segmentation on, ...)."""
 
 
 @dataclass(frozen=True, kw_only=True)

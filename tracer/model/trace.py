@@ -250,6 +250,10 @@ class SegmentStats:
     latency_p99: float | None
     not_captured: int = 0
     """Packets that crossed the segment without being captured at its end (seen further on)."""
+    bytes: int = 0
+    """TCP payload bytes of the packets that crossed it (however the frames carried them)."""
+    bytes_lost: int = 0
+    """TCP payload bytes of the packets lost in it."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -270,6 +274,12 @@ class FlowSummary:
     """Packets seen before and after a point of their way but not at it (not lost: not captured)."""
     not_visible: int = 0
     """Packets a point of their way did not see that their data path may bypass (not lost)."""
+    bytes: int = 0
+    """TCP payload bytes of its packets (each once, as their senders handed them over)."""
+    bytes_per_point: dict[str, int] = field(default_factory=dict)
+    """Point -> TCP payload bytes of the packets seen there (whatever frames carried them)."""
+    bytes_reached_end: int = 0
+    """TCP payload bytes of the packets seen at the last point of their way."""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -52,7 +52,8 @@ def _flow(f: Flow, summary: bool) -> dict:
         s = f.summary
         d["summary"] = {"packets": s.packets, "reached_end": s.reached_end, "per_point": s.per_point,
                         "way": {k: list(v) for k, v in s.way.items()}, "stopped": s.stopped,
-                        "not_captured": s.not_captured, "gaps": s.gaps, "not_visible": s.not_visible}
+                        "not_captured": s.not_captured, "gaps": s.gaps, "not_visible": s.not_visible,
+                        "bytes": s.bytes, "bytes_per_point": s.bytes_per_point, "bytes_reached_end": s.bytes_reached_end}
     return d
 
 
@@ -115,7 +116,8 @@ def follow_document(r: FollowRun) -> dict[str, Any]:
         "url": r.url,
         "service": dataclasses.asdict(r.way.service) if r.way.service else None,
         "curl": [asdict(c) for c in r.curls],
-        "captures": [{"point": c.point, "packets": c.packets, "dropped": c.dropped} for c in r.captures],
+        "captures": [{"point": c.point, "packets": c.packets, "dropped": c.dropped, "offloads": dict(c.offloads)}
+                     for c in r.captures],
         "saved": r.saved,
         "timings": dict(r.timings),
         "interrupted": r.interrupted,

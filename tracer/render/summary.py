@@ -35,7 +35,7 @@ def render_summary(trace: Trace, console: Console, flows: list[Flow]) -> None:
         st.add_column(col, overflow="fold")
     for s in trace.segments:
         gap = (Text(f"{s.not_captured:,}", style="yellow" if s.not_captured else ""),) if uncaptured else ()
-        st.add_row(safe(s.src), safe(s.dst), f"{s.packets:,}", Text(f"{s.lost:,}", style="red" if s.lost else ""), *gap,
+        st.add_row(safe(s.src), safe(s.dst), f"{s.packets:,}", Text(f"{s.lost:,}" + (f" ({s.bytes_lost:,} B)" if s.bytes_lost else ""), style="red" if s.lost else ""), *gap,
                    duration(s.latency_median), duration(s.latency_p99))
     console.print(st)
     render_footer(trace, console)
