@@ -17,7 +17,10 @@ Wireshark and dumpcap save), in the same runs.
 With --against REV, also the tracer of git revision REV (e.g. the commit before a change) on the
 same set, run alternately with this tree's in the same runs: the ratio says what the change costs.
 With --sample NAME, the set is built from pcaps/NAME instead of http-get (bytes-offloads: bulk
-transfers whose super-frames TSO/GSO cut and GRO merged between the points).
+transfers whose super-frames TSO/GSO cut and GRO merged between the points). With --step-back
+FRACTION, the set's files have that share of records 1 ms before their place (as multi-queue
+NICs and `-i any` write them), and the same set in time order (reordercap) is timed beside it:
+the ratio of the two and whether both give the same document (target: at most 1.2x).
 
     python bench/bench_analyze.py [--frames 1000000] [--runs 3] [--pcapng] [--against REV] [--sample NAME]
 """
@@ -74,14 +77,24 @@ def main() -> None:
     ap.add_argument("--pcapng", action="store_true", help="also time the same set as pcapng files")
     ap.add_argument("--against", metavar="REV", help="also time tracer as of this git revision, alternately")
     ap.add_argument("--sample", default="http-get", help="the sample in pcaps/ the set is built from")
+    ap.add_argument("--step-back", type=float, default=0.0, metavar="FRACTION",
+                    help="records going back in time in this share: timed against the same set in time order")
     ap.add_argument("--no-tshark", action="store_true",
                     help="skip the reference (with --against: only this tree against REV, more runs in the time)")
     args = ap.parse_args()
     name = "six-point" if args.sample == "http-get" else args.sample
-    data = os.path.join(HERE, "out", f"{name}-{args.frames}")
+    stepped = f"-back{round(args.step_back * 100)}" if args.step_back else ""
+    data = os.path.join(HERE, "out", f"{name}-{args.frames}{stepped}")
     if not os.path.isdir(data):
         subprocess.run([sys.executable, os.path.join(HERE, "make_captures.py"), data, "--frames", str(args.frames),
-                        "--sample", args.sample], check=True)
+                        "--sample", args.sample, "--step-back", str(args.step_back)], check=True)
+    ordered = data + "-ordered" if args.step_back else None
+    if ordered and not os.path.isdir(ordered):
+        for f in sorted(glob.glob(os.path.join(data, "*", "*.pcap"))):
+            dst = os.path.join(ordered, os.path.relpath(f, data))
+            os.makedirs(os.path.dirname(dst), exist_ok=True)
+            subprocess.run(["reordercap", "-n", f, dst + ".part"], check=True, stdout=subprocess.DEVNULL)
+            os.rename(dst + ".part", dst)
     files = sorted(glob.glob(os.path.join(data, "*", "*.pcap")))
     # tracer's bytecode, compiled as `pip install` does (a PYTHONDONTWRITEBYTECODE sandbox would
     # otherwise compile it from source on every run, which no installed tracer pays).
@@ -95,6 +108,9 @@ def main() -> None:
     import json
     frames = json.loads(out)["summary"]["frames"]
     modes = {"tracer analyze --summary": tracer_cmd, "  the same with --jobs 1": tracer_cmd + ["--jobs", "1"]}
+    if ordered:
+        in_order = [sys.executable, "-m", "tracer", "analyze", ordered, "--summary", "--output", "json"]
+        modes |= {"  the same set in time order": in_order, "  in time order, --jobs 1": in_order + ["--jobs", "1"]}
     if args.against:
         old = checkout(args.against)
         # (run from its own tree: `-m tracer` finds the package in the working directory first)
@@ -136,6 +152,17 @@ def main() -> None:
         ratio = f"ratio to tshark {r / m:.2f}x (target >= 10x); " if r is not None else ""
         print(f"{'':<30}{ratio}peak memory: largest process "
               f"{max(peaks[mode]) / 1024:.0f} MB, all processes {pss_peak(cmd) / 1024:.0f} MB (target < 500 MB)")
+    if ordered:
+        # (the documents name the files: the same but for the directory)
+        same = subprocess.run(modes["  the same set in time order"], check=True, capture_output=True).stdout.replace(
+            os.path.abspath(ordered).encode(), os.path.abspath(data).encode()) == \
+            subprocess.run(tracer_cmd, check=True, capture_output=True).stdout
+        for back, fwd in (("tracer analyze --summary", "  the same set in time order"),
+                          ("  the same with --jobs 1", "  in time order, --jobs 1")):
+            a, b = statistics.median(mine[back]), statistics.median(mine[fwd])
+            print(f"records back in time ({args.step_back:.0%}) against in time order{' with --jobs 1' if 'jobs' in back else ''}: "
+                  f"{a:.2f} s / {b:.2f} s = {a / b:.2f}x (target <= 1.2x)")
+        print(f"the same document from both: {'yes' if same else 'NO'}")
     if args.against:
         for now, then in (("tracer analyze --summary", f"  {args.against} (before)"),
                           ("  the same with --jobs 1", f"  {args.against} --jobs 1")):

@@ -25,6 +25,7 @@ from tracer.capture.pcapio import open_capture  # noqa: E402
 
 SAMPLES = os.path.join(os.path.dirname(__file__), "..", "pcaps")
 CONN_RATE = 500.0
+STEP_BACK = 0.001  # seconds a stepped-back record goes back (--step-back)
 
 
 def way_points(sample: str) -> list[str]:
@@ -52,8 +53,12 @@ def main() -> None:
     ap.add_argument("outdir")
     ap.add_argument("--frames", type=int, default=1_000_000)
     ap.add_argument("--sample", default="http-get", help="the sample in pcaps/ whose connection is replayed")
+    ap.add_argument("--step-back", type=float, default=0.0, metavar="FRACTION",
+                    help="write this share of each file's records 1 ms earlier than their place, as multi-queue "
+                         "NICs and `-i any` captures go a little back in time (reordercap puts them in order)")
     args = ap.parse_args()
     templates = load_templates(args.sample)
+    step = round(args.step_back * 10000)
     per_conn = sum(len(f) for _, f in templates.values())
     conns = -(-args.frames // per_conn)
     t0 = min(f[0][0] for _, f in templates.values())
@@ -71,6 +76,8 @@ def main() -> None:
                 base = c / CONN_RATE
                 while pending and (c == conns or pending[0][0] < base + 1.8e9):  # (every frame is >= t0)
                     t, _, d = heapq.heappop(pending)
+                    if step and (total * 2654435761) % 10000 < step:
+                        t -= STEP_BACK
                     sec = int(t)
                     f.write(struct.pack("<IIII", sec, int((t - sec) * 1e9), len(d), len(d)))
                     f.write(d)

@@ -46,6 +46,8 @@ class Scenario:
     """Seconds between curl's end and stopping the tcpdumps (the exchange's last ACK/FIN)."""
     offloads: str = "none"
     """The lab's underlay NICs (`lab up --offloads`): real cuts and merges super-frames on the way."""
+    request: tuple[str, ...] = ()
+    """The command pod curl runs instead of curl (e.g. a UDP sender), if any."""
 
 
 SCENARIOS = (
@@ -76,6 +78,21 @@ SCENARIOS = (
         ),
         url="http://172.18.104.14:80/bytes/50000",
         offloads="real",
+    ),
+    Scenario(
+        name="vxlan-fragments",
+        description=(
+            "Both nodes' eth1 at MTU 1400 under vxlan.calico's 1450 (an underlay MTU lowered after the CNI "
+            "chose its own): curl's pod sends two 1,400-byte UDP datagrams without DF to httpbin:9999; "
+            "each VXLAN packet (1,478 bytes) leaves worker1/eth1 in 2 IP fragments (the outer DF is not "
+            "set), worker2 puts them together before decapsulating; httpbin answers ICMP port unreachable."
+        ),
+        url="",
+        setup=(("worker1", ("ip", "link", "set", "eth1", "mtu", "1400")),
+               ("worker2", ("ip", "link", "set", "eth1", "mtu", "1400"))),
+        request=("python3", "-c", "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+                 "s.setsockopt(socket.IPPROTO_IP, 10, 0); "  # (IP_MTU_DISCOVER = IP_PMTUDISC_DONT: no DF)
+                 "[s.sendto(bytes(1400), ('172.18.104.14', 9999)) for _ in range(2)]"),
     ),
     Scenario(
         name="vxlan-drop",
@@ -134,7 +151,8 @@ def record(scenario: Scenario, out_root: Path) -> dict:
             points = [(p.node, p.interface) for p in way.points] + [("curl", "eth0"), ("httpbin", "eth0")]
         captures = [_start_tcpdump(lab, where, dev, out / where / f"{dev}.pcap", immediate=not scenario.any_interface)
                     for where, dev in points]
-        curl_argv = ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", str(scenario.max_time), scenario.url]
+        curl_argv = list(scenario.request) or ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time",
+                                               str(scenario.max_time), scenario.url]
         res = lab.exec("curl", curl_argv, timeout=scenario.max_time + 5)
         time.sleep(scenario.linger)  # the last ACK/FIN of the exchange, then stop
         stats = {f"{where}/{dev}": _stop_tcpdump(proc) for (where, dev), proc in zip(points, captures)}

@@ -96,7 +96,7 @@ def gre_data_path(recognizes: bool = True) -> types.ModuleType:
         tunnel = NodeTunnel(device="tun0", vni=0, udp_port=0, mtu=tun["mtu"], src_mac="", dst_mac="",
                             dst_tunnel_ip="", src_node_ip=NODE_IPS[src.name], dst_node_ip=NODE_IPS[dst.name],
                             route=src.route_for(dst_pod.ip), underlay_src="eth1", underlay_src_mac="",
-                            underlay_dst="eth1", underlay_dst_mac="")
+                            underlay_dst="eth1", underlay_dst_mac="", encapsulation="gre")
         points = [capture_point(src, tun, "tunnel", "egress", ("", ""), "GRE out."),
                   capture_point(dst, dst.link(name="tun0"), "tunnel", "ingress", ("", ""), "GRE in.")]
         return tunnel, points

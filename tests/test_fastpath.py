@@ -20,6 +20,7 @@ from factories import CURL_MAC, PUBLIC, SAMPLES, eth, inner_syn, ipv4, pcap_byte
 from tracer.capture.inputs import inputs_from_paths
 from tracer.correlate.engine import CorrelationOptions, Correlator
 from tracer.decode import VXLAN_PORTS, decode
+from tracer.capture.defrag import Defrag
 from tracer.capture.fastpath import pcap_sightings
 from tracer.capture.sightings import PointStats, from_frame
 from tracer.render.jsondoc import dumps
@@ -54,11 +55,22 @@ def fast(path: Path) -> tuple[list[tuple], PointStats, list[str], CaptureFile]:
 def decoded(cap: CaptureFile, records, stats: PointStats) -> list[tuple]:
     """The sightings of records decoded in full, as point 0 (the general reader)."""
     out = []
-    for r in records:
-        fr = decode(cap.interfaces[r.interface].linktype, r.data, r.orig_len)
-        e = stats.add_frame(fr, r.time)
+    defrag = Defrag()  # (outer fragments put together, as both readers do)
+
+    def sight(linktype, data, orig, t, pieces):
+        fr = decode(linktype, data, orig)
+        e = stats.add_frame(fr, t)
+        if pieces:
+            stats.frames += len(pieces) - 1
         if e is not None:
-            out.append(from_frame(r.time, 0, fr, e, False))
+            out.append(from_frame(t, 0, fr, e, False))
+
+    for r in records:
+        linktype = cap.interfaces[r.interface].linktype
+        for data, orig, t, pieces, _ in defrag.feed(linktype, r.data, r.orig_len, r.time):
+            sight(linktype, data, orig, t, pieces)
+    for data, orig, t, pieces, _ in defrag.flush():
+        sight(LINKTYPE_ETHERNET, data, orig, t, pieces)
     return out
 
 

@@ -128,7 +128,8 @@ def select_flows(trace: Trace, specs: tuple[str, ...], all_flows: bool, related_
     """--flow specs if given; else the HTTP flows and those with packets that stopped on the way
     (a flow whose SYN was dropped never shows HTTP); else every flow. Chosen so (or with
     `related_arp`), the ARP exchanges of the chosen flows' addresses are shown too: step 3.3 of
-    their way (the pod resolving its gateway, the node resolving the pod)."""
+    their way (the pod resolving its gateway, the node resolving the pod), and the ICMP to and
+    from them (a node's "fragmentation needed" to a pod that sent more than the way takes)."""
     flows = list(trace.flows)
     if specs:
         chosen = [f for i, f in enumerate(flows, 1) if any(_matches(f, i, s) for s in specs)]
@@ -142,7 +143,7 @@ def select_flows(trace: Trace, specs: tuple[str, ...], all_flows: bool, related_
     if not related_arp:
         return chosen
     ips = {_ip(a) for f in chosen for a in (f.client, f.server, *((f.nat.original, f.nat.translated) if f.nat else ()))}
-    keep = {id(f) for f in chosen} | {id(f) for f in flows if f.protocol == "arp" and (f.client in ips or f.server in ips)}
+    keep = {id(f) for f in chosen} | {id(f) for f in flows if f.protocol in ("arp", "icmp") and (f.client in ips or f.server in ips)}
     return [f for f in flows if id(f) in keep]  # (in their numbers' order)
 
 

@@ -26,12 +26,13 @@ __all__ = ["CNIS", "OFFLOAD_MODES", "Progress", "down", "exec_in", "require_root
 
 
 def up(nodes: int, progress: Progress = lambda _: None, pods: tuple[tuple[str, str, str], ...] = (),
-       cni: str = CALICO_VXLAN, offload_mode: str = offloads.NONE) -> LabUp:
+       cni: str = CALICO_VXLAN, offload_mode: str = offloads.NONE, pod_mtu: int | None = None) -> LabUp:
     """Build the exercise's lab with `nodes` nodes and the extra `pods` (name, node, app) on the
-    data path `cni`, its underlay NICs' offloads as `offload_mode` says (TRACER_LAB_PREFIX /
+    data path `cni`, its underlay NICs' offloads as `offload_mode` says, the pods' MTU `pod_mtu`
+    where not the CNI's (TRACER_LAB_PREFIX /
     TRACER_STATE_DIR); on failure nothing is left behind. A bad node count or pod is reported
     before the need for root."""
-    topology = dataclasses.replace(with_pods(exercise(nodes, cni), pods), offloads=offload_mode)
+    topology = dataclasses.replace(with_pods(exercise(nodes, cni), pods), offloads=offload_mode, pod_mtu=pod_mtu)
     start = time.monotonic()
     lab = build_lab(topology, progress=progress)
     return LabUp(lab=view(lab), seconds=time.monotonic() - start)
@@ -74,7 +75,7 @@ def view(lab: Lab) -> LabView:
     ips = {p.name: p.ip for p in topo.pods}
     return LabView(
         prefix=state.prefix, cni=topo.cni, complete=state.complete, state=str(lab.store.path),
-        vni=topo.vni, udp_port=topo.udp_port, mtu=topo.mtu, title=CNI_TITLES.get(topo.cni, topo.cni),
+        vni=topo.vni, udp_port=topo.udp_port, mtu=topo.mtu, pod_mtu=topo.veth_mtu, title=CNI_TITLES.get(topo.cni, topo.cni),
         notes=CNI_NOTES.get(topo.cni, ()),
         nodes=tuple(
             LabNodeView(

@@ -16,6 +16,7 @@ import struct
 from collections.abc import Callable, Iterator
 from operator import itemgetter
 
+from tracer.capture.defrag import Defrag
 from tracer.capture.sightings import T, PointStats, from_frame, tcp_key
 from tracer.decode import GENEVE_PORT, LINKTYPE_ETHERNET, decode
 from tracer.capture.pcapio import MAX_RECORD, PCAPNG_SHB, CaptureFile
@@ -45,6 +46,23 @@ def _span(stats: PointStats, batch: list[tuple]) -> None:
 
 def pcap_sightings(cap: CaptureFile, point: int, stats: PointStats, vxlan_ports: frozenset[int],
                    warn: Callable[[str], None]) -> Iterator[list[tuple]]:
+    """Batches of sightings of a pcap (or one-interface pcapng) file of Ethernet frames (see
+    _sightings), then those of the fragments still held when it ends, as they were captured."""
+    defrag = Defrag()
+    yield from _sightings(cap, point, stats, vxlan_ports, warn, defrag)
+    batch = []
+    for data, orig, ts, _, _ in defrag.flush():
+        fr = decode(LINKTYPE_ETHERNET, data, orig, vxlan_ports)
+        e = stats.add_frame(fr, ts)
+        if e is not None:
+            batch.append(from_frame(ts, point, fr, e, False))
+    if batch:
+        _span(stats, batch)
+        yield batch
+
+
+def _sightings(cap: CaptureFile, point: int, stats: PointStats, vxlan_ports: frozenset[int],
+               warn: Callable[[str], None], defrag: Defrag) -> Iterator[list[tuple]]:
     """Batches of sightings (one per MiB read), in file order, of a classic pcap file of Ethernet
     frames, or of a pcapng file of one Ethernet interface.
 
@@ -68,6 +86,7 @@ def pcap_sightings(cap: CaptureFile, point: int, stats: PointStats, vxlan_ports:
         cap.read = base = cap.start  # (base: the offset in the file of the buffer's first byte)
         least = 12 if ng else 16  # (the smallest block, record header)
         eth_ip_tcp, vxlan_tcp, key = _ETH_IP_TCP.unpack_from, _VXLAN_TCP.unpack_from, tcp_key
+        feed = defrag.feed
         vx = vxlan_ports
         rest = b""
         count = 0
@@ -175,14 +194,18 @@ def pcap_sightings(cap: CaptureFile, point: int, stats: PointStats, vxlan_ports:
                                 append((ts, point, key(ipid, seq, ack, flags, plen), ttl, tunneled | ttl << 16, e, 6, flags,
                                         (buf[po:po + 8] if po + 8 <= end else buf[po:end]) if plen else b"", None, bit))
                                 continue
-                    # Anything else: the full decoder.
+                    # Anything else: the full decoder (an outer packet's fragments put together first).
                     slow += 1
-                    fr = decode(LINKTYPE_ETHERNET, buf[d:end], orig, vx)
-                    e = stats.add_frame(fr, ts)
-                    if e is not None:
-                        append(from_frame(ts, point, fr, e, False))
-                    else:
-                        dropped += 1  # not IP: counted, not followed
+                    dropped += 1  # (this record; less each sighting it gives: count stays the records')
+                    for data, orig, t, pieces, _ in feed(LINKTYPE_ETHERNET, buf[d:end], orig, ts):
+                        fr = decode(LINKTYPE_ETHERNET, data, orig, vx)
+                        e = stats.add_frame(fr, t)
+                        if pieces:
+                            fr.fragments = pieces
+                            stats.frames += len(pieces) - 1  # (add_frame counted the packet once)
+                        if e is not None:
+                            append(from_frame(t, point, fr, e, False))
+                            dropped -= 1  # (a sighting in the batch: counted there; not IP: counted, not followed)
                 rest = buf[pos:]
                 count += len(batch) + dropped
                 _span(stats, batch)

@@ -10,6 +10,8 @@ capture becomes one point per interface.
 
 from __future__ import annotations
 
+import itertools
+
 import os
 from collections.abc import Iterable, Iterator
 
@@ -17,6 +19,7 @@ from tracer.capture.fastpath import pcap_sightings
 from tracer.capture.inputs import CaptureInput, total_size, whole_node
 from tracer.capture.pcapio import open_capture, pcapng_head, resume_records
 from tracer.capture.roles import AMBIGUOUS_NAME, infer_role, role_from_name
+from tracer.capture.defrag import Defrag
 from tracer.capture.sightings import PointStats, from_frame
 from tracer.capture.workers import Workers
 from tracer.decode import LINKTYPE_ETHERNET, decode
@@ -199,8 +202,35 @@ class CaptureSet:
         split: dict[int, dict[int, int]] = {}  # file interface -> {interface index -> point} (tcpdump -i any)
         batch: list[tuple] = []
         overhead = 16 if cap.format == "pcap" else 32  # (record headers: for progress)
+        defrag = Defrag()
+
+        def sight(i: int, linktype: int, data: bytes, orig: int, t: float, pieces: tuple | None) -> None:
+            """Decode one frame (or packet put together) of interface i into the batch."""
+            fr = decode(linktype, data, orig, vxlan_ports)
+            if pieces:
+                fr.fragments = pieces
+            pidx = by_iface[i]
+            if pidx < 0:  # a whole node's capture: the frame's own interface is the point
+                ifindex = fr.ifindex or 0  # (0: a header cut short)
+                pidx = split[i].get(ifindex)
+                if pidx is None:
+                    pidx = split[i][ifindex] = self._point(inp.split_node, self._ifname(inp, ifindex), inp.path)
+            stats = self.points[pidx].stats
+            e = stats.add_frame(fr, t)
+            if pieces:
+                stats.frames += len(pieces) - 1  # (add_frame counted the packet once)
+            if e is None:
+                if keep:
+                    self.unfollowed.append((pidx, t, fr))
+            else:
+                batch.append(from_frame(t, pidx, fr, e, keep))
+
         try:
-            for rec in records:
+            for rec in itertools.chain(records, [None]):
+                if rec is None:  # (the end: the fragments still held, as they were captured)
+                    for data, orig, t, _, i in defrag.flush():
+                        sight(i, cap.interfaces[i].linktype, data, orig, t, None)
+                    break
                 i = rec.interface
                 if i >= len(by_iface):
                     if multi is None:
@@ -211,23 +241,13 @@ class CaptureSet:
                             split[len(by_iface)] = {}
                         by_iface.append(-1 if pidx is None else pidx)
                 taken += len(rec.data) + overhead
-                fr = decode(cap.interfaces[i].linktype, rec.data, rec.orig_len, vxlan_ports)
-                pidx = by_iface[i]
-                if pidx < 0:  # a whole node's capture: the frame's own interface is the point
-                    ifindex = fr.ifindex or 0  # (0: a header cut short)
-                    pidx = split[i].get(ifindex)
-                    if pidx is None:
-                        pidx = split[i][ifindex] = self._point(inp.split_node, self._ifname(inp, ifindex), inp.path)
-                e = self.points[pidx].stats.add_frame(fr, rec.time)
-                if e is None:
-                    if keep:
-                        self.unfollowed.append((pidx, rec.time, fr))
-                else:
-                    batch.append(from_frame(rec.time, pidx, fr, e, keep))
-                    if len(batch) >= BATCH:
-                        cap.read = max(cap.read, taken)  # (a fast reader before may have read ahead)
-                        yield batch
-                        batch = []
+                linktype = cap.interfaces[i].linktype
+                for data, orig, t, pieces, tag in defrag.feed(linktype, rec.data, rec.orig_len, rec.time, i):
+                    sight(tag, linktype if tag == i else cap.interfaces[tag].linktype, data, orig, t, pieces)
+                if len(batch) >= BATCH:
+                    cap.read = max(cap.read, taken)  # (a fast reader before may have read ahead)
+                    yield batch
+                    batch = []
             cap.read = max(cap.read, taken)
             if batch:
                 yield batch

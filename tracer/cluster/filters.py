@@ -67,7 +67,8 @@ the flow there, and how, is unknown; the correlator picks the flow's packets out
 
 def point_filter(point: WayPoint, way: Way, port: int) -> str:
     """A pod's veth (and a bridge) carries the pods' ARP too: step 3.3 of the way, shown as
-    packets of it when the run makes the pod or its node resolve an address."""
+    packets of it when the run makes the pod or its node resolve an address; and the ICMP errors
+    the nodes send the pods."""
     if point.asked and way.tunnel is not None and way.tunnel.encapsulation == "unknown":
         return EVERY_FRAME
     if point.role == "underlay":
@@ -77,8 +78,15 @@ def point_filter(point: WayPoint, way: Way, port: int) -> str:
     if svc is not None:  # (before kube-proxy's DNAT, and in the reply after its un-DNAT: the ClusterIP)
         flow = f"({flow}) or ({flow_filter(way.src.pod.ip, svc.cluster_ip, svc.port)})"
     if point.role in ("pod-veth", "bridge"):
-        return f"({flow}) or {arp_filter(way.src.pod.ip)} or {arp_filter(way.dst.pod.ip)}"
+        return (f"({flow}) or {arp_filter(way.src.pod.ip)} or {arp_filter(way.dst.pod.ip)}"
+                f" or {icmp_error_filter(way.src.pod.ip, way.dst.pod.ip)}")
     return flow
+
+
+def icmp_error_filter(a: str, b: str) -> str:
+    """ICMP destination-unreachable to or from either pod: a node's "fragmentation needed" to a
+    pod whose packet the way's MTU does not take (path-MTU discovery), a refused port."""
+    return f"(icmp[icmptype] == icmp-unreach and (host {a} or host {b}))"
 
 
 def capture_plan(way: Way, port: int) -> dict[str, list[CaptureSpec]]:

@@ -33,7 +33,11 @@ def command() -> None:
                    "real ones, the kernel cuts super-frames into MTU-sized frames before eth1 (no segmentation "
                    "offload there) and GRO merges them again on the receiving eth1: the pcaps differ in "
                    "segmentation from point to point, as on a real node.")
-def up_cmd(nodes: int, cni: str, pods: tuple[str, ...], offload_mode: str) -> None:
+@click.option("--mtu", "pod_mtu", type=click.IntRange(576, 9000), default=None, metavar="BYTES",
+              help="The pods' MTU, where it should not be the CNI's (the underlay's 1500 less the encapsulation's "
+                   "bytes): --mtu 1500 is a CNI configured without VXLAN's 50, for a class on path-MTU discovery "
+                   "(the node answers a full-size packet with ICMP \"fragmentation needed\"); tracer path warns.")
+def up_cmd(nodes: int, cni: str, pods: tuple[str, ...], offload_mode: str, pod_mtu: int | None) -> None:
     """Build the lab (needs root); fails cleanly, leaving nothing behind.
 
     \b
@@ -42,11 +46,12 @@ def up_cmd(nodes: int, cni: str, pods: tuple[str, ...], offload_mode: str) -> No
       tracer lab up --pod httpbin2=worker1    # the same-node way beside the other: path curl httpbin2
       tracer lab up --cni flannel-vxlan       # k3s' default: a bridge, flannel.1 on UDP 8472, VNI 1
       tracer lab up --offloads real           # then: tracer follow curl httpbin --path /bytes/102400
+      tracer lab up --mtu 1500                # pods not lowered by VXLAN's 50 bytes: tracer path warns
     """
     extra = tuple(_pod_spec(p) for p in pods)
     err = Console(stderr=True)
     with building(err) as progress:
-        result = lab.up(nodes, progress, extra, cni, offload_mode)
+        result = lab.up(nodes, progress, extra, cni, offload_mode, pod_mtu)
     render_up(result, err, stdout_console())
 
 

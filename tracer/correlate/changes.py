@@ -6,6 +6,8 @@ and the live grid (tracer.app.watch), so that "what changed" means the same in a
 
 from __future__ import annotations
 
+import struct
+
 from tracer.capture.sightings import CALICO_MAC, HTTP_STARTS
 from tracer.decode import (
     ARP_REPLY, ARP_REQUEST, PROTO_ARP, PROTO_GRE, PROTO_ICMP, PROTO_ICMPV6, PROTO_IPIP, PROTO_TCP, PROTO_UDP, Frame,
@@ -14,6 +16,10 @@ from tracer.decode import (
 from tracer.decode import dns as dns_decode
 from tracer.model import Arp, Dns, Encapsulation
 
+ICMP_UNREACHABLE = {0: "network unreachable", 1: "host unreachable", 3: "port unreachable",
+                    4: "fragmentation needed", 13: "administratively prohibited"}
+"""Words for ICMP destination-unreachable codes (RFC 792, 1812); code 4 carries the next hop's
+MTU in the bytes an echo's sequence number takes (RFC 1191)."""
 PROTO_NAMES = {PROTO_TCP: "tcp", PROTO_UDP: "udp", PROTO_ICMP: "icmp", PROTO_ICMPV6: "icmpv6", PROTO_GRE: "gre",
                PROTO_IPIP: "ipip", PROTO_ARP: "arp"}
 ARP_OPS = {ARP_REQUEST: "request", ARP_REPLY: "reply"}
@@ -76,6 +82,12 @@ def packet_summary(fr: Frame, dns: dns_decode.DnsMessage | None | object = _READ
                 text += f" {fr.payload_len} bytes"
         return text
     if fr.proto in (PROTO_ICMP, PROTO_ICMPV6):
+        if fr.proto == PROTO_ICMP and fr.icmp_type == 3:  # (its words, and frag-needed's next-hop MTU)
+            kind = ICMP_UNREACHABLE.get(fr.icmp_code, f"destination unreachable (code {fr.icmp_code})")
+            mtu = next_hop_mtu(fr)
+            if mtu:
+                kind += f", next-hop MTU {mtu}"
+            return f"ICMP {kind} {src} -> {dst}"
         kind = {0: "echo reply", 8: "echo request", 128: "echo request", 129: "echo reply"}.get(fr.icmp_type, f"type {fr.icmp_type}")
         seq = f" seq {fr.icmp_seq}" if fr.icmp_seq is not None else ""
         return f"ICMP {kind}{seq} {src} -> {dst}"
@@ -84,6 +96,31 @@ def packet_summary(fr: Frame, dns: dns_decode.DnsMessage | None | object = _READ
         return f"{msg.words()} {src} -> {dst}"
     name = PROTO_NAMES.get(fr.proto, f"proto {fr.proto}").upper()
     return f"{name} {src} -> {dst} {fr.payload_len or 0} bytes"
+
+
+def next_hop_mtu(fr: Frame) -> int | None:
+    """The next hop's MTU an ICMP "fragmentation needed" names (RFC 1191), else None."""
+    off = fr.l4_offset
+    if fr.proto != PROTO_ICMP or fr.icmp_type != 3 or fr.icmp_code != 4 or off is None or off < 0 \
+            or len(fr.data) < off + 8:
+        return None
+    return int.from_bytes(fr.data[off + 6:off + 8], "big") or None
+
+
+def icmp_quote(fr: Frame) -> tuple[bytes, bytes, int, int, int] | None:
+    """What an ICMP error quotes of the TCP packet it answers (its header and the first 8 bytes
+    of TCP, RFC 792): (source IP, destination IP, ports, sequence number), else None."""
+    off = fr.payload_offset
+    if fr.proto != PROTO_ICMP or fr.icmp_type not in (3, 11) or off is None or off < 0:
+        return None
+    d = fr.data
+    if len(d) < off + 20 or d[off] >> 4 != 4 or d[off + 9] != PROTO_TCP:
+        return None
+    ihl = (d[off] & 0x0F) * 4
+    if len(d) < off + ihl + 8:
+        return None
+    sport, dport, seq = struct.unpack_from("!HHI", d, off + ihl)
+    return d[off + 12:off + 16], d[off + 16:off + 20], sport, dport, seq
 
 
 def dns_message(fr: Frame) -> dns_decode.DnsMessage | None:
@@ -109,6 +146,10 @@ def packet_label(fr: Frame, dns: dns_decode.DnsMessage | None | object = _READ) 
     msg = dns_message(fr) if dns is _READ else dns
     if isinstance(msg, dns_decode.DnsMessage):
         return msg.words(short=True)
+    if fr.proto == PROTO_ICMP and fr.icmp_type == 3:
+        mtu = next_hop_mtu(fr)
+        return "ICMP frag needed" + (f" (MTU {mtu})" if mtu else "") if fr.icmp_code == 4 else \
+            "ICMP " + ICMP_UNREACHABLE.get(fr.icmp_code, "unreachable")
     flags = tcp_flags_str(fr.tcp_flags)
     text = FLAG_WORDS.get(flags, flags or PROTO_NAMES.get(fr.proto, "?").upper())
     if fr.payload_len:

@@ -7,14 +7,14 @@ from dataclasses import replace
 
 from tracer.correlate.flows import FlowState
 from tracer.correlate.changes import (
-    PROTO_NAMES, arp_fields, dns_message, dns_of, drop_hint, encapsulation, endpoint, frame_ends, hop_changes, hop_why, packet_label,
-    packet_summary,
+    ICMP_UNREACHABLE, PROTO_NAMES, arp_fields, dns_message, dns_of, drop_hint, encapsulation, endpoint, frame_ends, hop_changes,
+    hop_why, icmp_quote, next_hop_mtu, packet_label, packet_summary,
 )
 from tracer.correlate.order import PacketSighting
 from tracer.correlate.result import Correlation
 from tracer.correlate.ways import flow_ways, point_order, visible_way
 from tracer.correlate.ways import mask_info as mask_on_way
-from tracer.decode import PROTO_TCP, fmt_ip, fmt_mac, tcp_flags_str
+from tracer.decode import PROTO_ICMP, PROTO_TCP, fmt_ip, fmt_mac, tcp_flags_str
 from tracer.model import (
     CapturePoint, Carriage, Flow, FlowSummary, Hop, Nat, PacketTrace, SegmentStats, Trace, duration,
 )
@@ -115,7 +115,7 @@ def build_trace(c: Correlation) -> Trace:
                               bytes=total_bytes, bytes_per_point=bytes_per_point, bytes_reached_end=bytes_reached)
         flows_out.append(Flow(client=endpoint(client), server=server, protocol=PROTO_NAMES.get(f.proto, str(f.proto)),
                               nat=nat, packets=packets, summary=summary, http=f.http))
-    flows_out = _named_by_dns(c, flows_out)
+    flows_out = _answered_by_icmp(c, flows, _named_by_dns(c, flows_out))
     order = point_order(c, all_ways)
     points = tuple(
         CapturePoint(id=pts[i].id, node=pts[i].node, interface=pts[i].interface, role=pts[i].role,
@@ -166,6 +166,40 @@ def _named_by_dns(c: Correlation, flows: list[Flow]) -> list[Flow]:
                 f = replace(f, dns_name=name)
         out.append(f)
     return out
+
+
+def _answered_by_icmp(c: Correlation, flows: list[FlowState], out: list[Flow]) -> list[Flow]:
+    """A TCP packet that stopped where a node answered it with an ICMP error (its quote names
+    the packet: addresses, ports, sequence number, as the node had it): its hint says so, e.g.
+    a "fragmentation needed" for a packet larger than the way takes on (path-MTU discovery)."""
+    quotes: dict[tuple, tuple] = {}
+    for f in flows:
+        if f.proto == PROTO_ICMP:
+            for seq in f.records:
+                q = icmp_quote(seq[0].frame)
+                if q is not None:
+                    quotes.setdefault(q, (seq[0].frame, c.points[seq[0].point].node))
+    if not quotes:
+        return out
+    result = []
+    for f, flow in zip(flows, out, strict=True):
+        if f.proto == PROTO_TCP and any(p.stopped for p in flow.packets):
+            packets = []
+            for p, seq in zip(flow.packets, f.records, strict=True):
+                last = seq[-1].frame
+                hit = quotes.get((last.ip_src, last.ip_dst, last.sport, last.dport, last.tcp_seq)) if p.stopped else None
+                if hit is not None:
+                    icmp, node = hit
+                    mtu = next_hop_mtu(icmp)
+                    words = ICMP_UNREACHABLE.get(icmp.icmp_code, "an ICMP error") if icmp.icmp_type == 3 else "time exceeded"
+                    hint = f"{node} answered it with ICMP {words}" + (
+                        f" (next-hop MTU {mtu}): larger than the way takes on; TCP sends its bytes again in smaller "
+                        "packets (path-MTU discovery)" if mtu else "")
+                    p = replace(p, hint=hint)
+                packets.append(p)
+            flow = replace(flow, packets=tuple(packets))
+        result.append(flow)
+    return result
 
 
 def _when(c: Correlation, p: PacketTrace) -> float:
@@ -305,6 +339,7 @@ def _hops(c: Correlation, seq: list[PacketSighting], direction: str) -> tuple[Ho
     prev = None
     prev_point = None
     prev_frames = 1
+    fragmented = False  # (the hop before: the packet in IP fragments)
     for s in seq:
         fr = s.frame
         p = pts[s.point]
@@ -320,10 +355,25 @@ def _hops(c: Correlation, seq: list[PacketSighting], direction: str) -> tuple[Ho
                         ip_dst=fmt_ip(dst), sport=fr.sport, dport=fr.dport, ttl=fr.ttl, encap=enc,
                         changes=tuple(changes), why=why, frame_bytes=fr.orig_len,
                         ip_id=fr.ip_id if fr.ip_version == 4 else None, arp=arp_fields(fr),
-                        carried=_carriage(s.carried, prev_frames, fr, c.options.offloads.get(p.id, {}))))
+                        carried=_fragments(fr, fragmented) if fr.fragments or fragmented else
+                        _carriage(s.carried, prev_frames, fr, c.options.offloads.get(p.id, {}))))
         prev, prev_point = fr, p
-        prev_frames = s.carried[0] if s.carried else 1
+        prev_frames = len(fr.fragments) if fr.fragments else s.carried[0] if s.carried else 1
+        fragmented = bool(fr.fragments)
     return tuple(hops)
+
+
+def _fragments(fr, before: bool) -> Carriage | None:
+    """A hop whose packet came in IPv4 fragments (put together: tracer.capture.defrag), or the
+    first after such hops (None: whole, as before)."""
+    if fr.fragments:
+        n = len(fr.fragments)
+        return Carriage(frames=n, frame_bytes=tuple(fr.fragments), bytes=fr.payload_len or 0, how="fragmented", by="IP",
+                        note=f"fragmented into {n} frames (IP: larger than the MTU here, DF not set)")
+    if before:
+        return Carriage(frames=1, frame_bytes=(fr.orig_len,), bytes=fr.payload_len or 0, how="reassembled", by="IP",
+                        note="reassembled from its fragments (IP)")
+    return None
 
 
 SEGMENTING = ("tx-tcp-segmentation", "tx-generic-segmentation", "tx-udp_tnl-segmentation")

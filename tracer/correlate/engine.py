@@ -38,7 +38,7 @@ from tracer.correlate.result import Correlation
 from tracer.decode import PROTO_TCP, VXLAN_PORTS
 
 PROGRESS_EVERY = 0.2  # seconds
-_code, _ends = itemgetter(CODE), itemgetter(ENDS)
+_code, _ends, _time = itemgetter(CODE), itemgetter(ENDS), itemgetter(0)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -240,16 +240,19 @@ class Correlator:
         check_windows = not self.opts.captured_together
         window = clocks.window() if check_windows else None
         for obs in done:
-            # (a lone sighting's shape does not depend on arrival order)
-            sig = tuple(map(_code, obs)) if in_order or len(obs) == 1 else ()
-            shape = shapes.get(sig) if sig else None
+            if not in_order and len(obs) > 1:
+                # A file went back in time (multi-queue NICs, `-i any`): put the sightings in time
+                # order (stable: ties keep arrival order), and shapes are shared again.
+                obs.sort(key=_time)
+            sig = tuple(map(_code, obs))
+            shape = shapes.get(sig)
             if shape is None:
                 shape = new_shape(obs, sig)
             elif shape.ties and any(obs[i][0] == obs[j][0] for i, j in shape.ties):
                 shape = new_shape(obs, ())  # same instant: the roles decide, not this shape's arrival order
             for k, ia, ib, a, b in shape.steps:
                 # sightings in time order: the node's last one and the next node's first
-                d = obs[b][0] - obs[a][0] if in_order else min([obs[i][0] for i in ib]) - max([obs[i][0] for i in ia])
+                d = obs[b][0] - obs[a][0]
                 cur = samples.get(k)
                 if cur is None or d < cur:
                     samples[k] = d

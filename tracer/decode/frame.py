@@ -71,7 +71,7 @@ class Frame:
         "arp", "tunnels", "ip_version", "ip_src", "ip_dst", "ttl", "ip_id", "proto", "ip_len",
         "ip_offset", "fragment", "sport", "dport", "tcp_seq", "tcp_ack", "tcp_flags", "icmp_type",
         "icmp_code", "icmp_id", "icmp_seq", "payload_len", "payload_offset", "l4_offset",
-        "undecoded", "truncated", "data",
+        "undecoded", "truncated", "data", "fragments",
     )
 
     def __init__(self, linktype: int, caplen: int, orig_len: int):
@@ -111,6 +111,8 @@ class Frame:
         self.undecoded: str | None = None
         self.truncated = False
         self.data: bytes = b""
+        self.fragments: tuple[int, ...] | None = None
+        """The lengths of the IPv4 fragments this frame was put together from (tracer.capture.defrag)."""
 
     def push_tunnel(self, kind: str, inner_off: int, inner_eth: bool) -> TunnelHeader:
         """A tunnel decoder found its header: what was decoded so far becomes the tunnel's outer part."""

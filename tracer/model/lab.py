@@ -71,6 +71,7 @@ class LabView:
     """None where no VNI is fixed (Cilium: the source's identity) or there is no tunnel."""
     udp_port: int | None
     mtu: int
+    """The tunnel's (the CNI's) MTU."""
     nodes: tuple[LabNodeView, ...]
     pods: tuple[LabPodView, ...]
     title: str = ""
@@ -82,6 +83,8 @@ class LabView:
     """The cluster DNS in words (its address, server and pod), or why the lab has none."""
     offloads: str = "none"
     """none | real: the underlay NICs as veth's defaults or as real ones (`lab up --offloads`)."""
+    pod_mtu: int = 0
+    """The pods' MTU (`mtu` unless `lab up --mtu` set another)."""
 
 
 @dataclass(frozen=True)

@@ -63,11 +63,13 @@ class Carriage:
     bytes: int
     """The packet's TCP payload bytes these frames carried (all of them: it reached this point)."""
     how: str
-    """segmented | merged | recut | whole: cut into more frames than at the hop before, merged
-    into fewer (or with other packets' bytes), cut otherwise, or (whole) one frame again."""
+    """segmented | merged | recut | whole | fragmented | reassembled: cut into more frames than
+    at the hop before, merged into fewer (or with other packets' bytes), cut otherwise, (whole)
+    one frame again; in IP fragments here (the packet larger than the MTU, DF not set), put
+    together again."""
     by: str
     """What does that: `TSO/GSO` (segmentation offload, in the NIC or the kernel's GSO), `GRO`
-    (receive offload)."""
+    (receive offload), `IP` (fragmentation)."""
     note: str
     """One sentence for the views, e.g. `segmented into 19 frames (TSO/GSO)`."""
 

@@ -22,7 +22,7 @@ LEGEND = (*CELL_MARKS, "○ not captured there", "✗ not seen from there on", "
 """Every mark the grid uses (but ◌)."""
 NOT_VISIBLE = "◌ not visible there (a point its data path may bypass)"
 """The legend's entry for ◌, given only when a packet shown has the mark."""
-CARRIED = "×N its bytes in N frames there (TSO/GSO cut them, GRO merged them)"
+CARRIED = "×N its bytes in N frames there (TSO/GSO cut them, GRO merged them, or IP fragments)"
 """The legend's entry for ×N, given only when a packet shown has the mark."""
 
 

@@ -40,7 +40,8 @@ def render_status(lab: LabView, out: Console) -> None:
     if not lab.complete:
         out.print("[yellow]this lab was not completed (up failed or was interrupted): run tracer lab down[/]")
     tunnel = [f"VNI {lab.vni}" if lab.vni is not None else ("VNI: the source's identity" if lab.udp_port else ""),
-              f"UDP {lab.udp_port}" if lab.udp_port else "", f"MTU {lab.mtu}"]
+              f"UDP {lab.udp_port}" if lab.udp_port else "", f"MTU {lab.mtu}",
+              f"pods' MTU {lab.pod_mtu} (lab up --mtu)" if lab.pod_mtu and lab.pod_mtu != lab.mtu else ""]
     title = escape(", ".join(x for x in (f"{lab.cni}: {lab.title or lab.cni}", *tunnel) if x))
     tunneled = any(n.tunnel_device for n in lab.nodes)
     nodes = Table(title=f"nodes ({title})")
@@ -117,6 +118,7 @@ def lab_document(lab: LabView) -> dict[str, Any]:
         "vni": lab.vni,
         "udp_port": lab.udp_port,
         "mtu": lab.mtu,
+        "pod_mtu": lab.pod_mtu or lab.mtu,
         "title": lab.title,
         "notes": list(lab.notes),
         "nodes": [

@@ -118,9 +118,31 @@ def discover(backend: Backend, src: str, dst: str, points: Sequence[str] = ()) -
     blind = path.bypass(src_node, dst_pod)
     if blind:
         first, last = ([replace(p, bypass=blind) if p.role == "pod-veth" else p for p in ps] for ps in (first, last))
+    warnings += _mtu_warnings(src_end, tunnel, src_node)
     return Way(src=src_end, dst=dst_end, tunnel=tunnel,
                points=_with_asked((*first, *between, *last), asked, src_pod.node, dst_pod.node),
                warnings=tuple(warnings), data_path=title)
+
+
+OVERHEAD = {"vxlan": 50, "geneve": 50, "ipip": 20}
+"""Bytes each encapsulation adds to the inner packet over IPv4 (outer IP, UDP, its header, the
+inner Ethernet header: DATAPATHS.md §1, §2, §6); Geneve's options come on top."""
+
+
+def _mtu_warnings(src: PodEnd, tunnel: NodeTunnel | None, node: NodeState) -> list[str]:
+    """A pod MTU that does not leave room for the encapsulation on the underlay NIC: full-size
+    packets cannot cross whole (ICMP "fragmentation needed" and path-MTU discovery for TCP,
+    fragments of the outer packet where DF is not set)."""
+    extra = OVERHEAD.get(tunnel.encapsulation) if tunnel is not None else None
+    if not extra or not src.mtu:
+        return []
+    nic = next((l for l in node.links if l.get("ifname") == tunnel.underlay_src), None)
+    if nic is None or not nic.get("mtu") or src.mtu + extra <= nic["mtu"]:
+        return []
+    return [f"{src.pod.name}'s MTU {src.mtu} + {tunnel.encapsulation.upper() if tunnel.encapsulation != 'geneve' else 'Geneve'}'s "
+            f"{extra} bytes = {src.mtu + extra} > {tunnel.underlay_src}'s MTU {nic['mtu']} on {node.name}: a full-size "
+            f"packet cannot cross whole; TCP learns it from an ICMP \"fragmentation needed\" (path-MTU discovery) or the "
+            f"outer packet is fragmented on {tunnel.underlay_src}; the CNI's MTU should be {nic['mtu'] - extra}"]
 
 
 _KIND_ROLES = {"vxlan": "tunnel", "geneve": "tunnel", "ipip": "tunnel", "gre": "tunnel", "gretap": "tunnel",

@@ -197,6 +197,9 @@ class Topology:
     udp_port: int | None = 4789
     mtu: int = 1450
     """Pod and tunnel MTU: the encapsulation's bytes less than the 1500 underlay."""
+    pod_mtu: int | None = None
+    """The pods' veths' MTU where it is not `mtu` (`lab up --mtu`: a CNI configured for the
+    underlay's 1500, not leaving VXLAN its 50 bytes)."""
     nodes: tuple[NodeSpec, ...]
     pods: tuple[PodSpec, ...]
     services: tuple[ServiceSpec, ...] = ()
@@ -205,6 +208,11 @@ class Topology:
     offloads: str = "none"
     """none: veth's defaults (super-frames cross every point whole); real: the underlay NICs
     segment and merge as real ones do (tracer.cluster.lab.offloads)."""
+
+    @property
+    def veth_mtu(self) -> int:
+        """The MTU of the pods' veths (both ends)."""
+        return self.pod_mtu or self.mtu
 
     def node(self, name: str) -> NodeSpec:
         return next(n for n in self.nodes if n.name == name)

@@ -68,8 +68,8 @@ def node_underlay(topo: Topology, node: NodeSpec) -> list[str]:
 def pod_veths(topo: Topology, node: NodeSpec, names: Names) -> list[str]:
     """Each pod's veth on `node`: the host end with its CNI's name and MAC, eth0 in the pod."""
     return [
-        f"link add {pod.host_veth} address {pod.host_veth_mac} mtu {topo.mtu} type veth"
-        f" peer name eth0 address {pod.mac} mtu {topo.mtu} netns {names.netns(pod.name)}"
+        f"link add {pod.host_veth} address {pod.host_veth_mac} mtu {topo.veth_mtu} type veth"
+        f" peer name eth0 address {pod.mac} mtu {topo.veth_mtu} netns {names.netns(pod.name)}"
         for pod in topo.pods_on(node.name)
     ]
 
