@@ -49,6 +49,17 @@ def frames(saved: Path, point: str) -> list[tuple[int, int]]:
     return [tuple(map(int, line.split())) for line in lines]
 
 
+def ranges(pieces) -> list[tuple[int, int]]:
+    """The union of (start, length) pieces of a sequence space, as sorted disjoint [start, end)."""
+    out: list[list[int]] = []
+    for s, n in sorted(pieces):
+        if out and s <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], s + n)
+        else:
+            out.append([s, s + n])
+    return [tuple(r) for r in out]
+
+
 def test_status_shows_the_underlay_nics_offloads(lab) -> None:
     doc = json.loads(run_tracer("lab", "status", "-o", "json", store=lab.store, check=True).stdout)
     assert doc["offloads"] == "real"
@@ -79,6 +90,9 @@ def test_every_byte_at_every_point_though_the_pieces_differ(lab, tmp_path: Path)
                    for p in data for h in p["hops"] if h["point"] == point)
         theirs = sum(n for _, n in seen[point])
         assert ours == theirs, point
+        # and the same bytes of the sequence space: the packets' ranges there are tshark's frames' ranges
+        assert ranges((p["tcp_seq"], p["payload_bytes"]) for p in data if point in {h["point"] for h in p["hops"]}) == \
+            ranges(seen[point]), point
     for p in data:
         assert p["missing"] == [] and [h["point"] for h in p["hops"]] == way
 

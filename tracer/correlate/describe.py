@@ -298,7 +298,8 @@ def _packet(c: Correlation, seq: list[PacketSighting], client: tuple, ways: dict
     flags = tcp_flags_str(first.tcp_flags) if first.proto == PROTO_TCP else None
     msg = dns_message(first)  # (read once: the summary, the label and the DNS fields take it)
     return PacketTrace(direction=direction, tcp_flags=flags, ip_id=first.ip_id or 0,
-                       payload_bytes=first.payload_len or 0, hops=hops, last_seen=c.points[seq[-1].point].id,
+                       payload_bytes=first.payload_len or 0, tcp_seq=first.tcp_seq, hops=hops,
+                       last_seen=c.points[seq[-1].point].id,
                        missing=missing, not_captured=not_captured, gaps=gaps, hint=hint, summary=packet_summary(first, msg),
                        label=packet_label(first, msg), not_visible=tuple(c.points[p].id for p in invisible),
                        dns=dns_of(msg))

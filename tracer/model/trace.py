@@ -200,6 +200,9 @@ class PacketTrace:
     """Points of its way it was not seen at that its data path may carry packets past unseen
     (path.json's `bypass`, e.g. an eBPF redirect into the pod): not visible there, not lost
     (not in `missing`)."""
+    tcp_seq: int | None = None
+    """TCP: its sequence number as its sender sent it (absolute, as tcpdump -S and tshark's
+    tcp.seq_raw say it): with payload_bytes, the range of its direction's bytes it carries."""
 
     @property
     def stopped(self) -> tuple[str, ...]:

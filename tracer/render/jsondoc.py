@@ -31,6 +31,7 @@ def _hop(h: Hop) -> dict:
 def _packet(p: PacketTrace) -> dict:
     return {
         "direction": p.direction, "tcp_flags": p.tcp_flags, "ip_id": p.ip_id, "payload_bytes": p.payload_bytes,
+        "tcp_seq": p.tcp_seq,
         "summary": p.summary, "hops": [_hop(h) for h in p.hops], "last_seen": p.last_seen, "missing": list(p.missing),
         "not_captured": list(p.not_captured), "gaps": list(p.gaps), "hint": p.hint, "retransmission": p.retransmission,
         "not_visible": list(p.not_visible),
