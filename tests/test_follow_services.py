@@ -83,3 +83,44 @@ def test_the_rule_is_the_one_of_the_service_s_protocol_and_port(lab: Lab) -> Non
     assert way.service.rule == (f"{svc_chain(svc, tcp)} -> {sep_chain(svc, tcp, f'{dns.ip}:53')}: "
                                 f"DNAT --to-destination {dns.ip}:53")
 
+
+
+def test_a_url_by_name_shows_the_dns_exchange_across_the_tunnel_to_the_dns_pod(lab: Lab, tmp_path) -> None:
+    """The pod's resolver asks kube-dns (10.152.183.10), kube-proxy DNATs the query to the DNS
+    pod on worker2: the captures cover that pod's veth too, the DNS flow shows the query and the
+    answer at every point of its way, its DNAT, and the HTTP flow the name that gave its address."""
+    proc = run_tracer("follow", "curl", "http://httpbin/get", "-o", "json", "--save", str(tmp_path / "run"), store=lab.store)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    dns_pod, curl = lab.pod("coredns"), lab.pod("curl")
+    [dns] = [f for f in doc["flows"] if f["protocol"] == "udp"]
+    assert dns["nat"]["original"] == "10.152.183.10:53" and dns["nat"]["translated"] == f"{dns_pod.ip}:53"
+    assert dns["nat"]["previous_point"] == f"worker1/{curl.host_veth}"
+    assert dns["summary"]["reached_end"] == dns["summary"]["packets"] >= 2
+    way = dns["summary"]["way"]["request"]
+    assert way[0] == f"worker1/{curl.host_veth}" and way[-1] == f"worker2/{dns_pod.host_veth}"
+    answers = [p["dns"] for p in dns["packets"] if p["dns"] and p["dns"]["response"] and p["dns"]["type"] == "A"]
+    assert answers and answers[0]["name"] == "httpbin.default.svc.cluster.local"
+    assert answers[0]["answers"] == ["A 10.152.183.50"] and answers[0]["rcode"] == "NOERROR"
+    [http] = [f for f in doc["flows"] if f["protocol"] == "tcp"]
+    assert http["dns_name"] == "httpbin.default.svc.cluster.local" and http["summary"]["reached_end"] == 12
+    # saved: path.json names the DNS query's way; analyze shows the same flows (the DNS one by default too)
+    saved = json.loads((tmp_path / "run" / "path.json").read_text())["dns"]
+    assert (saved["cluster_ip"], saved["pod"]) == ("10.152.183.10", "coredns")
+    assert (saved["service"]["namespace"], saved["service"]["name"]) == ("kube-system", "kube-dns")
+    again = json.loads(run_tracer("analyze", str(tmp_path / "run"), "-o", "json", store=lab.store, check=True).stdout)
+    assert [(f["protocol"], f["summary"]["reached_end"]) for f in again["flows"]] == \
+        [(f["protocol"], f["summary"]["reached_end"]) for f in doc["flows"]]
+    text = run_tracer("analyze", str(tmp_path / "run"), "--view", "grid", store=lab.store, check=True).stdout
+    assert "DNAT 10.152.183.10:53 -> " in text and "(coredns)" in text
+
+
+def test_path_of_a_url_by_name_explains_the_lookup_first(lab: Lab) -> None:
+    doc = json.loads(run_tracer("path", "curl", "http://httpbin/get", "-o", "json", store=lab.store, check=True).stdout)
+    dns_pod = lab.pod("coredns")
+    assert doc["dns"]["cluster_ip"] == "10.152.183.10" and doc["dns"]["dst"]["ip"] == dns_pod.ip
+    assert doc["dns"]["points"][-1]["id"] == f"worker2/{dns_pod.host_veth}"
+    text = run_tracer("path", "curl", "http://httpbin/get", store=lab.store, check=True).stdout
+    assert text.startswith("First the name: curl's resolver asks 10.152.183.10:53 (Service kube-system/kube-dns")
+    # by address, no lookup: no DNS way
+    assert "dns" not in json.loads(run_tracer("path", "curl", "svc/httpbin", "-o", "json", store=lab.store, check=True).stdout)

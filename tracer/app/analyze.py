@@ -47,6 +47,8 @@ class AnalyzeRequest:
     output: str = "text"
     pcapng: str | None = None
     way: tuple[str, ...] = ()
+    other_ways: tuple[tuple[str, ...], ...] = ()
+    """More expected ways (path.json's `dns`: the DNS query's), each flow taking the one it fits."""
     blind: tuple[str, ...] = ()
     """Points of the way its data path may carry packets past unseen (path.json's `bypass`)."""
     names: dict[str, str] | None = None
@@ -94,7 +96,8 @@ def correlate(req: AnalyzeRequest) -> tuple[Trace, Correlation]:
     inputs = list(req.inputs) + inputs_from_paths(req.paths, req.points)
     keep = bool(req.pcapng) or not (req.summary or _big(req, inputs))  # (a merged pcapng comments every packet)
     opts = CorrelationOptions(vxlan_ports=VXLAN_PORTS | frozenset(req.vxlan_ports), window=req.window,
-                              keep_packets=keep, way_hint=req.way, blind_points=frozenset(req.blind),
+                              keep_packets=keep, way_hint=req.way, other_ways=req.other_ways,
+                              blind_points=frozenset(req.blind),
                               pods=frozenset((req.names or {}).values()),
                               ifnames=dict(req.ifnames or {}), captured_together=req.captured_together, jobs=req.jobs,
                               offloads=dict(req.offloads or {}))
@@ -128,8 +131,9 @@ def select_flows(trace: Trace, specs: tuple[str, ...], all_flows: bool, related_
     """--flow specs if given; else the HTTP flows and those with packets that stopped on the way
     (a flow whose SYN was dropped never shows HTTP); else every flow. Chosen so (or with
     `related_arp`), the ARP exchanges of the chosen flows' addresses are shown too: step 3.3 of
-    their way (the pod resolving its gateway, the node resolving the pod), and the ICMP to and
-    from them (a node's "fragmentation needed" to a pod that sent more than the way takes)."""
+    their way (the pod resolving its gateway, the node resolving the pod), the ICMP to and
+    from them (a node's "fragmentation needed" to a pod that sent more than the way takes), and
+    the DNS lookups their clients made (the name a URL asked for)."""
     flows = list(trace.flows)
     if specs:
         chosen = [f for i, f in enumerate(flows, 1) if any(_matches(f, i, s) for s in specs)]
@@ -144,6 +148,7 @@ def select_flows(trace: Trace, specs: tuple[str, ...], all_flows: bool, related_
         return chosen
     ips = {_ip(a) for f in chosen for a in (f.client, f.server, *((f.nat.original, f.nat.translated) if f.nat else ()))}
     keep = {id(f) for f in chosen} | {id(f) for f in flows if f.protocol in ("arp", "icmp") and (f.client in ips or f.server in ips)}
+    keep |= {id(f) for f in flows if f.packets and f.packets[0].dns is not None and _ip(f.client) in ips}
     return [f for f in flows if id(f) in keep]  # (in their numbers' order)
 
 
@@ -188,6 +193,8 @@ class PathHint(NamedTuple):
     blind: tuple[str, ...] = ()
     offloads: dict[str, dict[str, str]] = {}
     """Point -> its offloads as the capture agent read them (follow --save writes them)."""
+    other_ways: tuple[tuple[str, ...], ...] = ()
+    """More expected ways: the DNS query's (`dns`), with its pod ends."""
 
 
 def read_path_file(path: str) -> PathHint:
@@ -218,4 +225,19 @@ def read_path_file(path: str) -> PathHint:
     offloads = doc.get("offloads")
     offloads = {str(p): {str(k): str(v) for k, v in o.items()} for p, o in offloads.items()
                 if isinstance(o, dict)} if isinstance(offloads, dict) else {}
-    return PathHint(way, names, ifnames, doc.get("captured_together") is True, blind, offloads)
+    other: tuple[tuple[str, ...], ...] = ()
+    dns = doc.get("dns")
+    if isinstance(dns, dict) and isinstance(dns.get("points"), list):
+        try:
+            dway = tuple(str(p["id"]) for p in dns["points"])
+            ends = [(dns.get(side) or {}) for side in ("src", "dst")]
+            if ends[0].get("name"):
+                dway = (f"{ends[0]['name']}/eth0",) + dway
+            if ends[1].get("name"):
+                dway = dway + (f"{ends[1]['name']}/eth0",)
+                if ends[1].get("ip"):
+                    names[str(ends[1]["ip"])] = str(ends[1]["name"])
+            other = (dway,)
+        except (KeyError, TypeError, AttributeError):
+            other = ()
+    return PathHint(way, names, ifnames, doc.get("captured_together") is True, blind, offloads, other)

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 from tracer.app.curl import fire
 from tracer.app.signals import uninterrupted
-from tracer.app.target import request_way
+from tracer.app.target import DnsWay, dns_document, request_way
 from tracer.cluster.agents import PointCapture
 from tracer.cluster.ports import FollowBackend
 from tracer.cluster.session import CaptureSession
@@ -103,6 +103,8 @@ class FollowResult:
     save_error: str | None = None
     """--save's directory could not take the captures after the run (the disk full, the
     directory gone): what failed. The run is shown all the same, from a temporary directory."""
+    dns: DnsWay | None = None
+    """The way of the DNS query a URL by name makes, captured too."""
 
     def as_run(self, saved: str | None) -> FollowRun:
         """The run as the model has it (what its header and JSON show), as it is now."""
@@ -125,9 +127,10 @@ def capture(backend: FollowBackend, req: FollowRequest, directory: Path, progres
         progress(f"finding the way from {req.src} to {req.dst}")
         to = request_way(backend, req.src, req.dst, req.port, req.path, req.points)
     way, url = to.way, to.url
-    session = CaptureSession(backend, way, to.port, run_id=req.run_id, max_seconds=req.max_seconds)
+    session = CaptureSession(backend, way, to.port, run_id=req.run_id, max_seconds=req.max_seconds,
+                             dns=to.dns.way if to.dns else None, dns_ip=to.dns.service.cluster_ip if to.dns else "")
     result = FollowResult(way=way, run_id=session.run_id, backend=backend.name, url=url, directory=directory,
-                          timings=timings)
+                          timings=timings, dns=to.dns)
     try:
         with timings.phase("agents_ready"):
             progress(f"starting capture agents on {', '.join(session.plan)}")
@@ -150,7 +153,7 @@ def capture(backend: FollowBackend, req: FollowRequest, directory: Path, progres
                      else "collecting the captures")
             result.captures = session.stop_and_collect(req.timeout)
             try:
-                write_run_dir(directory, way, result.captures)
+                write_run_dir(directory, way, result.captures, result.dns)
             except OSError as e:
                 if not req.save:
                     raise
@@ -165,8 +168,9 @@ def capture(backend: FollowBackend, req: FollowRequest, directory: Path, progres
     return result
 
 
-def write_run_dir(directory: Path, way: Way, captures: dict[str, PointCapture]) -> None:
-    """`<node>/<interface>.pcap` per point and path.json: what `tracer analyze DIR` reads."""
+def write_run_dir(directory: Path, way: Way, captures: dict[str, PointCapture], dns: DnsWay | None = None) -> None:
+    """`<node>/<interface>.pcap` per point and path.json: what `tracer analyze DIR` reads (with
+    `dns`, its `dns` key: the DNS query's way and the Service it asked)."""
     directory.mkdir(parents=True, exist_ok=True)
     for point_id, cap in captures.items():
         node, iface = point_id.split("/", 1)
@@ -176,6 +180,8 @@ def write_run_dir(directory: Path, way: Way, captures: dict[str, PointCapture]) 
     # take a point that saw nothing of a packet as one it did not pass)
     doc = {**way.to_dict(), "captured_together": True,
            "offloads": {p: dict(c.offloads) for p, c in captures.items() if c.offloads}}
+    if dns is not None:
+        doc["dns"] = dns_document(dns)
     (directory / "path.json").write_text(json.dumps(doc, indent=2) + "\n")
 
 
@@ -217,7 +223,7 @@ def follow(backend: FollowBackend, req: FollowRequest, *, present: Callable[[Fol
             tmp = os.path.join(tempfile.gettempdir(), f"tracer-follow-{os.urandom(6).hex()}")
             os.mkdir(tmp, 0o700)
             directory = Path(tmp)
-            write_run_dir(directory, result.way, result.captures)
+            write_run_dir(directory, result.way, result.captures, result.dns)
         with result.timings.phase("correlate"):
             from tracer.app.analyze import AnalyzeRequest, analyze
             from tracer.correlate.engine import no_cyclic_gc
@@ -225,7 +231,11 @@ def follow(backend: FollowBackend, req: FollowRequest, *, present: Callable[[Fol
             progress("correlating")
             way = result.way
             names = {way.src.pod.ip: way.src.pod.name, way.dst.pod.ip: way.dst.pod.name}
+            dns = result.dns
+            if dns is not None:
+                names[dns.way.dst.pod.ip] = dns.way.dst.pod.name
             areq = AnalyzeRequest(paths=(str(directory),), way=tuple(p.id for p in way.points),
+                                  other_ways=(tuple(p.id for p in dns.way.points),) if dns else (),
                                   blind=tuple(p.id for p in way.points if p.bypass), names=names,
                                   output=req.output, pcapng=req.pcapng,
                                   flows=() if req.all_flows else own_flows(result), all_flows=req.all_flows, related_arp=True,
@@ -258,4 +268,5 @@ def own_flows(r: FollowResult) -> tuple[str, ...]:
     ports = [c.local_port for c in r.curls]
     if not ports or None in ports:
         return ()
-    return tuple(f"{r.way.src.pod.ip}:{p}" for p in ports)
+    dns = (f"{r.dns.service.cluster_ip}:53",) if r.dns else ()  # (the name's lookup: by the Service it asked)
+    return tuple(f"{r.way.src.pod.ip}:{p}" for p in ports) + dns

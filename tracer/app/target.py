@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from tracer.cluster.discover import discover
 from tracer.cluster.ports import Backend
-from tracer.errors import UsageError
+from tracer.errors import TracerError, UsageError
 from tracer.model import ServiceRef, Way
 
 CLUSTER_SUFFIXES = ("svc.cluster.local", "svc")
@@ -61,6 +61,15 @@ def resolve(backend: Backend, dst: str, port: int, path: str, namespace: str | N
 
 
 @dataclass(frozen=True, kw_only=True)
+class DnsWay:
+    """The way of the source pod's DNS query: to the cluster DNS Service's one pod."""
+
+    way: Way
+    service: ServiceRef
+    """The cluster DNS Service (kube-system/kube-dns): its ClusterIP is what the pod asks."""
+
+
+@dataclass(frozen=True, kw_only=True)
 class Request:
     """Where a follow's (or watch's) request goes: its way, what curl asks, the port to filter on."""
 
@@ -68,16 +77,46 @@ class Request:
     url: str
     port: int
     """The TCP port at the endpoint (a Service's target port)."""
+    dns: DnsWay | None = None
+    """Where a URL's name is looked up (a name, not an address, and a cluster DNS to capture)."""
+
+
+CLUSTER_DNS = ("kube-dns", "kube-system")
+"""The cluster DNS Service as kubeadm, microk8s and k3s name it (CoreDNS behind it)."""
 
 
 def request_way(backend: Backend, src: str, dst: str, port: int, path: str, points: Sequence[str] = ()) -> Request:
-    """DST resolved (`resolve`), the way discovered to its pod, with the kube-proxy rule of a Service."""
+    """DST resolved (`resolve`), the way discovered to its pod, with the kube-proxy rule of a
+    Service; for a URL by name, also the way of the DNS query the pod's resolver makes."""
     target = resolve(backend, dst, port, path)
     way = discover(backend, src, target.pod, points)
     if target.service is not None:
         way = with_rule(backend, way, target.service)
+    host = urlsplit(target.url).hostname if target.url else None
+    dns = dns_way(backend, src) if host and not _is_ip(host) else None
     return Request(way=way, url=target.url or f"http://{way.dst.pod.ip}:{port}{path}",
-                   port=target.service.target_port if target.service else port)
+                   port=target.service.target_port if target.service else port, dns=dns)
+
+
+def dns_document(dns: DnsWay) -> dict:
+    """The `dns` key of path.json and `tracer path -o json` (tracer.path/v1, added): the query's
+    way as a way's document, its `service` the DNS Service asked; its ClusterIP and the pod
+    behind it beside."""
+    return {**replace(dns.way, service=dns.service).to_dict(), "cluster_ip": dns.service.cluster_ip,
+            "pod": dns.way.dst.pod.name}
+
+
+def dns_way(backend: Backend, src: str) -> DnsWay | None:
+    """The way from `src` to the cluster DNS Service's pod, where there is one to capture: None
+    without such a Service, with several pods behind it (which one answers is kube-proxy's
+    pick) or where its way cannot be found (the HTTP request is followed all the same)."""
+    try:
+        svc = backend.service(*CLUSTER_DNS)  # (its port 53, TCP and UDP alike)
+        if len(svc.endpoints) != 1:
+            return None
+        return DnsWay(way=discover(backend, src, svc.endpoints[0]), service=svc)
+    except TracerError:
+        return None
 
 
 def _to_service(svc: ServiceRef, url: str) -> Target:

@@ -26,32 +26,54 @@ def flow_filter(src_ip: str, dst_ip: str, port: int) -> str:
     return f"host {src_ip} and host {dst_ip} and tcp port {port}"
 
 
-def underlay_filter(way: Way, port: int) -> str:
-    """On underlay NICs: this flow's packets, inside the tunnel between the two nodes."""
+def underlay_filter(way: Way, port: int, inner: int = 6) -> str:
+    """On underlay NICs: this flow's packets (TCP, or `inner`: 17, UDP), inside the tunnel
+    between the two nodes."""
     t = way.tunnel
     assert t is not None
     a, b = _bpf_hex(way.src.pod.ip), _bpf_hex(way.dst.pod.ip)
     if t.encapsulation == "none":
-        return flow_filter(way.src.pod.ip, way.dst.pod.ip, port)
+        return f"host {way.src.pod.ip} and host {way.dst.pod.ip} and {'udp' if inner == 17 else 'tcp'} port {port}"
     nodes = f"host {t.src_node_ip} and host {t.dst_node_ip}"
     if t.encapsulation == "ipip":
         # the inner IPv4 header right after the outer one (20 bytes: Linux sends no options)
-        return f"ip proto 4 and {nodes} and {_inner_match('ip', 20, a, b, port)}"
+        return f"ip proto 4 and {nodes} and {_inner_match('ip', 20, a, b, port, inner)}"
     if t.encapsulation == "geneve":
         # 8 bytes UDP, 8 of Geneve and its options (udp[8] & 0x3f words), 14 of inner Ethernet
-        return f"udp port {t.udp_port} and {nodes} and {_inner_match('udp', '(30 + (udp[8] & 0x3f) * 4)', a, b, port)}"
+        return (f"udp port {t.udp_port} and {nodes} and "
+                f"{_inner_match('udp', '(30 + (udp[8] & 0x3f) * 4)', a, b, port, inner)}")
     # VXLAN: 8 bytes UDP, 8 VXLAN, 14 inner Ethernet: the inner IPv4 header at udp[30]
-    return f"udp port {t.udp_port} and {nodes} and {_inner_match('udp', 30, a, b, port)}"
+    return f"udp port {t.udp_port} and {nodes} and {_inner_match('udp', 30, a, b, port, inner)}"
 
 
-def _inner_match(proto: str, ip: int | str, a: str, b: str, port: int) -> str:
+DNS_PORT = 53
+
+
+def dns_filter(src_ip: str, servers: tuple[str, ...]) -> str:
+    """The source pod's DNS (UDP, and TCP after a truncated answer) with any of `servers` (the
+    DNS Service's ClusterIP before kube-proxy's DNAT, its pod after)."""
+    hosts = " or ".join(f"host {s}" for s in servers)
+    return f"host {src_ip} and ({hosts}) and port {DNS_PORT}"
+
+
+def dns_point_filter(point: WayPoint, dns: Way, cluster_ip: str) -> str:
+    """A point of the DNS query's way: the query and its answer, by the Service's ClusterIP on
+    the source pod's side, by the DNS pod's address after the DNAT (and inside the tunnel)."""
+    t = dns.tunnel
+    if point.role == "underlay" and t is not None and t.encapsulation not in ("none", "unknown"):
+        return f"({underlay_filter(dns, DNS_PORT, inner=17)}) or ({underlay_filter(dns, DNS_PORT)})"
+    return dns_filter(dns.src.pod.ip, (cluster_ip, dns.dst.pod.ip))
+
+
+def _inner_match(proto: str, ip: int | str, a: str, b: str, port: int, inner: int = 6) -> str:
     """The inner IPv4 header at `proto[ip]` (a number or a BPF expression): between the two pods
-    (either way), TCP, the port at either end (no inner IP options, as Linux sends TCP)."""
+    (either way), TCP (or `inner`: 17, UDP), the port at either end (no inner IP options, as
+    Linux sends them)."""
     def at(k: int) -> str:
         return f"{proto}[{ip} + {k}" if isinstance(ip, str) else f"{proto}[{ip + k}"
 
     return (f"(({at(12)}:4]={a} and {at(16)}:4]={b}) or ({at(12)}:4]={b} and {at(16)}:4]={a}))"
-            f" and {at(9)}]=6 and ({at(20)}:2]={port} or {at(22)}:2]={port})")
+            f" and {at(9)}]={inner} and ({at(20)}:2]={port} or {at(22)}:2]={port})")
 
 
 def arp_filter(ip: str) -> str:
@@ -89,11 +111,21 @@ def icmp_error_filter(a: str, b: str) -> str:
     return f"(icmp[icmptype] == icmp-unreach and (host {a} or host {b}))"
 
 
-def capture_plan(way: Way, port: int) -> dict[str, list[CaptureSpec]]:
-    """Node -> its capture points on the way (each interface once), in the order of the way."""
+def capture_plan(way: Way, port: int, dns: Way | None = None, dns_ip: str = "") -> dict[str, list[CaptureSpec]]:
+    """Node -> its capture points on the way (each interface once), in the order of the way;
+    with `dns` (the way of the source pod's DNS query to the cluster DNS Service at `dns_ip`),
+    its points too, each filter taking the DNS exchange as well where the ways share a point."""
     plan: dict[str, list[CaptureSpec]] = {}
     for p in way.points:
         specs = plan.setdefault(p.node, [])
         if all(s.interface != p.interface for s in specs):
             specs.append(CaptureSpec(interface=p.interface, bpf=point_filter(p, way, port)))
+    for p in dns.points if dns is not None else ():
+        specs = plan.setdefault(p.node, [])
+        extra = dns_point_filter(p, dns, dns_ip)
+        k = next((k for k, s in enumerate(specs) if s.interface == p.interface), None)
+        if k is None:
+            specs.append(CaptureSpec(interface=p.interface, bpf=extra))
+        elif specs[k].bpf and extra not in specs[k].bpf:  # ("": every frame already)
+            specs[k] = CaptureSpec(interface=p.interface, bpf=f"({specs[k].bpf}) or ({extra})")
     return plan

@@ -35,14 +35,19 @@ def command(src: str, dst: str, output: str, points: tuple[str, ...], backend: B
       tracer path curl httpbin -o json > path.json     # names tcpdump -i any points (analyze --path-file)
       tracer path curl httpbin --kubeconfig ~/.kube/config -n default
     """
-    from tracer.app.path import find_way
+    from tracer.app.path import find_request
+    from tracer.app.target import dns_document
 
-    way = find_way(src, dst, backend, points)
+    request = find_request(src, dst, backend, points)
+    way = request.way
     if output == "json":
-        click.echo(json.dumps(way.to_dict(), indent=2))
+        click.echo(json.dumps({**way.to_dict(), **({"dns": dns_document(request.dns)} if request.dns else {})}, indent=2))
     else:
         from rich.console import Console
 
-        from tracer.render.path import render_way
+        from tracer.render.path import render_dns, render_way
 
-        render_way(way, Console(highlight=False, soft_wrap=True))
+        console = Console(highlight=False, soft_wrap=True)
+        if request.dns is not None:
+            render_dns(request.dns.way, request.dns.service, console)
+        render_way(way, console)

@@ -52,6 +52,8 @@ class CorrelationOptions:
     """False: summary mode, per-packet state is dropped once a packet is finalized."""
     way_hint: tuple[str, ...] = ()
     """Point ids of the request way in order (from a saved path.json), if known."""
+    other_ways: tuple[tuple[str, ...], ...] = ()
+    """Point ids of other expected ways (the DNS query's): a flow takes the way it fits best."""
     blind_points: frozenset[str] = frozenset()
     """Point ids of the way its data path may carry packets past unseen (path.json's `bypass`,
     e.g. Cilium's lxc veths under BPF host routing): a packet not seen there is not visible

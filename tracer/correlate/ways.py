@@ -90,7 +90,7 @@ def flow_ways(c: Correlation, f: FlowState, client: tuple, cache: dict | None = 
     if req is not None and resp is not None:
         ways["request"] = insert_missing(req, list(reversed(resp)))
         ways["response"] = insert_missing(resp, list(reversed(req)))
-    hint = [c.point_index[p] for p in c.options.way_hint if p in c.point_index]
+    hint = _best_hint(c, ways.get("request", ()))
     if f.proto == PROTO_ARP:
         pass  # (ARP stays on its link: its way is where it was seen, not the request's)
     elif hint and "request" in ways:
@@ -105,6 +105,17 @@ def flow_ways(c: Correlation, f: FlowState, client: tuple, cache: dict | None = 
         if quick is not None:
             cache[(quick, servers)] = cache[key]
     return ways
+
+
+def _best_hint(c: Correlation, seen: Sequence[int]) -> list[int]:
+    """The expected way (of path.json's: the request's, the DNS query's) the flow's points fit
+    best: the most of its points on it, then the fewest of the way's it did not pass; the
+    request's on a tie."""
+    hints = [[c.point_index[p] for p in w if p in c.point_index] for w in (c.options.way_hint, *c.options.other_ways)]
+    if len(hints) == 1:
+        return hints[0]
+    got = set(seen)
+    return max(hints, key=lambda h: (len(got & set(h)), -len(set(h) - got), h is hints[0]))
 
 
 _QUICK = object()

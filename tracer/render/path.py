@@ -5,7 +5,17 @@ from __future__ import annotations
 from rich.console import Console
 from rich.markup import escape
 
-from tracer.model import Way
+from tracer.model import ServiceRef, Way
+
+
+def render_dns(dns: Way, svc: ServiceRef, out: Console) -> None:
+    """Step 0 of a URL by name: the pod's resolver asks the cluster DNS Service, kube-proxy DNATs
+    the query to the DNS pod, which may run on another node (its way, point by point)."""
+    e, s, d = escape, dns.src, dns.dst
+    out.print(f"[bold]First the name:[/] {e(s.pod.name)}'s resolver asks {svc.cluster_ip}:53 (Service "
+              f"{e(svc.namespace)}/{e(svc.name)}, its resolv.conf's nameserver); kube-proxy on {e(s.pod.node)} DNATs "
+              f"the query to pod {e(d.pod.name)} ({d.pod.ip}) on {e(d.pod.node)}, conntrack undoes it on the answer")
+    out.print("  the query's way: " + " -> ".join(e(p.id) for p in dns.points) + "\n")
 
 
 def render_way(way: Way, out: Console) -> None:
