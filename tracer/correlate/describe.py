@@ -75,9 +75,7 @@ def build_trace(c: Correlation) -> Trace:
                 elif stopped_at is not None:
                     stopped[stopped_at] = stopped.get(stopped_at, 0) + n
                 for seg, lost, uncaptured in segs:
-                    tot = seg_totals.get(seg)
-                    if tot is None:
-                        tot = seg_totals[seg] = [0, 0, 0, 0, 0]
+                    tot = seg_totals.setdefault(seg, [0, 0, 0, 0, 0])  # (per kind of packet, not per packet)
                     tot[0] += n
                     if lost:
                         tot[1] += n
@@ -104,9 +102,7 @@ def build_trace(c: Correlation) -> Trace:
                 if got_there:
                     bytes_reached += n
                 for seg, lost, _ in segs:
-                    tot = seg_totals.get(seg)
-                    if tot is None:
-                        tot = seg_totals[seg] = [0, 0, 0, 0, 0]
+                    tot = seg_totals.setdefault(seg, [0, 0, 0, 0, 0])
                     tot[3] += n
                     if lost:
                         tot[4] += n
