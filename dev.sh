@@ -19,12 +19,13 @@ install_system() {
     for pkg in "${APT_PACKAGES[@]}"; do
         dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
     done
-    # The distribution's Python (built with PGO and LTO) runs tracer's per-packet loops about a
-    # third faster than a Python built from source without them (as pyenv does by default).
-    if [ -x /usr/bin/python3 ] && /usr/bin/python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
-        /usr/bin/python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
-    elif ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
-        missing+=(python3-venv)
+    local py
+    py=$(find_python) || exit 1
+    if ! "$py" -c 'import venv, ensurepip' 2>/dev/null; then
+        case "${py##*/}" in
+            python3.[0-9]*) missing+=("${py##*/}-venv") ;;  # (python3.11 beside an older python3)
+            *) missing+=(python3-venv) ;;
+        esac
     fi
     if ((${#missing[@]})); then
         echo ">> apt-get install ${missing[*]}" >&2
@@ -35,22 +36,35 @@ install_system() {
     fi
 }
 
-python_for_venv() {
-    # the distribution's (see install_system) if it is new enough, else python3 on PATH
-    if [ -x /usr/bin/python3 ] && /usr/bin/python3 -c 'import sys, venv, ensurepip; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
-        echo /usr/bin/python3
-    else
-        echo python3
-    fi
+# tracer needs Python >= 3.11. The distribution's first: built with PGO and LTO, it runs tracer's
+# per-packet loops about a third faster than a Python built from source without them (as pyenv
+# does by default). Then python3 on PATH, then a newer one beside an older python3 (Ubuntu 22.04's
+# python3 is 3.10; its python3.11 package is not the default).
+PYTHONS=(/usr/bin/python3 python3 python3.13 python3.12 python3.11)
+
+find_python() {
+    # prints the first of PYTHONS that is >= 3.11; else says what there is and what to install
+    local name py version tried=" " found=""
+    for name in "${PYTHONS[@]}"; do
+        py=$(command -v "$name") || continue
+        [[ "$tried" == *" $py "* ]] && continue
+        tried+="$py "
+        if "$py" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+            echo "$py"
+            return 0
+        fi
+        version=$("$py" --version 2>&1) || true
+        [[ "$version" == "Python "* ]] && found+="${found:+, }$py is ${version%%$'\n'*}"
+    done
+    echo "tracer needs Python >= 3.11, and there is none here (${found:-no python3 at all})" >&2
+    echo "install one, e.g.: apt-get install python3.11 python3.11-venv (Ubuntu 22.04: from universe," \
+        "or the deadsnakes PPA), then run $0 again" >&2
+    return 1
 }
 
 install_python() {
     local py
-    py=$(python_for_venv)
-    if ! "$py" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
-        echo "tracer needs Python >= 3.11 ($py is $("$py" --version))" >&2
-        exit 1
-    fi
+    py=$(find_python) || exit 1
     [ -x .venv/bin/python ] || "$py" -m venv .venv
     # Installed before from the same pyproject.toml, and it all imports: nothing to do (pip
     # would take ~10 s to find that out on every run).
@@ -67,6 +81,11 @@ install_python() {
     .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test]" --config-settings editable_mode=compat
     echo "$stamp" > .venv/.tracer-installed
 }
+
+if [ "${1:-}" = --which-python ]; then  # the interpreter .venv is made with (tests/test_dev_sh.py)
+    find_python
+    exit
+fi
 
 if [ "$(id -u)" != 0 ]; then
     echo "run as root (sudo ./dev.sh $*): tracer's lab and tests build network namespaces" >&2

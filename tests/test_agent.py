@@ -126,6 +126,17 @@ def test_max_seconds_stops_it_by_itself(lab, backend):
     assert agent.channel.proc.wait(5) == 0
 
 
+def test_an_agent_killed_before_stop_is_told_as_killed_not_as_a_broken_pipe(lab, backend):
+    agent = start(backend, "worker1", {"eth1": "udp port 4789"})
+    agent.wait_ready(10)
+    os.kill(agent.channel.pid, signal.SIGKILL)
+    assert agent.channel.proc.wait(5) == -signal.SIGKILL
+    agent.send_stop()  # into a pipe nobody reads any more: no error of its own
+    with pytest.raises(AgentError) as e:
+        agent.collect(5)
+    assert e.value.message == "the capture agent on worker1 was killed (exit -9) before its captures"
+
+
 def test_close_ends_an_agent_that_ignores_everything(lab, tmp_path):
     # A stuck agent (here: `sleep`, which never reads stdin) is ended by SIGTERM after the grace.
     b = LabFollowBackend(lab, python="/bin/sh", agent=tmp_path / "stuck.sh")

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import os
+import signal
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -16,11 +18,13 @@ from typing import Any
 import pytest
 
 from kmock_exec import CAPTURE_NAMESPACE, NODES, V4, V5, StandIn
+from tracer.app.watch import LIVE_MAX_SECONDS
+from tracer.cluster.agents import AgentClient, AgentError, CaptureSpec, agent_argv
 from tracer.cluster.discover import discover
 from tracer.errors import ClusterError, NotFoundError, UsageError
 from tracer.cluster.k8s.backend import KubernetesBackend, connect
 from tracer.cluster.k8s import Cluster, ExecStream, run
-from tracer.cluster.k8s.capture_pods import MANAGED_BY, RUN_ID
+from tracer.cluster.k8s.capture_pods import DEADLINE_MARGIN, DEFAULT_DEADLINE, MANAGED_BY, RUN_ID
 from tracer.cluster.lab import Lab
 
 pytestmark = pytest.mark.root
@@ -182,6 +186,71 @@ def test_start_agent_streams_through_the_capture_pod(standin: StandIn, backend: 
                                    argv=["sleep", "5"], stdin=True)).read(1, timeout=0.2)
     finally:
         channel.close()
+
+
+# -- the capture agent in its pod: its end, its pod's deadline --------------------------------------
+
+def start_agent(backend: KubernetesBackend, node: str, **argv: Any) -> AgentClient:
+    """The real agent (capture-pod/agent.py) on `node`'s eth1, started as a follow or watch starts it."""
+    specs = [CaptureSpec(interface="eth1", bpf="udp port 9")]
+    agent = AgentClient(backend.start_agent(node, agent_argv(backend.run_id, specs, **argv)), node, backend.run_id)
+    agent.wait_ready(30)
+    return agent
+
+
+def deadlines(standin: StandIn, run_id: str) -> dict[str, int]:
+    """activeDeadlineSeconds of the run's capture pods, by name."""
+    return {p["metadata"]["name"]: p["spec"]["activeDeadlineSeconds"] for p in standin.pods(CAPTURE_NAMESPACE)
+            if p["metadata"]["labels"][RUN_ID] == run_id}
+
+
+def test_an_agent_killed_before_stop_is_told_as_killed_with_its_pods_deadline(backend: KubernetesBackend) -> None:
+    agent = start_agent(backend, "worker1")
+    assert agent.pid is not None
+    os.kill(agent.pid, signal.SIGKILL)  # as the kubelet does at the pod's deadline, or the OOM killer
+    assert wait_for(lambda: agent.channel.exit_status() is not None, 10)
+
+    def write_fails() -> bool:  # (the first write after the server's close may still leave)
+        try:
+            agent.channel.write(b"\n")
+        except ClusterError as e:
+            return "the exec stream is closed" in e.message
+        return False
+
+    assert wait_for(write_fails, 5)  # what the stop meets now
+    agent.send_stop()  # no error of its own: how the agent ended is collect()'s to tell
+    with pytest.raises(AgentError) as e:
+        agent.collect(10)
+    assert e.value.message == (f"the capture agent on worker1 was killed (exit 137) before its captures: its pod's "
+                               f"deadline (activeDeadlineSeconds {DEFAULT_DEADLINE} s) passed, or the node ran out "
+                               f"of memory")
+
+
+def test_an_agent_that_stopped_by_itself_before_stop_still_gives_its_captures(backend: KubernetesBackend) -> None:
+    agent = start_agent(backend, "worker1", max_seconds=0.5)
+    assert wait_for(lambda: agent.channel.exit_status() is not None, 10)  # --max-seconds: it stopped, exit 0
+    agent.send_stop()
+    caps = agent.collect(10)
+    assert list(caps) == ["eth1"] and caps["eth1"].packets == 0
+    assert agent.channel.exit_status() == 0
+
+
+def test_a_watch_agent_runs_in_a_pod_whose_deadline_covers_it(standin: StandIn) -> None:
+    with k8s_backend(standin, run_id="5ca1ab1e") as b:
+        b.exec_node("worker1", ["true"])  # discovery: a pod with the short deadline, as a safety net
+        first = b.capture_pods.ready("worker1")
+        assert deadlines(standin, b.run_id) == {first: DEFAULT_DEADLINE}
+        follow = start_agent(b, "worker2")  # a follow's agent (300 s at most): the short deadline does
+        watch = start_agent(b, "worker1", max_seconds=LIVE_MAX_SECONDS, stream=True)  # `tracer watch`'s
+        lasting = LIVE_MAX_SECONDS + DEADLINE_MARGIN
+        pods = deadlines(standin, b.run_id)
+        assert pods == {b.capture_pods.ready("worker1"): lasting, b.capture_pods.ready("worker2"): DEFAULT_DEADLINE}
+        assert first not in pods  # replaced, not left behind
+        assert (watch.channel.pod_deadline, follow.channel.pod_deadline) == (lasting, DEFAULT_DEADLINE)
+        for agent in (watch, follow):
+            agent.send_stop()
+            assert list(agent.collect(10)) == ["eth1"]
+    assert deadlines(standin, "5ca1ab1e") == {}
 
 
 def test_deleting_a_capture_pod_ends_what_runs_in_it(standin: StandIn) -> None:

@@ -3,19 +3,29 @@ capture pod spec, and the manifests and image the backend relies on."""
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import hashlib
 import json
 import re
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import urllib3
 import yaml
 from kubernetes.client.rest import ApiException
 
+from tracer.app.curl import fire
 from tracer.errors import ClusterError, NotFoundError, PermissionError_, UsageError
-from tracer.cluster.k8s.backend import AGENT
-from tracer.cluster.k8s import Cluster, api_error, api_errors, exit_status
+from tracer.cluster.k8s.backend import AGENT, KubernetesBackend
+from tracer.cluster.k8s import Cluster, ExecStream, api_error, api_errors, exit_status
 from tracer.cluster.k8s.capture_pods import DEFAULT_NAMESPACE, MANAGED_BY, RUN_ID, manifest, pod_name
+from tracer.model import PodRef
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -27,13 +37,31 @@ def status_body(code: int, message: str, reason: str = "Forbidden") -> str:
 
 # -- exit status from the Status object on channel 3 -------------------------------------------
 
+def internal_error(message: str) -> dict:
+    """The Status a kubelet sends on channel 3 when the command could not even start."""
+    msg = f"error executing command in container: {message}"
+    return {"metadata": {}, "status": "Failure", "message": f"Internal error occurred: {msg}",
+            "reason": "InternalError", "details": {"causes": [{"message": msg}]}, "code": 500}
+
+
+RUNC = "failed to exec in container: failed to start exec \"4f1c\": OCI runtime exec failed: exec failed: "
+MISSING_CURL = RUNC + 'unable to start container process: exec: "curl": executable file not found in $PATH: unknown'
+CONTAINER_GONE = 'container not found ("curl")'
+
+
 @pytest.mark.parametrize("status,code", [
     ({"metadata": {}, "status": "Success"}, 0),
     ({"status": "Failure", "reason": "NonZeroExitCode",
       "details": {"causes": [{"reason": "ExitCode", "message": "2"}]}}, 2),
     ({"status": "Failure", "reason": "InternalError", "message": 'exec: "ip": executable file not found in $PATH',
       "details": {"causes": [{"message": 'exec: "ip": executable file not found in $PATH'}]}}, 127),
-    ({"status": "Failure", "reason": "InternalError", "message": "permission denied"}, 126),
+    (internal_error(MISSING_CURL), 127),
+    (internal_error(RUNC + 'unable to start container process: exec: "/usr/bin/curl": stat /usr/bin/curl: '
+                           "no such file or directory: unknown"), 127),
+    (internal_error(RUNC + "unable to start container process: exec /agent.py: no such file or directory"), 127),
+    (internal_error("crun: executable file `curl` not found in $PATH: No such file or directory: "
+                    "OCI runtime attempted to invoke a command that was not found"), 127),
+    (internal_error(RUNC + 'unable to start container process: exec: "/agent.py": permission denied: unknown'), 126),
 ])
 def test_exit_status_from_the_status_channel(status: dict, code: int) -> None:
     got, why = exit_status(json.dumps(status).encode())
@@ -41,9 +69,124 @@ def test_exit_status_from_the_status_channel(status: dict, code: int) -> None:
     assert (why == "") == (code in (0, 2))
 
 
+@pytest.mark.parametrize("message", [
+    CONTAINER_GONE,                                                          # the container ended or restarts
+    "failed to exec in container: container is in CONTAINER_EXITED state",
+    "rpc error: code = Unknown desc = failed to dial: dial unix /run/containerd/containerd.sock: "
+    "connect: no such file or directory",                                    # no such file: not the command
+])
+def test_a_command_that_could_not_start_for_another_reason_is_no_exit_code(message: str) -> None:
+    with pytest.raises(ClusterError) as e:
+        exit_status(json.dumps(internal_error(message)).encode(), what="`curl -s x` in pod default/curl",
+                    namespace="default", pod="curl")
+    assert e.value.message == f"`curl -s x` in pod default/curl could not run: Internal error occurred: " \
+                              f"error executing command in container: {message}"
+    assert (e.value.hint or "").endswith("kubectl describe pod -n default curl")
+
+
 def test_no_status_at_all_is_an_error() -> None:
     with pytest.raises(ClusterError, match="without an exit status"):
         exit_status(b"")
+
+
+# -- exec against a server of the test's own (a socket, speaking just enough HTTP) -----------------
+
+@contextlib.contextmanager
+def api_server(answer: Callable[[socket.socket, bytes], None]) -> Iterator[str]:
+    """A TCP server on 127.0.0.1 (its URL) that reads each request's head and hands the connection
+    to `answer`; every connection stays open until the end."""
+    srv = socket.create_server(("127.0.0.1", 0))
+    srv.settimeout(0.05)
+    stop = threading.Event()
+    conns: list[socket.socket] = []
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = srv.accept()
+            except TimeoutError:
+                continue
+            conns.append(conn)
+            conn.settimeout(5)
+            head = b""
+            while b"\r\n\r\n" not in head and (chunk := conn.recv(4096)):
+                head += chunk
+            answer(conn, head)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{srv.getsockname()[1]}"
+    finally:
+        stop.set()
+        thread.join(5)
+        for conn in conns:
+            conn.close()
+        srv.close()
+
+
+def ws_frame(opcode: int, payload: bytes) -> bytes:
+    n = len(payload)
+    return bytes([0x80 | opcode]) + (bytes([n]) if n < 126 else bytes([126]) + n.to_bytes(2, "big")) + payload
+
+
+def exec_answering(status: dict) -> Callable[[socket.socket, bytes], None]:
+    """An exec endpoint (v4.channel.k8s.io) whose command ends at once with this Status on channel 3."""
+    def answer(conn: socket.socket, head: bytes) -> None:
+        m = re.search(rb"(?i)^sec-websocket-key: *(\S+)", head, re.MULTILINE)
+        assert m, head
+        accept = base64.b64encode(hashlib.sha1(m.group(1) + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+        conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                     b"Sec-WebSocket-Accept: " + accept + b"\r\nSec-WebSocket-Protocol: v4.channel.k8s.io\r\n\r\n")
+        conn.sendall(ws_frame(0x2, b"\x03" + json.dumps(status).encode()) + ws_frame(0x8, b"\x03\xe8"))
+    return answer
+
+
+def curl_from(url: str, tmp_path: Path) -> Callable[[], object]:
+    """`tracer follow`'s request (app.curl.fire) from pod default/curl through the exec at `url`."""
+    backend = KubernetesBackend(Cluster(kubeconfig=str(kubeconfig(tmp_path / "config", url))),
+                                capture_image="img", capture_namespace="cap", run_id="r1")
+    src = PodRef(name="curl", namespace="default", node="worker1", ip="10.0.0.1")
+    return lambda: fire(backend, SimpleNamespace(src=SimpleNamespace(pod=src)), "http://10.0.0.2/get", 1.0)
+
+
+def test_a_pod_without_curl_is_said_so_and_a_gone_container_is_not(tmp_path: Path) -> None:
+    with api_server(exec_answering(internal_error(MISSING_CURL))) as url, \
+            pytest.raises(NotFoundError, match="pod curl has no curl to send the request with"):
+        curl_from(url, tmp_path)()
+    with api_server(exec_answering(internal_error(CONTAINER_GONE))) as url, pytest.raises(ClusterError) as e:
+        curl_from(url, tmp_path)()
+    assert not isinstance(e.value, NotFoundError)
+    assert e.value.message.startswith("`curl -s -o /dev/null")
+    assert e.value.message.endswith(f" in pod default/curl could not run: Internal error occurred: "
+                                    f"error executing command in container: {CONTAINER_GONE}")
+    assert (e.value.hint or "").endswith("kubectl describe pod -n default curl")
+
+
+def test_an_api_server_that_never_answers_the_exec_upgrade_is_an_error_in_time(tmp_path: Path) -> None:
+    """It takes the connection and reads the upgrade request, but says nothing (as a stuck proxy)."""
+    raised: list[BaseException] = []
+
+    def exec_true(cluster: Cluster) -> None:
+        try:
+            ExecStream(cluster, namespace="default", pod="curl", container="curl", argv=["true"], stdin=False,
+                       handshake_timeout=0.5)
+        except BaseException as e:  # noqa: BLE001 - looked at below
+            raised.append(e)
+
+    with api_server(lambda conn, head: None) as url:
+        started = time.monotonic()
+        cluster = Cluster(kubeconfig=str(kubeconfig(tmp_path / "config", url)))
+        worker = threading.Thread(target=exec_true, args=(cluster,))
+        worker.start()
+        worker.join(10)  # (else the end of api_server closes the connection: the exec fails then, too late)
+        took = time.monotonic() - started
+    assert 0.5 <= took < 3, f"the exec waited {took:.1f} s for an answer"
+    worker.join(5)
+    (e,) = raised
+    assert isinstance(e, ClusterError), repr(e)
+    assert e.message == "the API server did not answer the exec `true` in pod default/curl within 0.5 s"
+    assert "websocket" in (e.hint or "")
 
 
 # -- ApiException -> TracerError ----------------------------------------------------------------

@@ -20,7 +20,8 @@ from typing import Any
 import pytest
 
 from conftest import run_tracer
-from kmock_exec import CAPTURE_NAMESPACE, StandIn
+from kmock_exec import CAPTURE_NAMESPACE, PODS, StandIn
+from tracer.app.watch import LIVE_MAX_SECONDS
 from tracer.cluster.lab import Lab
 
 REPO = Path(__file__).resolve().parent.parent
@@ -92,6 +93,26 @@ def test_path_through_kubernetes_is_the_labs_way_and_leaves_no_capture_pod(lab: 
     out, err = text.communicate(timeout=60)
     assert text.returncode == 0, err
     assert "Step 4 on worker2" in out and "vxlan.calico" in out
+
+
+@pytest.mark.root
+@pytest.mark.slow
+def test_watch_through_kubernetes_runs_its_agents_in_pods_that_outlast_them(standin: StandIn) -> None:
+    """A watch runs for hours: a capture pod's short deadline (DEFAULT_DEADLINE, 15 min) would kill its agents."""
+    before = len(standin.snapshot()["exec"])
+    proc = tracer_k8s("watch", "curl", "httpbin", "--iterations", "1", kubeconfig=str(standin.kubeconfig))
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "request 1: HTTP 200" in out
+    agent_pods = {pod for ns, pod, argv in standin.snapshot()["exec"][before:] if argv[:2] == ("python3", "/agent.py")}
+    assert len(agent_pods) == 2
+    handler = standin.handler
+    assert handler is not None
+    specs = standin.call(lambda: {name: obj.last.raw["spec"] for (res, ns, name), obj in handler.objects.items()
+                                  if res == PODS and ns == CAPTURE_NAMESPACE and name in agent_pods})
+    assert {name: spec["activeDeadlineSeconds"] >= LIVE_MAX_SECONDS for name, spec in specs.items()} == \
+        dict.fromkeys(agent_pods, True)
+    assert standin.pods(CAPTURE_NAMESPACE) == []
 
 
 def _agent_started(snap: dict) -> bool:

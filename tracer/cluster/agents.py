@@ -10,6 +10,7 @@ place that knows the format: `tracer.cluster.session` talks to every agent throu
 from __future__ import annotations
 
 import json
+import signal
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -21,6 +22,8 @@ from tracer.cluster.ports import AgentChannel
 STOP = b"stop\n"
 MAX_LINE = 64 * 1024
 READ_CHUNK = 1 << 16
+KILLED = (137, -signal.SIGKILL)
+"""An agent's exit status after SIGKILL: a container runtime's 128 + 9, or a Popen's -9."""
 
 
 class AgentError(ClusterError):
@@ -94,10 +97,12 @@ class AgentClient:
         return self.interfaces
 
     def send_stop(self) -> None:
+        """Ask the agent to stop. One that has ended already is no error here: collect() then
+        tells how it ended (its exit code), which is what a person needs to know."""
         try:
             self.channel.write(STOP)
-        except (OSError, ValueError):
-            pass  # already gone: reading will tell
+        except (OSError, ValueError, ClusterError):
+            pass  # (lab: the pipe is closed; Kubernetes: the exec stream is)
 
     def collect(self, timeout: float) -> dict[str, PointCapture]:
         """After send_stop(): the pcap of each interface, until the agent's `done`."""
@@ -148,11 +153,23 @@ class AgentClient:
             raise AgentError(f"the capture agent on {self.node} did not send {waiting_for} in time",
                              hint=self._diagnostics() or "the node may be overloaded; raise --timeout") from None
         if not data:
-            status = self.channel.exit_status()
-            how = f"exited with code {status}" if status is not None else "closed its output"
-            raise AgentError(f"the capture agent on {self.node} {how} before {waiting_for}",
-                             hint=self._diagnostics() or "run the agent by hand to see why")
+            raise self._ended(self.channel.exit_status(), waiting_for)
         self._buf += data
+
+    def _ended(self, status: int | None, waiting_for: str) -> AgentError:
+        """The error of an agent whose output ended: its exit code, and why, if the channel knows
+        (Kubernetes: a 137 is the kubelet's kill at the pod's deadline, or the OOM killer's)."""
+        if status is None:
+            return AgentError(f"the capture agent on {self.node} closed its output before {waiting_for}",
+                              hint=self._diagnostics() or "run the agent by hand to see why")
+        if status not in KILLED:
+            return AgentError(f"the capture agent on {self.node} exited with code {status} before {waiting_for}",
+                              hint=self._diagnostics() or "run the agent by hand to see why")
+        reason = getattr(self.channel, "exit_reason", None)
+        why = reason(status) if reason else None
+        return AgentError(f"the capture agent on {self.node} was killed (exit {status}) before {waiting_for}"
+                          + (f": {why}" if why else ""),
+                          hint=self._diagnostics() or "it did not fail by itself: something outside it sent SIGKILL")
 
     def _read_line(self, deadline: float, waiting_for: str) -> bytes:
         while True:

@@ -3,7 +3,8 @@
 `pod()` finds a running pod in the namespace and already asks for a capture pod on its node
 (discovery and the agents need one on both nodes: both start at once instead of one after the
 other). `exec_pod` runs in the pod's app container; `exec_node` and `start_agent` run in the
-node's capture pod (hostNetwork: `ip -j`, `bridge -j fdb`, /proc/sys/net see the node).
+node's capture pod (hostNetwork: `ip -j`, `bridge -j fdb`, /proc/sys/net see the node), an
+agent in one whose deadline covers the agent's --max-seconds (a watch's run for hours).
 `close()` ends the agents' streams and deletes this run's capture pods, even while Ctrl-C is
 pressed again.
 """
@@ -25,6 +26,8 @@ from tracer.cluster.k8s.client import Cluster
 
 AGENT = ["python3", "/agent.py"]
 """How the capture image runs the agent (capture-pod/Dockerfile)."""
+AGENT_MAX_SECONDS = 300.0
+"""How long the agent runs without --max-seconds (capture-pod/agent.py)."""
 
 
 def connect(*, kubeconfig: str | None = None, context: str | None = None, namespace: str | None = None,
@@ -91,10 +94,11 @@ class KubernetesBackend:
         return k8s_exec.run(self.cluster, namespace=self.capture_pods.namespace, pod=name, container=None, argv=argv)
 
     def start_agent(self, node: str, argv: Sequence[str]) -> k8s_exec.ExecChannel:
-        name = self.capture_pods.ready(node)
+        # in a pod that outlives the agent: a watch's agents run for hours, a follow's minutes
+        name = self.capture_pods.ready(node, lasting=_max_seconds(argv))
         stream = k8s_exec.ExecStream(self.cluster, namespace=self.capture_pods.namespace, pod=name,
                                      container=None, argv=[*AGENT, *argv], stdin=True)
-        channel = k8s_exec.ExecChannel(stream)
+        channel = k8s_exec.ExecChannel(stream, pod_deadline=self.capture_pods.deadline_of(node))
         with self._lock:
             self._channels.append(channel)
         return channel
@@ -114,6 +118,15 @@ class KubernetesBackend:
                 self.capture_pods.close()
             finally:
                 self.cluster.close()
+
+
+def _max_seconds(argv: Sequence[str]) -> float:
+    """How long the agent runs at most: its --max-seconds (tracer.cluster.agents.agent_argv), else
+    agent.py's default."""
+    args = list(argv)
+    if "--max-seconds" in args[:-1]:
+        return float(args[args.index("--max-seconds") + 1])
+    return AGENT_MAX_SECONDS
 
 
 @contextlib.contextmanager

@@ -6,12 +6,18 @@ runs the capture agent. It has `hostNetwork` (it sees the node's interfaces), is
 only add NET_RAW and NET_ADMIN (all else dropped). It carries the run's id as a label, is deleted
 when the run ends, and ends itself after `activeDeadlineSeconds` should tracer be killed
 before that; the next run sweeps such leftovers by label.
+
+That deadline is short (`DEFAULT_DEADLINE`: discovery and a follow take seconds to minutes), and
+the API server only lets it be lowered, never raised. A command that is to run longer than the
+pod has left (`ready(node, lasting=...)`: `tracer watch`'s agents run for hours) therefore gets
+a new pod whose deadline covers it, and the short one goes.
 """
 
 from __future__ import annotations
 
 import datetime
 import hashlib
+import math
 import re
 import threading
 import time
@@ -27,6 +33,8 @@ DEFAULT_IMAGE = "localhost:32000/tracer-capture:0.1"
 DEFAULT_NAMESPACE = "tracer-capture"
 DEFAULT_DEADLINE = 900
 """Seconds after which a capture pod ends itself (activeDeadlineSeconds), whatever tracer does."""
+DEADLINE_MARGIN = 120
+"""Seconds a pod's deadline leaves beyond what is to run in it (the agent's drain and collection)."""
 READY_TIMEOUT = 120.0
 """Seconds to wait for a capture pod to run (an image pull on a fresh node takes a while)."""
 STALE_GRACE = 60
@@ -36,10 +44,12 @@ START_ERRORS = {"CreateContainerConfigError", "CreateContainerError", "RunContai
 IMAGE_HINT = "build and load the capture image (capture-pod/README.md) or pick one with --capture-image"
 
 
-def pod_name(run_id: str, node: str) -> str:
-    """`tracer-cap-<run>-<node>-<hash>`: a valid pod name for any node name, unique per node."""
+def pod_name(run_id: str, node: str, generation: int = 0) -> str:
+    """`tracer-cap-<run>-<node>-<hash>`: a valid pod name for any node name, unique per node
+    (and `-<generation>` after it for the pods that replace the first, see `CapturePods.ready`)."""
     slug = re.sub(r"[^a-z0-9-]+", "-", node.lower()).strip("-")[:32].strip("-") or "node"
-    return f"tracer-cap-{run_id}-{slug}-{hashlib.sha1(node.encode()).hexdigest()[:5]}"
+    name = f"tracer-cap-{run_id}-{slug}-{hashlib.sha1(node.encode()).hexdigest()[:5]}"
+    return f"{name}-{generation}" if generation else name
 
 
 def manifest(*, name: str, namespace: str, node: str, run_id: str, image: str, deadline: int) -> dict[str, Any]:
@@ -100,6 +110,9 @@ class CapturePods:
         self.ready_timeout = ready_timeout
         self._lock = threading.Lock()
         self._created: dict[str, str] = {}  # node -> pod name (recorded before the create call)
+        self._ends: dict[str, float] = {}  # node -> when (time.monotonic()) its pod's deadline passes at the latest
+        self._deadlines: dict[str, int] = {}  # node -> its pod's activeDeadlineSeconds
+        self._generations: dict[str, int] = {}  # node -> pods replaced there
         self._running: set[str] = set()
         self._checked: set[str] = set()
 
@@ -107,20 +120,24 @@ class CapturePods:
     def selector(self) -> str:
         return f"{MANAGED_BY}=tracer,{RUN_ID}={self.run_id}"
 
-    def request(self, node: str) -> str:
-        """Create the capture pod for `node` unless there is one; do not wait for it."""
+    def request(self, node: str, *, deadline: int | None = None) -> str:
+        """Create the capture pod for `node` unless there is one (with `deadline`, else this
+        run's); do not wait for it."""
+        deadline = deadline or self.deadline
         with self._lock:
             if node in self._created:
                 return self._created[node]
-            name = pod_name(self.run_id, node)
+            name = pod_name(self.run_id, node, self._generations.get(node, 0))
             self._created[node] = name  # first: close() deletes it even if Ctrl-C hits the call below
+            self._deadlines[node] = deadline
+            self._ends[node] = time.monotonic() + deadline  # (it counts from the pod's start, a bit later)
         where = f"create capture pod {self.namespace}/{name} on node {node}"
         try:
             with api_errors(where):
                 self.cluster.core.create_namespaced_pod(
                     self.namespace,
                     manifest(name=name, namespace=self.namespace, node=node, run_id=self.run_id,
-                             image=self.image, deadline=self.deadline),
+                             image=self.image, deadline=deadline),
                     _request_timeout=REQUEST_TIMEOUT,
                 )
         except NotFoundError as e:
@@ -134,17 +151,35 @@ class CapturePods:
             raise
         return name
 
-    def ready(self, node: str) -> str:
-        """The name of `node`'s capture pod once it runs (created if needed)."""
+    def ready(self, node: str, *, lasting: float = 0) -> str:
+        """The name of `node`'s capture pod once it runs (created if needed), good for `lasting`
+        seconds more: a pod whose deadline comes sooner is replaced by one whose deadline covers
+        them (and DEADLINE_MARGIN)."""
+        need = math.ceil(lasting) + DEADLINE_MARGIN if lasting else 0
+        if need and node in self._created and self._ends[node] - time.monotonic() < need:
+            self._replace(node)
         if node in self._running:
             return self._created[node]
         if node not in self._checked:  # a pod asked for early by request() may sit on a NotReady node
             self._check_node(node)
             self._checked.add(node)
-        name = self.request(node)
+        name = self.request(node, deadline=max(self.deadline, need))
         self._wait_running(node, name)
         self._running.add(node)
         return name
+
+    def deadline_of(self, node: str) -> int | None:
+        """The activeDeadlineSeconds of `node`'s capture pod, if it has one."""
+        with self._lock:
+            return self._deadlines.get(node) if node in self._created else None
+
+    def _replace(self, node: str) -> None:
+        """Delete `node`'s pod: the next request() creates another, under a new name."""
+        with self._lock:
+            name = self._created.pop(node)
+            self._running.discard(node)
+            self._generations[node] = self._generations.get(node, 0) + 1
+        self._delete(name)
 
     def _check_node(self, node: str) -> None:
         ref = self.cluster.node(node)
@@ -202,6 +237,7 @@ class CapturePods:
         """Delete this run's capture pods: the ones created, and any the label finds. Idempotent."""
         with self._lock:
             names = set(self._created.values())
+            longest = max(self._deadlines.values(), default=self.deadline)
             self._created.clear()
             self._running.clear()
         errors: list[Exception] = []
@@ -221,7 +257,7 @@ class CapturePods:
             errors.append(e)
         if errors:
             raise ClusterError(f"could not delete every capture pod of run {self.run_id}: {errors[0]}",
-                               hint=f"they end themselves within {self.deadline} s; or: "
+                               hint=f"they end themselves within {longest} s; or: "
                                     f"kubectl delete pod -n {self.namespace} -l {RUN_ID}={self.run_id}")
 
     def _delete(self, name: str) -> None:
