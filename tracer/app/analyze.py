@@ -225,19 +225,20 @@ def read_path_file(path: str) -> PathHint:
     offloads = doc.get("offloads")
     offloads = {str(p): {str(k): str(v) for k, v in o.items()} for p, o in offloads.items()
                 if isinstance(o, dict)} if isinstance(offloads, dict) else {}
-    other: tuple[tuple[str, ...], ...] = ()
-    dns = doc.get("dns")
-    if isinstance(dns, dict) and isinstance(dns.get("points"), list):
+    other: list[tuple[str, ...]] = []
+    for more in [*(doc.get("endpoints") or []), doc.get("dns")]:  # (the other endpoints' ways, the DNS query's)
+        if not isinstance(more, dict) or not isinstance(more.get("points"), list):
+            continue
         try:
-            dway = tuple(str(p["id"]) for p in dns["points"])
-            ends = [(dns.get(side) or {}) for side in ("src", "dst")]
+            w = tuple(str(p["id"]) for p in more["points"])
+            ends = [(more.get(side) or {}) for side in ("src", "dst")]
             if ends[0].get("name"):
-                dway = (f"{ends[0]['name']}/eth0",) + dway
+                w = (f"{ends[0]['name']}/eth0",) + w
             if ends[1].get("name"):
-                dway = dway + (f"{ends[1]['name']}/eth0",)
+                w = w + (f"{ends[1]['name']}/eth0",)
                 if ends[1].get("ip"):
                     names[str(ends[1]["ip"])] = str(ends[1]["name"])
-            other = (dway,)
+            other.append(w)
         except (KeyError, TypeError, AttributeError):
-            other = ()
-    return PathHint(way, names, ifnames, doc.get("captured_together") is True, blind, offloads, other)
+            continue
+    return PathHint(way, names, ifnames, doc.get("captured_together") is True, blind, offloads, tuple(other))

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 from tracer.app.curl import fire
 from tracer.app.signals import uninterrupted
-from tracer.app.target import DnsWay, dns_document, request_way
+from tracer.app.target import DnsWay, dns_document, endpoint_documents, request_way
 from tracer.cluster.agents import PointCapture
 from tracer.cluster.ports import FollowBackend
 from tracer.cluster.session import CaptureSession
@@ -105,6 +105,8 @@ class FollowResult:
     directory gone): what failed. The run is shown all the same, from a temporary directory."""
     dns: DnsWay | None = None
     """The way of the DNS query a URL by name makes, captured too."""
+    others: tuple[Way, ...] = ()
+    """The ways to a Service's other endpoints (kube-proxy picks one per connection), captured too."""
 
     def as_run(self, saved: str | None) -> FollowRun:
         """The run as the model has it (what its header and JSON show), as it is now."""
@@ -128,9 +130,10 @@ def capture(backend: FollowBackend, req: FollowRequest, directory: Path, progres
         to = request_way(backend, req.src, req.dst, req.port, req.path, req.points)
     way, url = to.way, to.url
     session = CaptureSession(backend, way, to.port, run_id=req.run_id, max_seconds=req.max_seconds,
-                             dns=to.dns.way if to.dns else None, dns_ip=to.dns.service.cluster_ip if to.dns else "")
+                             dns=to.dns.way if to.dns else None, dns_ip=to.dns.service.cluster_ip if to.dns else "",
+                             others=to.others)
     result = FollowResult(way=way, run_id=session.run_id, backend=backend.name, url=url, directory=directory,
-                          timings=timings, dns=to.dns)
+                          timings=timings, dns=to.dns, others=to.others)
     try:
         with timings.phase("agents_ready"):
             progress(f"starting capture agents on {', '.join(session.plan)}")
@@ -153,7 +156,7 @@ def capture(backend: FollowBackend, req: FollowRequest, directory: Path, progres
                      else "collecting the captures")
             result.captures = session.stop_and_collect(req.timeout)
             try:
-                write_run_dir(directory, way, result.captures, result.dns)
+                write_run_dir(directory, way, result.captures, result.dns, result.others)
             except OSError as e:
                 if not req.save:
                     raise
@@ -168,9 +171,11 @@ def capture(backend: FollowBackend, req: FollowRequest, directory: Path, progres
     return result
 
 
-def write_run_dir(directory: Path, way: Way, captures: dict[str, PointCapture], dns: DnsWay | None = None) -> None:
+def write_run_dir(directory: Path, way: Way, captures: dict[str, PointCapture], dns: DnsWay | None = None,
+                  others: tuple[Way, ...] = ()) -> None:
     """`<node>/<interface>.pcap` per point and path.json: what `tracer analyze DIR` reads (with
-    `dns`, its `dns` key: the DNS query's way and the Service it asked)."""
+    `dns`, its `dns` key: the DNS query's way and the Service it asked; with `others`, its
+    `endpoints`: the ways to a Service's other endpoints)."""
     directory.mkdir(parents=True, exist_ok=True)
     for point_id, cap in captures.items():
         node, iface = point_id.split("/", 1)
@@ -182,6 +187,8 @@ def write_run_dir(directory: Path, way: Way, captures: dict[str, PointCapture], 
            "offloads": {p: dict(c.offloads) for p, c in captures.items() if c.offloads}}
     if dns is not None:
         doc["dns"] = dns_document(dns)
+    if others:
+        doc["endpoints"] = endpoint_documents(others)
     (directory / "path.json").write_text(json.dumps(doc, indent=2) + "\n")
 
 
@@ -223,7 +230,7 @@ def follow(backend: FollowBackend, req: FollowRequest, *, present: Callable[[Fol
             tmp = os.path.join(tempfile.gettempdir(), f"tracer-follow-{os.urandom(6).hex()}")
             os.mkdir(tmp, 0o700)
             directory = Path(tmp)
-            write_run_dir(directory, result.way, result.captures, result.dns)
+            write_run_dir(directory, result.way, result.captures, result.dns, result.others)
         with result.timings.phase("correlate"):
             from tracer.app.analyze import AnalyzeRequest, analyze
             from tracer.correlate.engine import no_cyclic_gc
@@ -232,10 +239,11 @@ def follow(backend: FollowBackend, req: FollowRequest, *, present: Callable[[Fol
             way = result.way
             names = {way.src.pod.ip: way.src.pod.name, way.dst.pod.ip: way.dst.pod.name}
             dns = result.dns
-            if dns is not None:
-                names[dns.way.dst.pod.ip] = dns.way.dst.pod.name
+            for w in (*result.others, *((dns.way,) if dns else ())):
+                names[w.dst.pod.ip] = w.dst.pod.name
             areq = AnalyzeRequest(paths=(str(directory),), way=tuple(p.id for p in way.points),
-                                  other_ways=(tuple(p.id for p in dns.way.points),) if dns else (),
+                                  other_ways=tuple(tuple(p.id for p in w.points)
+                                                   for w in (*result.others, *((dns.way,) if dns else ()))),
                                   blind=tuple(p.id for p in way.points if p.bypass), names=names,
                                   output=req.output, pcapng=req.pcapng,
                                   flows=() if req.all_flows else own_flows(result), all_flows=req.all_flows, related_arp=True,

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from tracer.cluster.discover import discover
 from tracer.cluster.ports import Backend
-from tracer.errors import TracerError, UsageError
+from tracer.errors import NotFoundError, TracerError, UsageError
 from tracer.model import ServiceRef, Way
 
 CLUSTER_SUFFIXES = ("svc.cluster.local", "svc")
@@ -28,6 +28,8 @@ class Target:
     url: str
     """What curl asks for, as the user gave it (a name stays a name: the pod's resolver does DNS)."""
     service: ServiceRef | None = None
+    others: tuple[str, ...] = ()
+    """The Service's other endpoints: kube-proxy picks one of them all per connection."""
 
 
 def resolve(backend: Backend, dst: str, port: int, path: str, namespace: str | None = None) -> Target:
@@ -79,6 +81,9 @@ class Request:
     """The TCP port at the endpoint (a Service's target port)."""
     dns: DnsWay | None = None
     """Where a URL's name is looked up (a name, not an address, and a cluster DNS to capture)."""
+    others: tuple[Way, ...] = ()
+    """The ways to a Service's other endpoints (each with its own kube-proxy rule): every
+    connection takes one of `way` and these, kube-proxy's pick; the captures cover them all."""
 
 
 CLUSTER_DNS = ("kube-dns", "kube-system")
@@ -90,12 +95,20 @@ def request_way(backend: Backend, src: str, dst: str, port: int, path: str, poin
     Service; for a URL by name, also the way of the DNS query the pod's resolver makes."""
     target = resolve(backend, dst, port, path)
     way = discover(backend, src, target.pod, points)
+    others = tuple(discover(backend, src, pod, points) for pod in target.others)
     if target.service is not None:
         way = with_rule(backend, way, target.service)
+        others = tuple(with_rule(backend, w, target.service) for w in others)
     host = urlsplit(target.url).hostname if target.url else None
     dns = dns_way(backend, src) if host and not _is_ip(host) else None
     return Request(way=way, url=target.url or f"http://{way.dst.pod.ip}:{port}{path}",
-                   port=target.service.target_port if target.service else port, dns=dns)
+                   port=target.service.target_port if target.service else port, dns=dns, others=others)
+
+
+def endpoint_documents(others: Sequence[Way]) -> list[dict]:
+    """The `endpoints` key of path.json and `tracer path -o json` (tracer.path/v1, added): the
+    ways to a Service's other endpoints, each a way's document."""
+    return [w.to_dict() for w in others]
 
 
 def dns_document(dns: DnsWay) -> dict:
@@ -120,11 +133,10 @@ def dns_way(backend: Backend, src: str) -> DnsWay | None:
 
 
 def _to_service(svc: ServiceRef, url: str) -> Target:
-    if len(svc.endpoints) != 1:
-        have = ", ".join(svc.endpoints) or "none"
-        raise UsageError(f"Service {svc.namespace}/{svc.name} has {len(svc.endpoints)} endpoints ({have}): tracer "
-                         "follows a Service with one endpoint so far", hint="follow one of its pods by name")
-    return Target(pod=svc.endpoints[0], url=url, service=svc)
+    if not svc.endpoints:
+        raise NotFoundError(f"Service {svc.namespace}/{svc.name} has no endpoints: no ready pod behind it to follow to",
+                            hint=f"kubectl get endpointslices -n {svc.namespace} -l kubernetes.io/service-name={svc.name}")
+    return Target(pod=svc.endpoints[0], url=url, service=svc, others=svc.endpoints[1:])
 
 
 def _service_name(host: str, namespace: str | None) -> tuple[str, str | None]:

@@ -51,6 +51,10 @@ def watch(backend: FollowBackend, req: WatchRequest, *, display: Callable[[LiveS
     if req.src == req.dst:
         raise UsageError(f"source and destination are the same pod ({req.src})")
     to = request_way(backend, req.src, req.dst, req.port, req.path, req.points)
+    if to.others:
+        names = ", ".join(w.dst.pod.name for w in (to.way, *to.others))
+        raise UsageError(f"{req.dst}: a Service with {len(to.others) + 1} endpoints ({names}); watch lights up one way "
+                         "so far", hint=f"tracer follow {req.src} {req.dst} --count 10 shows which endpoint each request took")
     way, url = to.way, to.url
     state = LiveState(way=way, url=url, backend=backend.name)
     events: queue.Queue = queue.Queue()

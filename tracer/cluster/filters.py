@@ -11,6 +11,7 @@ The VNI is never part of a filter (Cilium's is the source's identity).
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Sequence
 
 from tracer.cluster.agents import CaptureSpec
 from tracer.model import Way, WayPoint
@@ -111,21 +112,26 @@ def icmp_error_filter(a: str, b: str) -> str:
     return f"(icmp[icmptype] == icmp-unreach and (host {a} or host {b}))"
 
 
-def capture_plan(way: Way, port: int, dns: Way | None = None, dns_ip: str = "") -> dict[str, list[CaptureSpec]]:
+def capture_plan(way: Way, port: int, dns: Way | None = None, dns_ip: str = "",
+                 others: Sequence[Way] = ()) -> dict[str, list[CaptureSpec]]:
     """Node -> its capture points on the way (each interface once), in the order of the way;
-    with `dns` (the way of the source pod's DNS query to the cluster DNS Service at `dns_ip`),
-    its points too, each filter taking the DNS exchange as well where the ways share a point."""
+    with `others` (the ways to a Service's other endpoints) and `dns` (the way of the source
+    pod's DNS query to the cluster DNS Service at `dns_ip`), their points too, each filter
+    taking their packets as well where the ways share a point."""
     plan: dict[str, list[CaptureSpec]] = {}
     for p in way.points:
         specs = plan.setdefault(p.node, [])
         if all(s.interface != p.interface for s in specs):
             specs.append(CaptureSpec(interface=p.interface, bpf=point_filter(p, way, port)))
-    for p in dns.points if dns is not None else ():
+    extra_ways = [(w, p, point_filter(p, w, port)) for w in others for p in w.points]
+    extra_ways += [(dns, p, dns_point_filter(p, dns, dns_ip)) for p in (dns.points if dns is not None else ())]
+    for _, p, extra in extra_ways:
         specs = plan.setdefault(p.node, [])
-        extra = dns_point_filter(p, dns, dns_ip)
         k = next((k for k, s in enumerate(specs) if s.interface == p.interface), None)
         if k is None:
             specs.append(CaptureSpec(interface=p.interface, bpf=extra))
-        elif specs[k].bpf and extra not in specs[k].bpf:  # ("": every frame already)
+        elif specs[k].bpf and extra and extra not in specs[k].bpf:  # ("": every frame already)
             specs[k] = CaptureSpec(interface=p.interface, bpf=f"({specs[k].bpf}) or ({extra})")
+        elif not extra:
+            specs[k] = CaptureSpec(interface=p.interface, bpf="")
     return plan

@@ -17,13 +17,15 @@ class CaptureSession:
     """One capture agent per node of the way; `close()` (also on any error) ends them all."""
 
     def __init__(self, backend: FollowBackend, way: Way, port: int, *, run_id: str | None = None,
-                 stream: bool = False, max_seconds: float = 300.0, dns: Way | None = None, dns_ip: str = ""):
-        """`dns`, `dns_ip`: the way of the source pod's DNS query and the DNS Service's ClusterIP,
-        captured too (tracer.cluster.filters.capture_plan)."""
+                 stream: bool = False, max_seconds: float = 300.0, dns: Way | None = None, dns_ip: str = "",
+                 others: tuple[Way, ...] = ()):
+        """`dns`, `dns_ip`: the way of the source pod's DNS query and the DNS Service's ClusterIP;
+        `others`: the ways to a Service's other endpoints; captured too
+        (tracer.cluster.filters.capture_plan)."""
         self.backend = backend
         self.way = way
         self.run_id = run_id or f"tracer-{os.urandom(4).hex()}"
-        self.plan = capture_plan(way, port, dns, dns_ip)
+        self.plan = capture_plan(way, port, dns, dns_ip, others)
         self.stream = stream
         self.max_seconds = max_seconds
         self.agents: list[AgentClient] = []

@@ -36,14 +36,17 @@ def command(src: str, dst: str, output: str, points: tuple[str, ...], backend: B
       tracer path curl httpbin --kubeconfig ~/.kube/config -n default
     """
     from tracer.app.path import find_request
-    from tracer.app.target import dns_document
+    from tracer.app.target import dns_document, endpoint_documents
 
     request = find_request(src, dst, backend, points)
     way = request.way
     if output == "json":
-        click.echo(json.dumps({**way.to_dict(), **({"dns": dns_document(request.dns)} if request.dns else {})}, indent=2))
+        click.echo(json.dumps({**way.to_dict(), **({"dns": dns_document(request.dns)} if request.dns else {}),
+                               **({"endpoints": endpoint_documents(request.others)} if request.others else {})},
+                              indent=2))
     else:
         from rich.console import Console
+        from rich.markup import escape
 
         from tracer.render.path import render_dns, render_way
 
@@ -51,3 +54,7 @@ def command(src: str, dst: str, output: str, points: tuple[str, ...], backend: B
         if request.dns is not None:
             render_dns(request.dns.way, request.dns.service, console)
         render_way(way, console)
+        for other in request.others:
+            console.print(f"\n[bold]Or to endpoint {escape(other.dst.pod.name)}[/] ({other.dst.pod.ip}, "
+                          f"{escape(other.dst.pod.node)}): kube-proxy picks one endpoint per connection; this way's "
+                          "points: " + " -> ".join(escape(p.id) for p in other.points))

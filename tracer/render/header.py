@@ -26,10 +26,18 @@ def follow_header(r: FollowRun, trace: Trace | None = None) -> Group:
                   f"GET {safe(r.url)}  [{r.backend}]", style="bold")]
     svc = r.way.service
     if svc is not None:
-        lines.append(Text(f"  Service {safe(svc.namespace)}/{safe(svc.name)} {svc.cluster_ip}:{svc.port} -> endpoint "
-                          f"{safe(d.name)} {d.ip}:{svc.target_port}", style="bold"))
+        if len(svc.endpoints) > 1:
+            lines.append(Text(f"  Service {safe(svc.namespace)}/{safe(svc.name)} {svc.cluster_ip}:{svc.port} -> endpoints "
+                              f"{', '.join(safe(e) for e in svc.endpoints)}: kube-proxy picks one per connection "
+                              "(each flow below says which: its DNAT and its server)", style="bold"))
+        else:
+            lines.append(Text(f"  Service {safe(svc.namespace)}/{safe(svc.name)} {svc.cluster_ip}:{svc.port} -> endpoint "
+                              f"{safe(d.name)} {d.ip}:{svc.target_port}", style="bold"))
         rule = (f"kube-proxy on {safe(s.node)}: {safe(svc.rule)}" if svc.rule else
                 f"kube-proxy's rule on {safe(s.node)} not read (iptables-save -t nat): the NAT below is the packets'")
+        if svc.rule and len(svc.endpoints) > 1:
+            rule = (f"kube-proxy on {safe(s.node)}: {safe(svc.rule.split(' -> ', 1)[0])} -> a KUBE-SEP chain per "
+                    "endpoint, each taken with its --probability (iptables-save -t nat)")
         lines.append(Text(f"  {rule}", style="dim"))
     for i, c in enumerate(r.curls, 1):
         lines.append(Text(f"  request {i}: {curl_text(c)}", style="green" if c.ok else "red"))

@@ -1,0 +1,68 @@
+"""A Service with two endpoints on two nodes (issue "Services and names"): kube-proxy's rules
+pick one per connection (`--probability 0.5`), so follow captures the ways to both, and each
+flow shows which endpoint it took: its DNAT to that pod, its way ending at that pod's veth,
+every packet there; `tracer path` names both ways."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import secrets
+
+import pytest
+
+from conftest import make_store, run_tracer
+from tracer.cluster.lab import down, up
+from tracer.cluster.lab.topology import ServicePort, ServiceSpec, exercise, with_pods
+
+pytestmark = [pytest.mark.root, pytest.mark.slow]
+WEB_IP = "10.152.183.60"
+
+
+@pytest.fixture(scope="module")
+def lab():
+    topo = with_pods(exercise(), (("httpbin2", "worker1", "httpbin"),))
+    web = ServiceSpec(name="web", namespace="default", cluster_ip=WEB_IP, endpoints=("httpbin", "httpbin2"),
+                      ports=(ServicePort(name="http", protocol="tcp", port=80, target_port=80),))
+    store = make_store("e" + secrets.token_hex(2))
+    built = up(dataclasses.replace(topo, services=(*topo.services, web)), store=store)
+    try:
+        yield built
+    finally:
+        down(store)
+
+
+def test_each_request_shows_the_endpoint_it_took(lab) -> None:
+    proc = run_tracer("follow", "curl", "svc/web", "--count", "8", "-o", "json", store=lab.store)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert [c["status"] for c in doc["follow"]["curl"]] == [200] * 8
+    pods = {lab.pod(n).ip: lab.pod(n) for n in ("httpbin", "httpbin2")}
+    flows = [f for f in doc["flows"] if f["protocol"] == "tcp"]
+    assert len(flows) == 8
+    taken = set()
+    for f in flows:
+        assert f["nat"]["kind"] == "dnat" and f["nat"]["original"] == f"{WEB_IP}:80"
+        ip = f["nat"]["translated"].rsplit(":", 1)[0]
+        pod = pods[ip]
+        taken.add(pod.name)
+        way = f["summary"]["way"]["request"]
+        assert way[-1] == f"{pod.node}/{pod.host_veth}", way
+        assert f["summary"]["reached_end"] == f["summary"]["packets"]
+        if pod.node == "worker1":  # (the same-node endpoint: no tunnel on its way)
+            assert not any("eth1" in p for p in way)
+    text = run_tracer("follow", "curl", "svc/web", store=lab.store, check=True).stdout
+    assert "-> endpoints httpbin, httpbin2: kube-proxy picks one per connection" in text
+    assert taken <= {"httpbin", "httpbin2"}
+
+
+def test_path_names_the_way_to_each_endpoint(lab) -> None:
+    doc = json.loads(run_tracer("path", "curl", "svc/web", "-o", "json", store=lab.store, check=True).stdout)
+    assert doc["dst"]["name"] == "httpbin" and [e["dst"]["name"] for e in doc["endpoints"]] == ["httpbin2"]
+    text = run_tracer("path", "curl", "svc/web", store=lab.store, check=True).stdout
+    assert "Or to endpoint httpbin2" in text
+
+
+def test_watch_says_it_follows_one_way(lab) -> None:
+    proc = run_tracer("watch", "curl", "svc/web", "--iterations", "1", store=lab.store)
+    assert proc.returncode == 2 and "2 endpoints (httpbin, httpbin2)" in proc.stderr
