@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tracer.app.target import dns_document, request_way
 from tracer.cluster.discover import discover
 from tracer.cluster.lab import Lab, StateStore, down, exercise, up
 
@@ -48,6 +49,9 @@ class Scenario:
     """The lab's underlay NICs (`lab up --offloads`): real cuts and merges super-frames on the way."""
     request: tuple[str, ...] = ()
     """The command pod curl runs instead of curl (e.g. a UDP sender), if any."""
+    by_name: bool = False
+    """The URL names a Service: capture the DNS query's way too (to the DNS pod), as follow does,
+    and write path.json as follow --save does (its `dns` key)."""
 
 
 SCENARIOS = (
@@ -93,6 +97,17 @@ SCENARIOS = (
         request=("python3", "-c", "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
                  "s.setsockopt(socket.IPPROTO_IP, 10, 0); "  # (IP_MTU_DISCOVER = IP_PMTUDISC_DONT: no DF)
                  "[s.sendto(bytes(1400), ('172.18.104.14', 9999)) for _ in range(2)]"),
+    ),
+    Scenario(
+        name="dns-service",
+        description=(
+            "curl -> http://httpbin/get by name: curl's resolver asks kube-dns 10.152.183.10 (dnsmasq in pod "
+            "kube-system/coredns on worker2), kube-proxy on worker1 DNATs the query to 172.18.104.62 across the "
+            "tunnel and the answer back; then the HTTP request to Service httpbin 10.152.183.50, DNAT-ed to "
+            "172.18.104.14. Captured also on coredns's veth (worker2) and its eth0; path.json has the DNS way."
+        ),
+        url="http://httpbin/get",
+        by_name=True,
     ),
     Scenario(
         name="vxlan-drop",
@@ -145,10 +160,19 @@ def record(scenario: Scenario, out_root: Path) -> dict:
             if res.returncode != 0:
                 raise SystemExit(f"{target}: {' '.join(argv)} failed: {res.stderr.decode()}")
         way = discover(lab.backend(), "curl", "httpbin")
+        doc = way.to_dict()
+        if scenario.by_name:
+            to = request_way(lab.backend(), "curl", scenario.url, 80, "/")
+            way = to.way
+            doc = {**way.to_dict(), **({"dns": dns_document(to.dns)} if to.dns else {})}
         if scenario.any_interface:
             points = [(node, "any") for node in dict.fromkeys(p.node for p in way.points)]
         else:
             points = [(p.node, p.interface) for p in way.points] + [("curl", "eth0"), ("httpbin", "eth0")]
+            if scenario.by_name and to.dns:
+                d = to.dns.way
+                points += [(p.node, p.interface) for p in d.points if (p.node, p.interface) not in points]
+                points.append((d.dst.pod.name, "eth0"))
         captures = [_start_tcpdump(lab, where, dev, out / where / f"{dev}.pcap", immediate=not scenario.any_interface)
                     for where, dev in points]
         curl_argv = list(scenario.request) or ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time",
@@ -156,7 +180,7 @@ def record(scenario: Scenario, out_root: Path) -> dict:
         res = lab.exec("curl", curl_argv, timeout=scenario.max_time + 5)
         time.sleep(scenario.linger)  # the last ACK/FIN of the exchange, then stop
         stats = {f"{where}/{dev}": _stop_tcpdump(proc) for (where, dev), proc in zip(points, captures)}
-        (out / "path.json").write_text(json.dumps(way.to_dict(), indent=2) + "\n")
+        (out / "path.json").write_text(json.dumps(doc, indent=2) + "\n")
         meta = {
             "scenario": scenario.name,
             "description": scenario.description,

@@ -20,7 +20,8 @@ from tracer.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "pcaps"
-SCENARIOS = ("http-get", "vxlan-drop", "policy-drop", "clusterip-dnat", "any-http-get", "bytes-offloads", "vxlan-fragments")
+SCENARIOS = ("http-get", "vxlan-drop", "policy-drop", "clusterip-dnat", "any-http-get", "bytes-offloads", "vxlan-fragments",
+             "dns-service")
 # Third-party captures, read where they are (../shared/pcaps-public beside the checkout; this
 # machine's /work/shared when the checkout is elsewhere; TRACER_PUBLIC_PCAPS to name another place).
 PUBLIC = next((p for p in (Path(os.environ.get("TRACER_PUBLIC_PCAPS", ROOT.parent / "shared" / "pcaps-public")),

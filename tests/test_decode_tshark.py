@@ -153,7 +153,7 @@ def test_public_captures_agree_with_tshark(path):
 
 def test_every_file_was_compared():
     """The parametrization above must not silently shrink to nothing."""
-    assert len(SAMPLE_FILES) == 50  # 6 scenarios x 8 points + 2 tcpdump -i any files
+    assert len(SAMPLE_FILES) == 60  # 7 scenarios x 8 points, dns-service 2 more (the DNS pod), 2 tcpdump -i any files
     assert len(PUBLIC_FILES) == 15
 
 

@@ -108,3 +108,19 @@ def test_the_lab_s_cluster_dns_as_tracer_and_tshark_read_it(lab: Lab, tmp_path: 
     assert "httpbin.default.svc.cluster.local: the address a DNS answer gave before it" in grid
     hops = run_tracer("analyze", str(pcap), "--all-flows", "--view", "hops", store=lab.store, check=True).stdout
     assert "DNS A httpbin.default.svc.cluster.local = 10.152.183.50 10.152.183.10:53 -> 172.18.166.139:" in hops
+
+
+def test_the_dns_service_sample_shows_the_lookup_on_its_own_way(capsys) -> None:
+    """pcaps/dns-service (record.py: curl http://httpbin/get on the lab, the DNS pod's veth and
+    eth0 captured too, path.json's `dns` the query's way): the lookup DNAT-ed to the DNS pod
+    across the tunnel, every packet at all eight points of its way, the HTTP flow named by it."""
+    from factories import SAMPLES, analyze_json
+
+    doc = analyze_json(capsys, str(SAMPLES / "dns-service"))
+    [dns] = [f for f in doc["flows"] if f["protocol"] == "udp"]
+    assert dns["nat"]["original"] == "10.152.183.10:53" and dns["server"] == "172.18.104.62:53"
+    assert dns["summary"]["way"]["request"][-1] == "coredns/eth0" and len(dns["summary"]["way"]["request"]) == 8
+    assert dns["summary"]["reached_end"] == dns["summary"]["packets"] == len(dns["packets"])
+    assert any(p["dns"]["answers"] == ["A 10.152.183.50"] for p in dns["packets"] if p["dns"]["response"])
+    [http] = [f for f in doc["flows"] if f["protocol"] == "tcp"]
+    assert http["dns_name"] == "httpbin.default.svc.cluster.local" and http["summary"]["way"]["request"][-1] == "httpbin/eth0"

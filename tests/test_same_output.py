@@ -28,7 +28,7 @@ def _same_output():
 def test_every_output_of_the_samples_is_unchanged():
     so = _same_output()
     got = so.collect(bench=False, samples_only=True)
-    assert len(got) >= 49  # (seven samples, seven runs each: none may go missing unnoticed)
+    assert len(got) >= 56  # (eight samples, seven runs each: none may go missing unnoticed)
     if os.environ.get("TRACER_UPDATE_GOLDEN") == "1":
         GOLDEN.write_text(json.dumps(got, indent=1, sort_keys=True) + "\n")
     want = json.loads(GOLDEN.read_text())
