@@ -142,3 +142,38 @@ def test_a_pod_to_itself_is_refused_as_follow_refuses_it(lab):
     proc = run_tracer("path", "httpbin", "httpbin", store=lab.store)
     assert proc.returncode == 2 and "source and destination are the same pod (httpbin)" in proc.stderr, proc.stderr
     assert proc.stdout == ""
+
+
+class Distroless:
+    """The lab's backend, but pods in `pods` have no `cat` and no `ip` (a distroless image):
+    exec of them fails as a container runtime says it; everything else is the real lab."""
+
+    def __init__(self, inner, pods: set[str]):
+        self.inner, self.pods = inner, pods
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def exec_pod(self, pod, argv):
+        from tracer.cluster.ports import ExecResult
+        if pod.name in self.pods and argv and argv[0] in ("cat", "ip"):
+            return ExecResult(returncode=127, stdout=b"",
+                              stderr=f'exec: "{argv[0]}": executable file not found in $PATH'.encode())
+        return self.inner.exec_pod(pod, argv)
+
+
+@pytest.mark.parametrize("pods", [{"httpbin"}, {"curl", "httpbin"}])
+def test_a_distroless_pod_is_read_from_its_node(lab: Lab, pods: set[str]) -> None:
+    run_tracer("lab", "exec", "curl", "--", "curl", "-s", "-o", "/dev/null", f"http://{lab.pod('httpbin').ip}/get",
+               store=lab.store, check=True)  # (the nodes' neighbour entries of both pods, fresh)
+    backend = lab.backend()
+    normal = discover(backend, "curl", "httpbin")
+    way = discover(Distroless(backend, pods), "curl", "httpbin")
+    assert [p.id for p in way.points] == [p.id for p in normal.points]
+    for end, want in ((way.src, normal.src), (way.dst, normal.dst)):
+        assert (end.host_veth, end.iflink, end.mac, end.mtu, end.gateway, end.arp_by) == \
+            (want.host_veth, want.iflink, want.mac, want.mtu, want.gateway, want.arp_by)
+    assert [w for w in way.warnings if "cannot be read inside" in w] == [
+        w for w in way.warnings if any(f"pod {p} cannot be read inside" in w for p in pods)]
+    assert len([w for w in way.warnings if "cannot be read inside" in w]) == len(pods)
+    assert way.dst.route.endswith("not read (the pod has neither cat nor ip)")

@@ -92,6 +92,9 @@ def discover(backend: Backend, src: str, dst: str, points: Sequence[str] = ()) -
     src_end = pod_end(src_reads, src_node)
     dst_end = pod_end(dst_reads, dst_node)
     warnings = [*end_warnings(src_end, src_node), *end_warnings(dst_end, dst_node)]
+    warnings += [f"pod {r.pod.name} cannot be read inside (no `cat`: a distroless image?): its end is what "
+                 f"{r.pod.node} knows of it (its host veth by the node's route, its MAC by the node's neighbour "
+                 "entry); its own route and ARP table are not known" for r in (src_reads, dst_reads) if r.from_node]
 
     nodes = {src_node.name: src_node, dst_node.name: dst_node}
     asked = [_asked_point(nodes, backend, spec, src_pod.node) for spec in points]

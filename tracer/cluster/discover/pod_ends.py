@@ -15,20 +15,29 @@ from __future__ import annotations
 from typing import Any
 
 from tracer.cluster.discover.readers import NodeState, PodReads
+from tracer.errors import ClusterError
 from tracer.model import PodEnd, WayPoint
 
 
 def pod_end(reads: PodReads, node: NodeState) -> PodEnd:
     pod, toward = reads.pod, reads.toward
-    f = reads.parse()
+    try:
+        f = reads.parse()
+    except ClusterError as e:
+        f = from_node_side(reads, node)  # (a distroless pod: no `cat`; what the node knows of it)
+        if f is None:
+            raise e from None
     gateway, dev = f["gateway"], f["dev"]
     route = reads.route() or (
-        f"{toward} via {gateway} dev {dev} src {pod.ip}" if gateway else f"{toward} dev {dev} src {pod.ip}"
+        f"{toward} via {gateway} dev {dev} src {pod.ip}" if gateway else
+        f"{toward}: not read (the pod has neither cat nor ip)" if reads.from_node else f"{toward} dev {dev} src {pod.ip}"
     )
     veth = node.link(ifindex=f["iflink"])
     name = veth["ifname"]
     bridge = node.link(name=veth["master"]) if veth.get("master") else None
     proxy_arp, proxy_delay = node.veth_sysctls(name)
+    if reads.from_node and gateway is None:
+        gateway = _inferred_gateway(node, veth, bridge, proxy_arp)
     if bridge is not None and gateway and any(a.get("local") == gateway for a in bridge.get("addr_info", [])):
         arp_by = "bridge"
     elif gateway and node.link_with_address(gateway) is not None:
@@ -45,10 +54,52 @@ def pod_end(reads: PodReads, node: NodeState) -> PodEnd:
     )
 
 
+def from_node_side(reads: PodReads, node: NodeState) -> dict[str, Any] | None:
+    """What `PodReads.parse` gives, for a pod that cannot be read inside (a distroless image: no
+    `cat`), from its node: the node's route to the pod names its host veth (Calico, Cilium: a /32
+    route `dev <veth>`; a bridge: the bridge's FDB entry of the pod's MAC names the port), the
+    veth's ifindex is eth0's iflink, the node's neighbour entry the pod's MAC. The pod's own
+    route and ARP table are not known: its gateway stays unknown. None where the node does not
+    tell either (no route, no neighbour entry on a bridge)."""
+    pod = reads.pod
+    try:
+        dev = node.route_get(pod.ip)["dev"]
+        link = node.link(name=dev)
+    except (ClusterError, KeyError, IndexError):
+        return None
+    mac = node.neighbour(dev, pod.ip) or ""
+    if link.get("linkinfo", {}).get("info_kind") == "bridge":  # (Flannel's cni0: the port from the FDB)
+        port = next((e.get("ifname") for e in node.fdb if e.get("mac") == mac and e.get("master") == dev), None) if mac else None
+        if port is None:
+            return None
+        link = node.link(name=port)
+    reads.from_node = True
+    return {"iflink": link["ifindex"], "mac": mac, "mtu": link.get("mtu", 0), "gateway": None, "dev": "eth0", "arp": {}}
+
+
+CALICO_GATEWAY = "169.254.1.1"
+"""The gateway Calico's CNI plugin gives every pod (answered by proxy-ARP, DATAPATHS.md §1)."""
+
+
+def _inferred_gateway(node: NodeState, veth: dict[str, Any], bridge: dict[str, Any] | None, proxy_arp: int) -> str | None:
+    """A pod's gateway, where it could not be read inside, as its CNI sets it: a bridge's own
+    address (Flannel's cni0, isGateway), Calico's 169.254.1.1 behind a proxy-ARP veth with its
+    MAC, the node's router address on cilium_host (Cilium); else unknown."""
+    def inet(link: dict[str, Any]) -> str | None:
+        return next((a["local"] for a in link.get("addr_info", []) if a.get("family") == "inet"), None)
+
+    if bridge is not None:
+        return inet(bridge)
+    if proxy_arp == 1 and veth.get("address") == "ee:ee:ee:ee:ee:ee":
+        return CALICO_GATEWAY
+    host = next((link for link in node.links if link.get("ifname") == "cilium_host"), None)
+    return inet(host) if host is not None else None
+
+
 def end_warnings(end: PodEnd, node: NodeState) -> list[str]:
     w = []
     where = f"{node.name}/{end.host_veth}"
-    if end.arp_by == "proxy-arp":
+    if end.arp_by == "proxy-arp" and end.gateway:
         if end.proxy_arp != 1:
             w.append(f"proxy_arp is {end.proxy_arp} on {where}: nobody answers ARP for {end.gateway}")
         if not any(r["dst"] == "default" for r in node.routes):

@@ -177,6 +177,8 @@ class PodReads:
     def __init__(self, backend: Backend, pod: PodRef, toward: str):
         self.backend, self.pod, self.toward = backend, pod, toward
         self._cache: dict[str, Any] = {}
+        self.from_node = False
+        """The pod could not be read inside (no `cat`): its end was read from its node."""
 
     def files(self) -> ExecResult:
         if "files" not in self._cache:
