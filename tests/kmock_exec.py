@@ -11,7 +11,13 @@ real code path against the lab:
   of its node. `python3 /agent.py` is the repo's capture-pod/agent.py under this Python.
 - a kubelet's part: a created pod turns Running (with a container status) a moment later; a
   deleted pod's processes are killed, as a container runtime does.
-- `labelSelector` on pod lists (kmock's emulator ignores it).
+- `labelSelector` on lists (kmock's emulator ignores it).
+- the lab's Services and their EndpointSlices (discovery.k8s.io/v1), as the EndpointSlice
+  controller writes them: one slice per Service, its pods' addresses with `targetRef`, the
+  Service's ports by name with the target port's number.
+- RBAC's refusal on request: a resource in `forbidden` answers 403 as the API server does.
+- canned replies for commands (`replies`): what a command prints on a node other than the
+  lab's (iptables-save in nftables mode), or a command the image lacks.
 
 It runs on its own event loop in a thread (`StandIn` is a context manager), so the synchronous
 client in the test, or a `tracer` process, can talk to it; `kubeconfig` is a file pointing at it.
@@ -32,7 +38,7 @@ import tempfile
 import threading
 import traceback
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +55,10 @@ STDIN, STDOUT, STDERR, STATUS, CLOSE = 0, 1, 2, 3, 255
 PODS = kmock.resource("", "v1", "pods")
 NODES = kmock.resource("", "v1", "nodes")
 NAMESPACES = kmock.resource("", "v1", "namespaces")
+SERVICES = kmock.resource("", "v1", "services")
+ENDPOINTSLICES = kmock.resource("discovery.k8s.io", "v1", "endpointslices")
+SERVICE_NAME = "kubernetes.io/service-name"
+"""The label that ties an EndpointSlice to its Service."""
 CAPTURE_NAMESPACE = "tracer-capture"
 UNPULLABLE = "unpullable/"
 """Images starting so never arrive (the pod waits in ErrImagePull), as on a node without them."""
@@ -86,9 +96,11 @@ def running_status(pod: dict[str, Any], host_ip: str | None) -> dict[str, Any]:
 
 
 def lab_objects(lab: Lab) -> list[tuple[kmock.resource, str | None, str, dict[str, Any]]]:
-    """The lab's nodes and pods, and the namespaces, as v1 objects (key + object)."""
+    """The lab's nodes, pods, Services and their EndpointSlices, and the namespaces, as the API
+    has them (key + object)."""
     objs: list[tuple[kmock.resource, str | None, str, dict[str, Any]]] = []
-    for ns, labels in (("default", {}), (CAPTURE_NAMESPACE, {"pod-security.kubernetes.io/enforce": "privileged"})):
+    for ns, labels in (("default", {}), ("kube-system", {}),
+                       (CAPTURE_NAMESPACE, {"pod-security.kubernetes.io/enforce": "privileged"})):
         objs.append((NAMESPACES, None, ns, {
             "apiVersion": "v1", "kind": "Namespace",
             "metadata": _meta(ns, labels={"kubernetes.io/metadata.name": ns, **labels}),
@@ -116,7 +128,47 @@ def lab_objects(lab: Lab) -> list[tuple[kmock.resource, str | None, str, dict[st
         }
         obj["status"] = running_status(obj, lab.node(pod.node).underlay_ip) | obj["status"]
         objs.append((PODS, pod.namespace, pod.name, obj))
+    for svc in lab.topology.services:
+        ports = [{"name": p.name, "protocol": p.protocol.upper(), "port": p.port, "targetPort": p.target_port}
+                 for p in svc.ports]
+        objs.append((SERVICES, svc.namespace, svc.name, service(svc.name, svc.namespace, svc.cluster_ip, ports)))
+        pods = [lab.pod(name) for name in svc.endpoints]
+        name = f"{svc.name}-lab01"  # (the controller's generateName: NAME- and five random characters)
+        objs.append((ENDPOINTSLICES, svc.namespace, name, endpoint_slice(
+            name, svc.namespace, svc.name,
+            [endpoint(p.ip, p.name, p.namespace, p.node) for p in pods],
+            [{"name": p.name, "protocol": p.protocol.upper(), "port": p.target_port} for p in svc.ports])))
     return objs
+
+
+def service(name: str, namespace: str, cluster_ip: str, ports: list[dict[str, Any]]) -> dict[str, Any]:
+    """A v1 Service of type ClusterIP as the API server returns it."""
+    return {"apiVersion": "v1", "kind": "Service", "metadata": _meta(name, namespace),
+            "spec": {"type": "ClusterIP", "clusterIP": cluster_ip, "clusterIPs": [cluster_ip], "ports": ports,
+                     "selector": {"app": name}, "sessionAffinity": "None", "ipFamilies": ["IPv4"]},
+            "status": {"loadBalancer": {}}}
+
+
+def endpoint(ip: str, pod: str, namespace: str, node: str, *, ready: bool = True) -> dict[str, Any]:
+    """One endpoint of an EndpointSlice: a pod's address, its conditions and reference."""
+    return {"addresses": [ip], "conditions": {"ready": ready, "serving": ready, "terminating": False},
+            "nodeName": node,
+            "targetRef": {"kind": "Pod", "name": pod, "namespace": namespace, "uid": str(uuid.uuid4())}}
+
+
+def endpoint_slice(name: str, namespace: str, service_name: str, endpoints: list[dict[str, Any]],
+                   ports: list[dict[str, Any]]) -> dict[str, Any]:
+    """A discovery.k8s.io/v1 EndpointSlice as the EndpointSlice controller writes it (no
+    `endpoints` key when there is none, as the API server leaves it out)."""
+    obj: dict[str, Any] = {
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": "IPv4",
+        "metadata": _meta(name, namespace, labels={
+            SERVICE_NAME: service_name, "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"}),
+        "ports": ports,
+    }
+    if endpoints:
+        obj["endpoints"] = endpoints
+    return obj
 
 
 def matches(labels: dict[str, str], selector: str) -> bool:
@@ -169,6 +221,10 @@ class LabKubernetes(kmock.KubernetesEmulator):
     spawned: list[tuple[int, str, str, tuple[str, ...]]] = attrs.field(factory=list)
     """(pid, namespace, pod, argv) of every process the stand-in started."""
     processes: dict[tuple[str, str], set[_Process]] = attrs.field(factory=dict)
+    forbidden: set[str] = attrs.field(factory=set)
+    """Resources (plurals) the tester's role lacks: every request for one is refused with 403."""
+    replies: dict[tuple[str, ...], tuple[int, bytes, bytes] | None] = attrs.field(factory=dict)
+    """argv -> (exit code, stdout, stderr) sent instead of running it; None: not in the image."""
     _tasks: set[asyncio.Task[Any]] = attrs.field(factory=set)
 
     def load_lab(self) -> None:
@@ -180,12 +236,15 @@ class LabKubernetes(kmock.KubernetesEmulator):
                 if res == resource and (namespace is None or ns == namespace) and not obj.deleted]
 
     async def _handle(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
+        if request.resource is not None and request.resource.plural in self.forbidden:
+            self._refuse(request)
         if request.resource == PODS and request.subresource == "exec":
             return await self._exec(request)
-        if request.resource == PODS and request.action == kmock.action.LIST and request.params.get("labelSelector"):
-            items = [o for o in self.live(PODS, request.namespace)
+        if request.resource is not None and request.action == kmock.action.LIST and request.params.get("labelSelector"):
+            items = [o for o in self.live(request.resource, request.namespace)
                      if matches(o.get("metadata", {}).get("labels") or {}, request.params["labelSelector"])]
-            return aiohttp.web.json_response({"apiVersion": "v1", "kind": "PodList",
+            group = request.resource.group
+            return aiohttp.web.json_response({"apiVersion": f"{group}/v1" if group else "v1", "kind": "List",
                                               "metadata": {"resourceVersion": "1"}, "items": items})
         if request.resource == PODS and request.action == kmock.action.CREATE:
             self._admit(request)
@@ -195,6 +254,17 @@ class LabKubernetes(kmock.KubernetesEmulator):
         if request.resource == PODS and request.action == kmock.action.DELETE and response.status < 300:
             await self._kill((request.namespace or "", request.name or ""))
         return response
+
+    def _refuse(self, request: kmock.Request) -> None:
+        """RBAC's 403, worded as the API server words it."""
+        assert request.resource is not None
+        res, group = request.resource.plural, request.resource.group or ""
+        verb = {kmock.action.LIST: "list", kmock.action.FETCH: "get", kmock.action.CREATE: "create",
+                kmock.action.DELETE: "delete", kmock.action.WATCH: "watch"}.get(request.action, "patch")
+        where = f' in the namespace "{request.namespace}"' if request.namespace else " at the cluster scope"
+        what = f'{res} "{request.name}"' if request.name else res
+        raise kmock.KubernetesError(status=403, reason="Forbidden", message=(
+            f'{what} is forbidden: User "tester" cannot {verb} resource "{res}" in API group "{group}"{where}'))
 
     def _admit(self, request: kmock.Request) -> None:
         """What the API server adds or refuses on create: namespace must exist, uid, Pending."""
@@ -265,7 +335,16 @@ class LabKubernetes(kmock.KubernetesEmulator):
         await ws.prepare(raw)
         run_argv = [sys.executable, str(AGENT), *argv[2:]] if argv[:2] == ["python3", "/agent.py"] else list(argv)
         sender = _Sender(ws)
-        if not run_argv or shutil.which(run_argv[0]) is None:
+        if tuple(argv) in self.replies and (reply := self.replies[tuple(argv)]) is not None:
+            code, out, err = reply
+            for channel, data in ((STDOUT, out), (STDERR, err)):
+                if data:
+                    await sender.send(channel, data)
+            self.ended.append((request.namespace or "", request.name or "", tuple(argv), code))
+            await sender.send(STATUS, json.dumps(status_object(code, argv)).encode())
+            await ws.close()
+            return ws
+        if not run_argv or shutil.which(run_argv[0]) is None or tuple(argv) in self.replies:
             error = f'exec: "{argv[0] if argv else ""}": executable file not found in $PATH'
             await sender.send(STATUS, json.dumps(status_object(None, argv, error)).encode())
             await ws.close()
@@ -464,7 +543,39 @@ class StandIn:
         return self.call(lambda: sum(1 for procs in handler.processes.values() for p in procs if p.returncode is None))
 
     def add_pod(self, obj: dict[str, Any]) -> None:
+        self.add(PODS, obj)
+
+    def add(self, resource: kmock.resource, obj: dict[str, Any]) -> None:
+        """Store an object (a pod, Service, EndpointSlice) as if it had been created."""
         assert self.handler is not None
         handler = self.handler
         meta = obj["metadata"]
-        self.call(lambda: handler.objects.__setitem__((PODS, meta["namespace"], meta["name"]), obj))
+        self.call(lambda: handler.objects.__setitem__((resource, meta.get("namespace"), meta["name"]), obj))
+
+    def remove(self, resource: kmock.resource, namespace: str | None, name: str) -> None:
+        """Delete an object added with `add` (gone from lists and gets)."""
+        assert self.handler is not None
+        handler = self.handler
+        self.call(lambda: handler.objects[resource, namespace, name].delete())
+
+    @contextlib.contextmanager
+    def replying(self, replies: dict[tuple[str, ...], tuple[int, bytes, bytes] | None]) -> Iterator[None]:
+        """While inside, these commands get these replies instead of running (None: not found)."""
+        assert self.handler is not None
+        handler = self.handler
+        self.call(lambda: handler.replies.update(replies))
+        try:
+            yield
+        finally:
+            self.call(lambda: [handler.replies.pop(argv, None) for argv in replies])
+
+    @contextlib.contextmanager
+    def forbidding(self, *resources: str) -> Iterator[None]:
+        """While inside, the tester's role lacks these resources (plurals): the API answers 403."""
+        assert self.handler is not None
+        handler = self.handler
+        self.call(lambda: handler.forbidden.update(resources))
+        try:
+            yield
+        finally:
+            self.call(lambda: handler.forbidden.difference_update(resources))

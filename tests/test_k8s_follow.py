@@ -53,13 +53,20 @@ def hops(doc: dict) -> list[tuple]:
     return out
 
 
-def on_both(command: str, *, lab: Lab, standin: StandIn) -> tuple[dict, dict]:
-    """`tracer COMMAND curl httpbin -o json` through the stand-in API server, and on the lab itself."""
-    proc = tracer_k8s(command, "curl", "httpbin", "-o", "json", kubeconfig=str(standin.kubeconfig))
+def on_both(command: str, *, lab: Lab, standin: StandIn, dst: str = "httpbin") -> tuple[dict, dict]:
+    """`tracer COMMAND curl DST -o json` through the stand-in API server, and on the lab itself."""
+    proc = tracer_k8s(command, "curl", dst, "-o", "json", kubeconfig=str(standin.kubeconfig))
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
-    on_lab = run_tracer(command, "curl", "httpbin", "-o", "json", store=lab.store, check=True).stdout
+    on_lab = run_tracer(command, "curl", dst, "-o", "json", store=lab.store, check=True).stdout
     return json.loads(out), json.loads(on_lab)
+
+
+def k8s_text(*args: str, standin: StandIn) -> tuple[int, str, str]:
+    """`tracer ARGS` (text) through the stand-in: exit code, stdout, stderr."""
+    proc = tracer_k8s(*args, kubeconfig=str(standin.kubeconfig))
+    out, err = proc.communicate(timeout=60)
+    return proc.returncode, out, err
 
 
 @pytest.mark.root
@@ -93,6 +100,104 @@ def test_path_through_kubernetes_is_the_labs_way_and_leaves_no_capture_pod(lab: 
     out, err = text.communicate(timeout=60)
     assert text.returncode == 0, err
     assert "Step 4 on worker2" in out and "vxlan.calico" in out
+
+
+# -- Services: svc/NAME, a URL by name, a ClusterIP, as on the lab ----------------------------------
+
+def _dns_without_endpoints(doc: dict) -> dict:
+    """A document's `dns` key, less the DNS Service's endpoint names: the lab names its pod
+    `coredns`, Kubernetes `kube-system/coredns` (the namespace it is looked up in)."""
+    dns = json.loads(json.dumps(doc["dns"]))
+    dns["service"].pop("endpoints")
+    return dns
+
+
+@pytest.mark.root
+@pytest.mark.slow
+@pytest.mark.parametrize("dst", ["svc/httpbin", "http://httpbin/get"])
+def test_follow_a_service_through_kubernetes_is_the_labs(lab: Lab, standin: StandIn, dst: str) -> None:
+    k8s, on_lab = on_both("follow", lab=lab, standin=standin, dst=dst)
+    follow = k8s["follow"]
+    assert follow["backend"] == "kubernetes" and follow["curl"][0]["status"] == 200
+    assert follow["service"] == on_lab["follow"]["service"]  # its port, endpoint and kube-proxy's rule
+    assert follow["service"]["name"] == "httpbin" and follow["service"]["endpoints"] == ["httpbin"]
+    assert follow["service"]["rule"].startswith("KUBE-SVC-") and lab.pod("httpbin").ip in follow["service"]["rule"]
+    assert follow["url"] == on_lab["follow"]["url"]
+    assert follow["dst"] == on_lab["follow"]["dst"]  # the endpoint pod, httpbin
+    tcp = [next(f for f in doc["flows"] if f["protocol"] == "tcp") for doc in (k8s, on_lab)]
+    assert tcp[0]["nat"] == tcp[1]["nat"] and tcp[0]["nat"]["kind"] == "dnat"  # kube-proxy's DNAT, seen
+    assert hops(k8s) == hops(on_lab)
+    if dst.startswith("http://"):  # by name: the pod's resolver asked kube-dns, whose pod is in kube-system
+        proc = tracer_k8s("path", "curl", dst, "-o", "json", kubeconfig=str(standin.kubeconfig))
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+        path = json.loads(out)
+        on_lab_path = json.loads(run_tracer("path", "curl", dst, "-o", "json", store=lab.store, check=True).stdout)
+        assert _dns_without_endpoints(path) == _dns_without_endpoints(on_lab_path)
+        assert path["dns"]["pod"] == "coredns" and path["dns"]["service"]["endpoints"] == ["kube-system/coredns"]
+        # the DNS exchange was captured, DNATed from kube-dns to the pod as on the lab
+        k8s_dns, lab_dns = ([(f["server"], f["nat"]) for f in doc["flows"] if f["protocol"] == "udp"]
+                            for doc in (k8s, on_lab))
+        assert k8s_dns == lab_dns and k8s_dns[0] == (f"{lab.pod('coredns').ip}:53", {
+            "original": "10.152.183.10:53", "translated": f"{lab.pod('coredns').ip}:53", "kind": "dnat",
+            "point": "worker1/vxlan.calico", "previous_point": f"worker1/{lab.pod('curl').host_veth}"})
+        assert tcp[0]["dns_name"] == "httpbin.default.svc.cluster.local"
+    assert standin.pods(CAPTURE_NAMESPACE) == []
+    code, text, err = k8s_text("follow", "curl", dst, standin=standin)
+    assert code == 0, err
+    assert f"Service default/httpbin 10.152.183.50:80 -> endpoint httpbin {lab.pod('httpbin').ip}:80" in text
+    assert f"kube-proxy on worker1: {follow['service']['rule']}" in text
+
+
+@pytest.mark.root
+@pytest.mark.slow
+def test_path_of_a_cluster_ip_through_kubernetes_explains_the_dnat(lab: Lab, standin: StandIn) -> None:
+    k8s, on_lab = on_both("path", lab=lab, standin=standin, dst="10.152.183.50")
+    assert k8s["service"] == on_lab["service"] and k8s["service"]["rule"].startswith("KUBE-SVC-")
+    assert k8s["points"] == on_lab["points"] and k8s["dst"]["name"] == "httpbin"
+    code, text, err = k8s_text("path", "curl", "svc/httpbin", standin=standin)
+    assert code == 0, err
+    assert (f"addressed to Service default/httpbin 10.152.183.50:80: kube-proxy on worker1 DNATs it to its endpoint "
+            f"{lab.pod('httpbin').ip}:80 as it comes in from the pod ({k8s['service']['rule']})") in text
+    # kube-proxy's rule came from worker1's nat table, read in its capture pod
+    reads = [argv for ns, _, argv in standin.snapshot()["exec"] if ns == CAPTURE_NAMESPACE]
+    assert ("iptables-save", "-t", "nat") in reads
+    assert standin.pods(CAPTURE_NAMESPACE) == []
+
+
+@pytest.mark.root
+@pytest.mark.slow
+def test_follow_a_service_whose_rule_cannot_be_read_still_follows_and_says_so(lab: Lab, standin: StandIn) -> None:
+    """The capture image has no iptables-save (or kube-proxy runs in nftables mode): the way and
+    the packets' own NAT stand, the header says the rule was not read."""
+    with standin.replying({("iptables-save", "-t", "nat"): None}):
+        proc = tracer_k8s("follow", "curl", "svc/httpbin", "-o", "json", kubeconfig=str(standin.kubeconfig))
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+        code, text, err = k8s_text("follow", "curl", "svc/httpbin", standin=standin)
+    doc = json.loads(out)
+    assert doc["follow"]["curl"][0]["status"] == 200 and doc["follow"]["service"]["rule"] == ""
+    flow = next(f for f in doc["flows"] if f["protocol"] == "tcp")
+    assert flow["nat"]["kind"] == "dnat" and flow["nat"]["translated"] == f"{lab.pod('httpbin').ip}:80"
+    assert code == 0, err
+    assert "request 1: HTTP 200" in text
+    assert "kube-proxy's rule on worker1 not read (iptables-save -t nat): the NAT below is the packets'" in text
+    node_reads = [argv for ns, _, argv in standin.snapshot()["exec"] if ns == CAPTURE_NAMESPACE]
+    assert ("iptables-save", "-t", "nat") in node_reads  # asked, and not there
+    assert standin.pods(CAPTURE_NAMESPACE) == []
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("dst,code,says", [
+    ("svc/nosuch", 4, "no Service 'nosuch' in namespace 'default'"),
+    ("10.152.183.99", 4, "no Service in the cluster has ClusterIP 10.152.183.99"),
+    ("http://httpbin:8080/get", 2, "Service default/httpbin has port 80, not 8080"),
+])
+def test_what_is_no_service_on_kubernetes_says_so(standin: StandIn, dst: str, code: int, says: str) -> None:
+    got, _, err = k8s_text("follow", "curl", dst, standin=standin)
+    assert got == code, err
+    assert says in err and "Traceback" not in err
+    assert standin.pods(CAPTURE_NAMESPACE) == []
 
 
 @pytest.mark.root

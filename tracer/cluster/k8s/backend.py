@@ -2,7 +2,9 @@
 
 `pod()` finds a running pod in the namespace and already asks for a capture pod on its node
 (discovery and the agents need one on both nodes: both start at once instead of one after the
-other). `exec_pod` runs in the pod's app container; `exec_node` and `start_agent` run in the
+other). `service()` reads a Service and its EndpointSlices (`svc/NAME`, a URL, a ClusterIP;
+kube-proxy's rule is then read from the source node's nat table through `exec_node`).
+`exec_pod` runs in the pod's app container; `exec_node` and `start_agent` run in the
 node's capture pod (hostNetwork: `ip -j`, `bridge -j fdb`, /proc/sys/net see the node), an
 agent in one whose deadline covers the agent's --max-seconds (a watch's run for hours).
 `close()` ends the agents' streams and deletes this run's capture pods, even while Ctrl-C is
@@ -78,9 +80,11 @@ class KubernetesBackend:
         return target.ref
 
     def service(self, name: str, namespace: str | None = None, *, cluster_ip: str | None = None) -> ServiceRef:
-        raise UsageError(f"following a Service ({cluster_ip or name}) is built on the lab so far, not on Kubernetes yet",
-                         hint="follow its endpoint pod: kubectl get endpointslices -l "
-                              f"kubernetes.io/service-name={name or '<service>'}")
+        """The Service by [namespace and] name, or by ClusterIP in any namespace; its endpoints are
+        pod names as `pod()` takes them (NAMESPACE/POD outside the default namespace)."""
+        if cluster_ip:
+            return self.cluster.service_with_cluster_ip(cluster_ip)
+        return self.cluster.service(name, namespace)
 
     def exec_pod(self, pod: PodRef, argv: Sequence[str]) -> ExecResult:
         container = self._containers.get((pod.namespace, pod.name))

@@ -1,13 +1,14 @@
 """The adapter around the official Kubernetes client: config, lookups, error translation.
 
 Everything the rest of tracer gets from here is its own small value (`PodRef`, `NodeRef`,
-`PodTarget`) or a `TracerError`; `ApiException` and the client's models stop at this module
-(kr8s' rule: translate once, at the edge).
+`PodTarget`, `ServiceRef`) or a `TracerError`; `ApiException` and the client's models stop at
+this module (kr8s' rule: translate once, at the edge).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import os
 import re
@@ -21,13 +22,15 @@ from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 from kubernetes.config.config_exception import ConfigException
 
-from tracer.model import PodRef
+from tracer.model import PodRef, ServiceRef
 from tracer.errors import ClusterError, NotFoundError, PermissionError_, TracerError, UsageError
 
 REQUEST_TIMEOUT = 30.0
 """Seconds one API request may take (connect + read)."""
 IN_CLUSTER_NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 RBAC_HINT = "tracer's RBAC is in manifests/: kubectl apply -f manifests/ (and bind the role to you)"
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+"""The label the EndpointSlice controller ties a Service's slices to it by."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -126,6 +129,7 @@ class Cluster:
         self.namespace = namespace or default_ns or "default"
         self._api_client = client.ApiClient(self.configuration)
         self.core = client.CoreV1Api(self._api_client)
+        self.discovery = client.DiscoveryV1Api(self._api_client)
 
     @property
     def server(self) -> str:
@@ -160,6 +164,115 @@ class Cluster:
         except NotFoundError as e:
             raise NotFoundError(f"no node {name!r} in the cluster", hint="kubectl get nodes") from e
         return node_ref(node)
+
+    def service(self, name: str, namespace: str | None = None) -> ServiceRef:
+        """The Service `name` in `namespace` (else the cluster's default one, as kubectl's -n),
+        with its TCP port and the ready pods of its EndpointSlices."""
+        ns = namespace or self.namespace
+        try:
+            with _needs("get", "services"), api_errors(f"get service {ns}/{name}"):
+                svc = self.core.read_namespaced_service(name, ns, _request_timeout=REQUEST_TIMEOUT)
+        except NotFoundError as e:
+            raise NotFoundError(f"no Service {name!r} in namespace {ns!r}",
+                                hint=f"kubectl get services -n {ns}   (another namespace: svc/NAMESPACE/NAME, "
+                                     "http://NAME.NAMESPACE/, or -n/--namespace)") from e
+        return self._service_ref(svc)
+
+    def service_with_cluster_ip(self, cluster_ip: str) -> ServiceRef:
+        """The Service, in any namespace, whose ClusterIP (or one of its clusterIPs) is `cluster_ip`."""
+        with _needs("list", "services"), api_errors("list services in all namespaces"):
+            services = self.core.list_service_for_all_namespaces(_request_timeout=REQUEST_TIMEOUT).items or []
+        found = next((s for s in services if s.spec and cluster_ip in _cluster_ips(s.spec)), None)
+        if found is None:
+            raise NotFoundError(f"no Service in the cluster has ClusterIP {cluster_ip}",
+                                hint="kubectl get services -A   (the CLUSTER-IP column)")
+        return self._service_ref(found, cluster_ip)
+
+    def _service_ref(self, svc: Any, cluster_ip: str | None = None) -> ServiceRef:
+        meta, spec = svc.metadata, svc.spec
+        where = f"{meta.namespace}/{meta.name}"
+        if spec.type == "ExternalName":
+            raise UsageError(f"Service {where} is an ExternalName ({spec.external_name}): a DNS alias, no ClusterIP "
+                             "for kube-proxy to DNAT", hint=f"follow to what it names: {spec.external_name}")
+        ips = [ip for ip in _cluster_ips(spec) if _is_ipv4(ip)]
+        if cluster_ip is None and not ips:
+            headless = not spec.cluster_ip or spec.cluster_ip == "None"
+            why = ("is headless (clusterIP None): no ClusterIP for kube-proxy to DNAT" if headless else
+                   "has no IPv4 ClusterIP: tracer follows IPv4 Services so far")
+            raise UsageError(f"Service {where} {why}",
+                             hint=f"follow one of its pods: kubectl get endpointslices -n {meta.namespace} "
+                                  f"-l {SERVICE_NAME_LABEL}={meta.name}")
+        port = next((p for p in spec.ports or [] if (p.protocol or "TCP") == "TCP"), None)
+        if port is None:
+            have = ", ".join(f"{p.port}/{p.protocol or 'TCP'}" for p in spec.ports or []) or "none"
+            raise UsageError(f"Service {where} has no TCP port for curl", hint=f"its ports: {have}")
+        pods, number = service_endpoints(self._endpoint_slices(meta.namespace, meta.name), port)
+        if number is None:  # no endpoint to say what a named targetPort is: the Service's own number
+            target = str(port.target_port) if port.target_port is not None else ""
+            number = int(target) if target.isdigit() else port.port
+        # ServiceRef.endpoints are what Backend.pod() takes: [NAMESPACE/]POD, bare in the default namespace
+        names = tuple(pod if ns == self.namespace else f"{ns}/{pod}" for ns, pod in pods)
+        return ServiceRef(name=meta.name, namespace=meta.namespace, cluster_ip=cluster_ip or ips[0], port=port.port,
+                          target_port=number, endpoints=names)
+
+    def _endpoint_slices(self, namespace: str, service: str) -> list[Any]:
+        with _needs("list", "endpointslices (API group discovery.k8s.io)"), \
+                api_errors(f"list the endpointslices of service {namespace}/{service}"):
+            slices = self.discovery.list_namespaced_endpoint_slice(
+                namespace, label_selector=f"{SERVICE_NAME_LABEL}={service}", _request_timeout=REQUEST_TIMEOUT)
+        return slices.items or []
+
+
+def service_endpoints(slices: list[Any], port: Any) -> tuple[list[tuple[str, str]], int | None]:
+    """The Service port's endpoints in its EndpointSlices, as (namespace, pod) of the ones kube-proxy
+    sends to (ready not false, a Pod behind them), in the slices' order; and the port number
+    the slices give for it (a named targetPort resolved), None without one."""
+    pods: list[tuple[str, str]] = []
+    number: int | None = None
+    for s in slices:
+        if s.address_type != "IPv4":  # (a dual-stack Service's IPv6 slice: the same pods again)
+            continue
+        mine = next((p for p in s.ports or [] if (p.name or "") == (port.name or "")
+                     and (p.protocol or "TCP") == "TCP"), None)
+        if mine is None:
+            continue
+        ready = [e for e in s.endpoints or [] if not (e.conditions and e.conditions.ready is False)
+                 and e.target_ref and e.target_ref.kind == "Pod" and e.target_ref.name]
+        if ready and number is None and mine.port is not None:
+            number = mine.port
+        for e in ready:
+            pod = (e.target_ref.namespace or s.metadata.namespace, e.target_ref.name)
+            if pod not in pods:
+                pods.append(pod)
+    return pods, number
+
+
+def _cluster_ips(spec: Any) -> list[str]:
+    """spec.clusterIP and spec.clusterIPs (dual-stack: one per family), "None" left out."""
+    ips = [spec.cluster_ip, *(spec.cluster_ips or [])]
+    return list(dict.fromkeys(ip for ip in ips if ip and ip != "None"))
+
+
+def _is_ipv4(s: str) -> bool:
+    try:
+        ipaddress.IPv4Address(s)
+    except ValueError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def _needs(verb: str, resource: str) -> Iterator[None]:
+    """A 403 inside: the hint names what tracer's role lacks."""
+    try:
+        yield
+    except PermissionError_ as e:
+        cause = e.__cause__
+        if not (isinstance(cause, ApiException) and _status_and_message(cause)[0] == 403):
+            raise  # (a 401 is the credentials, not the role)
+        raise PermissionError_(e.message, hint=f"tracer needs {verb} on {resource} (the ClusterRole `tracer` in "
+                                               f"manifests/rbac.yaml): kubectl apply -f manifests/ "
+                                               "(and bind the role to you)") from e
 
 
 def pod_target(pod: Any) -> PodTarget:
