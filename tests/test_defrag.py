@@ -177,3 +177,44 @@ def test_a_lab_run_with_the_underlay_mtu_under_the_tunnels(tmp_path: Path, capsy
     [flow] = [f for f in doc["flows"] if f["protocol"] == "udp"]
     [p] = flow["packets"]
     assert [h["carried"] and h["carried"]["how"] for h in p["hops"]] == [None, "fragmented", "fragmented", "reassembled"]
+
+
+def test_a_pods_own_fragments_stay_fragments_and_match_inside_the_tunnel(tmp_path: Path, capsys) -> None:
+    """A datagram curl's stack cut (no DF, larger than the pod's MTU): its fragments at the pod's
+    veth are the inner fragments inside VXLAN on eth1, one by one; nothing is put together."""
+    whole = ipv4(CURL, HTTPBIN, 17, udp(40000, 9999, bytes(3000)), ttl=64, ip_id=500, df=False)
+    pod_side = fragments(whole, mtu=1450)
+    assert len(pod_side) == 3
+    (tmp_path / "worker1").mkdir()
+    (tmp_path / "worker1" / "cali1.pcap").write_bytes(pcap_bytes(
+        [eth("0a:58:ac:12:a6:8b", "ee:ee:ee:ee:ee:ee", 0x0800, f) for f in pod_side],
+        times=[1.0 + k * 1e-6 for k in range(3)], nanos=True))
+    routed = [bytes(f[:8]) + bytes([63]) + f[9:] for f in pod_side]  # (TTL one less: worker1 routed them)
+    wire = [on_wire(ipv4(NODE1, NODE2, 17, udp(50000, 4789, vxlan(4096, eth(VX1, VX2, 0x0800, f))), ip_id=700 + k,
+                         df=False)) for k, f in enumerate(routed)]
+    (tmp_path / "worker1" / "eth1.pcap").write_bytes(pcap_bytes(wire, times=[1.00002 + k * 1e-6 for k in range(3)],
+                                                                nanos=True))
+    for mode in ((), ("--summary",)):
+        code, out, err = run_cli(capsys, "analyze", str(tmp_path), "-o", "json", *mode)
+        assert code == 0, err
+        doc = json.loads(out)
+        flows = [f for f in doc["flows"] if f["protocol"] == "udp"]
+        assert sum(f["summary"]["packets"] for f in flows) == 3
+        assert all(f["summary"]["reached_end"] == f["summary"]["packets"] for f in flows)
+        for f in flows:
+            for p in f.get("packets", ()):
+                assert [h["point"] for h in p["hops"]] == ["worker1/cali1", "worker1/eth1"]
+                assert all(h["carried"] is None for h in p["hops"])
+
+
+def test_pieces_of_more_than_an_ipv4_packet_are_given_back_not_a_crash() -> None:
+    d = Defrag()
+    head = bytearray(ipv4(NODE1, NODE2, 17, bytes(1480), df=False, ip_id=9))
+    out = []
+    for off in range(0, 65536 + 1480, 1480):  # (offsets up to past 64 KiB: no real packet)
+        h = bytearray(head)
+        last = off + 1480 > 65536
+        h[6:8] = ((0 if last else 0x2000) | min(off // 8, 0x1FFF)).to_bytes(2, "big")
+        out += d.feed(LINKTYPE_ETHERNET, on_wire(bytes(h)), 0, 1.0)
+    out += d.flush()
+    assert all(x[3] is None for x in out) and len(out) == len(range(0, 65536 + 1480, 1480))

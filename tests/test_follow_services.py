@@ -124,3 +124,23 @@ def test_path_of_a_url_by_name_explains_the_lookup_first(lab: Lab) -> None:
     assert text.startswith("First the name: curl's resolver asks 10.152.183.10:53 (Service kube-system/kube-dns")
     # by address, no lookup: no DNS way
     assert "dns" not in json.loads(run_tracer("path", "curl", "svc/httpbin", "-o", "json", store=lab.store, check=True).stdout)
+
+
+def test_a_request_by_name_that_stops_on_the_first_node_keeps_its_own_way(lab: Lab) -> None:
+    """Dropped as it comes in from curl (a policy on worker1): the SYN passed only the points the
+    request's way and the lookup's share, and it is still the request's way that it is shown on
+    (stopped before httpbin's veth, not before the DNS pod's)."""
+    curl, httpbin = lab.pod("curl"), lab.pod("httpbin")
+    rule = ["FORWARD", "-i", curl.host_veth, "-p", "tcp", "--dport", "80", "-j", "DROP"]
+    ns_run(lab.node("worker1").netns, "iptables", "-I", *rule)
+    try:
+        proc = run_tracer("follow", "curl", "http://httpbin/get", "--timeout", "2", "-o", "json", store=lab.store)
+    finally:
+        ns_run(lab.node("worker1").netns, "iptables", "-D", *rule)
+    assert proc.returncode == 7, proc.stderr
+    doc = json.loads(proc.stdout)
+    [http] = [f for f in doc["flows"] if f["protocol"] == "tcp"]
+    assert http["summary"]["way"]["request"][-1] == f"worker2/{httpbin.host_veth}"
+    assert http["summary"]["stopped"] == {f"worker1/{curl.host_veth}": http["summary"]["packets"]}
+    [dns] = [f for f in doc["flows"] if f["protocol"] == "udp"]
+    assert dns["summary"]["reached_end"] == dns["summary"]["packets"]  # (the lookup went through)

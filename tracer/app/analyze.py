@@ -49,6 +49,8 @@ class AnalyzeRequest:
     way: tuple[str, ...] = ()
     other_ways: tuple[tuple[str, ...], ...] = ()
     """More expected ways (path.json's `dns`: the DNS query's), each flow taking the one it fits."""
+    way_ends: tuple[str, ...] = ()
+    """The IP each expected way goes to (`way`'s, then `other_ways`'), as CorrelationOptions.way_ends."""
     blind: tuple[str, ...] = ()
     """Points of the way its data path may carry packets past unseen (path.json's `bypass`)."""
     names: dict[str, str] | None = None
@@ -96,7 +98,7 @@ def correlate(req: AnalyzeRequest) -> tuple[Trace, Correlation]:
     inputs = list(req.inputs) + inputs_from_paths(req.paths, req.points)
     keep = bool(req.pcapng) or not (req.summary or _big(req, inputs))  # (a merged pcapng comments every packet)
     opts = CorrelationOptions(vxlan_ports=VXLAN_PORTS | frozenset(req.vxlan_ports), window=req.window,
-                              keep_packets=keep, way_hint=req.way, other_ways=req.other_ways,
+                              keep_packets=keep, way_hint=req.way, other_ways=req.other_ways, way_ends=req.way_ends,
                               blind_points=frozenset(req.blind),
                               pods=frozenset((req.names or {}).values()),
                               ifnames=dict(req.ifnames or {}), captured_together=req.captured_together, jobs=req.jobs,
@@ -195,6 +197,8 @@ class PathHint(NamedTuple):
     """Point -> its offloads as the capture agent read them (follow --save writes them)."""
     other_ways: tuple[tuple[str, ...], ...] = ()
     """More expected ways: the DNS query's (`dns`), with its pod ends."""
+    way_ends: tuple[str, ...] = ()
+    """The IP each expected way goes to (the way's, then other_ways')."""
 
 
 def read_path_file(path: str) -> PathHint:
@@ -226,6 +230,7 @@ def read_path_file(path: str) -> PathHint:
     offloads = {str(p): {str(k): str(v) for k, v in o.items()} for p, o in offloads.items()
                 if isinstance(o, dict)} if isinstance(offloads, dict) else {}
     other: list[tuple[str, ...]] = []
+    ends_ips = [str((doc.get("dst") or {}).get("ip") or "")] if isinstance(doc.get("dst"), dict) else [""]
     for more in [*(doc.get("endpoints") or []), doc.get("dns")]:  # (the other endpoints' ways, the DNS query's)
         if not isinstance(more, dict) or not isinstance(more.get("points"), list):
             continue
@@ -239,6 +244,8 @@ def read_path_file(path: str) -> PathHint:
                 if ends[1].get("ip"):
                     names[str(ends[1]["ip"])] = str(ends[1]["name"])
             other.append(w)
+            ends_ips.append(str(ends[1].get("ip") or ""))
         except (KeyError, TypeError, AttributeError):
             continue
-    return PathHint(way, names, ifnames, doc.get("captured_together") is True, blind, offloads, tuple(other))
+    return PathHint(way, names, ifnames, doc.get("captured_together") is True, blind, offloads, tuple(other),
+                    tuple(ends_ips) if other else ())

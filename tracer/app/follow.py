@@ -244,6 +244,7 @@ def follow(backend: FollowBackend, req: FollowRequest, *, present: Callable[[Fol
             areq = AnalyzeRequest(paths=(str(directory),), way=tuple(p.id for p in way.points),
                                   other_ways=tuple(tuple(p.id for p in w.points)
                                                    for w in (*result.others, *((dns.way,) if dns else ()))),
+                                  way_ends=tuple(w.dst.pod.ip for w in (way, *result.others, *((dns.way,) if dns else ()))),
                                   blind=tuple(p.id for p in way.points if p.bypass), names=names,
                                   output=req.output, pcapng=req.pcapng,
                                   flows=() if req.all_flows else own_flows(result), all_flows=req.all_flows, related_arp=True,

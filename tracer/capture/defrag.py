@@ -52,15 +52,21 @@ def outer_ip(linktype: int, data: bytes) -> int:
     return -1
 
 
+TUNNEL_PROTOCOLS = (4, 17, 47)
+"""IP-in-IP, UDP (VXLAN, Geneve: told by the first fragment's port), GRE: what may carry a tunnel."""
+
+
 class Defrag:
-    """One capture file's fragments on the way to whole packets."""
+    """One capture file's fragments on the way to whole packets (only a tunnel's: see put_together)."""
 
-    __slots__ = ("pending",)
+    __slots__ = ("pending", "tunnel_ports")
 
-    def __init__(self):
+    def __init__(self, tunnel_ports: frozenset[int] = frozenset((4789, 8472, 6081))):
         self.pending: dict[tuple, list] = {}
         """(link-level key, source, destination, protocol, IP ID) -> [first time, pieces]; a
         piece is (offset in bytes, more fragments?, time, data, original length, IP header offset)."""
+        self.tunnel_ports = tunnel_ports
+        """UDP ports of the tunnels (VXLAN, Geneve) whose fragments are put together."""
 
     def feed(self, linktype: int, data: bytes, orig_len: int, ts: float, tag: int = 0) -> list[tuple]:
         """What to decode now, each (data, original length, time, fragment lengths or None, tag):
@@ -77,7 +83,9 @@ class Defrag:
             return out
         ihl = (data[off] & 0x0F) * 4
         total = data[off + 2] << 8 | data[off + 3]
-        if ihl < 20 or total < ihl or len(data) < off + total:  # (cut short: cannot be put together)
+        if ihl < 20 or total < ihl or len(data) < off + total or data[off + 9] not in TUNNEL_PROTOCOLS:
+            # (cut short: cannot be put together; not a protocol that carries tunnels: a pod's own
+            # fragments, which the points past a tunnel see as the same fragments inside it)
             out.append((data, orig_len, ts, None, tag))
             return out
         link = data[4:8] if linktype == LINKTYPE_LINUX_SLL2 else b""  # (tcpdump -i any: the interface)
@@ -91,9 +99,20 @@ class Defrag:
         pieces.append(((frag & OFFSET) * 8, bool(frag & MF), ts, data, orig_len, off))
         whole = _whole(pieces)
         if whole is not None:
-            del self.pending[key]
-            out.append((*whole, tag))
+            if self._tunnel(whole[0], off):
+                del self.pending[key]
+                out.append((*whole, tag))
+            else:  # (a UDP datagram of the pod's own: its fragments as they are, matched as such)
+                out += self._give_back(key)
         return out
+
+    def _tunnel(self, data: bytes, off: int) -> bool:
+        """Whether a whole packet carries a tunnel: IP-in-IP, GRE, UDP to a tunnel's port."""
+        proto = data[off + 9]
+        if proto != 17:
+            return True
+        udp = off + (data[off] & 0x0F) * 4
+        return len(data) >= udp + 4 and (data[udp + 2] << 8 | data[udp + 3]) in self.tunnel_ports
 
     def flush(self) -> list[tuple]:
         """Every fragment still held, given back as it was captured (the file ended)."""
@@ -103,10 +122,14 @@ class Defrag:
         return out
 
     def _aged(self, now: float) -> list[tuple]:
+        """The sets held longer than MAX_AGE, given back: the oldest are first in `pending`
+        (insertion order), so the scan stops at the first one still young."""
         out = []
-        for key, (first, _) in list(self.pending.items()):
-            if now - first > MAX_AGE:
-                out += self._give_back(key)
+        while self.pending:
+            key = next(iter(self.pending))
+            if now - self.pending[key][0] <= MAX_AGE:
+                break
+            out += self._give_back(key)
         return out
 
     def _give_back(self, key: tuple) -> list[tuple]:
@@ -130,6 +153,8 @@ def _whole(pieces: list[tuple]) -> tuple | None:
         end += total - ihl
     _, _, _, first, _, off = pieces[0]
     ihl = (first[off] & 0x0F) * 4
+    if ihl + end > 65535:
+        return None  # (more than an IPv4 packet holds: not one packet's pieces; given back when aged)
     header = bytearray(first[off:off + ihl])
     struct.pack_into("!H", header, 2, ihl + end)
     struct.pack_into("!H", header, 6, (header[6] << 8 | header[7]) & 0x4000)  # (DF as it was; no MF, no offset)

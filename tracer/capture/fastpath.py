@@ -48,7 +48,7 @@ def pcap_sightings(cap: CaptureFile, point: int, stats: PointStats, vxlan_ports:
                    warn: Callable[[str], None]) -> Iterator[list[tuple]]:
     """Batches of sightings of a pcap (or one-interface pcapng) file of Ethernet frames (see
     _sightings), then those of the fragments still held when it ends, as they were captured."""
-    defrag = Defrag()
+    defrag = Defrag(vxlan_ports | {GENEVE_PORT})
     yield from _sightings(cap, point, stats, vxlan_ports, warn, defrag)
     batch = []
     for data, orig, ts, _, _ in defrag.flush():

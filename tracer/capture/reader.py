@@ -22,7 +22,7 @@ from tracer.capture.roles import AMBIGUOUS_NAME, infer_role, role_from_name
 from tracer.capture.defrag import Defrag
 from tracer.capture.sightings import PointStats, from_frame
 from tracer.capture.workers import Workers
-from tracer.decode import LINKTYPE_ETHERNET, decode
+from tracer.decode import GENEVE_PORT, LINKTYPE_ETHERNET, decode
 from tracer.errors import UsageError
 
 BATCH = 1024  # sightings the general reader hands on at once
@@ -202,7 +202,7 @@ class CaptureSet:
         split: dict[int, dict[int, int]] = {}  # file interface -> {interface index -> point} (tcpdump -i any)
         batch: list[tuple] = []
         overhead = 16 if cap.format == "pcap" else 32  # (record headers: for progress)
-        defrag = Defrag()
+        defrag = Defrag(self.vxlan_ports | {GENEVE_PORT})
 
         def sight(i: int, linktype: int, data: bytes, orig: int, t: float, pieces: tuple | None) -> None:
             """Decode one frame (or packet put together) of interface i into the batch."""

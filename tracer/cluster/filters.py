@@ -36,6 +36,15 @@ def underlay_filter(way: Way, port: int, inner: int = 6) -> str:
     if t.encapsulation == "none":
         return f"host {way.src.pod.ip} and host {way.dst.pod.ip} and {'udp' if inner == 17 else 'tcp'} port {port}"
     nodes = f"host {t.src_node_ip} and host {t.dst_node_ip}"
+    # (a tunnel packet larger than the underlay's MTU goes in fragments, DF not set: libpcap's
+    # `udp port` and `udp[...]` see only the first; the others, by the nodes, for the reader to
+    # put together: tracer.capture.defrag)
+    later = f" or (ip[6:2] & 0x1fff != 0 and {nodes})"
+    return f"({_encapsulated(t, nodes, a, b, port, inner)}){later}"
+
+
+def _encapsulated(t, nodes: str, a: str, b: str, port: int, inner: int) -> str:
+    """The underlay filter of a tunnel: its packets carrying the flow (see underlay_filter)."""
     if t.encapsulation == "ipip":
         # the inner IPv4 header right after the outer one (20 bytes: Linux sends no options)
         return f"ip proto 4 and {nodes} and {_inner_match('ip', 20, a, b, port, inner)}"

@@ -84,7 +84,7 @@ def command(paths, points, vxlan_ports, flows, all_flows, summary, view, output,
                          way=hint.way if hint else (), blind=hint.blind if hint else (),
                          names=hint.names if hint else {}, window=window, ifnames=named,
                          captured_together=bool(hint and hint.captured_together), jobs=jobs, strict_flows=True, view=view,
-                         offloads=hint.offloads if hint else {}, other_ways=hint.other_ways if hint else (),
+                         offloads=hint.offloads if hint else {}, other_ways=hint.other_ways if hint else (), way_ends=hint.way_ends if hint else (),
                          progress=progress)
     done = progress or (lambda share: None)  # (called with None: the progress line wiped)
     with no_cyclic_gc():  # (the model and the document too)

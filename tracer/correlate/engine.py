@@ -54,6 +54,9 @@ class CorrelationOptions:
     """Point ids of the request way in order (from a saved path.json), if known."""
     other_ways: tuple[tuple[str, ...], ...] = ()
     """Point ids of other expected ways (the DNS query's): a flow takes the way it fits best."""
+    way_ends: tuple[str, ...] = ()
+    """The IP each expected way goes to (way_hint's, then other_ways'): a flow to one of them
+    takes that way, whatever points it reached."""
     blind_points: frozenset[str] = frozenset()
     """Point ids of the way its data path may carry packets past unseen (path.json's `bypass`,
     e.g. Cilium's lxc veths under BPF host routing): a packet not seen there is not visible

@@ -173,6 +173,9 @@ def assemble(group: list[list], first_point, offsets: dict[int, float]) -> list[
     first = first_point([o for _, o in earliest.values()])
     units = sorted(pieces.pop(first), key=_time)
     own = {id(u[4]): i for i, u in enumerate(units)}  # a unit's record -> the unit
+    by_start = sorted(range(len(units)), key=lambda i: units[i][1])
+    starts = [units[i][1] for i in by_start]
+    longest = max((u[2] - u[1] for u in units), default=0)
     covered: dict[int, dict[int, list]] = {}  # unit index -> point -> its pieces there
     used: set[int] = set()  # id() of the sightings that went into a unit
     for p, ps in pieces.items():
@@ -182,7 +185,8 @@ def assemble(group: list[list], first_point, offsets: dict[int, float]) -> list[
             if mine is not None:  # (the unit's own frame, the same IP packet: its, and no other's)
                 chosen = [mine]
             else:
-                cands = [i for i, u in enumerate(units) if u[1] < e and u[2] > s]
+                lo, hi = bisect_left(starts, s - longest), bisect_left(starts, e)
+                cands = sorted(i for i in by_start[lo:hi] if units[i][2] > s)  # (overlapping it: a bisect, not a scan)
                 chosen = [i for i in cands if _sent_last(units, cands, i, t)]
             for i in chosen:
                 covered.setdefault(i, {}).setdefault(p, []).append(piece)
@@ -201,6 +205,7 @@ def assemble(group: list[list], first_point, offsets: dict[int, float]) -> list[
                 carried[p] = (len(ps), sizes, got, beyond)
             if got == e - s:
                 sightings.append(ps[0][3])
+        sightings.sort(key=_sighting_time)  # (in time order, as any packet's: its shape is shared by that)
         if carried:
             out.append(Assembled(sightings, carried, e - s))
         else:
@@ -220,6 +225,10 @@ def _sent_last(units: list, cands: list[int], i: int, t: float) -> bool:
     if u[0] <= t:
         return not any(u[0] < o[0] <= t for o in others)
     return not any(o[0] < u[0] for o in others)
+
+
+def _sighting_time(o: tuple) -> float:
+    return o[0]
 
 
 def _time(piece: tuple) -> float:

@@ -7,6 +7,7 @@ roles; and what a packet that passed some of the points adds up to on its way.
 
 from __future__ import annotations
 
+import ipaddress
 from collections import Counter
 from collections.abc import Iterable, Sequence
 
@@ -90,7 +91,7 @@ def flow_ways(c: Correlation, f: FlowState, client: tuple, cache: dict | None = 
     if req is not None and resp is not None:
         ways["request"] = insert_missing(req, list(reversed(resp)))
         ways["response"] = insert_missing(resp, list(reversed(req)))
-    hint = _best_hint(c, ways.get("request", ()))
+    hint = _best_hint(c, f, ways.get("request", ()))
     if f.proto == PROTO_ARP:
         pass  # (ARP stays on its link: its way is where it was seen, not the request's)
     elif hint and "request" in ways:
@@ -107,15 +108,22 @@ def flow_ways(c: Correlation, f: FlowState, client: tuple, cache: dict | None = 
     return ways
 
 
-def _best_hint(c: Correlation, seen: Sequence[int]) -> list[int]:
-    """The expected way (of path.json's: the request's, the DNS query's) the flow's points fit
-    best: the most of its points on it, then the fewest of the way's it did not pass; the
-    request's on a tie."""
-    hints = [[c.point_index[p] for p in w if p in c.point_index] for w in (c.options.way_hint, *c.options.other_ways)]
+def _best_hint(c: Correlation, f: FlowState, seen: Sequence[int]) -> list[int]:
+    """The expected way (of path.json's: the request's, a Service's other endpoints', the DNS
+    query's) of a flow: the one to an address of the flow's (its DNAT's endpoint, the DNS pod);
+    else the one its points fit best (the most of them on it), the request's before a shorter
+    one (a packet that stopped early passed only the points the ways share)."""
+    opts = c.options
+    hints = [[c.point_index[p] for p in w if p in c.point_index] for w in (opts.way_hint, *opts.other_ways)]
     if len(hints) == 1:
         return hints[0]
+    if opts.way_ends:
+        ips = {ck[1][0] for ck in f.cks} | {ck[2][0] for ck in f.cks}
+        to = [h for h, ip in zip(hints, opts.way_ends) if ip and ipaddress.ip_address(ip).packed in ips]
+        if len(to) == 1:
+            return to[0]
     got = set(seen)
-    return max(hints, key=lambda h: (len(got & set(h)), -len(set(h) - got), h is hints[0]))
+    return max(hints, key=lambda h: (len(got & set(h)), h is hints[0], -len(set(h) - got)))
 
 
 _QUICK = object()
