@@ -169,8 +169,7 @@ def record(scenario: Scenario, out_root: Path) -> dict:
             points = [(node, "any") for node in dict.fromkeys(p.node for p in way.points)]
         else:
             points = [(p.node, p.interface) for p in way.points] + [("curl", "eth0"), ("httpbin", "eth0")]
-            if scenario.by_name and to.dns:
-                d = to.dns.way
+            for d in to.dns.ways if scenario.by_name and to.dns else ():
                 points += [(p.node, p.interface) for p in d.points if (p.node, p.interface) not in points]
                 points.append((d.dst.pod.name, "eth0"))
         captures = [_start_tcpdump(lab, where, dev, out / where / f"{dev}.pcap", immediate=not scenario.any_interface)

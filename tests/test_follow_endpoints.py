@@ -6,6 +6,7 @@ every packet there; `tracer path` names both ways."""
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
 import secrets
 
@@ -13,7 +14,7 @@ import pytest
 
 from conftest import make_store, run_tracer
 from tracer.cluster.lab import down, up
-from tracer.cluster.lab.topology import ServicePort, ServiceSpec, exercise, with_pods
+from tracer.cluster.lab.topology import ServicePort, ServiceSpec, _pod, exercise, with_pods
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 WEB_IP = "10.152.183.60"
@@ -24,8 +25,14 @@ def lab():
     topo = with_pods(exercise(), (("httpbin2", "worker1", "httpbin"),))
     web = ServiceSpec(name="web", namespace="default", cluster_ip=WEB_IP, endpoints=("httpbin", "httpbin2"),
                       ports=(ServicePort(name="http", protocol="tcp", port=80, target_port=80),))
+    # a second DNS pod, on worker1 (kubeadm runs two CoreDNS): kube-dns in front of both
+    block = ipaddress.IPv4Network(topo.node("worker1").block)
+    dns2 = _pod("coredns2", "worker1", str(block.network_address + block.num_addresses - 2), "dns",
+                namespace="kube-system")
+    services = tuple(dataclasses.replace(s, endpoints=(*s.endpoints, "coredns2")) if s.name == "kube-dns" else s
+                     for s in topo.services)
     store = make_store("e" + secrets.token_hex(2))
-    built = up(dataclasses.replace(topo, services=(*topo.services, web)), store=store)
+    built = up(dataclasses.replace(topo, pods=(*topo.pods, dns2), services=(*services, web)), store=store)
     try:
         yield built
     finally:
@@ -66,3 +73,19 @@ def test_path_names_the_way_to_each_endpoint(lab) -> None:
 def test_watch_says_it_follows_one_way(lab) -> None:
     proc = run_tracer("watch", "curl", "svc/web", "--iterations", "1", store=lab.store)
     assert proc.returncode == 2 and "2 endpoints (httpbin, httpbin2)" in proc.stderr
+
+
+def test_lookups_to_two_dns_pods_each_show_the_one_that_answered(lab) -> None:
+    """kube-dns in front of coredns (worker2) and coredns2 (worker1): the captures cover the ways
+    to both; each lookup's way ends at the DNS pod its DNAT names, every packet there."""
+    proc = run_tracer("follow", "curl", "http://web/get", "--count", "6", "-o", "json", store=lab.store)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    pods = {lab.pod(n).ip: lab.pod(n) for n in ("coredns", "coredns2")}
+    lookups = [f for f in doc["flows"] if f["protocol"] == "udp"]
+    assert len(lookups) >= 6  # (a lookup per request, each from its own port)
+    for f in lookups:
+        assert f["nat"]["original"] == "10.152.183.10:53"
+        pod = pods[f["nat"]["translated"].rsplit(":", 1)[0]]
+        assert f["summary"]["way"]["request"][-1] == f"{pod.node}/{pod.host_veth}"
+        assert f["summary"]["reached_end"] == f["summary"]["packets"]

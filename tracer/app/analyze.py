@@ -231,7 +231,8 @@ def read_path_file(path: str) -> PathHint:
                 if isinstance(o, dict)} if isinstance(offloads, dict) else {}
     other: list[tuple[str, ...]] = []
     ends_ips = [str((doc.get("dst") or {}).get("ip") or "")] if isinstance(doc.get("dst"), dict) else [""]
-    for more in [*(doc.get("endpoints") or []), doc.get("dns")]:  # (the other endpoints' ways, the DNS query's)
+    dns = doc.get("dns") if isinstance(doc.get("dns"), dict) else {}
+    for more in [*(doc.get("endpoints") or []), dns, *(dns.get("others") or [])]:  # (the other endpoints', the DNS pods')
         if not isinstance(more, dict) or not isinstance(more.get("points"), list):
             continue
         try:

@@ -130,7 +130,7 @@ def capture(backend: FollowBackend, req: FollowRequest, directory: Path, progres
         to = request_way(backend, req.src, req.dst, req.port, req.path, req.points)
     way, url = to.way, to.url
     session = CaptureSession(backend, way, to.port, run_id=req.run_id, max_seconds=req.max_seconds,
-                             dns=to.dns.way if to.dns else None, dns_ip=to.dns.service.cluster_ip if to.dns else "",
+                             dns=to.dns.ways if to.dns else None, dns_ip=to.dns.service.cluster_ip if to.dns else "",
                              others=to.others)
     result = FollowResult(way=way, run_id=session.run_id, backend=backend.name, url=url, directory=directory,
                           timings=timings, dns=to.dns, others=to.others)
@@ -238,13 +238,12 @@ def follow(backend: FollowBackend, req: FollowRequest, *, present: Callable[[Fol
             progress("correlating")
             way = result.way
             names = {way.src.pod.ip: way.src.pod.name, way.dst.pod.ip: way.dst.pod.name}
-            dns = result.dns
-            for w in (*result.others, *((dns.way,) if dns else ())):
+            more = (*result.others, *(result.dns.ways if result.dns else ()))
+            for w in more:
                 names[w.dst.pod.ip] = w.dst.pod.name
             areq = AnalyzeRequest(paths=(str(directory),), way=tuple(p.id for p in way.points),
-                                  other_ways=tuple(tuple(p.id for p in w.points)
-                                                   for w in (*result.others, *((dns.way,) if dns else ()))),
-                                  way_ends=tuple(w.dst.pod.ip for w in (way, *result.others, *((dns.way,) if dns else ()))),
+                                  other_ways=tuple(tuple(p.id for p in w.points) for w in more),
+                                  way_ends=tuple(w.dst.pod.ip for w in (way, *more)),
                                   blind=tuple(p.id for p in way.points if p.bypass), names=names,
                                   output=req.output, pcapng=req.pcapng,
                                   flows=() if req.all_flows else own_flows(result), all_flows=req.all_flows, related_arp=True,

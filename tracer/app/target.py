@@ -69,6 +69,12 @@ class DnsWay:
     way: Way
     service: ServiceRef
     """The cluster DNS Service (kube-system/kube-dns): its ClusterIP is what the pod asks."""
+    others: tuple[Way, ...] = ()
+    """The ways to its other pods (kubeadm runs two CoreDNS): kube-proxy picks one per query."""
+
+    @property
+    def ways(self) -> tuple[Way, ...]:
+        return (self.way, *self.others)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -88,6 +94,8 @@ class Request:
 
 CLUSTER_DNS = ("kube-dns", "kube-system")
 """The cluster DNS Service as kubeadm, microk8s and k3s name it (CoreDNS behind it)."""
+MAX_DNS_PODS = 4
+"""DNS pods whose ways a follow captures at most (each adds its node's points)."""
 
 
 def request_way(backend: Backend, src: str, dst: str, port: int, path: str, points: Sequence[str] = ()) -> Request:
@@ -116,20 +124,27 @@ def dns_document(dns: DnsWay) -> dict:
     way as a way's document, its `service` the DNS Service asked; its ClusterIP and the pod
     behind it beside."""
     return {**replace(dns.way, service=dns.service).to_dict(), "cluster_ip": dns.service.cluster_ip,
-            "pod": dns.way.dst.pod.name}
+            "pod": dns.way.dst.pod.name, "others": [w.to_dict() for w in dns.others]}
 
 
 def dns_way(backend: Backend, src: str) -> DnsWay | None:
-    """The way from `src` to the cluster DNS Service's pod, where there is one to capture: None
-    without such a Service, with several pods behind it (which one answers is kube-proxy's
-    pick) or where its way cannot be found (the HTTP request is followed all the same)."""
+    """The ways from `src` to the cluster DNS Service's pods (kube-proxy picks one per query: all
+    are captured, up to MAX_DNS_PODS), where there is one to capture: None without such a
+    Service or where no way can be found (the HTTP request is followed all the same)."""
     try:
         svc = backend.service(*CLUSTER_DNS)  # (its port 53, TCP and UDP alike)
-        if len(svc.endpoints) != 1:
+        if not svc.endpoints:
             return None
-        return DnsWay(way=discover(backend, src, svc.endpoints[0]), service=svc)
+        ways = []
+        for pod in svc.endpoints[:MAX_DNS_PODS]:
+            try:
+                ways.append(discover(backend, src, pod))
+            except TracerError:
+                continue  # (a pod whose way cannot be read: the others still are)
+        return DnsWay(way=ways[0], service=svc, others=tuple(ways[1:])) if ways else None
     except TracerError:
         return None
+
 
 
 def _to_service(svc: ServiceRef, url: str) -> Target:

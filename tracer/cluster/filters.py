@@ -121,7 +121,7 @@ def icmp_error_filter(a: str, b: str) -> str:
     return f"(icmp[icmptype] == icmp-unreach and (host {a} or host {b}))"
 
 
-def capture_plan(way: Way, port: int, dns: Way | None = None, dns_ip: str = "",
+def capture_plan(way: Way, port: int, dns: Way | Sequence[Way] | None = None, dns_ip: str = "",
                  others: Sequence[Way] = ()) -> dict[str, list[CaptureSpec]]:
     """Node -> its capture points on the way (each interface once), in the order of the way;
     with `others` (the ways to a Service's other endpoints) and `dns` (the way of the source
@@ -133,7 +133,8 @@ def capture_plan(way: Way, port: int, dns: Way | None = None, dns_ip: str = "",
         if all(s.interface != p.interface for s in specs):
             specs.append(CaptureSpec(interface=p.interface, bpf=point_filter(p, way, port)))
     extra_ways = [(w, p, point_filter(p, w, port)) for w in others for p in w.points]
-    extra_ways += [(dns, p, dns_point_filter(p, dns, dns_ip)) for p in (dns.points if dns is not None else ())]
+    dns_ways = () if dns is None else (dns,) if isinstance(dns, Way) else tuple(dns)
+    extra_ways += [(d, p, dns_point_filter(p, d, dns_ip)) for d in dns_ways for p in d.points]
     for _, p, extra in extra_ways:
         specs = plan.setdefault(p.node, [])
         k = next((k for k, s in enumerate(specs) if s.interface == p.interface), None)

@@ -17,7 +17,8 @@ class CaptureSession:
     """One capture agent per node of the way; `close()` (also on any error) ends them all."""
 
     def __init__(self, backend: FollowBackend, way: Way, port: int, *, run_id: str | None = None,
-                 stream: bool = False, max_seconds: float = 300.0, dns: Way | None = None, dns_ip: str = "",
+                 stream: bool = False, max_seconds: float = 300.0, dns: Way | tuple[Way, ...] | None = None,
+                 dns_ip: str = "",
                  others: tuple[Way, ...] = ()):
         """`dns`, `dns_ip`: the way of the source pod's DNS query and the DNS Service's ClusterIP;
         `others`: the ways to a Service's other endpoints; captured too
