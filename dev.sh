@@ -4,15 +4,16 @@
 #   ./dev.sh demo    the main job on the local lab: lab up, path, follow curl -> httpbin, lab down
 #   ./dev.sh test    the whole test suite (needs root: the tests build network namespaces)
 #
-# Installs the Debian packages it lacks (tcpdump, tshark, iproute2, curl, iptables, iperf3, and
-# dnsmasq and conntrack for the lab's cluster DNS and kube-proxy)
+# Installs the Debian packages it lacks (tcpdump, tshark, iproute2, curl, iptables, iperf3;
+# dnsmasq and conntrack for the lab's cluster DNS and kube-proxy; ethtool for its NIC offloads;
+# mmdebstrap, podman, runc and containerd for the capture image's test)
 # and a virtualenv in .venv with tracer and its Python dependencies. Run as root.
 set -euo pipefail
 cd "$(dirname "$0")"
 # ip, sysctl, bridge and tc live in the sbin directories, which a bare environment's PATH may lack
 export PATH="${PATH:+$PATH:}/usr/local/sbin:/usr/sbin:/sbin"
 
-APT_PACKAGES=(tcpdump tshark wireshark-common iproute2 curl iptables iperf3 procps util-linux dnsmasq-base conntrack ethtool)
+APT_PACKAGES=(tcpdump tshark wireshark-common iproute2 curl iptables iperf3 procps util-linux dnsmasq-base conntrack ethtool mmdebstrap podman runc containerd)
 
 install_system() {
     local missing=()

@@ -174,12 +174,22 @@ def _is_ip(s: str) -> bool:
     return True
 
 
+IPTABLES_SAVE = ("iptables-save", "iptables-legacy-save")
+"""What reads a node's nat table: the default backend's, then the legacy one's."""
+
+
 def with_rule(backend: Backend, way: Way, svc: ServiceRef) -> Way:
     """The way to the endpoint, addressed to the Service, with the kube-proxy rule of the source
     node that DNATs it there (its nat table, as iptables-save prints it; "" where none is read)."""
     endpoint = f"{way.dst.pod.ip}:{svc.target_port}"
-    res = backend.exec_node(way.src.pod.node, ["iptables-save", "-t", "nat"])
-    lines = (res.stdout.decode(errors="replace") if res.returncode == 0 else "").splitlines()
+    lines: list[str] = []
+    # (the nft backend first, Debian's default; kube-proxy may have written with the legacy one,
+    # whose tables iptables-save only warns about)
+    for tool in IPTABLES_SAVE:
+        res = backend.exec_node(way.src.pod.node, [tool, "-t", "nat"])
+        lines = (res.stdout.decode(errors="replace") if res.returncode == 0 else "").splitlines()
+        if any(line.startswith("-A KUBE-SERVICES ") for line in lines):
+            break
     # KUBE-SERVICES' rule for this ClusterIP, TCP and port -> its KUBE-SVC chain -> the KUBE-SEP
     # chain of that chain whose DNAT goes to the endpoint (a port of another protocol has its own)
     ip, port = f"-d {svc.cluster_ip}/32 ", f"--dport {svc.port} "
