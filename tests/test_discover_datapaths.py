@@ -167,7 +167,7 @@ def test_calico_ipip_from_the_nodes_state() -> None:
     assert (t.encapsulation, t.vni, t.udp_port, t.src_node_ip, t.dst_node_ip) == ("ipip", None, None, *NODE_IPS.values())
     assert (way.points[2].eth_src, way.points[2].eth_dst) == ("52:54:00:00:00:01", "52:54:00:00:00:02")
     bpf = underlay_filter(way, 80)
-    assert bpf.startswith("ip proto 4 and host 192.168.0.1 and host 192.168.0.2 and ((ip[32:4]=0x0A000105")
+    assert bpf.startswith("(ip proto 4 and host 192.168.0.1 and host 192.168.0.2 and ((ip[32:4]=0x0A000105")
 
 
 # --- follow --point: interfaces named by hand -----------------------------------------------------
@@ -291,7 +291,7 @@ def test_a_real_cilium_node_marks_the_lxc_veths_its_ebpf_may_bypass(kind: str) -
         ("n2/lxc1234567890a2", "pod-veth", True)]
     t = way.tunnel
     assert (t.encapsulation, t.udp_port, t.vni) == (kind, 8472 if kind == "vxlan" else 6081, None)
-    assert underlay_filter(way, 80).startswith(f"udp port {t.udp_port} and host 192.168.0.1 and host 192.168.0.2")
+    assert underlay_filter(way, 80).startswith(f"(udp port {t.udp_port} and host 192.168.0.1 and host 192.168.0.2")
     assert "bpf_redirect_peer" in way.points[0].bypass
     assert way.src.arp_by == "node" and way.tunnel.collect_metadata and way.tunnel.dst_node_ip == "192.168.0.2"
     assert [bool(p["bypass"]) for p in way.to_dict()["points"]] == [True, False, False, False, False, True]

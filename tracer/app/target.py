@@ -6,7 +6,6 @@ the kube-proxy rule that does it read from that node's nat table.
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass, replace
 from urllib.parse import urlsplit
 
@@ -16,6 +15,7 @@ from tracer.cluster.discover import discover
 from tracer.cluster.ports import Backend
 from tracer.errors import NotFoundError, TracerError, UsageError
 from tracer.model import ServiceRef, Way
+from tracer.model.way import is_ipv4
 
 CLUSTER_SUFFIXES = ("svc.cluster.local", "svc")
 """What may follow `NAME.NAMESPACE` in a Service's DNS name (the pod's search path adds it)."""
@@ -166,12 +166,7 @@ def _service_name(host: str, namespace: str | None) -> tuple[str, str | None]:
     return name, ns or namespace
 
 
-def _is_ip(s: str) -> bool:
-    try:
-        ipaddress.IPv4Address(s)
-    except ValueError:
-        return False
-    return True
+_is_ip = is_ipv4
 
 
 IPTABLES_SAVE = ("iptables-save", "iptables-legacy-save")

@@ -4,6 +4,8 @@ live state (`tracer path`), as plain frozen values; `Way.to_dict()` is the trace
 
 from __future__ import annotations
 
+import ipaddress
+
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -206,3 +208,12 @@ class Way:
             "data_path": self.data_path,
             "service": asdict(self.service) if self.service else None,
         }
+
+
+def is_ipv4(s: str) -> bool:
+    """Whether `s` is an IPv4 address (a ClusterIP, a pod's IP), not a name."""
+    try:
+        ipaddress.IPv4Address(s)
+    except ValueError:
+        return False
+    return True

@@ -8,7 +8,6 @@ this module (kr8s' rule: translate once, at the edge).
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import json
 import os
 import re
@@ -22,6 +21,7 @@ from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 from kubernetes.config.config_exception import ConfigException
 
+from tracer.model.way import is_ipv4
 from tracer.model import PodRef, ServiceRef
 from tracer.errors import ClusterError, NotFoundError, PermissionError_, TracerError, UsageError
 
@@ -253,12 +253,7 @@ def _cluster_ips(spec: Any) -> list[str]:
     return list(dict.fromkeys(ip for ip in ips if ip and ip != "None"))
 
 
-def _is_ipv4(s: str) -> bool:
-    try:
-        ipaddress.IPv4Address(s)
-    except ValueError:
-        return False
-    return True
+_is_ipv4 = is_ipv4
 
 
 @contextlib.contextmanager
