@@ -99,7 +99,8 @@ class Correlator:
         self.flows = FlowTable()
         self.distinct = 0
         self.in_order = True
-        """Every file so far in time order: sightings arrive in time order (shapes may be shared)."""
+        """Every file so far in time order: sightings arrive in time order (else each packet's are
+        sorted by time before its shape is looked up)."""
         self._keep = opts.keep_packets
         self._progress = progress
         self.ranges = Ranges()

@@ -140,7 +140,7 @@ class HopOrder:
         for the packets like it, unless it may not be shared: when only timestamps order its
         nodes, or when two sightings that a tie would turn carry the same timestamp (the order
         then falls to the points' roles, not to arrival). `sig` is () when it may not be shared
-        anyway (a file went out of time order: arrival order is not time order then)."""
+        anyway (two sightings of one instant). The engine hands sightings over in time order."""
         if len(obs) == 1:
             shape = Shape((0,), ("?",), [], obs)
         else:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import struct
 from bisect import bisect_left, bisect_right
+from operator import itemgetter
 
 from tracer.capture.sightings import FRAME
 
@@ -205,7 +206,7 @@ def assemble(group: list[list], first_point, offsets: dict[int, float]) -> list[
                 carried[p] = (len(ps), sizes, got, beyond)
             if got == e - s:
                 sightings.append(ps[0][3])
-        sightings.sort(key=_sighting_time)  # (in time order, as any packet's: its shape is shared by that)
+        sightings.sort(key=_time)  # (in time order, as any packet's: its shape is shared by that)
         if carried:
             out.append(Assembled(sightings, carried, e - s))
         else:
@@ -227,12 +228,8 @@ def _sent_last(units: list, cands: list[int], i: int, t: float) -> bool:
     return not any(o[0] < u[0] for o in others)
 
 
-def _sighting_time(o: tuple) -> float:
-    return o[0]
-
-
-def _time(piece: tuple) -> float:
-    return piece[0]
+_time = itemgetter(0)
+"""A piece's time (its first field), as a sighting's (T)."""
 
 
 def _size(o: tuple, payload: int) -> int:
