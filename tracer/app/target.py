@@ -102,13 +102,15 @@ def request_way(backend: Backend, src: str, dst: str, port: int, path: str, poin
     """DST resolved (`resolve`), the way discovered to its pod, with the kube-proxy rule of a
     Service; for a URL by name, also the way of the DNS query the pod's resolver makes."""
     target = resolve(backend, dst, port, path)
-    way = discover(backend, src, target.pod, points)
-    others = tuple(discover(backend, src, pod, points) for pod in target.others)
+    states: dict = {}  # (node -> its state, read once for every way: they share the source node)
+    way = discover(backend, src, target.pod, points, states=states)
+    others = tuple(discover(backend, src, pod, points, states=states) for pod in target.others)
     if target.service is not None:
-        way = with_rule(backend, way, target.service)
-        others = tuple(with_rule(backend, w, target.service) for w in others)
+        nat = nat_table(backend, way.src.pod.node)  # (one read: every endpoint's way starts on that node)
+        way = with_rule(way, target.service, nat)
+        others = tuple(with_rule(w, target.service, nat) for w in others)
     host = urlsplit(target.url).hostname if target.url else None
-    dns = dns_way(backend, src) if host and not _is_ip(host) else None
+    dns = dns_way(backend, src, states) if host and not _is_ip(host) else None
     return Request(way=way, url=target.url or f"http://{way.dst.pod.ip}:{port}{path}",
                    port=target.service.target_port if target.service else port, dns=dns, others=others)
 
@@ -127,7 +129,7 @@ def dns_document(dns: DnsWay) -> dict:
             "pod": dns.way.dst.pod.name, "others": [w.to_dict() for w in dns.others]}
 
 
-def dns_way(backend: Backend, src: str) -> DnsWay | None:
+def dns_way(backend: Backend, src: str, states: dict | None = None) -> DnsWay | None:
     """The ways from `src` to the cluster DNS Service's pods (kube-proxy picks one per query: all
     are captured, up to MAX_DNS_PODS), where there is one to capture: None without such a
     Service or where no way can be found (the HTTP request is followed all the same)."""
@@ -138,7 +140,7 @@ def dns_way(backend: Backend, src: str) -> DnsWay | None:
         ways = []
         for pod in svc.endpoints[:MAX_DNS_PODS]:
             try:
-                ways.append(discover(backend, src, pod))
+                ways.append(discover(backend, src, pod, states=states))
             except TracerError:
                 continue  # (a pod whose way cannot be read: the others still are)
         return DnsWay(way=ways[0], service=svc, others=tuple(ways[1:])) if ways else None
@@ -173,18 +175,23 @@ IPTABLES_SAVE = ("iptables-save", "iptables-legacy-save")
 """What reads a node's nat table: the default backend's, then the legacy one's."""
 
 
-def with_rule(backend: Backend, way: Way, svc: ServiceRef) -> Way:
-    """The way to the endpoint, addressed to the Service, with the kube-proxy rule of the source
-    node that DNATs it there (its nat table, as iptables-save prints it; "" where none is read)."""
-    endpoint = f"{way.dst.pod.ip}:{svc.target_port}"
+def nat_table(backend: Backend, node: str) -> list[str]:
+    """A node's nat table as iptables-save prints it, with kube-proxy's chains where it has them:
+    the default backend's first (nft on Debian), then the legacy one's (kube-proxy may have
+    written with it; iptables-save only warns about its tables); [] where none can be read."""
     lines: list[str] = []
-    # (the nft backend first, Debian's default; kube-proxy may have written with the legacy one,
-    # whose tables iptables-save only warns about)
     for tool in IPTABLES_SAVE:
-        res = backend.exec_node(way.src.pod.node, [tool, "-t", "nat"])
+        res = backend.exec_node(node, [tool, "-t", "nat"])
         lines = (res.stdout.decode(errors="replace") if res.returncode == 0 else "").splitlines()
         if any(line.startswith("-A KUBE-SERVICES ") for line in lines):
             break
+    return lines
+
+
+def with_rule(way: Way, svc: ServiceRef, lines: list[str]) -> Way:
+    """The way to the endpoint, addressed to the Service, with the kube-proxy rule of the source
+    node that DNATs it there (found in `lines`, its nat table: nat_table; "" where none is)."""
+    endpoint = f"{way.dst.pod.ip}:{svc.target_port}"
     # KUBE-SERVICES' rule for this ClusterIP, TCP and port -> its KUBE-SVC chain -> the KUBE-SEP
     # chain of that chain whose DNAT goes to the endpoint (a port of another protocol has its own)
     ip, port = f"-d {svc.cluster_ip}/32 ", f"--dport {svc.port} "

@@ -71,12 +71,15 @@ def data_paths() -> tuple[DataPath, ...]:
     return tuple(cast(DataPath, importlib.import_module(name)) for name in DATA_PATHS)
 
 
-def discover(backend: Backend, src: str, dst: str, points: Sequence[str] = ()) -> Way:
+def discover(backend: Backend, src: str, dst: str, points: Sequence[str] = (),
+             states: dict[str, NodeState] | None = None) -> Way:
     """Read the live state of both pods and nodes and return the request's expected way.
 
     `points` (`NODE/IFACE`, follow's --point): interfaces to capture on as well, put on the way
     by their node (after the source node's points, before the destination node's); on a way no
     data path knows they are its middle, between the pods' ends, which every CNI shares.
+    `states` (node -> NodeState): the nodes' state as read for other ways of the same request
+    (a Service's other endpoints, the DNS query's), used and filled here: each node read once.
 
     The reads are fetched ahead, those that do not depend on each other at once (each one is a
     process on the lab, an exec round trip on Kubernetes), in two rounds: what the pods' names
@@ -85,8 +88,9 @@ def discover(backend: Backend, src: str, dst: str, points: Sequence[str] = ()) -
     ahead is done again there, so errors come as they always did.
     """
     src_pod, dst_pod = backend.pod(src), backend.pod(dst)
-    src_node = NodeState(backend, src_pod.node)
-    dst_node = src_node if dst_pod.node == src_pod.node else NodeState(backend, dst_pod.node)
+    states = {} if states is None else states
+    src_node = states.setdefault(src_pod.node, NodeState(backend, src_pod.node))
+    dst_node = states.setdefault(dst_pod.node, NodeState(backend, dst_pod.node))
     src_reads, dst_reads = PodReads(backend, src_pod, dst_pod.ip), PodReads(backend, dst_pod, src_pod.ip)
     _prefetch(src_reads, dst_reads, src_node, dst_node, dst_pod)
     src_end = pod_end(src_reads, src_node)
