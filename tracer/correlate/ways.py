@@ -7,6 +7,7 @@ roles; and what a packet that passed some of the points adds up to on its way.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -119,11 +120,17 @@ def _best_hint(c: Correlation, f: FlowState, seen: Sequence[int]) -> list[int]:
         return hints[0]
     if opts.way_ends:
         ips = {ck[1][0] for ck in f.cks} | {ck[2][0] for ck in f.cks}
-        to = [h for h, ip in zip(hints, opts.way_ends) if ip and ipaddress.ip_address(ip).packed in ips]
+        to = [h for h, ip in zip(hints, opts.way_ends) if ip and _packed(ip) in ips]
         if len(to) == 1:
             return to[0]
     got = set(seen)
     return max(hints, key=lambda h: (len(got & set(h)), h is hints[0], -len(set(h) - got)))
+
+
+@functools.lru_cache(maxsize=64)
+def _packed(ip: str) -> bytes:
+    """An address as the flows' keys hold it (packed), worked out once per address."""
+    return ipaddress.ip_address(ip).packed
 
 
 _QUICK = object()
