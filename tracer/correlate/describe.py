@@ -393,9 +393,7 @@ def _carriage(carried: tuple | None, before: int, fr, offloads: dict[str, str]) 
     elif frames < before or beyond:
         how, by = "merged", "GRO"
         note = f"merged into {n} (GRO)" + (", with the bytes of the packets beside it" if beyond else "")
-    elif frames == 1:
-        how, by, note = "whole", "GRO", "one frame again (GRO)"
-    else:
+    else:  # (as many frames as before, cut elsewhere: one frame inside the packet's bytes never reaches here)
         how, by, note = "recut", "TSO/GSO, GRO", f"cut otherwise, into {n} (TSO/GSO, GRO)"
     named = [f"{k} {offloads[k]}" for k in (SEGMENTING if how == "segmented" else MERGING) if k in offloads]
     if named:

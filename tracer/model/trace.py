@@ -63,10 +63,9 @@ class Carriage:
     bytes: int
     """The packet's TCP payload bytes these frames carried (all of them: it reached this point)."""
     how: str
-    """segmented | merged | recut | whole | fragmented | reassembled: cut into more frames than
-    at the hop before, merged into fewer (or with other packets' bytes), cut otherwise, (whole)
-    one frame again; in IP fragments here (the packet larger than the MTU, DF not set), put
-    together again."""
+    """segmented | merged | recut | fragmented | reassembled: cut into more frames than at the
+    hop before, merged into fewer (or with other packets' bytes), as many cut otherwise; in IP
+    fragments here (the packet larger than the MTU, DF not set), put together again."""
     by: str
     """What does that: `TSO/GSO` (segmentation offload, in the NIC or the kernel's GSO), `GRO`
     (receive offload), `IP` (fragmentation)."""
