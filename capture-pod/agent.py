@@ -19,14 +19,16 @@ Protocol over stdin/stdout (stdout carries JSON lines, some followed by raw byte
   with --stream, after ready, also each frame as it is captured:
   -> {"event": "frame", "interface": IFACE, "time": T, "time_ns": NS, "linktype": L, "bytes": N}  + N bytes
 
-The sniffers are scapy's packet sockets (L2ListenSocket: both directions): scapy opens each
-with no receive buffer, attaches the filter libpcap compiled, binds it to the interface and
-flushes what came in meanwhile, so no unfiltered frame is ever read and "ready" means exactly
-that. The agent reads them itself, with recvmsg(): the kernel's timestamp in nanoseconds as it
-is (SO_TIMESTAMPNS; scapy's reader makes a float of it, and hops of one node a few hundred
-nanoseconds apart would tie), VLAN tags the NIC took off put back (PACKET_AUXDATA, as scapy
-does). scapy's RawPcapWriter writes the pcaps. One poll() loop serves all sockets, stdin and
-signals: no threads, no races.
+The sniffers are packet sockets (both directions) with the filter libpcap compiles (through
+scapy) attached before they are bound to the interface: opened with protocol 0 they hear
+nothing until then, so no unfiltered frame is ever read and "ready" means exactly that (scapy's
+L2ListenSocket opens with ETH_P_ALL, hears every interface with no buffer until its bind and
+flushes: the re-bind waits for an RCU grace period, ~11 ms per interface, most of an agent's way
+from its arguments to "ready"). The agent reads them itself, with recvmsg(): the kernel's
+timestamp in nanoseconds as it is (SO_TIMESTAMPNS; scapy's reader makes a float of it, and hops
+of one node a few hundred nanoseconds apart would tie), VLAN tags the NIC took off put back
+(PACKET_AUXDATA, as scapy does). scapy's RawPcapWriter writes the pcaps. One poll() loop serves
+all sockets, stdin and signals: no threads, no races.
 
 Draining: packet sockets queue each frame at once (no ring blocks as in libpcap without
 immediate mode), so on stop the agent reads every socket until it has been empty for --linger
@@ -38,11 +40,22 @@ Standby: `agent.py [--run-id ID] --argv-from-stdin` starts and imports scapy (~0
 reads its real arguments as one JSON list on a line of stdin (EOF instead: exit 0 at once) and
 goes on as if started with them; the command line only names the run in the process table. A
 launcher can so start it while it still works out what to capture.
+
+Warm: `agent.py --serve SOCKET` imports scapy once and listens on a Unix socket (mode 0600 in a
+0700 directory: root's only); each connection gets a forked agent in standby whose stdin and
+stdout are that connection (the protocol above, unchanged: its first line is the arguments; the
+client's shutdown of its side is the EOF that stops it). It prints `{"event": "serving", ...}`
+once it listens. SIGTERM/SIGINT end it and its agents (each gets SIGTERM: it drains and sends
+its pcaps first). A connection costs a fork, not an interpreter start and scapy's import.
+`agent.py --via SOCKET ARGS...` is the thin client for where only a command can be run (an exec
+into a pod): it sends ARGS as the first line and then carries stdin to the socket and the socket
+to stdout, importing nothing but the standard library.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import io
 import json
@@ -50,12 +63,14 @@ import os
 import select
 import signal
 import socket
+import stat
 import struct
 import sys
 import time
 from types import SimpleNamespace
 
 SOL_PACKET = 263
+ETH_P_ALL = 0x0003
 PACKET_STATISTICS = 6
 PACKET_AUXDATA = 8
 TP_STATUS_VLAN_VALID, TP_STATUS_VLAN_TPID_VALID = 0x10, 0x40
@@ -88,8 +103,7 @@ class Capture:
         self.bytes = 0
         self.dropped = 0
         self.linktype = _linktype(interface)
-        self.sniffer = _open_sniffer(interface, bpf, self.linktype)
-        self.sock = self.sniffer.ins
+        self.sock = _open_sniffer(interface, bpf, self.linktype)
         self.connections = Connections()
 
     def fileno(self) -> int:
@@ -321,74 +335,72 @@ def _scapy() -> SimpleNamespace:
 
         logging.getLogger("scapy.runtime").setLevel(logging.ERROR)  # (no import-time chatter on stderr)
         try:
-            from scapy.arch.linux import L2ListenSocket
+            from scapy.arch.common import compile_filter, free_filter
             from scapy.error import Scapy_Exception
+            from scapy.libs.structures import sock_fprog
             from scapy.utils import RawPcapWriter
         except ImportError as e:
             raise AgentError(f"scapy is not available: {e}",
                              hint="the agent needs python3 with scapy and libpcap (pip install scapy)") from None
-        _SCAPY.append(SimpleNamespace(L2ListenSocket=L2ListenSocket, RawPcapWriter=RawPcapWriter, Error=Scapy_Exception))
+        _SCAPY.append(SimpleNamespace(compile_filter=compile_filter, free_filter=free_filter, sock_fprog=sock_fprog,
+                                      RawPcapWriter=RawPcapWriter, Error=Scapy_Exception))
+        free_filter(compile_filter("tcp", linktype=LINKTYPE_ETHERNET))  # (loads libpcap: ~7 ms, here too)
     return _SCAPY[0]
 
 
-def _whole_frames(sock: socket.socket, bpf: str, linktype: int) -> None:
-    """Put the same filter on again, keeping whole frames: scapy's is compiled for a snap length
-    of 65,535 bytes, which cuts GRO/GSO super-frames (up to 64 KiB of IP, more with BIG TCP)
-    silently (the kernel trims them before reading, so recvmsg() sees no MSG_TRUNC). The
-    replacement is atomic: no frame goes by unfiltered."""
-    from scapy.arch.common import compile_filter, free_filter
-    from scapy.libs.structures import sock_fprog
-
-    prog = compile_filter(bpf, linktype=linktype)
+def _attach_filter(sock: socket.socket, bpf: str, linktype: int) -> None:
+    """Attach `bpf` as libpcap compiles it for `linktype`, keeping whole frames: libpcap
+    compiles for a snap length of 65,535 bytes, which cuts GRO/GSO super-frames (up to 64 KiB of
+    IP, more with BIG TCP) silently (the kernel trims them before reading, so recvmsg() sees no
+    MSG_TRUNC)."""
+    scapy = _scapy()
+    prog = scapy.compile_filter(bpf, linktype=linktype)
     try:
         for i in range(prog.bf_len):
             insn = prog.bf_insns[i]
             if insn.code == BPF_RET_K and insn.k:  # "accept, this many bytes"
                 insn.k = FRAME_BUFFER
-        sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, bytes(sock_fprog(prog.bf_len, prog.bf_insns)))
+        sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, bytes(scapy.sock_fprog(prog.bf_len, prog.bf_insns)))
     finally:
-        free_filter(prog)
+        scapy.free_filter(prog)
 
 
-def _open_sniffer(interface: str, bpf: str, linktype: int):
-    """scapy's packet socket for one interface, listening to both directions with the kernel
-    filter attached before it is bound (scapy opens it with no receive buffer, attaches the
-    filter, binds, and flushes what came in between: no unfiltered frame is ever read), its
-    kernel timestamps in nanoseconds and its VLAN tags (auxiliary data) switched on. The
-    agent reads it itself (Capture.read_available): recvmsg gives the timestamp as the kernel
-    has it, where scapy's reader makes a float of it (a quarter of a microsecond apart, two
-    hops of one node would tie)."""
+def _open_sniffer(interface: str, bpf: str, linktype: int) -> socket.socket:
+    """A packet socket for one interface, both directions, its filter attached before it is
+    bound (protocol 0 until the bind: it hears nothing before, no unfiltered frame is ever read),
+    its kernel timestamps in nanoseconds and its VLAN tags (auxiliary data) switched on, non-
+    blocking. The agent reads it itself (Capture.read_available): recvmsg gives the timestamp as
+    the kernel has it, where scapy's reader makes a float of it (a quarter of a microsecond
+    apart, two hops of one node would tie)."""
     scapy = _scapy()
-    gone = AgentError(f"no interface {interface!r} in this network namespace",
-                      hint="the way changed since discovery, or the agent runs in the wrong namespace")
     try:
-        sniffer = scapy.L2ListenSocket(iface=interface, filter=bpf, promisc=False)
+        sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
     except PermissionError:
         raise AgentError("no permission to open a packet socket", hint="the agent needs root or CAP_NET_RAW") from None
-    except scapy.Error as e:
-        raise AgentError(f"cannot compile the BPF filter {bpf!r}: {e}",
-                         hint="check the filter's syntax (man pcap-filter); the agent needs libpcap") from None
-    except ValueError:  # (scapy's word for an interface it does not know)
-        raise gone from None
-    except OSError as e:
-        if e.errno == errno.ENODEV:
-            raise gone from None
-        raise
     try:
-        _whole_frames(sniffer.ins, bpf, linktype)
-        sock = sniffer.ins
+        try:
+            _attach_filter(sock, bpf, linktype)
+        except scapy.Error as e:
+            raise AgentError(f"cannot compile the BPF filter {bpf!r}: {e}",
+                             hint="check the filter's syntax (man pcap-filter); the agent needs libpcap") from None
         try:
             sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RCVBUF)
         except OSError:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
         sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        sock.setsockopt(SOL_PACKET, PACKET_AUXDATA, 1)
+        try:
+            sock.bind((interface, ETH_P_ALL))
+        except OSError as e:
+            if e.errno in (errno.ENODEV, errno.ENXIO):
+                raise AgentError(f"no interface {interface!r} in this network namespace",
+                                 hint="the way changed since discovery, or the agent runs in the wrong namespace") from None
+            raise
         sock.setblocking(False)
-        # Reading the statistics resets them: what the kernel dropped so far came before the
-        # filter was attached (scapy's socket hears every interface until then, with no buffer).
-        sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, _STATS.size)
-        return sniffer
+        sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, _STATS.size)  # (reading them resets them)
+        return sock
     except BaseException:
-        sniffer.close()
+        sock.close()
         raise
 
 
@@ -524,7 +536,7 @@ class Agent:
 
     def close(self) -> None:
         for c in self.captures:
-            c.sniffer.close()
+            c.sock.close()
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -565,8 +577,173 @@ def argv_from_stdin() -> tuple[list[str] | None, bytes]:
     return argv, rest
 
 
+# --- warm: a server forking agents, and the thin client that reaches one -----------------------------
+
+SERVE_BACKLOG = 64
+SERVE_STOP_GRACE = 3.0  # seconds the agents get to send their pcaps when the server is stopped
+
+
+def serve(path: str) -> int:
+    """Listen on the Unix socket `path`; fork an agent in standby for each connection."""
+    try:
+        _scapy()  # once, here: what each agent would otherwise spend most of its start on
+    except AgentError as e:
+        Output(sys.stdout.buffer).event("error", message=e.message, hint=e.hint)
+        return 1
+    directory = os.path.dirname(path) or "."
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    with contextlib.suppress(FileNotFoundError):
+        if stat.S_ISSOCK(os.lstat(path).st_mode):
+            os.unlink(path)  # an earlier server's, which died without removing it
+    old = os.umask(0o177)
+    try:
+        listener.bind(path)
+    finally:
+        os.umask(old)
+    listener.listen(SERVE_BACKLOG)
+    inode = os.stat(path).st_ino
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    stopping: list[int] = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, frame: stopping.append(signum))
+    signal.signal(signal.SIGCHLD, lambda signum, frame: None)  # (wakes the loop to reap)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT, signal.SIGCHLD})
+    Output(sys.stdout.buffer).event("serving", socket=path, pid=os.getpid())
+    children: set[int] = set()
+    poller = select.poll()
+    poller.register(listener.fileno(), select.POLLIN)
+    poller.register(wake_r, select.POLLIN)
+    try:
+        while not stopping:
+            for fd, _ in poller.poll(1000):
+                if fd == wake_r:
+                    os.read(wake_r, 512)
+                elif not stopping:
+                    try:
+                        conn, _ = listener.accept()
+                    except (BlockingIOError, InterruptedError):
+                        continue
+                    sys.stdout.flush()
+                    pid = os.fork()
+                    if pid == 0:
+                        _serve_one(conn, listener, (wake_r, wake_w))
+                    conn.close()
+                    children.add(pid)
+            _reap(children)
+    finally:
+        listener.close()
+        with contextlib.suppress(OSError):
+            if os.stat(path).st_ino == inode:  # (not a newer server's)
+                os.unlink(path)
+        _end_children(children)
+    return 0
+
+
+def _serve_one(conn: socket.socket, listener: socket.socket, wake: tuple[int, int]) -> None:
+    """In the forked child: be a standby agent on this connection, then exit."""
+    code = 1
+    try:
+        signal.set_wakeup_fd(-1)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
+            signal.signal(sig, signal.SIG_DFL)
+        listener.close()
+        for fd in wake:
+            os.close(fd)
+        os.dup2(conn.fileno(), 0)
+        os.dup2(conn.fileno(), 1)
+        conn.close()
+        code = main(["--run-id", "warm", "--argv-from-stdin"])
+        with contextlib.suppress(OSError, ValueError):
+            sys.stdout.flush()
+    finally:
+        os._exit(code)
+
+
+def _reap(children: set[int]) -> None:
+    while children:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            children.clear()
+            return
+        if pid == 0:
+            return
+        children.discard(pid)
+
+
+def _end_children(children: set[int]) -> None:
+    """SIGTERM to each agent still running (it drains and sends its pcaps), SIGKILL after the
+    grace time; all by the PIDs this server forked and has not reaped."""
+    for pid in children:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    end = time.monotonic() + SERVE_STOP_GRACE
+    while children and time.monotonic() < end:
+        _reap(children)
+        time.sleep(0.02)
+    for pid in children:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    for pid in children:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+    children.clear()
+
+
+def via(path: str, argv: list[str]) -> int:
+    """The thin client: the agent's arguments to the server at `path`, then stdin to it and its
+    answer to stdout, until the agent closes the connection."""
+    out = Output(sys.stdout.buffer)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(path)
+        sock.sendall(json.dumps(argv).encode() + b"\n")
+    except OSError as e:
+        out.event("error", message=f"no warm capture agent answers at {path}: {e.strerror or e}",
+                  hint="is the agent running? (tracer agents status; tracer agents install)")
+        return 1
+    poller = select.poll()
+    poller.register(0, select.POLLIN | select.POLLHUP)
+    poller.register(sock.fileno(), select.POLLIN | select.POLLHUP)
+    while True:
+        for fd, _ in poller.poll():
+            if fd == 0:
+                data = os.read(0, READ_CHUNK)
+                if data:
+                    with contextlib.suppress(OSError):  # (an agent that ended: its answer says why)
+                        sock.sendall(data)
+                else:  # EOF: the agent's stop, as for one run directly
+                    poller.unregister(0)
+                    with contextlib.suppress(OSError):
+                        sock.shutdown(socket.SHUT_WR)
+            else:
+                data = sock.recv(READ_CHUNK)
+                if not data:
+                    return 0
+                try:
+                    _write_all(1, data)
+                except OSError:  # nobody reads what it sends: end, the agent sees its EOF
+                    return 0
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+READ_CHUNK = 1 << 16
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--serve"] and len(argv) == 2:
+        return serve(argv[1])
+    if argv[:1] == ["--via"] and len(argv) >= 2:
+        return via(argv[1], argv[2:])
     stdin_rest = b""
     out = Output(sys.stdout.buffer)
     if "--argv-from-stdin" in argv:  # the rest of the command line only names the run (ps)

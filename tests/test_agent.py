@@ -6,6 +6,7 @@ the same client (AgentClient), so these tests pin the protocol both backends rel
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -14,9 +15,14 @@ import tempfile
 import time
 
 import pytest
+from conftest import make_store
+from factories import children, wait_for
 
 from tracer.cluster.agents import AgentClient, AgentError, CaptureSpec, agent_argv
+from tracer.cluster.lab import down, exercise, up
+from tracer.cluster.lab.agents import AGENT
 from tracer.cluster.lab.backend import LabAgentChannel, LabFollowBackend
+from tracer.errors import NotFoundError
 from tracer.capture.pcapio import open_capture
 
 pytestmark = [pytest.mark.root]
@@ -26,10 +32,20 @@ PCAP_NANO_MAGIC = b"\x4d\x3c\xb2\xa1"  # 0xa1b23c4d, little-endian
 
 @pytest.fixture
 def backend(lab):
-    b = LabFollowBackend(lab)
+    """Agents started for the run (`--agents cold`): the process is the agent."""
+    b = LabFollowBackend(lab, agents="cold")
     yield b
     b.close()
     assert all(c.exit_status() is not None for c in b.channels)
+
+
+@pytest.fixture(params=["cold", "warm"])
+def either(lab, request):
+    """Agents started for the run, or forked by the lab's warm agent of the node: the protocol
+    is the same."""
+    b = LabFollowBackend(lab, agents=request.param)
+    yield b
+    b.close()
 
 
 def start(backend, node: str, captures: dict[str, str], **kw) -> AgentClient:
@@ -70,17 +86,17 @@ def test_ready_then_stop_gives_a_nanosecond_pcap_per_interface_and_done(lab, bac
     assert agent.channel.proc.wait(5) == 0
 
 
-def test_the_kernel_filter_keeps_only_what_it_matches(lab, backend):
+def test_the_kernel_filter_keeps_only_what_it_matches(lab, either):
     veth = lab.pod("curl").host_veth
-    agent = start(backend, "worker1", {veth: "tcp port 80"})
+    agent = start(either, "worker1", {veth: "tcp port 80"})
     agent.wait_ready(10)
     datagrams(lab)
     assert agent.stop_and_collect(10)[veth].packets == 0
 
 
-def test_stream_mode_sends_each_frame_as_it_is_captured(lab, backend):
+def test_stream_mode_sends_each_frame_as_it_is_captured(lab, either):
     veth = lab.pod("curl").host_veth
-    agent = start(backend, "worker1", {veth: "udp port 9"}, stream=True)
+    agent = start(either, "worker1", {veth: "udp port 9"}, stream=True)
     agent.wait_ready(10)
     datagrams(lab, 2)
     deadline = time.monotonic() + 5
@@ -95,11 +111,10 @@ def test_stream_mode_sends_each_frame_as_it_is_captured(lab, backend):
     ({"nosuch0": "udp"}, "no interface 'nosuch0'"),
     ({"eth1": "this is not bpf"}, "cannot compile the BPF filter"),
 ])
-def test_errors_are_events_with_a_message(lab, backend, captures, words):
-    agent = start(backend, "worker1", captures)
+def test_errors_are_events_with_a_message(lab, either, captures, words):
+    agent = start(either, "worker1", captures)
     with pytest.raises(AgentError, match=words):
         agent.wait_ready(10)
-    assert agent.channel.proc.wait(5) == 1
 
 
 def test_eof_on_stdin_stops_the_agent_at_once(lab, backend):
@@ -119,11 +134,10 @@ def test_sigterm_stops_with_the_pcaps(lab, backend):
     assert agent.channel.proc.wait(5) == 0
 
 
-def test_max_seconds_stops_it_by_itself(lab, backend):
-    agent = start(backend, "worker1", {"eth1": "udp port 4789"}, max_seconds=0.3)
+def test_max_seconds_stops_it_by_itself(lab, either):
+    agent = start(either, "worker1", {"eth1": "udp port 4789"}, max_seconds=0.3)
     agent.wait_ready(10)
     assert set(agent.collect(5)) == {"eth1"}
-    assert agent.channel.proc.wait(5) == 0
 
 
 def test_an_agent_killed_before_stop_is_told_as_killed_not_as_a_broken_pipe(lab, backend):
@@ -139,7 +153,7 @@ def test_an_agent_killed_before_stop_is_told_as_killed_not_as_a_broken_pipe(lab,
 
 def test_close_ends_an_agent_that_ignores_everything(lab, tmp_path):
     # A stuck agent (here: `sleep`, which never reads stdin) is ended by SIGTERM after the grace.
-    b = LabFollowBackend(lab, python="/bin/sh", agent=tmp_path / "stuck.sh")
+    b = LabFollowBackend(lab, python="/bin/sh", agent=tmp_path / "stuck.sh", agents="cold")
     (tmp_path / "stuck.sh").write_text("trap '' TERM; exec sleep 30\n")
     channel = b.start_agent("worker1", [])
     t = time.monotonic()
@@ -165,7 +179,7 @@ def one_http_request(lab) -> None:
 
 
 def test_pod_starts_a_standby_agent_on_its_node_named_by_the_run_and_start_agent_uses_it(lab):
-    b = LabFollowBackend(lab, run_id="t-standby")
+    b = LabFollowBackend(lab, run_id="t-standby", agents="cold")
     try:
         b.pod("curl")
         b.pod("curl")  # one per node
@@ -188,11 +202,140 @@ def test_pod_starts_a_standby_agent_on_its_node_named_by_the_run_and_start_agent
 
 
 def test_a_standby_agent_nobody_needs_exits_at_the_eof(lab):
-    b = LabFollowBackend(lab, run_id="t-unused")
+    b = LabFollowBackend(lab, run_id="t-unused", agents="cold")
     b.pod("httpbin")
     t = time.monotonic()
     b.close()
     assert b.channels[0].exit_status() == 0 and time.monotonic() - t < 1.0
+
+
+# --- warm agents (tracer.cluster.lab.agents: lab up starts one per node) ----------------------------
+
+def server_of(lab, node: str) -> int:
+    """The PID of the node's warm agent server, as the lab's state records it."""
+    state = lab.store.load()
+    assert state.warm and state.agents[node].alive()
+    return state.agents[node].pid
+
+
+def test_a_warm_agent_is_forked_by_the_nodes_server_and_gone_when_the_run_lets_it_go(lab):
+    server = server_of(lab, "worker1")
+    assert cmdline_of(server)[-2:] == ["--serve", str(lab.store.socket_path("worker1"))]
+    b = LabFollowBackend(lab)
+    try:
+        b.pod("curl")  # connects: the server forks an agent in standby, scapy already imported
+        assert b.warm_nodes == ["worker1"]
+        veth = lab.pod("curl").host_veth
+        agent = AgentClient(b.start_agent("worker1", agent_argv("t-warm", [CaptureSpec(interface=veth, bpf="udp port 9")])),
+                            "worker1")
+        assert agent.wait_ready(10) == [veth]
+        assert agent.pid in children(server)  # in the node's namespace, as the server is
+        datagrams(lab, 2)
+        caps = agent.stop_and_collect(10)
+        assert caps[veth].packets == 2 and caps[veth].pcap[:4] == PCAP_NANO_MAGIC
+    finally:
+        b.close()
+    wait_for(lambda: agent.pid not in children(server), timeout=5)
+    assert server_of(lab, "worker1") == server  # the server stays for the next run
+
+
+def test_a_warm_agent_whose_client_vanished_mid_capture_stops_and_the_server_serves_the_next(lab):
+    server = server_of(lab, "worker2")
+    b = LabFollowBackend(lab)
+    agent = AgentClient(b.start_agent("worker2", agent_argv("t-gone", [CaptureSpec(interface="eth1", bpf="udp")])),
+                        "worker2")
+    agent.wait_ready(10)
+    b.close()  # as a tracer killed by SIGKILL: its end of the socket closes, nothing is said
+    wait_for(lambda: agent.pid not in children(server), timeout=5)
+    b2 = LabFollowBackend(lab, agents="warm")
+    try:
+        again = AgentClient(b2.start_agent("worker2", agent_argv("t-next", [CaptureSpec(interface="eth1", bpf="udp")])),
+                            "worker2")
+        assert again.wait_ready(10) == ["eth1"] and again.pid != agent.pid
+        assert set(again.stop_and_collect(10)) == {"eth1"}
+    finally:
+        b2.close()
+
+
+def test_the_thin_client_carries_the_protocol_as_a_kubernetes_exec_runs_it(lab):
+    """`agent.py --via SOCKET ARGS` (what an exec into a warm agent's pod runs): the arguments
+    go first, then stdin to the agent and its answer to stdout; EOF on stdin stops it."""
+    veth = lab.pod("curl").host_veth
+    argv = agent_argv("t-via", [CaptureSpec(interface=veth, bpf="udp port 9")])
+    proc = lab.popen("worker1", [sys.executable, "-S", str(AGENT), "--via", str(lab.store.socket_path("worker1")), *argv],
+                     stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    channel = LabAgentChannel(proc, tempfile.TemporaryFile())
+    try:
+        agent = AgentClient(channel, "worker1")
+        assert agent.wait_ready(10) == [veth]
+        assert "scapy" not in " ".join(cmdline_of(proc.pid))
+        datagrams(lab, 3)
+        proc.stdin.close()  # EOF: the agent's stop
+        assert agent.collect(10)[veth].packets == 3
+        assert proc.wait(5) == 0
+    finally:
+        channel.close()
+
+
+def test_the_thin_client_says_when_no_warm_agent_listens(tmp_path):
+    proc = subprocess.run([sys.executable, str(AGENT), "--via", str(tmp_path / "none.sock"), "--run-id", "x",
+                           "--capture", "lo=udp"], capture_output=True, timeout=10)
+    assert proc.returncode == 1
+    event = json.loads(proc.stdout)
+    assert event["event"] == "error" and "no warm capture agent answers at" in event["message"]
+    assert "tracer agents install" in event["hint"]
+
+
+def test_a_server_stopped_by_sigterm_lets_its_agents_send_their_pcaps_and_removes_its_socket(tmp_path):
+    sock = tmp_path / "s" / "agent.sock"
+    server = subprocess.Popen([sys.executable, str(AGENT), "--serve", str(sock)], stdout=subprocess.PIPE)
+    try:
+        assert json.loads(server.stdout.readline())["event"] == "serving"
+        assert oct(sock.stat().st_mode & 0o777) == "0o600" and oct(sock.parent.stat().st_mode & 0o777) == "0o700"
+        client = subprocess.Popen([sys.executable, str(AGENT), "--via", str(sock), "--run-id", "x", "--capture", "lo=udp"],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        channel = LabAgentChannel(client, tempfile.TemporaryFile())
+        agent = AgentClient(channel, "here")
+        agent.wait_ready(10)
+        server.send_signal(signal.SIGTERM)
+        assert set(agent.collect(10)) == {"lo"}  # (its agent got SIGTERM: drained, sent, done)
+        assert server.wait(10) == 0 and not sock.exists()
+        channel.close()
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+
+
+def test_warm_only_where_none_runs_is_an_error_that_says_how_to_get_one(tmp_path):
+    store = make_store("cold")
+    lab = up(exercise(), store=store, warm_agents=False)
+    try:
+        assert lab.state.agents == {}
+        with pytest.raises(NotFoundError, match="no warm capture agent runs on lab node worker1") as e:
+            LabFollowBackend(lab, agents="warm").pod("curl")
+        assert "tracer agents install" in e.value.hint
+        b = LabFollowBackend(lab)  # auto: one for the run, as before
+        b.pod("curl")
+        assert b.warm_nodes == [] and isinstance(b._standby["worker1"], LabAgentChannel)
+        b.close()
+    finally:
+        down(store)
+
+
+def test_a_warm_agent_that_died_is_started_again_by_the_next_run(lab):
+    state = lab.store.load()
+    old = state.agents["worker2"]
+    os.kill(old.pid, signal.SIGKILL)  # (the lab's own process: its PID from the lab's state)
+    wait_for(lambda: not old.alive(), timeout=5)
+    b = LabFollowBackend(lab)
+    try:
+        b.pod("httpbin")
+        assert b.warm_nodes == ["worker2"]
+    finally:
+        b.close()
+    new = lab.store.load().agents["worker2"]
+    assert new.pid != old.pid and new.alive()
 
 
 def cmdline_of(pid: int) -> list[str]:
@@ -201,13 +344,13 @@ def cmdline_of(pid: int) -> list[str]:
 
 
 @pytest.mark.parametrize("early", [True, False])
-def test_stop_ends_as_soon_as_every_connection_has_closed_at_every_point(lab, backend, early):
+def test_stop_ends_as_soon_as_every_connection_has_closed_at_every_point(lab, either, early):
     # A long --linger shows which rule ended the drain: the closed connections, or the quiet.
     veth = lab.pod("curl").host_veth
     captures = {veth: "tcp port 80", "eth1": "udp port 4789 and udp[39]=6 and (udp[50:2]=80 or udp[52:2]=80)"}
     specs = [CaptureSpec(interface=i, bpf=f) for i, f in captures.items()]
     argv = agent_argv("t-early", specs) + ["--linger", "1.5"] + ([] if early else ["--no-early-stop"])
-    agent = AgentClient(backend.start_agent("worker1", argv), "worker1")
+    agent = AgentClient(either.start_agent("worker1", argv), "worker1")
     agent.wait_ready(10)
     one_http_request(lab)
     time.sleep(0.1)  # the FIN/ACK tail is in by now: only the drain's own rule is timed
@@ -218,10 +361,10 @@ def test_stop_ends_as_soon_as_every_connection_has_closed_at_every_point(lab, ba
     assert (took < 0.5) if early else (took >= 1.5)
 
 
-def test_without_tcp_the_drain_waits_for_quiet(lab, backend):
+def test_without_tcp_the_drain_waits_for_quiet(lab, either):
     veth = lab.pod("curl").host_veth
     argv = agent_argv("t-udp", [CaptureSpec(interface=veth, bpf="udp port 9")]) + ["--linger", "0.5"]
-    agent = AgentClient(backend.start_agent("worker1", argv), "worker1")
+    agent = AgentClient(either.start_agent("worker1", argv), "worker1")
     agent.wait_ready(10)
     datagrams(lab, 2)
     t = time.monotonic()
@@ -304,7 +447,7 @@ def test_vlan_tags_the_kernel_took_off_are_put_back(veth_pair, tmp_path, tags):
 
 
 def test_the_kernel_filter_keeps_whole_frames():
-    # libpcap compiled scapy's filter for 65,535 bytes: the kernel would cut GRO/BIG TCP
+    # libpcap compiles filters for 65,535 bytes: the kernel would cut GRO/BIG TCP
     # super-frames to that before the agent reads them (no MSG_TRUNC: a silently short frame).
     # The agent's filter, as the kernel holds it, accepts whole frames of up to FRAME_BUFFER.
     import ctypes
@@ -314,9 +457,9 @@ def test_the_kernel_filter_keeps_whole_frames():
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         count = ctypes.c_uint(0)  # SO_GET_FILTER counts instructions, not bytes
-        assert libc.getsockopt(sniffer.ins.fileno(), 1, 26, None, ctypes.byref(count)) == 0
+        assert libc.getsockopt(sniffer.fileno(), 1, 26, None, ctypes.byref(count)) == 0
         buf = ctypes.create_string_buffer(8 * count.value)
-        assert libc.getsockopt(sniffer.ins.fileno(), 1, 26, buf, ctypes.byref(count)) == 0
+        assert libc.getsockopt(sniffer.fileno(), 1, 26, buf, ctypes.byref(count)) == 0
     finally:
         sniffer.close()
     import struct

@@ -238,7 +238,25 @@ def test_a_source_without_curl_is_a_clear_error_and_leaves_nothing(lab, tmp_path
 # --- Ctrl-C at every phase ------------------------------------------------------------------------
 
 def agents_of(tracer_pid: int) -> list[int]:
+    """A run's own agents (--agents cold): the tracer's children."""
     return [p for p in children(tracer_pid) if any(a.endswith("agent.py") for a in cmdline(p))]
+
+
+def warm_agents_of(lab) -> list[int]:
+    """The agents the lab's warm agent servers forked (for runs now)."""
+    return [c for p in lab.store.load().agents.values() for c in children(p.pid)]
+
+
+def run_agents(lab, tracer_pid: int, agents: str) -> list[int]:
+    return agents_of(tracer_pid) if agents == "cold" else warm_agents_of(lab)
+
+
+def agents_gone(lab, agents: list[int]) -> bool:
+    """Every agent of the run has exited (a warm one after its drain: it saw the EOF), and the
+    lab's warm servers still run."""
+    wait_for(lambda: all(not Path(f"/proc/{a}").exists() for a in agents), timeout=5)
+    state = lab.store.load()
+    return all(p.alive() for p in state.agents.values()) and len(state.agents) == len(lab.nodes)
 
 
 def run_id_of(agent: int) -> str:
@@ -260,14 +278,15 @@ def processes_with(word: str) -> list[int]:
             if d.name.isdigit() and int(d.name) != me and word in cmdline(int(d.name))]
 
 
+@pytest.mark.parametrize("agents_mode", ["cold", "warm"])
 @pytest.mark.parametrize("phase", ["agents starting", "request in flight", "collecting"])
-def test_ctrl_c_at_any_phase_leaves_no_agent_and_the_lab_intact(lab, tmp_path, phase):
+def test_ctrl_c_at_any_phase_leaves_no_agent_and_the_lab_intact(lab, tmp_path, phase, agents_mode):
     env = {**store_env(lab.store), "TMPDIR": str(tmp_path)}
-    proc = subprocess.Popen([sys.executable, "-m", "tracer", "follow", "curl", "httpbin", "--path", "/delay/2"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen([sys.executable, "-m", "tracer", "follow", "curl", "httpbin", "--path", "/delay/2",
+                             "--agents", agents_mode], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
-        agents = wait_for(lambda: agents_of(proc.pid))
-        run_id = run_id_of(agents[0])
+        agents = wait_for(lambda: run_agents(lab, proc.pid, agents_mode))
+        run_id = run_id_of(agents[0]) if agents_mode == "cold" else None
         if phase == "request in flight":
             wait_for(lambda: requesting(proc.pid, "/delay/2"))
             time.sleep(0.2)
@@ -283,7 +302,8 @@ def test_ctrl_c_at_any_phase_leaves_no_agent_and_the_lab_intact(lab, tmp_path, p
         pytest.skip("the run finished before the signal came")  # collecting takes ~0.1 s
     assert proc.returncode == 130, err
     assert err.strip().splitlines()[-1] == "tracer: interrupted"
-    assert processes_with(run_id) == [] and all(not Path(f"/proc/{a}").exists() for a in agents)
+    assert agents_gone(lab, agents)
+    assert run_id is None or processes_with(run_id) == []
     assert not list(tmp_path.glob("tracer-follow-*"))
     assert sorted(netns.with_prefix(lab.store.prefix)) == sorted(lab.state.namespaces)
     if phase == "request in flight":  # the agents listened: what they had is shown before the end
@@ -294,15 +314,17 @@ def test_ctrl_c_at_any_phase_leaves_no_agent_and_the_lab_intact(lab, tmp_path, p
     assert follow_json(lab)["follow"]["curl"][0]["status"] == 200
 
 
-def test_sigterm_ends_the_run_like_ctrl_c(lab):
-    proc = subprocess.Popen([sys.executable, "-m", "tracer", "follow", "curl", "httpbin", "--path", "/delay/2"],
+@pytest.mark.parametrize("agents_mode", ["cold", "warm"])
+def test_sigterm_ends_the_run_like_ctrl_c(lab, agents_mode):
+    proc = subprocess.Popen([sys.executable, "-m", "tracer", "follow", "curl", "httpbin", "--path", "/delay/2",
+                             "--agents", agents_mode],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=store_env(lab.store))
-    agents = wait_for(lambda: agents_of(proc.pid))
+    agents = wait_for(lambda: run_agents(lab, proc.pid, agents_mode))
     wait_for(lambda: requesting(proc.pid, "/delay/2"))
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=15)
     assert proc.returncode == 130, err
-    assert all(not Path(f"/proc/{a}").exists() for a in agents)
+    assert agents_gone(lab, agents)
 
 
 # --- under load -----------------------------------------------------------------------------------
@@ -368,7 +390,7 @@ def test_follow_live_is_watch_and_ctrl_c_ends_it_cleanly(lab):
     proc = subprocess.Popen([sys.executable, "-m", "tracer", "follow", "curl", "httpbin", "--live"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=store_env(lab.store))
     try:
-        agents = wait_for(lambda: agents_of(proc.pid))
+        agents = wait_for(lambda: warm_agents_of(lab))  # (the lab's warm agents serve it)
         # a request or two, live: the agents must be ready first, which on two busy CPUs can take
         # more than a second (at 1.5 s a run once showed request 1 still in flight, no answer yet)
         time.sleep(3.0)
@@ -379,7 +401,7 @@ def test_follow_live_is_watch_and_ctrl_c_ends_it_cleanly(lab):
             proc.kill()
     assert proc.returncode == 130, err
     assert "HTTP 200" in out and "⊕4096" in out
-    assert all(not Path(f"/proc/{a}").exists() for a in agents)
+    assert agents_gone(lab, agents)
 
 
 def test_follow_view_grid_is_a_row_per_packet_with_a_mark_per_point(lab, real):

@@ -47,7 +47,12 @@ def test_up_status_down_from_new_processes(store: StateStore) -> None:
     assert process_start_time(pid) is not None and process_start_time(dns_pid) is not None
     assert (NETNS_ETC / f"{store.prefix}curl" / "resolv.conf").read_text().startswith(
         "search default.svc.cluster.local svc.cluster.local cluster.local\nnameserver 10.152.183.10\n")
-    assert "cali35e3a5cb80b" in run_tracer("lab", "status", store=store, check=True).stdout
+    assert status["warm_agents"] is True
+    agents = [n["agent_pid"] for n in status["nodes"]]
+    assert all(process_start_time(a) is not None for a in agents)  # a warm capture agent per node
+    assert [store.socket_path(n).is_socket() for n in ("worker1", "worker2")] == [True, True]
+    text = run_tracer("lab", "status", store=store, check=True).stdout
+    assert "cali35e3a5cb80b" in text and f"warm (pid {agents[0]})" in text
 
     again = run_tracer("lab", "up", store=store)
     assert again.returncode == 6
@@ -57,6 +62,9 @@ def test_up_status_down_from_new_processes(store: StateStore) -> None:
     assert run_tracer("lab", "down", store=store, check=True).stdout.startswith("lab down")
     assert leftovers(store) == []
     assert process_start_time(pid) is None and process_start_time(dns_pid) is None
+    assert all(process_start_time(a) is None for a in agents)
+    assert not store.socket_path("worker1").parent.exists()
+    assert list(store.directory.glob(store.prefix + "*")) == []  # (state, lock, logs, sockets)
     assert list(NETNS_ETC.glob(store.prefix + "*")) == []  # (the pods' resolv.conf went with them)
     assert not store.path.exists()
     assert root_links() == before
@@ -75,6 +83,7 @@ def test_failed_up_tears_down_what_it_built(store: StateStore, monkeypatch: pyte
         up(exercise(), store=store)
     assert leftovers(store) == []
     assert not store.path.exists()
+    assert list(store.directory.glob(store.prefix + "*")) == []  # (the warm agents' logs and sockets too)
 
 
 def test_foreign_namespace_is_left_alone(store: StateStore) -> None:

@@ -8,9 +8,9 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from tracer.app.signals import sigterm_interrupts
-from tracer.cluster.backends import BACKENDS, BackendOptions, make_backend
+from tracer.cluster.backends import AGENT_MODES, BACKENDS, BackendOptions, make_backend
 
-__all__ = ["BACKENDS", "BackendOptions", "open_backend"]
+__all__ = ["AGENT_MODES", "BACKENDS", "BackendOptions", "open_backend"]
 
 if TYPE_CHECKING:
     from tracer.cluster.ports import FollowBackend

@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from tracer.cluster.lab import Lab, StateStore, exercise, netns, offloads, require_root
+from tracer.cluster.lab import agents as lab_agents
 from tracer.cluster.lab.kube_proxy import resolv_conf
 from tracer.cluster.lab.topology import CALICO_VXLAN, CNI_NOTES, CNI_TITLES, CNIS, Topology, with_pods
 from tracer.cluster.lab import down as remove_lab, up as build_lab
@@ -26,15 +27,16 @@ __all__ = ["CNIS", "OFFLOAD_MODES", "Progress", "down", "exec_in", "require_root
 
 
 def up(nodes: int, progress: Progress = lambda _: None, pods: tuple[tuple[str, str, str], ...] = (),
-       cni: str = CALICO_VXLAN, offload_mode: str = offloads.NONE, pod_mtu: int | None = None) -> LabUp:
+       cni: str = CALICO_VXLAN, offload_mode: str = offloads.NONE, pod_mtu: int | None = None,
+       warm_agents: bool = True) -> LabUp:
     """Build the exercise's lab with `nodes` nodes and the extra `pods` (name, node, app) on the
     data path `cni`, its underlay NICs' offloads as `offload_mode` says, the pods' MTU `pod_mtu`
-    where not the CNI's (TRACER_LAB_PREFIX /
-    TRACER_STATE_DIR); on failure nothing is left behind. A bad node count or pod is reported
+    where not the CNI's, with a warm capture agent on each node unless not `warm_agents`
+    (TRACER_LAB_PREFIX / TRACER_STATE_DIR); on failure nothing is left behind. A bad node count or pod is reported
     before the need for root."""
     topology = dataclasses.replace(with_pods(exercise(nodes, cni), pods), offloads=offload_mode, pod_mtu=pod_mtu)
     start = time.monotonic()
-    lab = build_lab(topology, progress=progress)
+    lab = build_lab(topology, progress=progress, warm_agents=warm_agents)
     return LabUp(lab=view(lab), seconds=time.monotonic() - start)
 
 
@@ -72,6 +74,7 @@ def view(lab: Lab) -> LabView:
     node's namespace exists and which PID each pod's app has now (read at this moment)."""
     topo, state = lab.topology, lab.state
     alive = [p for p in state.processes if p.alive()]
+    warm = lab_agents.running(state)
     ips = {p.name: p.ip for p in topo.pods}
     return LabView(
         prefix=state.prefix, cni=topo.cni, complete=state.complete, state=str(lab.store.path),
@@ -83,6 +86,7 @@ def view(lab: Lab) -> LabView:
                 underlay_mac=n.underlay_mac, block=n.block, tunnel_device=n.tunnel_device,
                 tunnel_ip=n.tunnel_ip, tunnel_mac=n.tunnel_mac, up=(up := netns.exists(n.netns)),
                 offloads=offloads.read(n.netns, n.underlay_nic) if up else {},
+                agent_pid=agent.pid if (agent := warm.get(n.name)) else None,
             )
             for n in lab.nodes
         ),
@@ -100,7 +104,7 @@ def view(lab: Lab) -> LabView:
                            endpoints=tuple(f"{e} {ips[e]}" for e in s.endpoints if e in ips))
             for s in topo.services
         ),
-        dns=_dns_words(topo), offloads=topo.offloads,
+        dns=_dns_words(topo), offloads=topo.offloads, warm_agents=state.warm,
     )
 
 

@@ -20,6 +20,8 @@ if TYPE_CHECKING:
     from tracer.cluster.ports import DiscoveryBackend, FollowBackend
 
 BACKENDS = ("lab", "kubernetes")
+AGENT_MODES = ("auto", "warm", "cold")
+"""--agents: the warm agents where they run, else the run's own; only warm ones; only the run's own."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -34,6 +36,8 @@ class BackendOptions:
     """Kubernetes: the namespace of SRC and DST."""
     capture_image: str | None = None
     capture_namespace: str | None = None
+    agents: str = "auto"
+    """One of AGENT_MODES."""
 
 
 def choose_backend(options: BackendOptions) -> str:
@@ -58,7 +62,7 @@ def make_backend(options: BackendOptions, *, run_id: str) -> FollowBackend:
         from tracer.cluster.lab.backend import LabFollowBackend
 
         require_root("follow")
-        return LabFollowBackend(_load_lab(options), run_id=run_id)
+        return LabFollowBackend(_load_lab(options), run_id=run_id, agents=options.agents)
     return _kubernetes(options, run_id=run_id)
 
 
@@ -93,7 +97,7 @@ def _kubernetes(options: BackendOptions, *, run_id: str | None) -> KubernetesBac
         raise UsageError("the Kubernetes backend is not available yet", hint="use --backend lab") from None
     o = options
     return connect(kubeconfig=o.kubeconfig, context=o.context, namespace=o.namespace, capture_image=o.capture_image,
-                   capture_namespace=o.capture_namespace, run_id=run_id)
+                   capture_namespace=o.capture_namespace, run_id=run_id, agents=o.agents)
 
 
 def _lab_up() -> bool:

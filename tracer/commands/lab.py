@@ -37,7 +37,12 @@ def command() -> None:
               help="The pods' MTU, where it should not be the CNI's (the underlay's 1500 less the encapsulation's "
                    "bytes): --mtu 1500 is a CNI configured without VXLAN's 50, for a class on path-MTU discovery "
                    "(the node answers a full-size packet with ICMP \"fragmentation needed\"); tracer path warns.")
-def up_cmd(nodes: int, cni: str, pods: tuple[str, ...], offload_mode: str, pod_mtu: int | None) -> None:
+@click.option("--agents/--no-agents", "warm_agents", default=True, show_default=True,
+              help="Keep a warm capture agent on each node until lab down (scapy imported once: a follow only "
+                   "connects to it); --no-agents: each follow starts its own, as on a cluster without "
+                   "`tracer agents install`.")
+def up_cmd(nodes: int, cni: str, pods: tuple[str, ...], offload_mode: str, pod_mtu: int | None,
+           warm_agents: bool) -> None:
     """Build the lab (needs root); fails cleanly, leaving nothing behind.
 
     \b
@@ -51,7 +56,7 @@ def up_cmd(nodes: int, cni: str, pods: tuple[str, ...], offload_mode: str, pod_m
     extra = tuple(_pod_spec(p) for p in pods)
     err = Console(stderr=True)
     with building(err) as progress:
-        result = lab.up(nodes, progress, extra, cni, offload_mode, pod_mtu)
+        result = lab.up(nodes, progress, extra, cni, offload_mode, pod_mtu, warm_agents)
     render_up(result, err, stdout_console())
 
 

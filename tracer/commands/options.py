@@ -6,16 +6,16 @@ import functools
 
 import click
 
-from tracer.app.backend import BACKENDS, BackendOptions
+from tracer.app.backend import AGENT_MODES, BACKENDS, BackendOptions
 
 
 def backend_options(f):
     """--backend and the Kubernetes options (follow, watch, path): the command gets them as one
     `backend` (a BackendOptions), what tracer.cluster.backends builds the backend from."""
     @functools.wraps(f)
-    def command(*args, backend, kubeconfig, context, namespace, capture_image, capture_namespace, **kwargs):
+    def command(*args, backend, kubeconfig, context, namespace, capture_image, capture_namespace, agents, **kwargs):
         options = BackendOptions(backend=backend, kubeconfig=kubeconfig, context=context, namespace=namespace,
-                                 capture_image=capture_image, capture_namespace=capture_namespace)
+                                 capture_image=capture_image, capture_namespace=capture_namespace, agents=agents)
         return f(*args, backend=options, **kwargs)
 
     opts = [
@@ -29,6 +29,10 @@ def backend_options(f):
                                                "their own (NAMESPACE/POD)."),
         click.option("--capture-image", metavar="IMAGE", help="Kubernetes: the capture agent's image."),
         click.option("--capture-namespace", metavar="NS", help="Kubernetes: where the capture pods run."),
+        click.option("--agents", type=click.Choice(AGENT_MODES), default="auto", show_default=True,
+                     help="Which capture agents: auto the warm ones where they run (tracer agents install; the lab "
+                          "keeps them from lab up), else ones started for this run (Kubernetes: capture pods); "
+                          "warm only the warm ones (an error where none runs); cold always ones for this run."),
     ]
     return functools.reduce(lambda acc, opt: opt(acc), reversed(opts), command)
 

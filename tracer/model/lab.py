@@ -24,6 +24,8 @@ class LabNodeView:
     up: bool
     offloads: dict[str, str] = field(default_factory=dict)
     """The underlay NIC's offload features as `ethtool -k` says them now (tracer.cluster.lab.offloads.SHOWN)."""
+    agent_pid: int | None = None
+    """The PID of the node's warm capture agent, if one runs (tracer.cluster.lab.agents)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -82,6 +84,8 @@ class LabView:
     dns: str = ""
     """The cluster DNS in words (its address, server and pod), or why the lab has none."""
     offloads: str = "none"
+    warm_agents: bool = False
+    """Whether the lab keeps warm capture agents (lab up; tracer agents install|uninstall)."""
     """none | real: the underlay NICs as veth's defaults or as real ones (`lab up --offloads`)."""
     pod_mtu: int = 0
     """The pods' MTU (`mtu` unless `lab up --mtu` set another)."""

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from tracer.model.lab import LAB_SCHEMA, LabRemoved, LabUp, LabView, NoLab
+from tracer.model.lab import LAB_SCHEMA, LabNodeView, LabRemoved, LabUp, LabView, NoLab
 
 
 def stdout_console() -> Console:
@@ -35,6 +35,12 @@ def render_up(result: LabUp, err: Console, out: Console) -> None:
     render_status(result.lab, out)
 
 
+def _agent_cell(lab: LabView, node: LabNodeView) -> str:
+    if node.agent_pid is not None:
+        return f"warm (pid {node.agent_pid})"
+    return "not running: the next follow starts it" if lab.warm_agents else "per run (lab up --no-agents)"
+
+
 def render_status(lab: LabView, out: Console) -> None:
     """Two tables: the nodes (underlay, block, tunnel) and the pods (IP, MACs, host veth, app)."""
     if not lab.complete:
@@ -45,11 +51,12 @@ def render_status(lab: LabView, out: Console) -> None:
     title = escape(", ".join(x for x in (f"{lab.cni}: {lab.title or lab.cni}", *tunnel) if x))
     tunneled = any(n.tunnel_device for n in lab.nodes)
     nodes = Table(title=f"nodes ({title})")
-    for col in ("node", "netns", "underlay", "NIC MAC", "block", *(("tunnel IP", "tunnel MAC") if tunneled else ())):
+    for col in ("node", "netns", "underlay", "NIC MAC", "block", *(("tunnel IP", "tunnel MAC") if tunneled else ()),
+                "capture agent"):
         nodes.add_column(col, overflow="fold")
     for n in lab.nodes:
         nodes.add_row(n.name, n.netns, f"{n.underlay_nic} {n.underlay_ip}", n.underlay_mac, n.block,
-                      *((f"{n.tunnel_device} {n.tunnel_ip}", n.tunnel_mac) if tunneled else ()))
+                      *((f"{n.tunnel_device} {n.tunnel_ip}", n.tunnel_mac) if tunneled else ()), _agent_cell(lab, n))
     pods = Table(title="pods")
     identities = any(p.identity for p in lab.pods)
     for col in ("pod", "node", "IP", "eth0 MAC", "host veth", "veth MAC", *(("identity",) if identities else ()),
@@ -121,10 +128,12 @@ def lab_document(lab: LabView) -> dict[str, Any]:
         "pod_mtu": lab.pod_mtu or lab.mtu,
         "title": lab.title,
         "notes": list(lab.notes),
+        "warm_agents": lab.warm_agents,
         "nodes": [
             {"name": n.name, "netns": n.netns, "underlay_ip": n.underlay_ip, "underlay_nic": n.underlay_nic,
              "underlay_mac": n.underlay_mac, "block": n.block, "tunnel_device": n.tunnel_device,
-             "tunnel_ip": n.tunnel_ip, "tunnel_mac": n.tunnel_mac, "up": n.up, "offloads": dict(n.offloads)}
+             "tunnel_ip": n.tunnel_ip, "tunnel_mac": n.tunnel_mac, "up": n.up, "offloads": dict(n.offloads),
+             "agent_pid": n.agent_pid}
             for n in lab.nodes
         ],
         "pods": [

@@ -48,12 +48,21 @@ class NodeState:
         self.backend = backend
         self.name = name
         self._cache: dict[str, Any] = {}
+        self._locks: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
 
     def _once(self, key: str, read: Callable[[], Any]) -> Any:
-        """read() cached under key. (Not functools.cached_property: before Python 3.12 it holds
-        one lock for all instances, and the two nodes' reads must run at once.)"""
-        if key not in self._cache:
-            self._cache[key] = read()
+        """read() cached under key, read once even when threads ask at the same time (the
+        others wait for it: read_at_once's threads and the reads in order meet on the same
+        tables). Not functools.cached_property: before Python 3.12 it holds one lock for all
+        instances, and the two nodes' reads must run at once."""
+        if key in self._cache:
+            return self._cache[key]
+        with self._guard:
+            lock = self._locks.setdefault(key, threading.Lock())
+        with lock:
+            if key not in self._cache:
+                self._cache[key] = read()
         return self._cache[key]
 
     def run(self, argv: Sequence[str]) -> str:

@@ -34,13 +34,13 @@ AGENT_MAX_SECONDS = 300.0
 
 def connect(*, kubeconfig: str | None = None, context: str | None = None, namespace: str | None = None,
             capture_image: str | None = None, capture_namespace: str | None = None,
-            run_id: str | None = None, deadline: int = DEFAULT_DEADLINE) -> KubernetesBackend:
+            run_id: str | None = None, deadline: int = DEFAULT_DEADLINE, agents: str = "auto") -> KubernetesBackend:
     """The Kubernetes FollowBackend for one run; sweeps capture pods earlier runs left behind.
     (tracer.cluster.backends.make_backend picks this or the lab's by the options.)"""
     cluster = Cluster(kubeconfig=kubeconfig, context=context, namespace=namespace)
     backend = KubernetesBackend(cluster, capture_image=capture_image or DEFAULT_IMAGE,
                                 capture_namespace=capture_namespace or DEFAULT_NAMESPACE,
-                                run_id=run_id or secrets.token_hex(4), deadline=deadline)
+                                run_id=run_id or secrets.token_hex(4), deadline=deadline, agents=agents)
     try:
         backend.capture_pods.sweep()
     except BaseException:
@@ -56,8 +56,9 @@ class KubernetesBackend:
     name = "kubernetes"
 
     def __init__(self, cluster: Cluster, *, capture_image: str, capture_namespace: str, run_id: str,
-                 deadline: int = DEFAULT_DEADLINE):
+                 deadline: int = DEFAULT_DEADLINE, agents: str = "auto"):
         self.cluster = cluster
+        self.agents = agents
         self.run_id = run_id
         self.capture_pods = CapturePods(cluster, run_id=run_id, namespace=capture_namespace,
                                         image=capture_image, deadline=deadline)

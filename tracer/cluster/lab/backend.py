@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -14,10 +16,13 @@ from pathlib import Path
 
 from tracer.cluster.ports import ExecResult
 from tracer.model import PodRef, ServiceRef
-from tracer.errors import NotFoundError
+from tracer.errors import NotFoundError, UsageError
 from tracer.cluster.lab import Lab
+from tracer.cluster.lab import agents as lab_agents
+from tracer.cluster.lab.state import log_tail
+from tracer.cluster.backends import AGENT_MODES
 
-AGENT = Path(__file__).resolve().parents[3] / "capture-pod" / "agent.py"
+AGENT = lab_agents.AGENT
 STOP_GRACE = 1.0  # seconds an agent gets to exit after EOF on stdin, before SIGTERM and SIGKILL
 
 
@@ -82,6 +87,44 @@ class LabAgentChannel:
         self._stderr.close()
 
 
+class WarmAgentChannel:
+    """A connection to a node's warm agent (tracer.cluster.lab.agents): the agent the server
+    forked for it reads its stdin from and writes its stdout to this socket."""
+
+    def __init__(self, sock: socket.socket, node: str, log: str):
+        self.sock = sock
+        self.node = node
+        self._log = log
+
+    pid = None
+    """(the agent's PID comes with its "ready")"""
+
+    def write(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def read(self, n: int, timeout: float) -> bytes:
+        if not select.select([self.sock], [], [], max(timeout, 0))[0]:
+            raise TimeoutError
+        try:
+            return self.sock.recv(n)
+        except ConnectionResetError:
+            return b""
+
+    def exit_status(self) -> int | None:
+        return None  # (the server reaps it; its events say how it ended)
+
+    def diagnostics(self) -> str:
+        return log_tail(self._log, 5)
+
+    def hang_up(self) -> None:
+        """Close the connection: the agent reads EOF, stops and exits by itself."""
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+    def close(self) -> None:
+        self.hang_up()
+
+
 class LabFollowBackend:
     """The lab as a `FollowBackend`.
 
@@ -94,8 +137,16 @@ class LabFollowBackend:
     name = "lab"
 
     def __init__(self, lab: Lab, *, python: str | None = None, agent: Path = AGENT, standby: bool = True,
-                 run_id: str | None = None):
+                 run_id: str | None = None, agents: str = "auto"):
+        """`agents`: "auto" the node's warm agent when the lab keeps them (lab up; `tracer agents
+        install`), else one started for the run; "warm" the warm one or an error; "cold" always
+        one started for the run."""
+        if agents not in AGENT_MODES:
+            raise UsageError(f"--agents {agents!r}: not one of {', '.join(AGENT_MODES)}")
         self.lab = lab
+        self.agents = agents
+        self.warm_nodes: list[str] = []
+        """The nodes whose agent is warm in this run."""
         self.run_id = run_id
         """Names the standby agents in the process table, as --run-id names started ones."""
         self._discovery = lab.backend()
@@ -103,7 +154,7 @@ class LabFollowBackend:
         self._agent = agent
         self._standby_on = standby
         self._standby: dict[str, LabAgentChannel] = {}
-        self.channels: list[LabAgentChannel] = []
+        self.channels: list[LabAgentChannel | WarmAgentChannel] = []
 
     def pod(self, name: str) -> PodRef:
         ref = self._discovery.pod(name)
@@ -123,9 +174,32 @@ class LabFollowBackend:
                 continue
 
     def _stand_by(self, node: str) -> None:
-        if self._standby_on and node not in self._standby:
+        if node in self._standby:
+            return
+        channel = self._warm(node)
+        if channel is None and self._standby_on:
             label = ["--run-id", self.run_id] if self.run_id else []
-            self._standby[node] = self._spawn(node, [*label, "--argv-from-stdin"])
+            channel = self._spawn(node, [*label, "--argv-from-stdin"])
+        if channel is not None:
+            self._standby[node] = channel
+
+    def _warm(self, node: str) -> WarmAgentChannel | None:
+        """A connection to `node`'s warm agent (started if the lab keeps them and it is not
+        running), or None where the run's own agent is to be started."""
+        if self.agents == "cold":
+            return None
+        store = self.lab.store
+        path = lab_agents.ensure(store, node, self.lab.state)
+        sock = lab_agents.connect(path) if path is not None else None
+        if sock is None:
+            if self.agents == "warm":
+                raise NotFoundError(f"no warm capture agent runs on lab node {node}",
+                                    hint="tracer agents install   (or --agents auto: one started for the run)")
+            return None
+        channel = WarmAgentChannel(sock, node, str(store.log_path(f"agent-{node}")))
+        self.channels.append(channel)
+        self.warm_nodes.append(node)
+        return channel
 
     def exec_pod(self, pod: PodRef, argv: Sequence[str]) -> ExecResult:
         # No timeout of our own: what runs here (curl --max-time) bounds itself, and Ctrl-C
@@ -135,8 +209,8 @@ class LabFollowBackend:
     def exec_node(self, node: str, argv: Sequence[str]) -> ExecResult:
         return self._discovery.exec_node(node, argv)
 
-    def start_agent(self, node: str, argv: Sequence[str]) -> LabAgentChannel:
-        channel = self._standby.pop(node, None)
+    def start_agent(self, node: str, argv: Sequence[str]) -> LabAgentChannel | WarmAgentChannel:
+        channel = self._standby.pop(node, None) or self._warm(node)
         if channel is None:
             return self._spawn(node, argv)
         try:

@@ -20,8 +20,8 @@ from typing import Any
 from tracer.cluster.ports import ExecResult
 from tracer.model import PodRef, ServiceRef
 from tracer.errors import LabError, NotFoundError, PermissionError_, UsageError
-from tracer.cluster.lab import kube_proxy, netns, offloads, wiring
-from tracer.cluster.lab.state import LabState, ProcessRecord, StateStore, process_start_time, stop_process
+from tracer.cluster.lab import agents, kube_proxy, netns, offloads, wiring
+from tracer.cluster.lab.state import LabState, ProcessRecord, StateStore, log_tail, start_process, stop_process
 from tracer.cluster.lab.topology import (
     CALICO_BGP, CALICO_IPIP, CALICO_VXLAN, CILIUM_GENEVE, CILIUM_VXLAN, FLANNEL_HOST_GW, FLANNEL_VXLAN, UNDERLAY, Names,
     Topology, without_dns,
@@ -212,8 +212,11 @@ class LabBackend:
         """Nothing to remove (a `DiscoveryBackend`): every read is a process that has ended."""
 
 
-def up(topology: Topology, *, store: StateStore | None = None, progress: Progress = lambda _: None) -> Lab:
-    """Build the lab in the kernel; on any failure tear down what was built, then raise."""
+def up(topology: Topology, *, store: StateStore | None = None, progress: Progress = lambda _: None,
+       warm_agents: bool = True) -> Lab:
+    """Build the lab in the kernel; on any failure tear down what was built, then raise.
+    `warm_agents`: start a capture agent server on each node, kept until `down`
+    (tracer.cluster.lab.agents)."""
     require_root("lab up")
     store = store or StateStore.from_env()
     if store.load() is not None:
@@ -237,7 +240,7 @@ def up(topology: Topology, *, store: StateStore | None = None, progress: Progres
         )
     module, _, function = BUILDERS[topology.cni].partition(":")
     build = getattr(importlib.import_module(module), function or "build")
-    state = LabState(prefix=store.prefix, topology=topology)
+    state = LabState(prefix=store.prefix, topology=topology, warm=warm_agents)
     try:
         progress("creating network namespaces")
         state.namespaces = wanted
@@ -248,6 +251,8 @@ def up(topology: Topology, *, store: StateStore | None = None, progress: Progres
             if pod.app == "httpbin":
                 state.processes.append(_start_httpbin(names.netns(pod.name), store.log_path(pod.name)))
                 store.save(state)
+        if warm_agents:  # (they import scapy while the rest is built)
+            agents.start(state, store, wait=False)
         state.etc_dirs = kube_proxy.resolv_conf_dirs(topology, names)
         store.save(state)  # (journal first, as the namespaces: down removes them whatever happens next)
         kube_proxy.write_resolv_confs(topology, names)
@@ -267,6 +272,9 @@ def up(topology: Topology, *, store: StateStore | None = None, progress: Progres
         _wait_for_httpbin(lab)
         progress("checking curl -> httpbin")
         _check_data_path(lab)
+        if warm_agents:
+            progress("waiting for the warm capture agents")
+            agents.wait_listening(state, store)
         state.complete = True
         store.save(state)
     except BaseException:
@@ -279,13 +287,15 @@ def down(store: StateStore | None = None) -> LabState | None:
     """Remove what the state lists (processes by PID, then namespaces); None if no lab is up."""
     require_root("lab down")
     store = store or StateStore.from_env()
-    state = store.load()
-    if state is not None:
-        _teardown(state, store)
+    with store.locked():  # (no follow starts a warm agent meanwhile)
+        state = store.load()
+        if state is not None:
+            _teardown(state, store)
     return state
 
 
 def _teardown(state: LabState, store: StateStore) -> None:
+    agents.stop(state, store)
     for proc in state.processes:
         stop_process(proc)
     netns.delete(state.namespaces)
@@ -320,14 +330,7 @@ def _start_httpbin(ns: str, log_path: Any) -> ProcessRecord:
 
 def _start(ns: str, log_path: Any, argv: list[str], what: str) -> ProcessRecord:
     """A pod's server process, in its namespace, its output in the lab's log for that pod."""
-    argv = netns.exec_argv(ns, argv)
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "ab") as log:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
-    start = process_start_time(proc.pid)
-    if start is None:
-        raise LabError(f"{what} in {ns} exited at once", hint=f"see {log_path}")
-    return ProcessRecord(pid=proc.pid, start_time=start, netns=ns, argv=tuple(argv), log=str(log_path))
+    return start_process(ns, log_path, argv, what)
 
 
 def _http_status(lab: Lab, client: str, url: str, max_time: float) -> str:
@@ -343,7 +346,7 @@ def _wait_for_httpbin(lab: Lab) -> None:
             continue
         while _http_status(lab, pod.name, f"http://127.0.0.1:{HTTP_PORT}/status/200", 1) != "200":
             if not proc.alive():
-                raise LabError(f"httpbin in pod {pod.name} exited", hint=f"see {proc.log}: {_tail(proc.log)}")
+                raise LabError(f"httpbin in pod {pod.name} exited", hint=f"see {proc.log}: {log_tail(proc.log)}")
             if time.monotonic() > deadline:
                 raise LabError(
                     f"httpbin in pod {pod.name} did not answer within {HTTPBIN_READY_TIMEOUT:.0f} s",
@@ -382,16 +385,9 @@ def _check_services(lab: Lab, client: LabPod) -> None:
     for url in urls:
         while (status := _http_status(lab, client.name, url, 2)) != "200":
             if dns is not None and not dns.alive():
-                raise LabError("the cluster DNS (dnsmasq) exited", hint=f"see {dns.log}: {_tail(dns.log)}")
+                raise LabError("the cluster DNS (dnsmasq) exited", hint=f"see {dns.log}: {log_tail(dns.log)}")
             if time.monotonic() > deadline:
                 raise LabError(f"the lab is wired, but {client.name} -> {url} got no HTTP 200 ({status or 'no answer'})",
                                hint="see `tracer lab exec worker1 -- iptables-save -t nat`; a bug in tracer's lab")
             time.sleep(0.05)
 
-
-def _tail(path: str, lines: int = 3) -> str:
-    try:
-        with open(path, errors="replace") as f:
-            return " | ".join(f.read().strip().splitlines()[-lines:])
-    except OSError:
-        return ""
