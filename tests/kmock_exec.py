@@ -12,6 +12,11 @@ real code path against the lab:
 - a kubelet's part: a created pod turns Running (with a container status) a moment later; a
   deleted pod's processes are killed, as a container runtime does.
 - `labelSelector` on lists (kmock's emulator ignores it).
+- a DaemonSet controller's and a kubelet's part for DaemonSets (apps/v1): a pod per node from
+  the template (named `<ds>-<hash>`, owned by it), replaced when the template changes, deleted
+  with it; a pod whose container has a command other than `sleep` runs it as its main process
+  (the warm agents' `python3 /agent.py --serve ...`), killed with the pod. Paths under
+  /run/tracer/ (an emptyDir in the manifest) are each pod's own directory, as in a container.
 - the lab's Services and their EndpointSlices (discovery.k8s.io/v1), as the EndpointSlice
   controller writes them: one slice per Service, its pods' addresses with `targetRef`, the
   Service's ports by name with the target port's number.
@@ -57,6 +62,9 @@ NODES = kmock.resource("", "v1", "nodes")
 NAMESPACES = kmock.resource("", "v1", "namespaces")
 SERVICES = kmock.resource("", "v1", "services")
 ENDPOINTSLICES = kmock.resource("discovery.k8s.io", "v1", "endpointslices")
+DAEMONSETS = kmock.resource("apps", "v1", "daemonsets")
+POD_RUN = "/run/tracer/"
+"""A pod's own directory (an emptyDir): mapped to one of the stand-in's per pod."""
 SERVICE_NAME = "kubernetes.io/service-name"
 """The label that ties an EndpointSlice to its Service."""
 CAPTURE_NAMESPACE = "tracer-capture"
@@ -226,6 +234,8 @@ class LabKubernetes(kmock.KubernetesEmulator):
     replies: dict[tuple[str, ...], tuple[int, bytes, bytes] | None] = attrs.field(factory=dict)
     """argv -> (exit code, stdout, stderr) sent instead of running it; None: not in the image."""
     _tasks: set[asyncio.Task[Any]] = attrs.field(factory=set)
+    pod_dirs: Path = attrs.field(factory=lambda: Path(tempfile.mkdtemp(prefix="tracer-kmock-pods-")))
+    """Each pod's /run/tracer/, as `<pod_dirs>/<namespace>/<pod>/`."""
 
     def load_lab(self) -> None:
         for resource, ns, name, obj in lab_objects(self.lab):
@@ -248,7 +258,12 @@ class LabKubernetes(kmock.KubernetesEmulator):
                                               "metadata": {"resourceVersion": "1"}, "items": items})
         if request.resource == PODS and request.action == kmock.action.CREATE:
             self._admit(request)
+        if request.resource == DAEMONSETS and request.action == kmock.action.CREATE:
+            self._admit_namespaced(request)
         response = await super()._handle(request)
+        if request.resource == DAEMONSETS and response.status < 300 and request.action in (
+                kmock.action.CREATE, kmock.action.UPDATE, kmock.action.DELETE):
+            await self._sync_daemon_set(request.namespace or "", request.name or request.data["metadata"]["name"])
         if request.resource == PODS and request.action == kmock.action.CREATE and response.status < 300:
             self._start(request.namespace, request.data["metadata"]["name"])
         if request.resource == PODS and request.action == kmock.action.DELETE and response.status < 300:
@@ -268,12 +283,59 @@ class LabKubernetes(kmock.KubernetesEmulator):
 
     def _admit(self, request: kmock.Request) -> None:
         """What the API server adds or refuses on create: namespace must exist, uid, Pending."""
+        self._admit_namespaced(request)
+        request.data["status"] = {"phase": "Pending"}
+
+    def _admit_namespaced(self, request: kmock.Request) -> None:
         ns = request.namespace or ""
         if not any(o["metadata"]["name"] == ns for o in self.live(NAMESPACES, None)):
             raise kmock.KubernetesError(status=404, reason="NotFound", message=f'namespaces "{ns}" not found')
         data = request.data
         data.setdefault("metadata", {}).update(_meta(data["metadata"]["name"], ns) | data["metadata"])
-        data["status"] = {"phase": "Pending"}
+
+    async def _sync_daemon_set(self, namespace: str, name: str) -> None:
+        """The DaemonSet controller: a pod per node from the current template; pods of an older
+        template, or of a deleted DaemonSet, deleted (their processes killed)."""
+        key = (DAEMONSETS, namespace, name)
+        ds = self.objects[key].raw if key in self.objects and not self.objects[key].deleted else None
+        template = ds["spec"]["template"] if ds else None
+        owned = [p for p in self.live(PODS, namespace)
+                 if any(o.get("kind") == "DaemonSet" and o.get("name") == name
+                        for o in p["metadata"].get("ownerReferences", []))]
+        for pod in owned:
+            if template is None or pod["metadata"].get("annotations", {}).get("template") != json.dumps(template):
+                self.objects[PODS, namespace, pod["metadata"]["name"]].delete()
+                await self._kill((namespace, pod["metadata"]["name"]))
+        if template is None:
+            return
+        have = {p["spec"]["nodeName"] for p in self.live(PODS, namespace)
+                if any(o.get("name") == name for o in p["metadata"].get("ownerReferences", []))}
+        generation = sum(1 for k in self.objects if k[0] == PODS and k[2].startswith(f"{name}-"))
+        for node in self.lab.nodes:
+            if node.name in have:
+                continue
+            pod_name = f"{name}-{uuid.uuid5(uuid.NAMESPACE_DNS, f'{node.name}/{generation}').hex[:5]}"
+            meta = _meta(pod_name, namespace, labels=dict(template["metadata"].get("labels", {})),
+                         annotations={"template": json.dumps(template)},
+                         ownerReferences=[{"apiVersion": "apps/v1", "kind": "DaemonSet", "name": name,
+                                           "uid": ds["metadata"].get("uid", ""), "controller": True}])
+            spec = json.loads(json.dumps(template["spec"])) | {"nodeName": node.name}
+            self.objects[PODS, namespace, pod_name] = {"apiVersion": "v1", "kind": "Pod", "metadata": meta,
+                                                      "spec": spec, "status": {"phase": "Pending"}}
+            self._start(namespace, pod_name)
+
+    def _pod_path(self, namespace: str, pod: str, arg: str) -> str:
+        if not arg.startswith(POD_RUN):
+            return arg
+        root = self.pod_dirs / namespace / pod
+        root.mkdir(parents=True, exist_ok=True)
+        return str(root / arg[len(POD_RUN):])
+
+    def _run_argv(self, namespace: str, pod: str, argv: Sequence[str]) -> list[str]:
+        """A container's command as the stand-in runs it: the repo's agent under this Python, a
+        pod's /run/tracer/ its own directory."""
+        argv = [sys.executable, str(AGENT), *argv[2:]] if list(argv[:2]) == ["python3", "/agent.py"] else list(argv)
+        return [self._pod_path(namespace, pod, a) for a in argv]
 
     def _start(self, namespace: str | None, name: str) -> None:
         async def start() -> None:
@@ -289,10 +351,26 @@ class LabKubernetes(kmock.KubernetesEmulator):
                         {"name": c["name"], "image": c["image"], "imageID": "", "ready": False, "restartCount": 0,
                          "state": {"waiting": {"reason": "ErrImagePull", "message": f"{c['image']}: not found"}}}
                         for c in pod["spec"]["containers"]]}
+                elif (command := pod["spec"]["containers"][0].get("command")) and command[0] != "sleep":
+                    await self._run_main(namespace or "", name, pod, command)
                 self.objects[key].patch({"status": status})
         task = asyncio.get_running_loop().create_task(start())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def _run_main(self, namespace: str, name: str, pod: dict[str, Any], command: Sequence[str]) -> None:
+        """A container's own command, as its main process (killed with the pod); its output is
+        the container's log, which nobody reads here."""
+        proc = await _Process.start(["ip", "netns", "exec", self._netns(pod), *self._run_argv(namespace, name, command)],
+                                    stdin=False)
+        self.processes.setdefault((namespace, name), set()).add(proc)
+        self.spawned.append((proc.pid, namespace, name, tuple(command)))
+        if "--serve" in command:  # the readiness probe's `test -S SOCKET`
+            path = Path(self._pod_path(namespace, name, command[command.index("--serve") + 1]))
+            for _ in range(400):
+                if path.exists() or proc.returncode is not None:
+                    break
+                await asyncio.sleep(0.025)
 
     async def _kill(self, key: tuple[str, str]) -> None:
         procs = self.processes.pop(key, set())
@@ -333,7 +411,7 @@ class LabKubernetes(kmock.KubernetesEmulator):
         self.exec_log.append((request.namespace or "", request.name or "", tuple(argv)))
         ws = aiohttp.web.WebSocketResponse(protocols=self.protocols, max_msg_size=0)
         await ws.prepare(raw)
-        run_argv = [sys.executable, str(AGENT), *argv[2:]] if argv[:2] == ["python3", "/agent.py"] else list(argv)
+        run_argv = self._run_argv(request.namespace or "", request.name or "", argv)
         sender = _Sender(ws)
         if tuple(argv) in self.replies and (reply := self.replies[tuple(argv)]) is not None:
             code, out, err = reply
@@ -516,6 +594,7 @@ class StandIn:
                 await self._stop.wait()
             finally:
                 await handler.kill_all()
+                shutil.rmtree(handler.pod_dirs, ignore_errors=True)
 
     def call(self, fn: Any, timeout: float = 10) -> Any:
         """Run `fn()` on the server's loop (objects are the loop's to touch) and return its result."""

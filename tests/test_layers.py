@@ -30,6 +30,9 @@ import pytest
     ("tracer.app.lab", ("tracer.app", "tracer.cluster", "tracer.model", "tracer.errors")),
     ("tracer.render.lab", ("tracer.render", "tracer.model", "tracer.errors")),
     ("tracer.model.lab", ("tracer.model",)),
+    ("tracer.model.agents", ("tracer.model",)),
+    ("tracer.render.agents", ("tracer.render", "tracer.model", "tracer.errors")),
+    ("tracer.app.agents", ("tracer.app", "tracer.cluster", "tracer.model", "tracer.errors")),
 ])
 def test_imports_run_one_way(module: str, allowed: tuple[str, ...]) -> None:
     """The model imports nothing of tracer's, the views only the model, decoding nothing, the

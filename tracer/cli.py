@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "path": ("tracer.commands.path", "Print the expected way of a request between two pods."),
     "follow": ("tracer.commands.follow", "Capture on every hop while a request flies, then show its way."),
     "watch": ("tracer.commands.watch", "Send a request every second and light up each hop live."),
+    "agents": ("tracer.commands.agents", "Warm capture agents on every node (install, uninstall, status)."),
 }
 
 

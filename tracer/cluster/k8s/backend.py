@@ -2,7 +2,9 @@
 
 `pod()` finds a running pod in the namespace and already asks for a capture pod on its node
 (discovery and the agents need one on both nodes: both start at once instead of one after the
-other). `service()` reads a Service and its EndpointSlices (`svc/NAME`, a URL, a ClusterIP;
+other), unless the node has a warm agent (the DaemonSet `tracer agents install` makes,
+tracer.cluster.k8s.agents): then discovery and the capture exec into that pod, and no capture
+pod is made for the node (`--agents`: auto, warm, cold). `service()` reads a Service and its EndpointSlices (`svc/NAME`, a URL, a ClusterIP;
 kube-proxy's rule is then read from the source node's nat table through `exec_node`).
 `exec_pod` runs in the pod's app container; `exec_node` and `start_agent` run in the
 node's capture pod (hostNetwork: `ip -j`, `bridge -j fdb`, /proc/sys/net see the node), an
@@ -21,7 +23,9 @@ from collections.abc import Iterator, Sequence
 
 from tracer.cluster.ports import ExecResult
 from tracer.model import PodRef, ServiceRef
-from tracer.errors import TracerError, UsageError
+from tracer.errors import NotFoundError, PermissionError_, TracerError, UsageError
+from tracer.cluster.backends import AGENT_MODES
+from tracer.cluster.k8s import agents as k8s_agents
 from tracer.cluster.k8s import exec as k8s_exec
 from tracer.cluster.k8s.capture_pods import DEFAULT_DEADLINE, DEFAULT_IMAGE, DEFAULT_NAMESPACE, CapturePods
 from tracer.cluster.k8s.client import Cluster
@@ -57,8 +61,13 @@ class KubernetesBackend:
 
     def __init__(self, cluster: Cluster, *, capture_image: str, capture_namespace: str, run_id: str,
                  deadline: int = DEFAULT_DEADLINE, agents: str = "auto"):
+        if agents not in AGENT_MODES:
+            raise UsageError(f"--agents {agents!r}: not one of {', '.join(AGENT_MODES)}")
         self.cluster = cluster
         self.agents = agents
+        self._warm: dict[str, str] | None = None  # node -> its warm agent's pod, once looked up
+        self.warm_nodes: set[str] = set()
+        """The nodes whose agent is warm in this run."""
         self.run_id = run_id
         self.capture_pods = CapturePods(cluster, run_id=run_id, namespace=capture_namespace,
                                         image=capture_image, deadline=deadline)
@@ -77,8 +86,30 @@ class KubernetesBackend:
             raise UsageError(f"{name!r}: not [NAMESPACE/]POD", hint="e.g. curl, or default/curl")
         target = self.cluster.pod(pod, namespace or None)
         self._containers[(target.ref.namespace, target.ref.name)] = target.container
-        self.capture_pods.request(target.ref.node)
+        if self._warm_pod(target.ref.node) is None:
+            self.capture_pods.request(target.ref.node)
         return target.ref
+
+    def _warm_pod(self, node: str) -> str | None:
+        """The pod of `node`'s warm agent, or None where the run uses a capture pod of its own."""
+        if self.agents == "cold":
+            return None
+        with self._lock:
+            if self._warm is None:
+                try:
+                    self._warm = k8s_agents.warm_pods(self.cluster, self.capture_pods.namespace)
+                except (PermissionError_, NotFoundError):
+                    if self.agents == "warm":
+                        raise
+                    self._warm = {}  # (auto: no agents to be seen, the run's own capture pods)
+            pod = self._warm.get(node)
+        if pod is None and self.agents == "warm":
+            raise NotFoundError(f"no warm capture agent runs on node {node}",
+                                hint=f"tracer agents install   (kubectl get pods -n {self.capture_pods.namespace} "
+                                     f"-l {k8s_agents.SELECTOR} -o wide; or --agents auto)")
+        if pod is not None:
+            self.warm_nodes.add(node)
+        return pod
 
     def service(self, name: str, namespace: str | None = None, *, cluster_ip: str | None = None) -> ServiceRef:
         """The Service by [namespace and] name, or by ClusterIP in any namespace; its endpoints are
@@ -95,10 +126,18 @@ class KubernetesBackend:
                             timeout=None)
 
     def exec_node(self, node: str, argv: Sequence[str]) -> ExecResult:
-        name = self.capture_pods.ready(node)
+        name = self._warm_pod(node) or self.capture_pods.ready(node)
         return k8s_exec.run(self.cluster, namespace=self.capture_pods.namespace, pod=name, container=None, argv=argv)
 
     def start_agent(self, node: str, argv: Sequence[str]) -> k8s_exec.ExecChannel:
+        warm = self._warm_pod(node)
+        if warm is not None:  # the thin client: the node's agent server forks it a ready agent
+            stream = k8s_exec.ExecStream(self.cluster, namespace=self.capture_pods.namespace, pod=warm,
+                                         container=None, argv=[*AGENT, "--via", k8s_agents.SOCKET, *argv], stdin=True)
+            channel = k8s_exec.ExecChannel(stream, pod_deadline=None)
+            with self._lock:
+                self._channels.append(channel)
+            return channel
         # in a pod that outlives the agent: a watch's agents run for hours, a follow's minutes
         name = self.capture_pods.ready(node, lasting=_max_seconds(argv))
         stream = k8s_exec.ExecStream(self.cluster, namespace=self.capture_pods.namespace, pod=name,
