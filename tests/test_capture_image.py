@@ -43,6 +43,7 @@ from tracer.app.target import request_way
 from tracer.cluster.discover import discover
 from tracer.cluster.filters import capture_plan
 from tracer.cluster.k8s.backend import AGENT
+from tracer.cluster.k8s import agents as k8s_agents
 from tracer.cluster.k8s.capture_pods import manifest
 from tracer.cluster.lab import Lab
 from tracer.cluster.lab.backend import LabAgentChannel
@@ -470,6 +471,29 @@ def pods(lab: Lab, containerd: Containerd, image: str) -> Iterator[dict[str, str
             containerd.remove(name)
 
 
+@pytest.fixture(scope="module")
+def warm_pods(lab: Lab, containerd: Containerd, image: str) -> Iterator[dict[str, str]]:
+    """node -> its warm agent container, as the agents' DaemonSet has it (its pod template: the
+    agent server as the container's own command)."""
+    template = k8s_agents.manifest(namespace="tracer-capture", image=image)["spec"]["template"]
+    names = {}
+    try:
+        for node in lab.nodes:
+            name = f"{PREFIX}{containerd.cgroup.removeprefix(PREFIX)}-agent-{node.name}"
+            names[node.name] = name
+            containerd.run_pod(name, image, node_netns=NETNS_DIR / node.netns, pod=template)
+        for name in names.values():  # the readiness probe's own test
+            probe = template["spec"]["containers"][0]["readinessProbe"]["exec"]["command"]
+            deadline = time.monotonic() + 30
+            while containerd.exec(name, probe).returncode != 0:
+                assert time.monotonic() < deadline, f"the agent server in {name} does not listen"
+                time.sleep(0.1)
+        yield names
+    finally:
+        for name in names.values():
+            containerd.remove(name)
+
+
 def status(text: str) -> dict[str, str]:
     return {k: v.strip() for k, _, v in (line.partition(":") for line in text.splitlines())}
 
@@ -586,3 +610,51 @@ def test_a_lab_request_is_captured_on_every_point_by_the_agent_in_the_image(lab,
                 assert (tunnel.type, fmt_ip(tunnel.outer_ip_src), fmt_ip(tunnel.outer_ip_dst)) == (
                     "vxlan", lab.node(curl.node).underlay_ip, lab.node(httpbin.node).underlay_ip)
 
+
+
+def test_the_warm_agent_server_in_the_image_forks_agents_that_capture_as_restricted_as_its_container(
+        lab, containerd, warm_pods, tmp_path):
+    """The DaemonSet's container under containerd: its server forks an agent for each exec of the
+    thin client (`agent.py --via`, as tracer.cluster.k8s.backend runs it), which captures the lab
+    request in the node's namespace with the container's capabilities, and ends with the run
+    while the server stays."""
+    way = discover(lab.backend(), "curl", "httpbin")
+    plan = capture_plan(way, 80)
+    agents: dict[str, AgentClient] = {}
+    try:
+        for node, specs in plan.items():
+            argv = containerd.exec_argv(warm_pods[node], [*AGENT, "--via", k8s_agents.SOCKET,
+                                                          *agent_argv("t-warm-image", specs)])
+            stderr = tempfile.TemporaryFile(prefix=PREFIX)
+            proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr,
+                                    start_new_session=True)
+            agents[node] = AgentClient(LabAgentChannel(proc, stderr), node)
+        for node, agent in agents.items():
+            assert agent.wait_ready(30) == [s.interface for s in plan[node]], agent.channel.diagnostics()
+        for node, agent in agents.items():  # the forked agent: the server's child, as restricted
+            server = containerd.init_pid(warm_pods[node])
+            (pid,) = [p for p in containerd.task_pids(warm_pods[node])
+                      if status(Path(f"/proc/{p}/status").read_text())["PPid"] == str(server)]
+            st = status(Path(f"/proc/{pid}/status").read_text())
+            assert st["NSpid"].split()[-1] == str(agent.pid)
+            assert (int(st["CapEff"], 16), st["NoNewPrivs"], st["Seccomp"]) == (0x3000, "1", "2")
+            assert os.stat(f"/proc/{pid}/ns/net").st_ino == os.stat(NETNS_DIR / lab.node(node).netns).st_ino
+        httpbin = lab.pod("httpbin")
+        res = lab.exec("curl", ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5",
+                                f"http://{httpbin.ip}/get"])
+        assert (res.returncode, res.stdout) == (0, b"200"), res.stderr
+        caps = {node: agent.stop_and_collect(15) for node, agent in agents.items()}
+        for agent in agents.values():
+            assert agent.channel.proc.wait(10) == 0, agent.channel.diagnostics()
+    finally:
+        for agent in agents.values():
+            agent.channel.close()
+    for node, specs in plan.items():
+        assert set(caps[node]) == {s.interface for s in specs}
+        assert all(c.pcap[:4] == PCAP_NANO_MAGIC and c.packets >= 10 and c.dropped == 0 for c in caps[node].values())
+    for node, name in warm_pods.items():  # the agents are gone, each server still listens
+        deadline = time.monotonic() + 10
+        while containerd.task_pids(name) != [containerd.init_pid(name)]:
+            assert time.monotonic() < deadline, containerd.task_pids(name)
+            time.sleep(0.05)
+        assert containerd.exec(name, ["test", "-S", k8s_agents.SOCKET]).returncode == 0
