@@ -20,6 +20,12 @@ real code path against the lab:
 - the lab's Services and their EndpointSlices (discovery.k8s.io/v1), as the EndpointSlice
   controller writes them: one slice per Service, its pods' addresses with `targetRef`, the
   Service's ports by name with the target port's number.
+- `pods/ephemeralcontainers` (PATCH, a strategic merge by name, as kubectl debug sends it): the
+  container is added to the pod's spec and runs a moment later (ErrImagePull for an unpullable
+  image); exec into it runs in the pod's namespace, as every container of a pod.
+- a patch's content type as the API server reads it: an object sent as a JSON Patch (the
+  official client's default) is refused with 400, as the real one refuses it.
+- containers lacking a program (`lacking`): an exec of it there fails as the runtime's does.
 - RBAC's refusal on request: a resource in `forbidden` answers 403 as the API server does.
 - canned replies for commands (`replies`): what a command prints on a node other than the
   lab's (iptables-save in nftables mode), or a command the image lacks.
@@ -231,6 +237,10 @@ class LabKubernetes(kmock.KubernetesEmulator):
     processes: dict[tuple[str, str], set[_Process]] = attrs.field(factory=dict)
     forbidden: set[str] = attrs.field(factory=set)
     """Resources (plurals) the tester's role lacks: every request for one is refused with 403."""
+    exec_containers: list[tuple[str, str, str | None, tuple[str, ...]]] = attrs.field(factory=list)
+    """(namespace, pod, container, argv) of every exec."""
+    lacking: dict[str, set[str]] = attrs.field(factory=dict)
+    """container name -> the programs its image does not have (exec of one: not found)."""
     replies: dict[tuple[str, ...], tuple[int, bytes, bytes] | None] = attrs.field(factory=dict)
     """argv -> (exit code, stdout, stderr) sent instead of running it; None: not in the image."""
     _tasks: set[asyncio.Task[Any]] = attrs.field(factory=set)
@@ -250,6 +260,13 @@ class LabKubernetes(kmock.KubernetesEmulator):
             self._refuse(request)
         if request.resource == PODS and request.subresource == "exec":
             return await self._exec(request)
+        if request.action == kmock.action.UPDATE and request._raw_request is not None:
+            kind = request._raw_request.headers.get("Content-Type", "")
+            if kind.startswith("application/json-patch+json") and isinstance(request.data, dict):
+                raise kmock.KubernetesError(status=400, reason="BadRequest", message=(
+                    "json: cannot unmarshal object into Go value of type jsonpatch.Patch"))
+        if request.resource == PODS and request.subresource == "ephemeralcontainers":
+            return self._add_ephemeral(request)
         if request.resource is not None and request.action == kmock.action.LIST and request.params.get("labelSelector"):
             items = [o for o in self.live(request.resource, request.namespace)
                      if matches(o.get("metadata", {}).get("labels") or {}, request.params["labelSelector"])]
@@ -323,6 +340,42 @@ class LabKubernetes(kmock.KubernetesEmulator):
             self.objects[PODS, namespace, pod_name] = {"apiVersion": "v1", "kind": "Pod", "metadata": meta,
                                                       "spec": spec, "status": {"phase": "Pending"}}
             self._start(namespace, pod_name)
+
+    def _add_ephemeral(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
+        key = (PODS, request.namespace, request.name)
+        if key not in self.objects or self.objects[key].deleted:
+            raise kmock.KubernetesError(status=404, reason="NotFound", message=f'pods "{request.name}" not found')
+        pod = self.objects[key].raw
+        have = {c["name"]: c for c in pod["spec"].get("ephemeralContainers", [])}
+        for c in request.data.get("spec", {}).get("ephemeralContainers", []):
+            if c["name"] in have and have[c["name"]] != c:
+                raise kmock.KubernetesError(status=422, reason="Invalid", message=(
+                    f'Pod "{request.name}" is invalid: spec.ephemeralContainers: Forbidden: existing ephemeral '
+                    "containers may not be changed"))
+            have[c["name"]] = c
+        spec = pod["spec"] | {"ephemeralContainers": list(have.values())}
+        self.objects[key].patch({"spec": spec})
+        for c in have.values():
+            self._run_ephemeral(request.namespace or "", request.name or "", c)
+        return aiohttp.web.json_response(self.objects[key].raw)
+
+    def _run_ephemeral(self, namespace: str, name: str, container: dict[str, Any]) -> None:
+        async def start() -> None:
+            await asyncio.sleep(RUNNING_AFTER)
+            key = (PODS, namespace, name)
+            pod = self.objects[key].raw
+            statuses = {s["name"]: s for s in pod.get("status", {}).get("ephemeralContainerStatuses", [])}
+            if container["name"] in statuses:
+                return
+            state = ({"waiting": {"reason": "ErrImagePull", "message": f"{container['image']}: not found"}}
+                     if container["image"].startswith(UNPULLABLE) else {"running": {"startedAt": _now()}})
+            statuses[container["name"]] = {"name": container["name"], "image": container["image"], "imageID": "",
+                                           "ready": False, "restartCount": 0, "state": state}
+            self.objects[key].patch({"status": pod.get("status", {}) | {
+                "ephemeralContainerStatuses": list(statuses.values())}})
+        task = asyncio.get_running_loop().create_task(start())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _pod_path(self, namespace: str, pod: str, arg: str) -> str:
         if not arg.startswith(POD_RUN):
@@ -408,7 +461,9 @@ class LabKubernetes(kmock.KubernetesEmulator):
         assert raw is not None
         argv = raw.query.getall("command", [])
         attach_stdin = raw.query.get("stdin") == "true"
+        container = raw.query.get("container")
         self.exec_log.append((request.namespace or "", request.name or "", tuple(argv)))
+        self.exec_containers.append((request.namespace or "", request.name or "", container, tuple(argv)))
         ws = aiohttp.web.WebSocketResponse(protocols=self.protocols, max_msg_size=0)
         await ws.prepare(raw)
         run_argv = self._run_argv(request.namespace or "", request.name or "", argv)
@@ -422,7 +477,8 @@ class LabKubernetes(kmock.KubernetesEmulator):
             await sender.send(STATUS, json.dumps(status_object(code, argv)).encode())
             await ws.close()
             return ws
-        if not run_argv or shutil.which(run_argv[0]) is None or tuple(argv) in self.replies:
+        lacks = bool(argv) and argv[0] in self.lacking.get(container or "", set())
+        if not run_argv or shutil.which(run_argv[0]) is None or tuple(argv) in self.replies or lacks:
             error = f'exec: "{argv[0] if argv else ""}": executable file not found in $PATH'
             await sender.send(STATUS, json.dumps(status_object(None, argv, error)).encode())
             await ws.close()
@@ -614,7 +670,7 @@ class StandIn:
         assert self.handler is not None
         h = self.handler
         return self.call(lambda: {"exec": list(h.exec_log), "ended": list(h.ended), "stdin": list(h.stdin_log),
-                                  "spawned": list(h.spawned)})
+                                  "spawned": list(h.spawned), "containers": list(h.exec_containers)})
 
     def process_count(self) -> int:
         assert self.handler is not None
@@ -647,6 +703,17 @@ class StandIn:
             yield
         finally:
             self.call(lambda: [handler.replies.pop(argv, None) for argv in replies])
+
+    @contextlib.contextmanager
+    def without(self, container: str, *programs: str) -> Iterator[None]:
+        """While inside, the containers named `container` lack these programs (a distroless image)."""
+        assert self.handler is not None
+        handler = self.handler
+        self.call(lambda: handler.lacking.setdefault(container, set()).update(programs))
+        try:
+            yield
+        finally:
+            self.call(lambda: handler.lacking.pop(container, None))
 
     @contextlib.contextmanager
     def forbidding(self, *resources: str) -> Iterator[None]:

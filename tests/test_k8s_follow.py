@@ -220,6 +220,49 @@ def test_watch_through_kubernetes_runs_its_agents_in_pods_that_outlast_them(stan
     assert standin.pods(CAPTURE_NAMESPACE) == []
 
 
+# -- a source pod without curl: --curl-image ---------------------------------------------------------
+
+@pytest.mark.root
+@pytest.mark.slow
+def test_a_source_without_curl_follows_with_curl_from_an_ephemeral_container(lab: Lab, standin: StandIn) -> None:
+    with standin.without("curl", "curl"):  # the curl pod's image, distroless as far as curl goes
+        code, out, err = k8s_text("follow", "curl", "httpbin", standin=standin)
+        assert code == 4 and "pod curl has no curl" in err and "--curl-image" in err, err
+        before = len(standin.snapshot()["containers"])
+        proc = tracer_k8s("follow", "curl", "httpbin", "--curl-image", "curlimages/curl", "-o", "json",
+                          kubeconfig=str(standin.kubeconfig))
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    doc = json.loads(out)
+    on_lab = json.loads(run_tracer("follow", "curl", "httpbin", "-o", "json", store=lab.store, check=True).stdout)
+    assert doc["follow"]["curl"][0]["status"] == 200
+    assert hops(doc) == hops(on_lab)  # the request left the pod's own eth0, as its app's would
+    curls = [(pod, container) for ns, pod, container, argv in standin.snapshot()["containers"][before:]
+             if argv[:1] == ("curl",)]
+    ((pod, container),) = curls
+    assert pod == "curl" and container.startswith("tracer-curl-")
+    (spec,) = [c for p in standin.pods("default") if p["metadata"]["name"] == "curl"
+               for c in p["spec"]["ephemeralContainers"] if c["name"] == container]
+    assert spec["image"] == "curlimages/curl" and spec["command"][0] == "sleep"
+    assert spec["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert standin.pods(CAPTURE_NAMESPACE) == [] or all(
+        p["metadata"]["name"].startswith("tracer-agent") for p in standin.pods(CAPTURE_NAMESPACE))
+
+
+@pytest.mark.root
+@pytest.mark.slow
+def test_a_curl_image_that_cannot_be_pulled_says_so(standin: StandIn) -> None:
+    code, out, err = k8s_text("follow", "curl", "httpbin", "--curl-image", "unpullable/curl", standin=standin)
+    assert code == 6, err
+    assert "the curl container in pod curl cannot get image unpullable/curl: ErrImagePull" in err
+    assert "Traceback" not in err
+
+
+def test_curl_image_is_for_kubernetes_only(lab: Lab) -> None:
+    proc = run_tracer("follow", "curl", "httpbin", "--backend", "lab", "--curl-image", "curlimages/curl", store=lab.store)
+    assert proc.returncode == 2 and "--curl-image apply to --backend kubernetes only" in proc.stderr
+
+
 def _agent_started(snap: dict) -> bool:
     return any(argv[:2] == ("python3", "/agent.py") for _, _, argv in snap["exec"])
 

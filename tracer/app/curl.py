@@ -20,11 +20,15 @@ def curl_argv(url: str, max_time: float) -> list[str]:
 
 def fire(backend: FollowBackend, way: Way, url: str, max_time: float) -> CurlResult:
     """One request from the source pod with its own curl."""
-    res = backend.exec_pod(way.src.pod, curl_argv(url, max_time))
+    res = backend.exec_request(way.src.pod, curl_argv(url, max_time))
     if _no_curl(res):
+        image = getattr(backend, "curl_image", None)
         raise NotFoundError(
-            f"pod {way.src.pod.name} has no curl to send the request with",
-            hint="follow from a pod whose image has curl (e.g. curlimages/curl), or add one with kubectl debug",
+            f"pod {way.src.pod.name} has no curl to send the request with"
+            + (f" (nor has the image {image} of --curl-image)" if image else ""),
+            hint=("--curl-image IMAGE: curl from a container of that image in the pod (e.g. --curl-image "
+                  "curlimages/curl; Kubernetes), or follow from a pod whose image has curl") if not image else
+                 "pick an image with curl and sleep, e.g. --curl-image curlimages/curl",
         )
     words = res.stdout.decode(errors="replace").split()
     status = int(words[0]) if words and words[0].isdigit() and words[0] != "000" else None

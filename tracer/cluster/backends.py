@@ -38,6 +38,8 @@ class BackendOptions:
     capture_namespace: str | None = None
     agents: str = "auto"
     """One of AGENT_MODES."""
+    curl_image: str | None = None
+    """Kubernetes: curl from an ephemeral container of this image in the source pod."""
 
 
 def choose_backend(options: BackendOptions) -> str:
@@ -46,12 +48,13 @@ def choose_backend(options: BackendOptions) -> str:
     would find a cluster ($KUBECONFIG, ~/.kube/config, or in a pod: its service account); else
     the lab (whose error then says to start one)."""
     o = options
-    k8s_given = o.kubeconfig or o.context or o.capture_image or o.capture_namespace
+    k8s_given = o.kubeconfig or o.context or o.capture_image or o.capture_namespace or o.curl_image
     backend = o.backend
     if backend is None:
         backend = "kubernetes" if k8s_given or (not _lab_up() and kubeconfig_found()) else "lab"
     if backend == "lab" and k8s_given:
-        raise UsageError("--kubeconfig, --context and --capture-* apply to --backend kubernetes only")
+        raise UsageError("--kubeconfig, --context, --capture-* and --curl-image apply to --backend kubernetes only",
+                         hint="the lab's pods have curl" if o.curl_image else None)
     return backend
 
 
@@ -97,7 +100,7 @@ def _kubernetes(options: BackendOptions, *, run_id: str | None) -> KubernetesBac
         raise UsageError("the Kubernetes backend is not available yet", hint="use --backend lab") from None
     o = options
     return connect(kubeconfig=o.kubeconfig, context=o.context, namespace=o.namespace, capture_image=o.capture_image,
-                   capture_namespace=o.capture_namespace, run_id=run_id, agents=o.agents)
+                   capture_namespace=o.capture_namespace, run_id=run_id, agents=o.agents, curl_image=o.curl_image)
 
 
 def _lab_up() -> bool:

@@ -71,6 +71,10 @@ class FollowBackend(DiscoveryBackend, Protocol):
     name: str
     """"lab" or "kubernetes" (shown to the user)."""
 
+    def exec_request(self, pod: PodRef, argv: Sequence[str]) -> ExecResult:
+        """Run the request (curl) in the source pod: where exec_pod runs, or in a container added
+        to the pod for it (Kubernetes: --curl-image). The packets leave the pod's own eth0."""
+
     def start_agent(self, node: str, argv: Sequence[str]) -> AgentChannel:
         """Start the capture agent on `node` with these arguments (after the agent program itself)."""
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import click
 
 from tracer.app.backend import BackendOptions
-from tracer.commands.options import backend_options, point_option
+from tracer.commands.options import point_option, request_backend_options
 from tracer.errors import ExitCode, UsageError
 from tracer.render.outputs import OUTPUTS, VIEWS
 from tracer.render.progress import Spinner
@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 @click.option("--timeout", type=click.FloatRange(0.1), default=10.0, show_default=True, metavar="SECONDS",
               help="How long each step may take: agents getting ready, each request, collecting.")
 @point_option
-@backend_options
+@request_backend_options
 @click.option("--timings-file", hidden=True, type=click.Path(dir_okay=False), help="Write the phases' durations (bench).")
 @click.option("--iterations", hidden=True, type=click.IntRange(1), help="--live: stop after N requests (tests).")
 def command(src, dst, port, url_path, count, save, output, pcapng, view, all_flows, live, timeout, points,

@@ -9,13 +9,16 @@ import click
 from tracer.app.backend import AGENT_MODES, BACKENDS, BackendOptions
 
 
-def backend_options(f):
+def backend_options(f, *, curl: bool = False):
     """--backend and the Kubernetes options (follow, watch, path): the command gets them as one
-    `backend` (a BackendOptions), what tracer.cluster.backends builds the backend from."""
+    `backend` (a BackendOptions), what tracer.cluster.backends builds the backend from.
+    `curl`: --curl-image too (the commands that send a request: request_backend_options)."""
     @functools.wraps(f)
-    def command(*args, backend, kubeconfig, context, namespace, capture_image, capture_namespace, agents, **kwargs):
+    def command(*args, backend, kubeconfig, context, namespace, capture_image, capture_namespace, agents,
+                curl_image=None, **kwargs):
         options = BackendOptions(backend=backend, kubeconfig=kubeconfig, context=context, namespace=namespace,
-                                 capture_image=capture_image, capture_namespace=capture_namespace, agents=agents)
+                                 capture_image=capture_image, capture_namespace=capture_namespace, agents=agents,
+                                 curl_image=curl_image)
         return f(*args, backend=options, **kwargs)
 
     opts = [
@@ -34,7 +37,18 @@ def backend_options(f):
                           "keeps them from lab up), else ones started for this run (Kubernetes: capture pods); "
                           "warm only the warm ones (an error where none runs); cold always ones for this run."),
     ]
+    if curl:
+        opts.append(click.option(
+            "--curl-image", metavar="IMAGE",
+            help="Kubernetes: for a source pod without curl (distroless, scratch): run the request's curl from an "
+                 "ephemeral container of IMAGE in that pod (kubectl debug's way; its packets leave the pod's own "
+                 "eth0), e.g. curlimages/curl. The container stays in the pod's spec, stopped, until the pod goes."))
     return functools.reduce(lambda acc, opt: opt(acc), reversed(opts), command)
+
+
+def request_backend_options(f):
+    """backend_options and --curl-image (follow, watch)."""
+    return backend_options(f, curl=True)
 
 
 point_option = click.option(

@@ -7,7 +7,7 @@ import os
 import click
 
 from tracer.app.backend import BackendOptions
-from tracer.commands.options import backend_options, point_option
+from tracer.commands.options import point_option, request_backend_options
 
 
 @click.command()
@@ -18,7 +18,7 @@ from tracer.commands.options import backend_options, point_option
 @click.option("--timeout", type=click.FloatRange(0.1), default=10.0, show_default=True, metavar="SECONDS",
               help="How long the agents may take to get ready.")
 @point_option
-@backend_options
+@request_backend_options
 @click.option("--iterations", hidden=True, type=click.IntRange(1), help="Stop after N requests (tests).")
 def command(src, dst, port, url_path, timeout, points, backend: BackendOptions, iterations):
     """Send a request from SRC to DST every second and light up each packet at each hop, live.

@@ -19,7 +19,7 @@ from typing import Any
 
 from tracer.errors import ClusterError, NotFoundError
 from tracer.cluster.k8s.capture_pods import IMAGE_ERRORS, IMAGE_HINT, MANAGED_BY, START_ERRORS
-from tracer.cluster.k8s.client import REQUEST_TIMEOUT, Cluster, api_errors
+from tracer.cluster.k8s.client import REQUEST_TIMEOUT, STRATEGIC_MERGE, Cluster, api_errors
 
 NAME = "tracer-agent"
 APP = "app.kubernetes.io/name"
@@ -134,7 +134,8 @@ def install(cluster: Cluster, *, namespace: str, image: str, wait: bool = True, 
         done = "created"
     elif _image_of(existing) != image:
         with api_errors(f"update daemonset {namespace}/{NAME}"):
-            apps.patch_namespaced_daemon_set(NAME, namespace, {"spec": body["spec"]}, _request_timeout=REQUEST_TIMEOUT)
+            apps.patch_namespaced_daemon_set(NAME, namespace, {"spec": body["spec"]}, _request_timeout=REQUEST_TIMEOUT,
+                                             _content_type=STRATEGIC_MERGE)
         done = "updated"
     else:
         done = "unchanged"

@@ -26,6 +26,7 @@ from tracer.model import PodRef, ServiceRef
 from tracer.errors import NotFoundError, PermissionError_, TracerError, UsageError
 from tracer.cluster.backends import AGENT_MODES
 from tracer.cluster.k8s import agents as k8s_agents
+from tracer.cluster.k8s import ephemeral
 from tracer.cluster.k8s import exec as k8s_exec
 from tracer.cluster.k8s.capture_pods import DEFAULT_DEADLINE, DEFAULT_IMAGE, DEFAULT_NAMESPACE, CapturePods
 from tracer.cluster.k8s.client import Cluster
@@ -38,13 +39,15 @@ AGENT_MAX_SECONDS = 300.0
 
 def connect(*, kubeconfig: str | None = None, context: str | None = None, namespace: str | None = None,
             capture_image: str | None = None, capture_namespace: str | None = None,
-            run_id: str | None = None, deadline: int = DEFAULT_DEADLINE, agents: str = "auto") -> KubernetesBackend:
+            run_id: str | None = None, deadline: int = DEFAULT_DEADLINE, agents: str = "auto",
+            curl_image: str | None = None) -> KubernetesBackend:
     """The Kubernetes FollowBackend for one run; sweeps capture pods earlier runs left behind.
     (tracer.cluster.backends.make_backend picks this or the lab's by the options.)"""
     cluster = Cluster(kubeconfig=kubeconfig, context=context, namespace=namespace)
     backend = KubernetesBackend(cluster, capture_image=capture_image or DEFAULT_IMAGE,
                                 capture_namespace=capture_namespace or DEFAULT_NAMESPACE,
-                                run_id=run_id or secrets.token_hex(4), deadline=deadline, agents=agents)
+                                run_id=run_id or secrets.token_hex(4), deadline=deadline, agents=agents,
+                                curl_image=curl_image)
     try:
         backend.capture_pods.sweep()
     except BaseException:
@@ -60,7 +63,9 @@ class KubernetesBackend:
     name = "kubernetes"
 
     def __init__(self, cluster: Cluster, *, capture_image: str, capture_namespace: str, run_id: str,
-                 deadline: int = DEFAULT_DEADLINE, agents: str = "auto"):
+                 deadline: int = DEFAULT_DEADLINE, agents: str = "auto", curl_image: str | None = None):
+        """`curl_image`: the request's curl runs in an ephemeral container of this image in the
+        source pod (tracer.cluster.k8s.ephemeral), not in the pod's app container."""
         if agents not in AGENT_MODES:
             raise UsageError(f"--agents {agents!r}: not one of {', '.join(AGENT_MODES)}")
         self.cluster = cluster
@@ -68,6 +73,9 @@ class KubernetesBackend:
         self._warm: dict[str, str] | None = None  # node -> its warm agent's pod, once looked up
         self.warm_nodes: set[str] = set()
         """The nodes whose agent is warm in this run."""
+        self.curl_image = curl_image
+        self._curl_containers: dict[tuple[str, str], str] = {}  # (namespace, pod) -> its curl container
+        self._lasting = 0.0  # the longest --max-seconds of the run's agents
         self.run_id = run_id
         self.capture_pods = CapturePods(cluster, run_id=run_id, namespace=capture_namespace,
                                         image=capture_image, deadline=deadline)
@@ -125,11 +133,24 @@ class KubernetesBackend:
         return k8s_exec.run(self.cluster, namespace=pod.namespace, pod=pod.name, container=container, argv=argv,
                             timeout=None)
 
+    def exec_request(self, pod: PodRef, argv: Sequence[str]) -> ExecResult:
+        """The request's curl: in the pod's app container, or with --curl-image in an
+        ephemeral container of that image in the pod (added at the first request)."""
+        if not self.curl_image:
+            return self.exec_pod(pod, argv)
+        key = (pod.namespace, pod.name)
+        if key not in self._curl_containers:
+            self._curl_containers[key] = ephemeral.add_curl(self.cluster, pod, image=self.curl_image, run_id=self.run_id,
+                                                            seconds=self._lasting or AGENT_MAX_SECONDS)
+        return k8s_exec.run(self.cluster, namespace=pod.namespace, pod=pod.name, container=self._curl_containers[key],
+                            argv=argv, timeout=None)
+
     def exec_node(self, node: str, argv: Sequence[str]) -> ExecResult:
         name = self._warm_pod(node) or self.capture_pods.ready(node)
         return k8s_exec.run(self.cluster, namespace=self.capture_pods.namespace, pod=name, container=None, argv=argv)
 
     def start_agent(self, node: str, argv: Sequence[str]) -> k8s_exec.ExecChannel:
+        self._lasting = max(self._lasting, _max_seconds(argv))
         warm = self._warm_pod(node)
         if warm is not None:  # the thin client: the node's agent server forks it a ready agent
             stream = k8s_exec.ExecStream(self.cluster, namespace=self.capture_pods.namespace, pod=warm,

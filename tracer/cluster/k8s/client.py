@@ -50,6 +50,11 @@ class PodTarget:
     container: str
 
 
+STRATEGIC_MERGE = "application/strategic-merge-patch+json"
+"""The content type of a patch given as an object (as kubectl's): the client's default for
+patches is a JSON Patch (a list of operations), which the API server refuses for an object."""
+
+
 def api_error(e: Exception, what: str) -> TracerError:
     """One failed API call (`what`: e.g. "get pod default/curl") as an error a person can act on."""
     if isinstance(e, urllib3.exceptions.HTTPError):

@@ -206,6 +206,10 @@ class LabFollowBackend:
         # kills it (subprocess.run kills its child on any exception).
         return self.lab.exec(pod.name, argv, timeout=None)
 
+    def exec_request(self, pod: PodRef, argv: Sequence[str]) -> ExecResult:
+        """The request's curl: the lab's pods all have it (the host's)."""
+        return self.exec_pod(pod, argv)
+
     def exec_node(self, node: str, argv: Sequence[str]) -> ExecResult:
         return self._discovery.exec_node(node, argv)
 
