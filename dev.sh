@@ -13,7 +13,7 @@ cd "$(dirname "$0")"
 # ip, sysctl, bridge and tc live in the sbin directories, which a bare environment's PATH may lack
 export PATH="${PATH:+$PATH:}/usr/local/sbin:/usr/sbin:/sbin"
 
-APT_PACKAGES=(tcpdump tshark wireshark-common iproute2 curl iptables iperf3 procps util-linux dnsmasq-base conntrack ethtool mmdebstrap podman runc containerd)
+APT_PACKAGES=(tcpdump tshark wireshark-common iproute2 curl iptables iperf3 procps util-linux dnsmasq-base conntrack nftables ethtool mmdebstrap podman runc containerd)
 
 install_system() {
     local missing=()

@@ -22,6 +22,7 @@ the podman images (by name) and podman's private storage, the temporary director
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -39,13 +40,14 @@ import pytest
 
 from tracer.capture.pcapio import open_capture
 from tracer.cluster.agents import AgentClient, agent_argv
-from tracer.app.target import request_way
+from tracer.app.target import NFT_LIST, request_way
 from tracer.cluster.discover import discover
 from tracer.cluster.filters import capture_plan
 from tracer.cluster.k8s.backend import AGENT
 from tracer.cluster.k8s import agents as k8s_agents
 from tracer.cluster.k8s.capture_pods import manifest
 from tracer.cluster.lab import Lab
+from tracer.cluster.lab.kube_proxy import nft_ruleset
 from tracer.cluster.lab.backend import LabAgentChannel
 from tracer.cluster.lab.netns import NETNS_DIR
 from tracer.cluster.lab.state import process_start_time
@@ -556,6 +558,22 @@ def test_kube_proxys_rule_is_read_through_the_container(lab, containerd, pods):
     through = request_way(ThroughPods(lab, containerd, pods), "curl", "svc/httpbin", 80, "/get")
     direct = request_way(lab.backend(), "curl", "svc/httpbin", 80, "/get")
     assert through.way.service.rule and through.way.service.rule == direct.way.service.rule
+
+
+def test_kube_proxys_nftables_table_is_read_through_the_container(lab, containerd, pods):
+    """kube-proxy's nftables mode: the image's nft lists the node's table `ip kube-proxy` (with
+    the container's NET_ADMIN only), as tracer reads it where iptables-save shows no KUBE chains."""
+    topo = dataclasses.replace(lab.topology, kube_proxy="nftables")
+    node = lab.node("worker1")
+    netns = ["ip", "netns", "exec", node.netns]
+    subprocess.run([*netns, "nft", "-f", "-"], input=nft_ruleset(topo), text=True, check=True, capture_output=True)
+    try:
+        through = containerd.exec(pods["worker1"], list(NFT_LIST))
+        direct = subprocess.run([*netns, *NFT_LIST], capture_output=True, check=True)
+        assert through.returncode == 0, through.stderr
+        assert through.stdout == direct.stdout and b"10.152.183.50 . tcp . 80 : goto service-" in through.stdout
+    finally:
+        subprocess.run([*netns, "nft", "delete", "table", "ip", "kube-proxy"], capture_output=True)
 
 
 def test_a_lab_request_is_captured_on_every_point_by_the_agent_in_the_image(lab, containerd, pods, tmp_path):

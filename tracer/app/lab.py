@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 
 from tracer.cluster.lab import Lab, StateStore, exercise, netns, offloads, require_root
 from tracer.cluster.lab import agents as lab_agents
-from tracer.cluster.lab.kube_proxy import resolv_conf
+from tracer.cluster.lab.kube_proxy import KUBE_PROXY_MODES as kube_proxy_modes, resolv_conf
 from tracer.cluster.lab.topology import CALICO_VXLAN, CNI_NOTES, CNI_TITLES, CNIS, Topology, with_pods
 from tracer.cluster.lab import down as remove_lab, up as build_lab
 from tracer.errors import ExitCode
@@ -20,21 +20,24 @@ Progress = Callable[[str], None]
 """Told each step of `up` as it starts ("creating network namespaces", ...)."""
 
 OFFLOAD_MODES = offloads.MODES
+KUBE_PROXY_MODES = kube_proxy_modes
 
-__all__ = ["CNIS", "OFFLOAD_MODES", "Progress", "down", "exec_in", "require_root", "status", "up", "view"]
+__all__ = ["CNIS", "KUBE_PROXY_MODES", "OFFLOAD_MODES", "Progress", "down", "exec_in", "require_root", "status", "up", "view"]
 # require_root is exported for the command: `lab exec` says it needs root before it checks its
 # own command line, as it always has.
 
 
 def up(nodes: int, progress: Progress = lambda _: None, pods: tuple[tuple[str, str, str], ...] = (),
        cni: str = CALICO_VXLAN, offload_mode: str = offloads.NONE, pod_mtu: int | None = None,
-       warm_agents: bool = True) -> LabUp:
+       warm_agents: bool = True, kube_proxy: str = "iptables") -> LabUp:
     """Build the exercise's lab with `nodes` nodes and the extra `pods` (name, node, app) on the
     data path `cni`, its underlay NICs' offloads as `offload_mode` says, the pods' MTU `pod_mtu`
-    where not the CNI's, with a warm capture agent on each node unless not `warm_agents`
+    where not the CNI's, kube-proxy's rules in mode `kube_proxy` (iptables, nftables), with a
+    warm capture agent on each node unless not `warm_agents`
     (TRACER_LAB_PREFIX / TRACER_STATE_DIR); on failure nothing is left behind. A bad node count or pod is reported
     before the need for root."""
-    topology = dataclasses.replace(with_pods(exercise(nodes, cni), pods), offloads=offload_mode, pod_mtu=pod_mtu)
+    topology = dataclasses.replace(with_pods(exercise(nodes, cni), pods), offloads=offload_mode, pod_mtu=pod_mtu,
+                                   kube_proxy=kube_proxy)
     start = time.monotonic()
     lab = build_lab(topology, progress=progress, warm_agents=warm_agents)
     return LabUp(lab=view(lab), seconds=time.monotonic() - start)
@@ -104,7 +107,7 @@ def view(lab: Lab) -> LabView:
                            endpoints=tuple(f"{e} {ips[e]}" for e in s.endpoints if e in ips))
             for s in topo.services
         ),
-        dns=_dns_words(topo), offloads=topo.offloads, warm_agents=state.warm,
+        dns=_dns_words(topo), offloads=topo.offloads, warm_agents=state.warm, kube_proxy=topo.kube_proxy,
     )
 
 

@@ -6,6 +6,7 @@ the kube-proxy rule that does it read from that node's nat table.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, replace
 from urllib.parse import urlsplit
 
@@ -173,25 +174,38 @@ _is_ip = is_ipv4
 
 IPTABLES_SAVE = ("iptables-save", "iptables-legacy-save")
 """What reads a node's nat table: the default backend's, then the legacy one's."""
+NFT_LIST = ("nft", "list", "table", "ip", "kube-proxy")
+"""kube-proxy's table in its nftables mode (one table, `ip kube-proxy`, for IPv4)."""
 
 
 def nat_table(backend: Backend, node: str) -> list[str]:
-    """A node's nat table as iptables-save prints it, with kube-proxy's chains where it has them:
-    the default backend's first (nft on Debian), then the legacy one's (kube-proxy may have
-    written with it; iptables-save only warns about its tables); [] where none can be read."""
+    """kube-proxy's rules on a node: its nat table as iptables-save prints it, with kube-proxy's
+    chains where it has them (the default backend's first, nft on Debian, then the legacy one's:
+    kube-proxy may have written with it; iptables-save only warns about its tables); else, in
+    kube-proxy's nftables mode, its table as `nft list table ip kube-proxy` prints it; [] where
+    neither can be read (no such tool in the image, IPVS mode, another proxy)."""
     lines: list[str] = []
     for tool in IPTABLES_SAVE:
         res = backend.exec_node(node, [tool, "-t", "nat"])
         lines = (res.stdout.decode(errors="replace") if res.returncode == 0 else "").splitlines()
         if any(line.startswith("-A KUBE-SERVICES ") for line in lines):
-            break
+            return lines
+    res = backend.exec_node(node, list(NFT_LIST))
+    if res.returncode == 0 and res.stdout.lstrip().startswith(b"table ip kube-proxy"):
+        return res.stdout.decode(errors="replace").splitlines()
     return lines
 
 
 def with_rule(way: Way, svc: ServiceRef, lines: list[str]) -> Way:
     """The way to the endpoint, addressed to the Service, with the kube-proxy rule of the source
-    node that DNATs it there (found in `lines`, its nat table: nat_table; "" where none is)."""
+    node that DNATs it there (found in `lines`, its rules: nat_table; "" where none is)."""
     endpoint = f"{way.dst.pod.ip}:{svc.target_port}"
+    nft = bool(lines) and lines[0].lstrip().startswith("table ip kube-proxy")
+    rule = _nft_rule(lines, svc, endpoint) if nft else _iptables_rule(lines, svc, endpoint)
+    return replace(way, service=replace(svc, rule=rule))
+
+
+def _iptables_rule(lines: list[str], svc: ServiceRef, endpoint: str) -> str:
     # KUBE-SERVICES' rule for this ClusterIP, TCP and port -> its KUBE-SVC chain -> the KUBE-SEP
     # chain of that chain whose DNAT goes to the endpoint (a port of another protocol has its own)
     ip, port = f"-d {svc.cluster_ip}/32 ", f"--dport {svc.port} "
@@ -201,5 +215,42 @@ def with_rule(way: Way, svc: ServiceRef, lines: list[str]) -> Way:
             and " -j KUBE-SEP-" in line}
     sep = next((line.split()[1] for line in lines if line.split()[1:2] and line.split()[1] in seps
                 and line.endswith(f"-j DNAT --to-destination {endpoint}")), None)
-    rule = f"{svc_chain} -> {sep}: DNAT --to-destination {endpoint}" if sep else ""
-    return replace(way, service=replace(svc, rule=rule))
+    return f"{svc_chain} -> {sep}: DNAT --to-destination {endpoint}" if sep else ""
+
+
+_NFT_CHAIN = re.compile(r"\s*chain (\S+) \{\s*$")
+_NFT_TARGET = re.compile(r"\b(?:goto|jump) ([A-Za-z0-9_./-]+)")
+
+
+def _nft_rule(lines: list[str], svc: ServiceRef, endpoint: str) -> str:
+    """In kube-proxy's nftables table: the service-ips map's element for this ClusterIP, TCP and
+    port (`IP . tcp . PORT : goto service-HASH-ns/name/tcp/port`) -> that chain's endpoint chains
+    (its `numgen random mod N vmap { 0 : goto endpoint-..., ... }`, or a `jump` with session
+    affinity) -> the one whose `dnat to` is the endpoint (pkg/proxy/nftables/proxier.go)."""
+    text = "\n".join(lines)
+    key = re.compile(rf"(?<![\d.]){re.escape(svc.cluster_ip)} \. tcp \. {svc.port} : goto ([A-Za-z0-9_./-]+)")
+    m = key.search(text)
+    if m is None:
+        return ""
+    chains = _nft_chains(lines)
+    service = m.group(1)
+    targets = [t for line in chains.get(service, []) for t in _NFT_TARGET.findall(line) if t in chains]
+    sep = next((t for t in targets if any(re.search(rf"\bdnat to {re.escape(endpoint)}\b", line)
+                                          for line in chains[t])), None)
+    return f"{service} -> {sep}: dnat to {endpoint}" if sep else ""
+
+
+def _nft_chains(lines: list[str]) -> dict[str, list[str]]:
+    """chain name -> its rule lines, from `nft list` output (a chain's block ends at its `}`)."""
+    chains: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in lines:
+        m = _NFT_CHAIN.match(line)
+        if m:
+            current = chains.setdefault(m.group(1), [])
+        elif current is not None:
+            if line.strip() == "}":
+                current = None
+            else:
+                current.append(line.strip())
+    return chains

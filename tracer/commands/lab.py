@@ -37,12 +37,17 @@ def command() -> None:
               help="The pods' MTU, where it should not be the CNI's (the underlay's 1500 less the encapsulation's "
                    "bytes): --mtu 1500 is a CNI configured without VXLAN's 50, for a class on path-MTU discovery "
                    "(the node answers a full-size packet with ICMP \"fragmentation needed\"); tracer path warns.")
+@click.option("--kube-proxy", "kube_proxy", type=click.Choice(lab.KUBE_PROXY_MODES), default="iptables",
+              show_default=True,
+              help="kube-proxy's mode: iptables (KUBE-SERVICES -> KUBE-SVC-* -> KUBE-SEP-* in the nat table) or "
+                   "nftables (its table `ip kube-proxy`: the service-ips map -> service-* -> endpoint-* chains), as "
+                   "kube-proxy writes them; tracer path/follow name the rule that DNATs a Service either way.")
 @click.option("--agents/--no-agents", "warm_agents", default=True, show_default=True,
               help="Keep a warm capture agent on each node until lab down (scapy imported once: a follow only "
                    "connects to it); --no-agents: each follow starts its own, as on a cluster without "
                    "`tracer agents install`.")
 def up_cmd(nodes: int, cni: str, pods: tuple[str, ...], offload_mode: str, pod_mtu: int | None,
-           warm_agents: bool) -> None:
+           warm_agents: bool, kube_proxy: str) -> None:
     """Build the lab (needs root); fails cleanly, leaving nothing behind.
 
     \b
@@ -52,11 +57,12 @@ def up_cmd(nodes: int, cni: str, pods: tuple[str, ...], offload_mode: str, pod_m
       tracer lab up --cni flannel-vxlan       # k3s' default: a bridge, flannel.1 on UDP 8472, VNI 1
       tracer lab up --offloads real           # then: tracer follow curl httpbin --path /bytes/102400
       tracer lab up --mtu 1500                # pods not lowered by VXLAN's 50 bytes: tracer path warns
+      tracer lab up --kube-proxy nftables     # then: tracer lab exec worker1 -- nft list table ip kube-proxy
     """
     extra = tuple(_pod_spec(p) for p in pods)
     err = Console(stderr=True)
     with building(err) as progress:
-        result = lab.up(nodes, progress, extra, cni, offload_mode, pod_mtu, warm_agents)
+        result = lab.up(nodes, progress, extra, cni, offload_mode, pod_mtu, warm_agents, kube_proxy)
     render_up(result, err, stdout_console())
 
 

@@ -85,6 +85,8 @@ class LabView:
     """The cluster DNS in words (its address, server and pod), or why the lab has none."""
     offloads: str = "none"
     warm_agents: bool = False
+    kube_proxy: str = "iptables"
+    """kube-proxy's mode on the nodes: iptables or nftables."""
     """Whether the lab keeps warm capture agents (lab up; tracer agents install|uninstall)."""
     """none | real: the underlay NICs as veth's defaults or as real ones (`lab up --offloads`)."""
     pod_mtu: int = 0

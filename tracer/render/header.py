@@ -34,10 +34,14 @@ def follow_header(r: FollowRun, trace: Trace | None = None) -> Group:
             lines.append(Text(f"  Service {safe(svc.namespace)}/{safe(svc.name)} {svc.cluster_ip}:{svc.port} -> endpoint "
                               f"{safe(d.name)} {d.ip}:{svc.target_port}", style="bold"))
         rule = (f"kube-proxy on {safe(s.node)}: {safe(svc.rule)}" if svc.rule else
-                f"kube-proxy's rule on {safe(s.node)} not read (iptables-save -t nat): the NAT below is the packets'")
+                f"kube-proxy's rule on {safe(s.node)} not read (iptables-save -t nat, nft list table ip kube-proxy): "
+                "the NAT below is the packets'")
         if svc.rule and len(svc.endpoints) > 1:
-            rule = (f"kube-proxy on {safe(s.node)}: {safe(svc.rule.split(' -> ', 1)[0])} -> a KUBE-SEP chain per "
-                    "endpoint, each taken with its --probability (iptables-save -t nat)")
+            nft = svc.rule.startswith("service-")
+            rule = (f"kube-proxy on {safe(s.node)}: {safe(svc.rule.split(' -> ', 1)[0])} -> "
+                    + ("an endpoint chain per endpoint, one taken by numgen random (nft list table ip kube-proxy)"
+                       if nft else "a KUBE-SEP chain per endpoint, each taken with its --probability "
+                       "(iptables-save -t nat)"))
         lines.append(Text(f"  {rule}", style="dim"))
     for i, c in enumerate(r.curls, 1):
         lines.append(Text(f"  request {i}: {curl_text(c)}", style="green" if c.ok else "red"))

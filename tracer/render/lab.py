@@ -67,7 +67,9 @@ def render_status(lab: LabView, out: Console) -> None:
                      *((str(p.identity),) if identities else ()), p.netns, p.app)
     out.print(nodes, pods)
     if lab.services:
-        services = Table(title="services (kube-proxy's iptables rules on every node: iptables-save -t nat)")
+        how = ("nftables table on every node: nft list table ip kube-proxy" if lab.kube_proxy == "nftables" else
+               "iptables rules on every node: iptables-save -t nat")
+        services = Table(title=f"services (kube-proxy's {how})")
         for col in ("service", "cluster IP", "ports", "endpoints"):
             services.add_column(col, overflow="fold")
         for s in lab.services:
@@ -129,6 +131,7 @@ def lab_document(lab: LabView) -> dict[str, Any]:
         "title": lab.title,
         "notes": list(lab.notes),
         "warm_agents": lab.warm_agents,
+        "kube_proxy": lab.kube_proxy,
         "nodes": [
             {"name": n.name, "netns": n.netns, "underlay_ip": n.underlay_ip, "underlay_nic": n.underlay_nic,
              "underlay_mac": n.underlay_mac, "block": n.block, "tunnel_device": n.tunnel_device,

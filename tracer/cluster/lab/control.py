@@ -228,6 +228,8 @@ def up(topology: Topology, *, store: StateStore | None = None, progress: Progres
         raise UsageError(f"no lab builder for CNI mode {topology.cni!r}", hint="modes: " + ", ".join(BUILDERS))
     _check_httpbin_installed(topology)
     offloads.require_ethtool(topology.offloads)
+    if topology.kube_proxy == "nftables" and shutil.which("nft") is None:
+        raise LabError("--kube-proxy nftables needs nft", hint="apt-get install nftables (./dev.sh installs it)")
     if _dns_pods(topology) and shutil.which(kube_proxy.DNS_SERVER) is None:
         topology = without_dns(topology)  # (the Services by IP still work; `lab status` says why no DNS)
     names = Names(prefix=store.prefix)

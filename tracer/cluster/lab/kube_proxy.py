@@ -1,10 +1,17 @@
 """The lab's kube-proxy and cluster DNS: every node's nat table as kube-proxy's iptables mode
-writes it for the topology's Services, and the DNS pod's server (a real one: dnsmasq) with the
-resolv.conf kubelet gives pods (facts: DATAPATHS.md §7, §8).
+writes it for the topology's Services (or its nftables table, `lab up --kube-proxy nftables`),
+and the DNS pod's server (a real one: dnsmasq) with the resolv.conf kubelet gives pods (facts:
+DATAPATHS.md §7, §8; the nftables mode from pkg/proxy/nftables/proxier.go).
 
 The rules are those of kube-proxy's proxier (its chain names, comments, the MARK/MASQUERADE
 pair, one `statistic` rule per endpoint but the last), loaded with iptables-restore, so that
-`tracer lab exec worker1 -- iptables-save -t nat` reads like a real node's. `ip netns exec`
+`tracer lab exec worker1 -- iptables-save -t nat` reads like a real node's. In nftables mode,
+as its proxier writes them: the table `ip kube-proxy`, base chains hooked at prerouting and
+output (dstnat) jumping to `services`, whose `vmap @service-ips` sends a ClusterIP . protocol .
+port to `service-HASH-ns/name/proto/port` (HASH: base32(sha256(that name))[:8]), which marks
+for masquerade what comes from outside the cluster and picks an `endpoint-HASH-...__ip/port`
+chain with `numgen random mod N`; that chain DNATs (`dnat to`); `nat-postrouting` masquerades
+what is marked. Loaded with `nft -f`, read back with `nft list table ip kube-proxy`. `ip netns exec`
 bind-mounts /etc/netns/<namespace>/resolv.conf over /etc/resolv.conf: that is where each pod's
 resolver configuration goes (removed with the lab).
 """
@@ -79,14 +86,82 @@ def nat_table(topology: Topology) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _hash8(text: str) -> str:
+    return base64.b32encode(hashlib.sha256(text.encode()).digest()).decode()[:8]
+
+
+def nft_service_chain(svc: ServiceSpec, port: ServicePort) -> str:
+    """kube-proxy's nftables servicePortChainNameBase with its prefix: service-HASH-ns/name/proto/port."""
+    name = f"{svc.namespace}/{svc.name}/{port.protocol}/{port.name}"
+    return f"service-{_hash8(name)}-{name}"
+
+
+def nft_endpoint_chain(svc: ServiceSpec, port: ServicePort, endpoint: str) -> str:
+    """servicePortEndpointChainNameBase: endpoint-HASH-ns/name/proto/port__ip/port."""
+    ip, _, target = endpoint.rpartition(":")
+    name = f"{svc.namespace}/{svc.name}/{port.protocol}/{port.name}__{ip}/{target}"
+    return f"endpoint-{_hash8(name)}-{name}"
+
+
+def nft_ruleset(topology: Topology) -> str:
+    """The table kube-proxy's nftables mode writes on every node (`nft -f`)."""
+    ips = {p.name: p.ip for p in topology.pods}
+    t = "ip kube-proxy"
+    out = [
+        f'add table {t} {{ comment "rules for kube-proxy" ; }}',
+        f"add chain {t} nat-prerouting {{ type nat hook prerouting priority dstnat ; }}",
+        f"add chain {t} nat-output {{ type nat hook output priority -100 ; }}",
+        f"add chain {t} nat-postrouting {{ type nat hook postrouting priority srcnat ; }}",
+        f"add chain {t} services",
+        f"add chain {t} masquerading",
+        f"add chain {t} mark-for-masquerade",
+        f"add map {t} service-ips {{ type ipv4_addr . inet_proto . inet_service : verdict ; "
+        'comment "ClusterIP, ExternalIP and LoadBalancer IP traffic" ; }',
+        f'add set {t} cluster-ips {{ type ipv4_addr ; comment "Active ClusterIPs" ; }}',
+        f"add rule {t} nat-prerouting jump services",
+        f"add rule {t} nat-output jump services",
+        f"add rule {t} nat-postrouting jump masquerading",
+        f"add rule {t} mark-for-masquerade mark set mark or 0x4000",
+        f"add rule {t} masquerading mark and 0x4000 == 0 return",
+        f"add rule {t} masquerading mark set mark xor 0x4000",
+        f"add rule {t} masquerading masquerade fully-random",
+        f"add rule {t} services ip daddr . meta l4proto . th dport vmap @service-ips",
+    ]
+    for svc in topology.services:
+        out.append(f"add element {t} cluster-ips {{ {svc.cluster_ip} }}")
+        for port in svc.ports:
+            chain = nft_service_chain(svc, port)
+            endpoints = [f"{ips[pod]}:{port.target_port}" for pod in svc.endpoints if pod in ips]
+            out += [f"add chain {t} {chain}",
+                    f"add rule {t} {chain} ip daddr {svc.cluster_ip} {port.protocol} dport {port.port} "
+                    f"ip saddr != {topology.cluster_cidr} jump mark-for-masquerade"]
+            picks = []
+            for i, ep in enumerate(endpoints):
+                ep_chain = nft_endpoint_chain(svc, port, ep)
+                picks.append(f"{i} : goto {ep_chain}")
+                out += [f"add chain {t} {ep_chain}",
+                        f"add rule {t} {ep_chain} ip saddr {ep.split(':')[0]} jump mark-for-masquerade",
+                        f"add rule {t} {ep_chain} meta l4proto {port.protocol} dnat to {ep}"]
+            if picks:
+                out.append(f"add rule {t} {chain} numgen random mod {len(picks)} vmap {{ {' , '.join(picks)} }}")
+                out.append(f"add element {t} service-ips {{ {svc.cluster_ip} . {port.protocol} . {port.port} : "
+                           f"goto {chain} }}")
+    return "\n".join(out) + "\n"
+
+
+KUBE_PROXY_MODES = ("iptables", "nftables")
+
+
 def program(topology: Topology, names: Names) -> None:
-    """Every node's nat table, as kube-proxy would have it."""
+    """Every node's kube-proxy rules, as kube-proxy in the topology's mode would have them."""
     if not topology.services:
         return
-    text = nat_table(topology)
+    if topology.kube_proxy == "nftables":
+        text, argv = nft_ruleset(topology), ["nft", "-f", "-"]
+    else:
+        text, argv = nat_table(topology), ["iptables-restore"]
     for node in topology.nodes:
-        netns.run(netns.exec_argv(names.netns(node.name), ["iptables-restore"]), input=text,
-                  what=f"iptables-restore on {node.name}")
+        netns.run(netns.exec_argv(names.netns(node.name), argv), input=text, what=f"{argv[0]} on {node.name}")
 
 
 def resolv_conf(topology: Topology, namespace: str) -> str:

@@ -208,6 +208,9 @@ class Topology:
     offloads: str = "none"
     """none: veth's defaults (super-frames cross every point whole); real: the underlay NICs
     segment and merge as real ones do (tracer.cluster.lab.offloads)."""
+    kube_proxy: str = "iptables"
+    """kube-proxy's mode: iptables (the KUBE-* chains in the nat table) or nftables (the table
+    `ip kube-proxy`) (tracer.cluster.lab.kube_proxy)."""
 
     @property
     def veth_mtu(self) -> int:
