@@ -247,8 +247,10 @@ def warm_agents_of(lab) -> list[int]:
     return [c for p in lab.store.load().agents.values() for c in children(p.pid)]
 
 
-def run_agents(lab, tracer_pid: int, agents: str) -> list[int]:
-    return agents_of(tracer_pid) if agents == "cold" else warm_agents_of(lab)
+def run_agents(lab, tracer_pid: int, agents: str, before: list[int]) -> list[int]:
+    """The run's agents: its children (cold), or what the warm servers forked since `before`
+    (an earlier run's agent may still be draining)."""
+    return agents_of(tracer_pid) if agents == "cold" else [a for a in warm_agents_of(lab) if a not in before]
 
 
 def agents_gone(lab, agents: list[int]) -> bool:
@@ -282,10 +284,11 @@ def processes_with(word: str) -> list[int]:
 @pytest.mark.parametrize("phase", ["agents starting", "request in flight", "collecting"])
 def test_ctrl_c_at_any_phase_leaves_no_agent_and_the_lab_intact(lab, tmp_path, phase, agents_mode):
     env = {**store_env(lab.store), "TMPDIR": str(tmp_path)}
+    before = warm_agents_of(lab)
     proc = subprocess.Popen([sys.executable, "-m", "tracer", "follow", "curl", "httpbin", "--path", "/delay/2",
                              "--agents", agents_mode], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
-        agents = wait_for(lambda: run_agents(lab, proc.pid, agents_mode))
+        agents = wait_for(lambda: run_agents(lab, proc.pid, agents_mode, before))
         run_id = run_id_of(agents[0]) if agents_mode == "cold" else None
         if phase == "request in flight":
             wait_for(lambda: requesting(proc.pid, "/delay/2"))
@@ -316,10 +319,11 @@ def test_ctrl_c_at_any_phase_leaves_no_agent_and_the_lab_intact(lab, tmp_path, p
 
 @pytest.mark.parametrize("agents_mode", ["cold", "warm"])
 def test_sigterm_ends_the_run_like_ctrl_c(lab, agents_mode):
+    before = warm_agents_of(lab)
     proc = subprocess.Popen([sys.executable, "-m", "tracer", "follow", "curl", "httpbin", "--path", "/delay/2",
                              "--agents", agents_mode],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=store_env(lab.store))
-    agents = wait_for(lambda: run_agents(lab, proc.pid, agents_mode))
+    agents = wait_for(lambda: run_agents(lab, proc.pid, agents_mode, before))
     wait_for(lambda: requesting(proc.pid, "/delay/2"))
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=15)
@@ -387,10 +391,11 @@ def test_watch_lights_up_every_point_for_every_packet_with_the_marks(lab):
 
 
 def test_follow_live_is_watch_and_ctrl_c_ends_it_cleanly(lab):
+    before = warm_agents_of(lab)
     proc = subprocess.Popen([sys.executable, "-m", "tracer", "follow", "curl", "httpbin", "--live"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=store_env(lab.store))
     try:
-        agents = wait_for(lambda: warm_agents_of(lab))  # (the lab's warm agents serve it)
+        agents = wait_for(lambda: [a for a in warm_agents_of(lab) if a not in before])  # (the lab's warm agents)
         # a request or two, live: the agents must be ready first, which on two busy CPUs can take
         # more than a second (at 1.5 s a run once showed request 1 still in flight, no answer yet)
         time.sleep(3.0)

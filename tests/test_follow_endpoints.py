@@ -9,10 +9,12 @@ import dataclasses
 import ipaddress
 import json
 import secrets
+import subprocess
+import sys
 
 import pytest
 
-from conftest import make_store, run_tracer
+from conftest import make_store, run_tracer, store_env
 from tracer.cluster.lab import down, up
 from tracer.cluster.lab.topology import ServicePort, ServiceSpec, _pod, exercise, with_pods
 
@@ -71,9 +73,30 @@ def test_path_names_the_way_to_each_endpoint(lab) -> None:
     assert "Or to endpoint httpbin2" in text
 
 
-def test_watch_says_it_follows_one_way(lab) -> None:
-    proc = run_tracer("watch", "curl", "svc/web", "--iterations", "1", store=lab.store)
-    assert proc.returncode == 2 and "2 endpoints (httpbin, httpbin2)" in proc.stderr
+def test_watch_lights_up_the_way_each_request_took_and_its_lookup(lab) -> None:
+    """watch by name with two endpoints and two DNS pods: the grid's columns are the points of
+    all the ways; each packet lights up the points of its own way (the same-node endpoint's: its
+    two veths; the other node's: all six), every one of them, and none off it."""
+    env = {**store_env(lab.store), "COLUMNS": "320"}
+    proc = subprocess.run([sys.executable, "-m", "tracer", "watch", "curl", "http://web/get", "--iterations", "3"],
+                          capture_output=True, text=True, env=env, timeout=90)
+    assert proc.returncode == 0, proc.stderr
+    assert "request 3: HTTP 200" in proc.stdout
+    header = proc.stdout
+    for pod in ("httpbin", "httpbin2", "coredns", "coredns2"):
+        assert lab.pod(pod).host_veth in header, pod  # a column for every way's end
+    rows = [line for line in proc.stdout.splitlines() if line.startswith(("→ ", "← "))]
+    assert rows and all("·" not in r for r in rows)  # every packet at every point of its way
+    lengths = {"worker1": 2, "worker2": 6}  # (curl is on worker1)
+
+    def lit(row: str) -> int:
+        return sum(1 for c in row.split("│")[1:] if c.strip())
+
+    syn = next(r for r in rows if r.startswith("→ SYN"))
+    to = "httpbin2" if "(httpbin2)" in syn else "httpbin"
+    assert lit(syn) == lengths[lab.pod(to).node], syn
+    lookups = [r for r in rows if "DNS" in r]
+    assert lookups and all(lit(r) in (2, 6) for r in lookups)
 
 
 def test_lookups_to_two_dns_pods_each_show_the_one_that_answered(lab) -> None:

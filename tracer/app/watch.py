@@ -51,14 +51,14 @@ def watch(backend: FollowBackend, req: WatchRequest, *, display: Callable[[LiveS
     if req.src == req.dst:
         raise UsageError(f"source and destination are the same pod ({req.src})")
     to = request_way(backend, req.src, req.dst, req.port, req.path, req.points)
-    if to.others:
-        names = ", ".join(w.dst.pod.name for w in (to.way, *to.others))
-        raise UsageError(f"{req.dst}: a Service with {len(to.others) + 1} endpoints ({names}); watch lights up one way "
-                         "so far", hint=f"tracer follow {req.src} {req.dst} --count 10 shows which endpoint each request took")
     way, url = to.way, to.url
-    state = LiveState(way=way, url=url, backend=backend.name)
+    dns_ways = to.dns.ways if to.dns else ()
+    dns_ip = to.dns.service.cluster_ip if to.dns else ""
+    state = LiveState(way=way, url=url, backend=backend.name, others=to.others, dns=dns_ways, dns_ip=dns_ip)
     events: queue.Queue = queue.Queue()
-    session = CaptureSession(backend, way, to.port, run_id=req.run_id, stream=True, max_seconds=LIVE_MAX_SECONDS)
+    # (as follow: the ways to a Service's other endpoints and the DNS lookup's are captured too)
+    session = CaptureSession(backend, way, to.port, run_id=req.run_id, stream=True, max_seconds=LIVE_MAX_SECONDS,
+                             dns=dns_ways or None, dns_ip=dns_ip, others=to.others)
     requester: threading.Thread | None = None
     try:
         session.start(req.timeout)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tracer.model.follow import CurlResult
-from tracer.model.way import Way
+from tracer.model.way import Way, WayPoint
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -27,7 +27,12 @@ class LiveRow:
     request: bool
     """client -> server, or the response."""
     cells: tuple[LiveCell | None, ...]
-    """One per point of the way, in its order (None: not seen there)."""
+    """One per column (LiveSnapshot.points), in their order (None: not seen there)."""
+    on_way: tuple[bool, ...] = ()
+    """Per column: whether it is on this packet's way (() : every column is; a request that may
+    take several ways: a Service's endpoints, the DNS lookup's)."""
+    to: str = ""
+    """The pod its way goes to, where there are several ways."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -43,3 +48,9 @@ class LiveSnapshot:
     last_curl: CurlResult | None
     frames: int
     errors: tuple[str, ...]
+    points: tuple[WayPoint, ...] = ()
+    """The grid's columns: the way's points, then what the other ways add (() : the way's)."""
+
+    @property
+    def columns(self) -> tuple[WayPoint, ...]:
+        return self.points or self.way.points

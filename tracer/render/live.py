@@ -54,12 +54,15 @@ def view(s: LiveSnapshot) -> Group:
     way = s.way
     t = Table(show_edge=False, pad_edge=False, expand=False)
     t.add_column("packet", no_wrap=True, max_width=20)
-    for i, p in enumerate(way.points, 1):
+    for i, p in enumerate(s.columns, 1):
         t.add_column(f"{i} {safe(p.node)}\n{safe(p.interface)}", justify="left", no_wrap=True, min_width=8, max_width=16)
     for row in s.rows:
         label = Text("→ " if row.request else "← ", style="bold cyan" if row.request else "bold blue")
         label.append(safe(row.summary))
-        t.add_row(label, *(cell(c) for c in row.cells))
+        if row.to and row.to != way.dst.pod.name:
+            label.append(f" ({safe(row.to)})", style="dim")
+        on_way = row.on_way or (True,) * len(row.cells)
+        t.add_row(label, *(cell(c) if on else Text("") for c, on in zip(row.cells, on_way)))
     head = Text(title(s), style="bold")
     if s.last_curl is not None:
         c = s.last_curl
