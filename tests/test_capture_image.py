@@ -500,6 +500,26 @@ def status(text: str) -> dict[str, str]:
     return {k: v.strip() for k, _, v in (line.partition(":") for line in text.splitlines())}
 
 
+def assert_as_restricted_as_its_container(lab: Lab, node: str, pid: int, agent: AgentClient) -> None:
+    """The agent process `pid`, seen from the host: the PID it told (in the container's
+    namespace), only NET_RAW and NET_ADMIN, no new privileges, seccomp, the node's network."""
+    st = status(Path(f"/proc/{pid}/status").read_text())
+    assert st["NSpid"].split()[-1] == str(agent.pid)
+    assert (int(st["CapEff"], 16), st["NoNewPrivs"], st["Seccomp"]) == (0x3000, "1", "2")
+    assert os.stat(f"/proc/{pid}/ns/net").st_ino == os.stat(NETNS_DIR / lab.node(node).netns).st_ino
+
+
+def one_request_then_collect(lab: Lab, agents: dict[str, AgentClient]) -> dict:
+    """curl -> httpbin (HTTP 200), then every agent's captures; each agent's client exits 0."""
+    res = lab.exec("curl", ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5",
+                            f"http://{lab.pod('httpbin').ip}/get"])
+    assert (res.returncode, res.stdout) == (0, b"200"), res.stderr
+    caps = {node: agent.stop_and_collect(15) for node, agent in agents.items()}
+    for agent in agents.values():
+        assert agent.channel.proc.wait(10) == 0, agent.channel.diagnostics()
+    return caps
+
+
 # --- the tests -----------------------------------------------------------------------------------
 
 def test_build_sh_documents_its_options() -> None:
@@ -595,18 +615,10 @@ def test_a_lab_request_is_captured_on_every_point_by_the_agent_in_the_image(lab,
         for node, agent in agents.items():
             init = containerd.init_pid(pods[node])
             (pid,) = [p for p in containerd.task_pids(pods[node]) if p != init]
-            st = status(Path(f"/proc/{pid}/status").read_text())
-            assert st["NSpid"].split()[-1] == str(agent.pid)  # (the PID it told, in the container's namespace)
-            assert (int(st["CapEff"], 16), st["NoNewPrivs"], st["Seccomp"]) == (0x3000, "1", "2")
-            assert os.stat(f"/proc/{pid}/ns/net").st_ino == os.stat(NETNS_DIR / lab.node(node).netns).st_ino
+            assert_as_restricted_as_its_container(lab, node, pid, agent)
 
         curl, httpbin = lab.pod("curl"), lab.pod("httpbin")
-        res = lab.exec("curl", ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5",
-                                f"http://{httpbin.ip}/get"])
-        assert (res.returncode, res.stdout) == (0, b"200"), res.stderr
-        caps = {node: agent.stop_and_collect(15) for node, agent in agents.items()}
-        for agent in agents.values():
-            assert agent.channel.proc.wait(10) == 0, agent.channel.diagnostics()
+        caps = one_request_then_collect(lab, agents)
     finally:
         for agent in agents.values():
             agent.channel.close()
@@ -653,17 +665,8 @@ def test_the_warm_agent_server_in_the_image_forks_agents_that_capture_as_restric
             server = containerd.init_pid(warm_pods[node])
             (pid,) = [p for p in containerd.task_pids(warm_pods[node])
                       if status(Path(f"/proc/{p}/status").read_text())["PPid"] == str(server)]
-            st = status(Path(f"/proc/{pid}/status").read_text())
-            assert st["NSpid"].split()[-1] == str(agent.pid)
-            assert (int(st["CapEff"], 16), st["NoNewPrivs"], st["Seccomp"]) == (0x3000, "1", "2")
-            assert os.stat(f"/proc/{pid}/ns/net").st_ino == os.stat(NETNS_DIR / lab.node(node).netns).st_ino
-        httpbin = lab.pod("httpbin")
-        res = lab.exec("curl", ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5",
-                                f"http://{httpbin.ip}/get"])
-        assert (res.returncode, res.stdout) == (0, b"200"), res.stderr
-        caps = {node: agent.stop_and_collect(15) for node, agent in agents.items()}
-        for agent in agents.values():
-            assert agent.channel.proc.wait(10) == 0, agent.channel.diagnostics()
+            assert_as_restricted_as_its_container(lab, node, pid, agent)
+        caps = one_request_then_collect(lab, agents)
     finally:
         for agent in agents.values():
             agent.channel.close()

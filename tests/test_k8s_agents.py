@@ -8,7 +8,6 @@ in the nodes' namespaces, and tracer's execs into them run the real thin client 
 from __future__ import annotations
 
 import json
-import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +16,7 @@ import pytest
 import yaml
 
 from kmock_exec import CAPTURE_NAMESPACE, DAEMONSETS, PODS, StandIn
-from test_k8s_follow import _alive, hops, on_both, tracer_k8s
+from test_k8s_follow import _alive, _request_in_flight, hops, interrupt_when, on_both, tracer_k8s
 from tracer.cluster.k8s import agents as k8s_agents
 from tracer.cluster.k8s.capture_pods import DEFAULT_IMAGE
 from tracer.cluster.lab import Lab
@@ -163,16 +162,7 @@ def test_ctrl_c_during_a_warm_follow_ends_its_agents_and_leaves_the_servers(stan
     running = servers(standin)
     before = {k: len(v) for k, v in standin.snapshot().items()}
     proc = tracer_k8s("follow", "curl", "httpbin", "--path", "/delay/2", kubeconfig=str(standin.kubeconfig))
-    try:
-        deadline = time.monotonic() + 30
-        while not any(argv[:1] == ("curl",) for _, _, argv in standin.snapshot()["exec"][before["exec"]:]):
-            assert proc.poll() is None and time.monotonic() < deadline
-            time.sleep(0.005)
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    out, err = interrupt_when(proc, standin, before, _request_in_flight, "request in flight")
     assert proc.returncode == 130, err
     vias = [pid for pid, ns, _, argv in standin.snapshot()["spawned"][before["spawned"]:] if "--via" in argv]
     assert len(vias) == 2

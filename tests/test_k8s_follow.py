@@ -320,17 +320,7 @@ def test_ctrl_c_at_each_phase_leaves_no_capture_pod_or_agent(standin: StandIn, p
     before = {k: len(v) for k, v in start.items()}  # only what this run does counts
     proc = tracer_k8s("follow", "curl", "httpbin", "--path", "/delay/2", "--timeout", "20",
                       kubeconfig=str(standin.kubeconfig))
-    try:
-        deadline = time.monotonic() + 30
-        while not reached({k: v[before[k]:] for k, v in standin.snapshot().items()}):
-            assert proc.poll() is None, f"ended before {phase}: {proc.communicate()}"
-            assert time.monotonic() < deadline, f"never reached {phase}"
-            time.sleep(0.005)
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    out, err = interrupt_when(proc, standin, before, reached, phase)
     finished = phase == "collecting" and proc.returncode == 0  # (as in test_follow: collecting is quick)
     if not finished:
         assert proc.returncode == 130, (phase, err)
@@ -341,6 +331,22 @@ def test_ctrl_c_at_each_phase_leaves_no_capture_pod_or_agent(standin: StandIn, p
     spawned = standin.snapshot()["spawned"][before["spawned"]:]
     in_capture_pods = [(pid, argv) for pid, ns, _, argv in spawned if ns == CAPTURE_NAMESPACE]
     assert in_capture_pods and not [(pid, argv) for pid, argv in in_capture_pods if _alive(pid)], phase
+
+
+def interrupt_when(proc: subprocess.Popen, standin: StandIn, before: dict[str, int],
+                   reached: Callable[[dict], bool], phase: str) -> tuple[str, str]:
+    """Ctrl-C to `proc` once what the stand-in saw since `before` has `reached` the phase; its output."""
+    try:
+        deadline = time.monotonic() + 30
+        while not reached({k: v[before[k]:] for k, v in standin.snapshot().items()}):
+            assert proc.poll() is None, f"ended before {phase}: {proc.communicate()}"
+            assert time.monotonic() < deadline, f"never reached {phase}"
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGINT)
+        return proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
 
 
 def _alive(pid: int) -> bool:
