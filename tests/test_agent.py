@@ -338,6 +338,26 @@ def test_a_warm_agent_that_died_is_started_again_by_the_next_run(lab):
     assert new.pid != old.pid and new.alive()
 
 
+def test_a_warm_agent_of_older_code_is_started_anew_by_the_next_run(lab):
+    """tracer updated while the lab is up: the warm agent runs the agent.py it was started from,
+    which may not know today's arguments; the next run ends it and starts one of today's."""
+    store = lab.store
+    with store.locked():
+        state = store.load()
+        old = state.agents["worker1"]
+        state.agent_code["worker1"] = "an-older-agent"
+        store.save(state)
+    b = LabFollowBackend(lab)
+    try:
+        b.pod("curl")
+        assert b.warm_nodes == ["worker1"]
+    finally:
+        b.close()
+    state = store.load()
+    assert not old.alive() and state.agents["worker1"].pid != old.pid and state.agents["worker1"].alive()
+    assert state.agent_code["worker1"] == state.agent_code["worker2"] != "an-older-agent"
+
+
 def cmdline_of(pid: int) -> list[str]:
     with open(f"/proc/{pid}/cmdline", "rb") as f:
         return f.read().decode().split("\0")[:-1]

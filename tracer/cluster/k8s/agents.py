@@ -155,9 +155,13 @@ def install(cluster: Cluster, *, namespace: str, image: str, wait: bool = True, 
         if not waiting:
             return done, now
         if time.monotonic() > deadline:
+            none = any(not a.pod for a in waiting)
             raise ClusterError(f"the capture agents are not ready after {timeout:.0f} s: "
                                + ", ".join(f"{a.node} ({a.state})" for a in waiting),
-                               hint=f"kubectl get pods -n {namespace} -l {SELECTOR} -o wide")
+                               hint=(f"kubectl describe daemonset -n {namespace} {NAME}: its events say why it made "
+                                     "no pod (a namespace enforcing a Pod Security level below privileged refuses "
+                                     "hostNetwork and NET_ADMIN: manifests/namespace.yaml labels it)") if none else
+                               f"kubectl get pods -n {namespace} -l {SELECTOR} -o wide")
         progress("waiting for the capture agents: " + ", ".join(f"{a.node} ({a.state})" for a in waiting))
         time.sleep(delay)
         delay = min(delay * 2, 1.0)

@@ -6,11 +6,13 @@ on `<state dir>/<prefix>agents/<node>.sock` (root's only); a follow connects the
 starting an interpreter and importing scapy: the server forks it a ready agent
 (capture-pod/agent.py, "Warm"). The state's `warm` says whether the lab keeps them: a follow
 then starts one that is not running (`ensure`), as the first follow after `lab up --no-agents`
-and `tracer agents install` would.
+and `tracer agents install` would, and one that runs an older agent.py than this tracer's (the
+state records each server's code digest) is ended and started anew.
 """
 
 from __future__ import annotations
 
+import hashlib
 import socket
 import sys
 import time
@@ -33,6 +35,23 @@ def running(state: LabState) -> dict[str, ProcessRecord]:
     return {node: p for node, p in state.agents.items() if p.alive()}
 
 
+def current(state: LabState) -> dict[str, ProcessRecord]:
+    """The nodes whose warm agent is alive and runs this tracer's agent.py (not an older one,
+    started before tracer was updated: it may not know today's arguments)."""
+    code = agent_digest()
+    return {node: p for node, p in running(state).items() if state.agent_code.get(node) == code}
+
+
+_DIGEST: list[str] = []
+
+
+def agent_digest() -> str:
+    """sha256 of capture-pod/agent.py, read once per process."""
+    if not _DIGEST:
+        _DIGEST.append(hashlib.sha256(AGENT.read_bytes()).hexdigest()[:16])
+    return _DIGEST[0]
+
+
 def start(state: LabState, store: StateStore, nodes: Iterable[str] | None = None, *,
           progress: Callable[[str], None] = lambda _: None, wait: bool = True) -> list[str]:
     """Start the warm agent of each node (all by default) that has none running, record it, and
@@ -40,12 +59,15 @@ def start(state: LabState, store: StateStore, nodes: Iterable[str] | None = None
     caller holds `store.locked()` unless it is `up` (which no other tracer sees yet)."""
     names = Names(prefix=state.prefix)
     wanted = [n.name for n in state.topology.nodes] if nodes is None else list(nodes)
-    alive = running(state)
+    alive = current(state)
     todo = [n for n in wanted if n not in alive]
     if not todo:
         return []
     progress("starting the warm capture agents on " + ", ".join(todo))
     for node in todo:
+        if node in state.agents:  # dead, or of older code: ended first (by PID, if alive)
+            stop_process(state.agents.pop(node))
+            state.agent_code.pop(node, None)
         path = store.socket_path(node)
         if len(str(path).encode()) > SOCKET_PATH_MAX:
             raise LabError(f"the warm agent's socket path {path} is longer than a Unix socket takes",
@@ -54,6 +76,7 @@ def start(state: LabState, store: StateStore, nodes: Iterable[str] | None = None
         state.agents[node] = start_process(names.netns(node), store.log_path(f"agent-{node}"),
                                            [sys.executable, str(AGENT), "--serve", str(path)],
                                            f"the capture agent of node {node}")
+        state.agent_code[node] = agent_digest()
         store.save(state)  # journal first: `down` ends it whatever happens next
     if wait:
         wait_listening(state, store, todo)
@@ -78,16 +101,18 @@ def stop(state: LabState, store: StateStore) -> list[str]:
         store.socket_path(node).unlink(missing_ok=True)
         Path(proc.log).unlink(missing_ok=True)
     state.agents.clear()
+    state.agent_code.clear()
     return ended
 
 
-def ensure(store: StateStore, node: str, state: LabState | None = None) -> Path | None:
+def ensure(store: StateStore, node: str) -> Path | None:
     """The socket of `node`'s warm agent, started if the lab keeps warm agents and it is not
-    running; None if the lab keeps none. `state`: the lab's as loaded (else read from `store`)."""
-    state = state or store.load()
+    running (or runs older code); None if the lab keeps none. (The state is read anew: another
+    tracer may have changed it since this one loaded the lab.)"""
+    state = store.load()
     if state is None or not state.warm:
         return None
-    if node in running(state):
+    if node in current(state):
         return store.socket_path(node)
     with store.locked():
         state = store.load()  # (another tracer may have started it meanwhile)

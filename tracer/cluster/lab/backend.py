@@ -189,7 +189,7 @@ class LabFollowBackend:
         if self.agents == "cold":
             return None
         store = self.lab.store
-        path = lab_agents.ensure(store, node, self.lab.state)
+        path = lab_agents.ensure(store, node)
         sock = lab_agents.connect(path) if path is not None else None
         if sock is None:
             if self.agents == "warm":

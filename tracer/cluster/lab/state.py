@@ -68,6 +68,9 @@ class LabState:
     agents install|uninstall` switch it): a follow then restarts one that died."""
     agents: dict[str, ProcessRecord] = field(default_factory=dict)
     """node -> its warm capture agent (`agent.py --serve`, tracer.cluster.lab.agents)."""
+    agent_code: dict[str, str] = field(default_factory=dict)
+    """node -> the digest of the agent.py its warm agent was started from (a newer tracer
+    restarts an agent of older code)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -81,6 +84,7 @@ class LabState:
             "etc_dirs": self.etc_dirs,
             "warm": self.warm,
             "agents": {node: asdict(p) for node, p in self.agents.items()},
+            "agent_code": dict(self.agent_code),
         }
 
     @classmethod
@@ -95,6 +99,7 @@ class LabState:
             etc_dirs=list(data.get("etc_dirs", ())),
             warm=bool(data.get("warm", False)),
             agents={node: _process(p) for node, p in data.get("agents", {}).items()},
+            agent_code=dict(data.get("agent_code", {})),
         )
 
 
