@@ -342,9 +342,13 @@ def _scapy() -> SimpleNamespace:
         except ImportError as e:
             raise AgentError(f"scapy is not available: {e}",
                              hint="the agent needs python3 with scapy and libpcap (pip install scapy)") from None
+        try:
+            free_filter(compile_filter("tcp", linktype=LINKTYPE_ETHERNET))  # (loads libpcap: ~7 ms, here too)
+        except (ImportError, OSError, Scapy_Exception) as e:
+            raise AgentError(f"libpcap is not available: {e}",
+                             hint="the agent needs libpcap to compile its filters (apt-get install libpcap0.8)") from None
         _SCAPY.append(SimpleNamespace(compile_filter=compile_filter, free_filter=free_filter, sock_fprog=sock_fprog,
                                       RawPcapWriter=RawPcapWriter, Error=Scapy_Exception))
-        free_filter(compile_filter("tcp", linktype=LINKTYPE_ETHERNET))  # (loads libpcap: ~7 ms, here too)
     return _SCAPY[0]
 
 
@@ -596,12 +600,18 @@ def serve(path: str) -> int:
     with contextlib.suppress(FileNotFoundError):
         if stat.S_ISSOCK(os.lstat(path).st_mode):
             os.unlink(path)  # an earlier server's, which died without removing it
+    # Bound under another name and renamed once it listens: whoever sees the socket (a readiness
+    # probe's `test -S`, the lab waiting for it) can connect to it.
+    staging = f"{path}.{os.getpid()}"
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(staging)
     old = os.umask(0o177)
     try:
-        listener.bind(path)
+        listener.bind(staging)
     finally:
         os.umask(old)
     listener.listen(SERVE_BACKLOG)
+    os.rename(staging, path)
     inode = os.stat(path).st_ino
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
@@ -626,12 +636,13 @@ def serve(path: str) -> int:
                         conn, _ = listener.accept()
                     except (BlockingIOError, InterruptedError):
                         continue
-                    sys.stdout.flush()
-                    pid = os.fork()
-                    if pid == 0:
-                        _serve_one(conn, listener, (wake_r, wake_w))
-                    conn.close()
-                    children.add(pid)
+                    except OSError as e:  # (out of descriptors, buffers: the runs going on go on)
+                        print(f"agent server: accept failed: {e}", file=sys.stderr, flush=True)
+                        time.sleep(0.1)
+                        continue
+                    pid = _fork_for(conn, listener, (wake_r, wake_w))
+                    if pid is not None:
+                        children.add(pid)
             _reap(children)
     finally:
         listener.close()
@@ -642,20 +653,62 @@ def serve(path: str) -> int:
     return 0
 
 
-def _serve_one(conn: socket.socket, listener: socket.socket, wake: tuple[int, int]) -> None:
-    """In the forked child: be a standby agent on this connection, then exit."""
+SERVED_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGCHLD}
+
+
+def _fork_for(conn: socket.socket, listener: socket.socket, wake: tuple[int, int]) -> int | None:
+    """Fork the agent of one connection; its PID, or None (said on the connection) if the
+    kernel refuses the fork. The server's signals are blocked across the fork: the child
+    takes none of them with the server's handlers."""
+    sys.stdout.flush()
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, SERVED_SIGNALS)
+    try:
+        pid = os.fork()
+    except OSError as e:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        with contextlib.suppress(OSError):
+            conn.sendall(json.dumps({"event": "error", "message": f"the warm capture agent could not fork: {e}",
+                                     "hint": "the node is short of processes or memory"}).encode() + b"\n")
+        conn.close()
+        return None
+    if pid == 0:
+        _serve_one(conn, listener, wake, old)
+    signal.pthread_sigmask(signal.SIG_SETMASK, old)
+    conn.close()
+    return pid
+
+
+def _serve_one(conn: socket.socket, listener: socket.socket, wake: tuple[int, int], mask) -> None:
+    """In the forked child: be a standby agent on this connection, then exit. What ends it
+    otherwise than by the protocol (arguments it does not take: an agent older than the tracer
+    asking; anything unforeseen) is said on the connection as an error event."""
     code = 1
     try:
         signal.set_wakeup_fd(-1)
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
+        for sig in SERVED_SIGNALS:
             signal.signal(sig, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         listener.close()
         for fd in wake:
             os.close(fd)
         os.dup2(conn.fileno(), 0)
         os.dup2(conn.fileno(), 1)
         conn.close()
-        code = main(["--run-id", "warm", "--argv-from-stdin"])
+        try:
+            code = main(["--run-id", "warm", "--argv-from-stdin"])
+        except SystemExit as e:  # (argparse: arguments this agent does not take)
+            code = e.code if isinstance(e.code, int) else 2
+            if code:
+                Output(sys.stdout.buffer).event(
+                    "error", message="the warm capture agent does not take the arguments it was given",
+                    hint="it may be older than this tracer: install its image anew (tracer agents install "
+                         "--capture-image ...; the lab: tracer agents uninstall && tracer agents install)")
+        except BaseException as e:  # noqa: BLE001 - said to the client, which has no other way to know
+            import traceback
+
+            traceback.print_exc()
+            Output(sys.stdout.buffer).event("error", message=f"the warm capture agent failed: {e!r}",
+                                            hint="its server's log (kubectl logs, or the lab's agent log) has the traceback")
         with contextlib.suppress(OSError, ValueError):
             sys.stdout.flush()
     finally:
@@ -720,7 +773,10 @@ def via(path: str, argv: list[str]) -> int:
                     with contextlib.suppress(OSError):
                         sock.shutdown(socket.SHUT_WR)
             else:
-                data = sock.recv(READ_CHUNK)
+                try:
+                    data = sock.recv(READ_CHUNK)
+                except ConnectionResetError:  # (the agent ended with our "stop" unread: its end all the same)
+                    return 0
                 if not data:
                     return 0
                 try:

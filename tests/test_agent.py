@@ -307,6 +307,26 @@ def test_a_server_stopped_by_sigterm_lets_its_agents_send_their_pcaps_and_remove
             server.wait()
 
 
+def test_a_warm_agent_given_arguments_it_does_not_take_says_so_on_the_connection(tmp_path):
+    """An agent older than the tracer that asks: argparse's refusal would only reach the server's
+    log; the client gets an error event that says what to do."""
+    sock = tmp_path / "agent.sock"
+    server = subprocess.Popen([sys.executable, str(AGENT), "--serve", str(sock)], stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL)
+    try:
+        assert json.loads(server.stdout.readline())["event"] == "serving" and sock.is_socket()
+        proc = subprocess.run([sys.executable, str(AGENT), "--via", str(sock), "--run-id", "x", "--capture", "lo=udp",
+                               "--a-flag-of-tomorrow"], capture_output=True, timeout=20)
+        event = json.loads(proc.stdout.splitlines()[0])
+        assert event["event"] == "error" and "does not take the arguments" in event["message"]
+        assert "tracer agents install" in event["hint"]
+        assert server.poll() is None  # (the server serves on)
+    finally:
+        server.terminate()
+        server.wait(10)
+    assert not sock.exists()
+
+
 def test_warm_only_where_none_runs_is_an_error_that_says_how_to_get_one(tmp_path):
     store = make_store("cold")
     lab = up(exercise(), store=store, warm_agents=False)

@@ -15,7 +15,9 @@ import shutil
 import pytest
 
 from conftest import make_store, ns_run, run_tracer
+from tracer.app.target import _nft_rule
 from tracer.cluster.lab import down, up
+from tracer.model import ServiceRef
 from tracer.cluster.lab.kube_proxy import nft_endpoint_chain, nft_service_chain
 from tracer.cluster.lab.topology import ServicePort, ServiceSpec, exercise, with_pods
 
@@ -29,6 +31,35 @@ def test_chain_names_are_kube_proxy_s() -> None:
                       ports=(ServicePort(name="p80", protocol="tcp", port=80, target_port=80),))
     assert nft_service_chain(svc, svc.ports[0]) == "service-ULMVA6XW-ns1/svc1/tcp/p80"
     assert nft_endpoint_chain(svc, svc.ports[0], "10.180.0.1:80") == "endpoint-5OJB2KTY-ns1/svc1/tcp/p80__10.180.0.1/80"
+
+
+SERVICE_CHAIN_DNAT = """table ip kube-proxy {
+	map service-ips {
+		type ipv4_addr . inet_proto . inet_service : verdict
+		elements = { 10.96.14.2 . tcp . 80 : goto service-4AT6LBPK-ns3/svc3/tcp/p80 }
+	}
+
+	chain service-4AT6LBPK-ns3/svc3/tcp/p80 {
+		ip daddr 10.96.14.2 tcp dport 80 ip saddr != 10.0.0.0/8 jump mark-for-masquerade
+		meta l4proto tcp dnat ip addr . port to numgen random mod 2 map { 0 : 10.0.3.2 . 80, 1 : 10.0.3.3 . 80 }
+	}
+}
+"""
+
+
+@pytest.mark.parametrize("endpoint, rule", [
+    ("10.0.3.3:80", "service-4AT6LBPK-ns3/svc3/tcp/p80: dnat ip addr . port to 10.0.3.3 . 80 (numgen map)"),
+    ("10.0.3.33:80", ""),  # (not an endpoint of it: no rule, not a prefix's)
+])
+def test_a_service_chain_that_dnats_itself_is_read_too(endpoint: str, rule: str) -> None:
+    """kube-proxy without per-endpoint chains (its KEP's form, no session affinity): the service
+    chain DNATs by an anonymous numgen map of address . port."""
+    svc = ServiceRef(name="svc3", namespace="ns3", cluster_ip="10.96.14.2", port=80, target_port=80,
+                     endpoints=("a", "b"))
+    assert _nft_rule(SERVICE_CHAIN_DNAT.splitlines(), svc, endpoint) == rule
+    single = SERVICE_CHAIN_DNAT.replace(
+        "dnat ip addr . port to numgen random mod 2 map { 0 : 10.0.3.2 . 80, 1 : 10.0.3.3 . 80 }", "dnat to 10.0.3.3:80")
+    assert _nft_rule(single.splitlines(), svc, "10.0.3.3:80") == "service-4AT6LBPK-ns3/svc3/tcp/p80: dnat to 10.0.3.3:80"
 
 
 @pytest.fixture(scope="module")

@@ -234,9 +234,17 @@ def _nft_rule(lines: list[str], svc: ServiceRef, endpoint: str) -> str:
         return ""
     chains = _nft_chains(lines)
     service = m.group(1)
-    targets = [t for line in chains.get(service, []) for t in _NFT_TARGET.findall(line) if t in chains]
-    sep = next((t for t in targets if any(re.search(rf"\bdnat to {re.escape(endpoint)}\b", line)
-                                          for line in chains[t])), None)
+    own = chains.get(service, [])
+    dnat = re.compile(rf"\bdnat to {re.escape(endpoint)}(?![\d.:])")
+    ip, _, port = endpoint.rpartition(":")
+    mapped = re.compile(rf"(?<![\d.]){re.escape(ip)} \. {port}(?!\d)")
+    for line in own:  # (kube-proxy without per-endpoint chains: the service chain DNATs itself)
+        if dnat.search(line):
+            return f"{service}: dnat to {endpoint}"
+        if "dnat ip addr . port to" in line and mapped.search(line):
+            return f"{service}: dnat ip addr . port to {ip} . {port} (numgen map)"
+    targets = [t for line in own for t in _NFT_TARGET.findall(line) if t in chains]
+    sep = next((t for t in targets if any(dnat.search(line) for line in chains[t])), None)
     return f"{service} -> {sep}: dnat to {endpoint}" if sep else ""
 
 

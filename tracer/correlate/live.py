@@ -23,7 +23,6 @@ from tracer.model.follow import CurlResult
 from tracer.model.live import LiveCell, LiveRow, LiveSnapshot
 
 SHOWN_REQUESTS = 1
-DNS_PORT = 53
 
 
 @dataclass
@@ -88,6 +87,7 @@ class LiveState:
         if self.dns_ip:
             far.add(self.dns_ip)
         self._far = far
+        self._dns_ips = {w.dst.pod.ip for w in self.dns} | ({self.dns_ip} if self.dns_ip else set())
         columns: dict[str, WayPoint] = {}
         for w in self._ways:
             for p in w.points:
@@ -100,24 +100,25 @@ class LiveState:
             return
         self.frames += 1
         src, dst = fmt_ip(fr.ip_src), fmt_ip(fr.ip_dst)
-        client_ip = self.way.src.pod.ip
-        request = src == client_ip
-        if not request and dst != client_ip:
-            return
-        far = dst if request else src
-        if far not in self._far:
-            return
-        client_port = fr.sport if request else fr.dport
-        server_port = fr.dport if request else fr.sport
-        conv = ("dns" if server_port == DNS_PORT and self.dns else "tcp", fr.proto, client_port)
         key = identity(fr)
         pkt = self.packets.get(key)
-        if pkt is None:
+        if pkt is None:  # (a packet known already is taken whatever its addresses: after a SNAT too)
+            client_ip = self.way.src.pod.ip
+            request = src == client_ip
+            if not request and dst != client_ip:
+                return
+            far = dst if request else src
+            if far not in self._far:
+                return
+            client_port = fr.sport if request else fr.dport
+            conv = ("dns" if far in self._dns_ips else "tcp", fr.proto, client_port)
             pkt = self.packets[key] = LivePacket(summary=packet_label(fr), request=request, conversation=conv)
             if conv not in self.conversations:
                 self.conversations.append(conv)
-        if pkt.way is None and far in self._by_ip:
-            pkt.way = self._by_ip[far]
+        if pkt.way is None:
+            far = dst if pkt.request else src
+            if far in self._by_ip:
+                pkt.way = self._by_ip[far]
         pkt.seen.setdefault(point, fr)
 
     def _way_of(self, pkt: LivePacket) -> Way:

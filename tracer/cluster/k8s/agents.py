@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from tracer.errors import ClusterError, NotFoundError
@@ -82,6 +82,9 @@ class NodeAgent:
     ready: bool = False
     state: str = ""
     """In words: running, or why not (Pending, ErrImagePull: ..., no agent pod)."""
+    image: str = ""
+    """Its pod's image (the DaemonSet's, or an older template's while it rolls out)."""
+    node_ready: bool = True
 
 
 def warm_pods(cluster: Cluster, namespace: str) -> dict[str, str]:
@@ -98,7 +101,9 @@ def agents(cluster: Cluster, namespace: str, *, all_nodes: bool = True) -> list[
     for pod in pods:
         if pod.metadata.deletion_timestamp or not pod.spec or not pod.spec.node_name:
             continue
-        agent = NodeAgent(node=pod.spec.node_name, pod=pod.metadata.name, ready=_ready(pod), state=_state(pod))
+        image = pod.spec.containers[0].image if pod.spec.containers else ""
+        agent = NodeAgent(node=pod.spec.node_name, pod=pod.metadata.name, ready=_ready(pod), state=_state(pod),
+                          image=image)
         if agent.node not in by_node or agent.ready:
             by_node[agent.node] = agent
     if all_nodes:
@@ -106,9 +111,13 @@ def agents(cluster: Cluster, namespace: str, *, all_nodes: bool = True) -> list[
             nodes = cluster.core.list_node(_request_timeout=REQUEST_TIMEOUT).items
         for node in nodes:
             name = node.metadata.name
-            if name not in by_node:
-                by_node[name] = NodeAgent(node=name, state="no agent pod" + ("" if _node_ready(node) else
-                                                                                 " (the node is not Ready)"))
+            ready = _node_ready(node)
+            found = by_node.get(name)
+            if found is None:
+                by_node[name] = NodeAgent(node=name, state="no agent pod" + ("" if ready else " (the node is not Ready)"),
+                                          node_ready=ready)
+            elif not ready:
+                by_node[name] = replace(found, node_ready=False, state=f"{found.state} (the node is not Ready)")
     return [by_node[n] for n in sorted(by_node)]
 
 
@@ -145,7 +154,9 @@ def install(cluster: Cluster, *, namespace: str, image: str, wait: bool = True, 
     delay = 0.05
     while True:
         now = agents(cluster, namespace)
-        waiting = [a for a in now if not a.ready and not a.state.endswith("(the node is not Ready)")]
+        # (right after an update the old pods are still ready: an agent counts once it runs the image)
+        waiting = [a for a in now if a.node_ready and (not a.ready or a.image != image)]
+        waiting = [replace(a, state=f"{a.state}, image {a.image} being replaced") if a.ready else a for a in waiting]
         stuck = [a for a in waiting if a.state.split(":")[0] in IMAGE_ERRORS | START_ERRORS]
         if stuck:
             a = stuck[0]
