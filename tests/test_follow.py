@@ -270,8 +270,10 @@ def run_id_of(agent: int) -> str:
 
 def requesting(tracer_pid: int, path: str) -> bool:
     """Whether the run's own curl runs: its URL's path on a child's command line (discovery's
-    reads run in the curl pod's namespace too, so "curl" alone would match them)."""
-    return any(any(path in a for a in cmdline(c)) for c in children(tracer_pid))
+    reads run in the curl pod's namespace too, so "curl" alone would match them). A child
+    between fork and exec still has tracer's own command line, the path in it: not the curl."""
+    own = cmdline(tracer_pid)
+    return any(any(path in a for a in argv) for c in children(tracer_pid) if (argv := cmdline(c)) != own)
 
 
 def processes_with(word: str) -> list[int]:
@@ -291,8 +293,10 @@ def test_ctrl_c_at_any_phase_leaves_no_agent_and_the_lab_intact(lab, tmp_path, p
         agents = wait_for(lambda: run_agents(lab, proc.pid, agents_mode, before))
         run_id = run_id_of(agents[0]) if agents_mode == "cold" else None
         if phase == "request in flight":
+            # (the run's curl, still running 0.2 s later: the /delay/2 request takes two seconds)
             wait_for(lambda: requesting(proc.pid, "/delay/2"))
             time.sleep(0.2)
+            wait_for(lambda: requesting(proc.pid, "/delay/2"))
         elif phase == "collecting":
             wait_for(lambda: requesting(proc.pid, "/delay/2"))
             wait_for(lambda: not requesting(proc.pid, "/delay/2"), step=0.0005)
